@@ -1,0 +1,174 @@
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::{DataError, TokenFile};
+
+/// Inputs and next-token targets, both int64 `[batch, block]`.
+#[derive(Debug)]
+pub struct Batch {
+    /// Token ids fed to the model.
+    pub x: Tensor,
+    /// The same windows shifted by one token: what the model must predict.
+    pub y: Tensor,
+}
+
+fn gather(file: &TokenFile, starts: &[u64], block: usize, device: Device) -> Batch {
+    let mut x = Vec::with_capacity(starts.len() * block);
+    let mut y = Vec::with_capacity(starts.len() * block);
+    for &s in starts {
+        file.extend_i64(s, block, &mut x);
+        file.extend_i64(s + 1, block, &mut y);
+    }
+    let shape = [starts.len() as i64, block as i64];
+    Batch {
+        x: Tensor::from_slice(&x).reshape(shape).to(device),
+        y: Tensor::from_slice(&y).reshape(shape).to(device),
+    }
+}
+
+/// Where a [`BatchSampler`] is in its random stream: enough to resume it exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerState {
+    /// The seed the stream started from.
+    pub seed: u64,
+    /// How far the stream has advanced (ChaCha word position).
+    pub word_pos: u128,
+}
+
+/// Random training windows from a token file: each batch draws `batch_size` start positions
+/// uniformly from a seeded ChaCha8 stream, as nanoGPT's `get_batch` does with `torch.randint`.
+/// The same seed gives the same batches on every machine, and [`SamplerState`] resumes mid-stream.
+#[derive(Debug)]
+pub struct BatchSampler {
+    file: Arc<TokenFile>,
+    batch_size: usize,
+    block_size: usize,
+    seed: u64,
+    rng: ChaCha8Rng,
+}
+
+impl BatchSampler {
+    /// A sampler of `batch_size` windows of `block_size` tokens, seeded with `seed`.
+    pub fn new(
+        file: Arc<TokenFile>,
+        batch_size: usize,
+        block_size: usize,
+        seed: u64,
+    ) -> Result<Self, DataError> {
+        if batch_size == 0 {
+            return Err(DataError::Zero { name: "batch_size" });
+        }
+        file.check_block(block_size)?;
+        Ok(BatchSampler {
+            file,
+            batch_size,
+            block_size,
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })
+    }
+
+    /// The start positions of the next batch (advances the stream).
+    pub fn next_starts(&mut self) -> Vec<u64> {
+        let last_start = self.file.len() - self.block_size as u64 - 1;
+        (0..self.batch_size)
+            .map(|_| self.rng.gen_range(0..=last_start))
+            .collect()
+    }
+
+    /// The next batch, on `device`.
+    pub fn next_batch(&mut self, device: Device) -> Batch {
+        let starts = self.next_starts();
+        gather(&self.file, &starts, self.block_size, device)
+    }
+
+    /// The stream position, for a checkpoint.
+    pub fn state(&self) -> SamplerState {
+        SamplerState {
+            seed: self.seed,
+            word_pos: self.rng.get_word_pos(),
+        }
+    }
+
+    /// Continues from a saved position.
+    pub fn restore(&mut self, state: SamplerState) {
+        self.seed = state.seed;
+        self.rng = ChaCha8Rng::seed_from_u64(state.seed);
+        self.rng.set_word_pos(state.word_pos);
+    }
+}
+
+/// A fixed, deterministic set of windows of a split, so that different weights are scored on
+/// exactly the same tokens.
+#[derive(Debug, Clone)]
+pub struct ValidationWindows {
+    file: Arc<TokenFile>,
+    block_size: usize,
+    starts: Vec<u64>,
+}
+
+impl ValidationWindows {
+    /// `count` windows of `block_size` tokens spread evenly over the split, first at 0 and last
+    /// at the end (fewer when the split has fewer distinct windows).
+    pub fn new(file: Arc<TokenFile>, block_size: usize, count: usize) -> Result<Self, DataError> {
+        if count == 0 {
+            return Err(DataError::Zero {
+                name: "eval windows",
+            });
+        }
+        file.check_block(block_size)?;
+        let last_start = file.len() - block_size as u64 - 1;
+        let count = (count as u64).min(last_start + 1);
+        let starts = if count == 1 {
+            vec![0]
+        } else {
+            (0..count)
+                .map(|i| (i as u128 * last_start as u128 / (count - 1) as u128) as u64)
+                .collect()
+        };
+        Ok(ValidationWindows {
+            file,
+            block_size,
+            starts,
+        })
+    }
+
+    /// Every contiguous, non-overlapping window of the split, in order (the last partial one
+    /// dropped): what a full evaluation averages over.
+    pub fn contiguous(file: Arc<TokenFile>, block_size: usize) -> Result<Self, DataError> {
+        file.check_block(block_size)?;
+        let count = (file.len() - 1) / block_size as u64;
+        let starts = (0..count).map(|i| i * block_size as u64).collect();
+        Ok(ValidationWindows {
+            file,
+            block_size,
+            starts,
+        })
+    }
+
+    /// The window start positions.
+    pub fn starts(&self) -> &[u64] {
+        &self.starts
+    }
+
+    /// Number of windows.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether there are no windows (never true for a constructed set).
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The windows in batches of at most `batch_size`, on `device`.
+    pub fn batches(&self, batch_size: usize, device: Device) -> impl Iterator<Item = Batch> + '_ {
+        self.starts
+            .chunks(batch_size.max(1))
+            .map(move |starts| gather(&self.file, starts, self.block_size, device))
+    }
+}

@@ -1,0 +1,92 @@
+use std::path::PathBuf;
+
+/// Everything that can be wrong with a dataset on disk or a request made of it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file the dataset needs is not there.
+    #[error("{path}: file not found{hint}")]
+    Missing {
+        /// The file that was looked for.
+        path: PathBuf,
+        /// Extra advice, starting with "; " when present.
+        hint: String,
+    },
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A token file's byte length is not a whole number of uint16 ids.
+    #[error("{path}: length {bytes} bytes is odd; a .bin file holds uint16 token ids (2 bytes each), so this one is truncated or not a token file")]
+    OddLength {
+        /// The token file.
+        path: PathBuf,
+        /// Its length in bytes.
+        bytes: u64,
+    },
+    /// A token file holds no tokens.
+    #[error("{path}: holds no tokens")]
+    Empty {
+        /// The token file.
+        path: PathBuf,
+    },
+    /// A token id is not below the vocabulary size.
+    #[error("{path}: token id {id} at position {position} is not below the vocabulary size {vocab_size}")]
+    TokenOutOfRange {
+        /// The token file.
+        path: PathBuf,
+        /// Index of the first offending token.
+        position: u64,
+        /// The offending id.
+        id: u16,
+        /// The vocabulary size it must be below.
+        vocab_size: u32,
+    },
+    /// The token count disagrees with `meta.json`.
+    #[error("{path}: holds {actual} tokens but meta.json says {expected}; the file is truncated or belongs to another preparation")]
+    CountMismatch {
+        /// The token file.
+        path: PathBuf,
+        /// The count meta.json records.
+        expected: u64,
+        /// The count found.
+        actual: u64,
+    },
+    /// `meta.json` is unreadable or inconsistent.
+    #[error("{path}: {message}")]
+    BadMeta {
+        /// The meta.json file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A vocabulary too large for uint16 token ids.
+    #[error("vocabulary size {vocab_size} does not fit uint16 token ids (at most {max})")]
+    VocabTooLarge {
+        /// The requested vocabulary size.
+        vocab_size: u64,
+        /// The largest allowed.
+        max: u32,
+    },
+    /// A window or batch shape that the split cannot provide.
+    #[error("{path}: block size {block_size} needs at least {needed} tokens but the split holds {tokens}")]
+    BlockTooLong {
+        /// The token file.
+        path: PathBuf,
+        /// The requested block size.
+        block_size: usize,
+        /// Tokens needed (block size + 1 for the shifted targets).
+        needed: u64,
+        /// Tokens the split holds.
+        tokens: u64,
+    },
+    /// A parameter that must be positive is zero.
+    #[error("{name} must be at least 1, got 0")]
+    Zero {
+        /// The parameter's name.
+        name: &'static str,
+    },
+}

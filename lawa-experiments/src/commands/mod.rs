@@ -1,0 +1,3 @@
+//! One module per `lawa` subcommand.
+
+pub mod prepare;

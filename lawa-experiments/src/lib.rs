@@ -1,0 +1,8 @@
+//! The `lawa` command line as a library: each subcommand is a module under [`commands`], callable
+//! from tests and other programs; `main.rs` only parses arguments and prints errors.
+
+pub mod assets;
+pub mod commands;
+pub mod corpus;
+pub mod progress;
+pub mod tokenizer;

@@ -1,0 +1,49 @@
+//! `lawa`: prepare datasets, train GPT-2 models and compare weight-averaging strategies.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use lawa_experiments::commands;
+
+/// lawa: pre-train GPT-2 models and measure weight averaging (LAWA, EMA, SWA) along the way.
+#[derive(Debug, Parser)]
+#[command(name = "lawa", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tokenize a text corpus into train.bin / val.bin / meta.json (nanoGPT's format).
+    Prepare(commands::prepare::PrepareArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAWA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(lawa_experiments::progress::interactive())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match &cli.command {
+        Command::Prepare(args) => commands::prepare::run(args).map(|prepared| {
+            println!("{}", prepared.dir.display());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
