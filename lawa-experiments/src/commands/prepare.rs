@@ -70,6 +70,12 @@ pub fn run(args: &PrepareArgs) -> Result<Prepared> {
     });
 
     let started = Instant::now();
+    // A ready-made vocabulary is loaded (and its cache checked) before any corpus work.
+    let ready_made = match args.tokenizer {
+        TokenizerSpec::Gpt2 => Some(TextTokenizer::gpt2()?),
+        TokenizerSpec::Byte => Some(TextTokenizer::byte()),
+        TokenizerSpec::Bpe(_) => None,
+    };
     let corpus = Corpus::load(&source)?;
     if let Some(existing) = existing_preparation(&out, &corpus, args)? {
         tracing::info!(
@@ -91,13 +97,13 @@ pub fn run(args: &PrepareArgs) -> Result<Prepared> {
     );
 
     let (train_docs, val_docs, method) = split(&corpus.documents, args.val_fraction)?;
-    let tokenizer = match args.tokenizer {
-        TokenizerSpec::Gpt2 => TextTokenizer::gpt2()?,
-        TokenizerSpec::Byte => TextTokenizer::byte(),
-        TokenizerSpec::Bpe(n) => {
+    let tokenizer = match (args.tokenizer, ready_made) {
+        (TokenizerSpec::Bpe(n), _) => {
             tracing::info!("training a byte-level BPE of {n} tokens on the training split");
             TextTokenizer::train_bpe(n, train_docs.iter().map(|d| d.text.as_str()))?
         }
+        (_, Some(tokenizer)) => tokenizer,
+        (spec, None) => bail!("no tokenizer was loaded for {spec}"),
     };
     if tokenizer.vocab_size() > MAX_UINT16_VOCAB {
         bail!(
@@ -106,8 +112,8 @@ pub fn run(args: &PrepareArgs) -> Result<Prepared> {
         );
     }
     let last_document_is_whole = method == SplitMethod::Document;
-    let train = tokenize_split(&tokenizer, &train_docs, last_document_is_whole, "train")?;
-    let val = tokenize_split(&tokenizer, &val_docs, true, "val")?;
+    let train = tokenize_documents(&tokenizer, &train_docs, last_document_is_whole, "train")?;
+    let val = tokenize_documents(&tokenizer, &val_docs, true, "val")?;
     for (ids, split) in [(&train, "train"), (&val, "val")] {
         if ids.is_empty() {
             bail!(
@@ -191,8 +197,8 @@ fn existing_preparation(
 /// Several documents: document `i` goes to validation when `floor((i + 1) F) > floor(i F)`,
 /// which spreads `round(n F)` validation documents evenly through the corpus (at least one of
 /// each kind). One document: cut at fraction `1 - F` of its text, moved forward to the next
-/// newline that is followed by a non-space character, a place where the pre-tokenizers of every
-/// supported tokenizer split anyway, so the cut never changes the tokens.
+/// place where every supported tokenizer splits anyway (preferably a line break), so the cut
+/// never changes the tokens.
 pub fn split(
     documents: &[Document],
     val_fraction: f64,
@@ -224,7 +230,7 @@ pub fn split(
     let target = ((text.len() as f64) * (1.0 - val_fraction)) as usize;
     let cut = safe_cut_at_or_after(text, target).ok_or_else(|| {
         anyhow::anyhow!(
-            "{}: a single document with no line break after {:.0} % of its text cannot be split by position; add line breaks or give several documents",
+            "{}: a single document with no word break after {:.0} % of its text cannot be split by position; give several documents or a longer text",
             doc.name,
             (1.0 - val_fraction) * 100.0
         )
@@ -241,16 +247,29 @@ pub fn split(
     ))
 }
 
-/// The first byte offset at or after `from` that directly follows a `\n` and starts a
-/// non-whitespace character. Every supported pre-tokenizer has a token boundary there.
-fn safe_cut_at_or_after(text: &str, from: usize) -> Option<usize> {
+/// Whether byte offset `i` of `text` is a place where every supported pre-tokenizer (GPT-2's
+/// regex, the byte-level BPE's, and bytes) has a token boundary anyway: right after a `\n` before
+/// a non-space character, or between a non-space character and a space. No pre-token holds a
+/// newline beside other characters, nor a non-space character followed by a space.
+fn is_safe_cut(text: &str, i: usize) -> bool {
     let bytes = text.as_bytes();
-    (from.max(1)..bytes.len()).find(|&i| {
-        bytes[i - 1] == b'\n' && text.is_char_boundary(i) && {
-            let c = text[i..].chars().next();
-            c.is_some_and(|c| !c.is_whitespace())
-        }
-    })
+    if i == 0 || i >= bytes.len() || !text.is_char_boundary(i) {
+        return false;
+    }
+    let Some(next) = text[i..].chars().next() else {
+        return false;
+    };
+    let Some(prev) = text[..i].chars().next_back() else {
+        return false;
+    };
+    (prev == '\n' && !next.is_whitespace()) || (!prev.is_whitespace() && next == ' ')
+}
+
+/// The first [`is_safe_cut`] offset at or after `from`, preferring a line break within 4 KiB.
+fn safe_cut_at_or_after(text: &str, from: usize) -> Option<usize> {
+    let newline = (from..text.len().min(from + 4096))
+        .find(|&i| text.as_bytes()[i.max(1) - 1] == b'\n' && is_safe_cut(text, i));
+    newline.or_else(|| (from..text.len()).find(|&i| is_safe_cut(text, i)))
 }
 
 /// Pieces of about `target` bytes, cut only at [`safe_cut_at_or_after`] boundaries, so that
@@ -274,7 +293,7 @@ fn chunks(text: &str, target: usize) -> Vec<&str> {
 /// Token ids of a split's documents, in order, each followed by end-of-text (except, when
 /// `last_document_is_whole` is false, the last: the head of a document cut by position).
 /// Uses every core; shows progress.
-fn tokenize_split(
+pub fn tokenize_documents(
     tokenizer: &TextTokenizer,
     docs: &[Document],
     last_document_is_whole: bool,
@@ -415,7 +434,18 @@ mod tests {
         assert!(pieces.len() > 10);
         assert_eq!(pieces.concat(), text);
         for p in &pieces[1..] {
-            assert!(!p.starts_with(char::is_whitespace), "{p:?}");
+            assert!(
+                !p.starts_with(char::is_whitespace),
+                "cut at a line break: {p:?}"
+            );
+        }
+        // One long line: cut between words, the space going with the next piece.
+        let line = "word ".repeat(1000);
+        let pieces = chunks(&line, 100);
+        assert_eq!(pieces.concat(), line);
+        assert!(pieces.len() > 10);
+        for p in &pieces[1..] {
+            assert!(p.starts_with(" w"), "{p:?}");
         }
     }
 }
