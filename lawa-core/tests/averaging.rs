@@ -18,6 +18,9 @@ const SHAPES: [(&str, &[i64]); 3] = [
 ];
 
 /// A fresh random set of weights (seeded), as a model's parameters would be after a step.
+/// Named tensors, as a model's parameters.
+type Named = Vec<(String, Tensor)>;
+
 fn random_weights(seed: i64) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
     SHAPES
@@ -170,7 +173,7 @@ fn ema_and_swa_equal_pytorch_swa_utils() {
     let mut ema = Ema::new(decay).unwrap();
     let mut swa = Swa::new(SwaStart::Step(swa_start), swa_every, Some(steps)).unwrap();
     let mut cache = SnapshotCache::new(Storage::Training);
-    let mut ours: Vec<(String, u64, Vec<(String, Tensor)>)> = Vec::new();
+    let mut ours: Vec<(String, u64, Named)> = Vec::new();
     for step in 1..=steps {
         let w = random_weights(1000 + step as i64);
         for (n, t) in &w {
