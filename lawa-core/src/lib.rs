@@ -16,5 +16,6 @@
 //! ```
 
 pub mod averaging;
+pub mod checkpoint_average;
 pub mod data;
 pub mod fsutil;

@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Tokenize a text corpus into train.bin / val.bin / meta.json (nanoGPT's format).
     Prepare(commands::prepare::PrepareArgs),
+    /// Average saved checkpoints (safetensors) into one, streaming a chunk at a time.
+    Average(commands::average::AverageArgs),
 }
 
 fn init_logging() {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => commands::prepare::run(args).map(|prepared| {
             println!("{}", prepared.dir.display());
         }),
+        Command::Average(args) => commands::average::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,3 +1,4 @@
 //! One module per `lawa` subcommand.
 
+pub mod average;
 pub mod prepare;
