@@ -19,3 +19,4 @@ pub mod averaging;
 pub mod checkpoint_average;
 pub mod data;
 pub mod fsutil;
+pub mod optim;

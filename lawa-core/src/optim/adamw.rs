@@ -1,0 +1,287 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// AdamW's hyperparameters (learning rate aside: it is given at each step by the schedule).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// First-moment decay.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Second-moment decay (0.95 in nanoGPT and the paper).
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Added to the denominator.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Decoupled weight decay, applied to the parameters chosen at construction.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_weight_decay() -> f64 {
+    0.1
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            weight_decay: default_weight_decay(),
+        }
+    }
+}
+
+/// What can go wrong with the optimizer or its saved state.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    /// A hyperparameter out of range.
+    #[error("adamw: {field} = {value} is invalid: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A saved state that does not match these parameters.
+    #[error("{path}: optimizer state does not fit the model: {reason}")]
+    BadState {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// An error from libtorch (reading or writing the state).
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+struct Param {
+    name: String,
+    tensor: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// AdamW, as `torch.optim.AdamW` computes it (decoupled weight decay), over tch tensors, with
+/// moments lawa owns so they can be saved and restored.
+///
+/// Per parameter with a gradient, at step `t` with learning rate `lr`:
+/// `p *= 1 - lr wd` (decayed parameters only); `m = lerp(m, g, 1 - b1)`;
+/// `v = b2 v + (1 - b2) g²`; `p -= lr / (1 - b1^t) · m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+pub struct AdamW {
+    config: AdamWConfig,
+    params: Vec<Param>,
+    steps: u64,
+}
+
+impl std::fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdamW")
+            .field("config", &self.config)
+            .field("params", &self.params.len())
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl AdamW {
+    /// An optimizer over `params` (named, e.g. a `VarStore`'s variables); `decay(name, tensor)`
+    /// picks those that get weight decay.
+    pub fn new(
+        params: impl IntoIterator<Item = (String, Tensor)>,
+        config: AdamWConfig,
+        decay: impl Fn(&str, &Tensor) -> bool,
+    ) -> Result<Self, OptimError> {
+        let check = |field, value: f64, ok: bool, reason| {
+            if ok {
+                Ok(())
+            } else {
+                Err(OptimError::Invalid {
+                    field,
+                    value,
+                    reason,
+                })
+            }
+        };
+        check(
+            "beta1",
+            config.beta1,
+            (0.0..1.0).contains(&config.beta1),
+            "must be in [0, 1)",
+        )?;
+        check(
+            "beta2",
+            config.beta2,
+            (0.0..1.0).contains(&config.beta2),
+            "must be in [0, 1)",
+        )?;
+        check("eps", config.eps, config.eps > 0.0, "must be positive")?;
+        check(
+            "weight_decay",
+            config.weight_decay,
+            config.weight_decay >= 0.0,
+            "must not be negative",
+        )?;
+        let mut named: Vec<(String, Tensor)> = params.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = named
+            .into_iter()
+            .map(|(name, tensor)| Param {
+                decay: decay(&name, &tensor),
+                exp_avg: tensor.zeros_like().to_kind(Kind::Float),
+                exp_avg_sq: tensor.zeros_like().to_kind(Kind::Float),
+                name,
+                tensor,
+            })
+            .collect();
+        Ok(AdamW {
+            config,
+            params,
+            steps: 0,
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Names of the parameters that get weight decay.
+    pub fn decayed(&self) -> Vec<&str> {
+        self.params
+            .iter()
+            .filter(|p| p.decay)
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    /// The parameters, in name order (what [`clip_grad_norm`](super::clip_grad_norm) takes).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.tensor.shallow_clone())
+            .collect()
+    }
+
+    /// Clears every parameter's gradient.
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.tensor.zero_grad();
+        }
+    }
+
+    /// One update with learning rate `lr`, from the gradients the parameters hold
+    /// (parameters without a gradient are skipped, as in PyTorch).
+    pub fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let c = self.config;
+        let t = self.steps as i32;
+        let bias_correction1 = 1.0 - c.beta1.powi(t);
+        let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = lr / bias_correction1;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let grad = p.tensor.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                if p.decay && c.weight_decay != 0.0 {
+                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let _ = p.exp_avg.lerp_(&grad, 1.0 - c.beta1);
+                let _ = p.exp_avg_sq.g_mul_scalar_(c.beta2);
+                let _ = p.exp_avg_sq.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
+                let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + c.eps;
+                let _ = p.tensor.addcdiv_(&(&p.exp_avg * (-step_size)), &denom);
+            }
+        });
+    }
+
+    /// The moments and step count, as named tensors (`exp_avg.{name}`, `exp_avg_sq.{name}`,
+    /// `step`), for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.steps as i64]))];
+        for p in &self.params {
+            out.push((
+                format!("exp_avg.{}", p.name),
+                p.exp_avg.to_device(tch::Device::Cpu),
+            ));
+            out.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.to_device(tch::Device::Cpu),
+            ));
+        }
+        out
+    }
+
+    /// Writes the state to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<(), OptimError> {
+        Ok(Tensor::write_safetensors(&self.state_tensors(), path)?)
+    }
+
+    /// Restores the state written by [`save`](Self::save).
+    pub fn load(&mut self, path: &Path) -> Result<(), OptimError> {
+        let mut saved: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let bad = |reason: String| OptimError::BadState {
+            path: path.to_owned(),
+            reason,
+        };
+        let steps = saved
+            .remove("step")
+            .ok_or_else(|| bad("no step counter".into()))?
+            .int64_value(&[0]);
+        let mut restored = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let mut take = |key: String| -> Result<Tensor, OptimError> {
+                let t = saved
+                    .remove(&key)
+                    .ok_or_else(|| bad(format!("`{key}` missing")))?;
+                if t.size() != p.tensor.size() {
+                    return Err(bad(format!(
+                        "`{key}` has shape {:?}, the parameter {:?}",
+                        t.size(),
+                        p.tensor.size()
+                    )));
+                }
+                Ok(t.to_device(p.tensor.device()).to_kind(Kind::Float))
+            };
+            restored.push((
+                take(format!("exp_avg.{}", p.name))?,
+                take(format!("exp_avg_sq.{}", p.name))?,
+            ));
+        }
+        if let Some(extra) = saved.keys().next() {
+            return Err(bad(format!("`{extra}` is not a parameter of this model")));
+        }
+        for (p, (m, v)) in self.params.iter_mut().zip(restored) {
+            p.exp_avg = m;
+            p.exp_avg_sq = v;
+        }
+        self.steps = steps as u64;
+        Ok(())
+    }
+}

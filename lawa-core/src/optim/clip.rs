@@ -1,0 +1,27 @@
+use tch::{Kind, Tensor};
+
+/// Scales the gradients of `params` so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
+/// Returns the norm before clipping. Parameters without a gradient are ignored.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        let norms: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.to_kind(Kind::Float).norm())
+            .collect();
+        let total = Tensor::stack(&norms, 0).norm();
+        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+        for g in &grads {
+            let _ = g.shallow_clone().g_mul_(&coef.to_device(g.device()));
+        }
+        total.double_value(&[])
+    })
+}
