@@ -61,7 +61,7 @@ fn adamw_with_clipping_equals_torch_over_many_steps() {
         for (n, p) in &params {
             let g = Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * scale;
             io.push((format!("grad.{t}.{n}"), g.copy()));
-            loss = loss + (p * &g).sum(Kind::Float);
+            loss += (p * &g).sum(Kind::Float);
         }
         loss.backward(); // each gradient is exactly g
         norms.push(clip_grad_norm(&opt.parameters(), 1.0));
