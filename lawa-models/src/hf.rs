@@ -423,7 +423,9 @@ impl Gpt {
                 Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float),
             )
         };
-        for (name, view) in st.tensors() {
+        let mut entries = st.tensors();
+        entries.sort_by(|a, b| a.0.cmp(&b.0)); // the first problem reported is deterministic
+        for (name, view) in entries {
             let key = name.strip_prefix("transformer.").unwrap_or(&name);
             if is_mask_buffer(key) {
                 continue;
