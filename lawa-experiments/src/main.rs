@@ -18,6 +18,10 @@ struct Cli {
 enum Command {
     /// Tokenize a text corpus into train.bin / val.bin / meta.json (nanoGPT's format).
     Prepare(commands::prepare::PrepareArgs),
+    /// Mean next-token loss (and perplexity) of a checkpoint over every window of a split.
+    Eval(commands::eval::EvalArgs),
+    /// Generate text from a checkpoint, continuing a prompt.
+    Sample(commands::sample::SampleArgs),
 }
 
 fn init_logging() {
@@ -38,6 +42,10 @@ fn main() -> ExitCode {
         Command::Prepare(args) => commands::prepare::run(args).map(|prepared| {
             println!("{}", prepared.dir.display());
         }),
+        Command::Eval(args) => {
+            commands::eval::run(args).map(|report| println!("{}", report.render(args.json)))
+        }
+        Command::Sample(args) => commands::sample::run(args).map(|text| println!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,7 +40,13 @@ impl LayerNorm {
             x.to_kind(Kind::Float)
         };
         let n = self.weight.size();
-        x.layer_norm(n, Some(&self.weight), self.bias.as_ref(), LAYER_NORM_EPS, true)
+        x.layer_norm(
+            n,
+            Some(&self.weight),
+            self.bias.as_ref(),
+            LAYER_NORM_EPS,
+            true,
+        )
     }
 
     fn params(&self, prefix: &str, out: &mut Vec<Param>) {
@@ -209,8 +215,12 @@ impl Block {
     /// The block's variables under Hugging Face names starting with `prefix`.
     pub fn params(&self, prefix: &str, out: &mut Vec<Param>) {
         self.ln_1.params(&format!("{prefix}.ln_1"), out);
-        self.attn.c_attn.params(&format!("{prefix}.attn.c_attn"), out);
-        self.attn.c_proj.params(&format!("{prefix}.attn.c_proj"), out);
+        self.attn
+            .c_attn
+            .params(&format!("{prefix}.attn.c_attn"), out);
+        self.attn
+            .c_proj
+            .params(&format!("{prefix}.attn.c_proj"), out);
         self.ln_2.params(&format!("{prefix}.ln_2"), out);
         self.mlp.c_fc.params(&format!("{prefix}.mlp.c_fc"), out);
         self.mlp.c_proj.params(&format!("{prefix}.mlp.c_proj"), out);

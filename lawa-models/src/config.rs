@@ -113,7 +113,7 @@ impl GptConfig {
                 return Err(bad(field, "0".into(), "must be at least 1"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(bad(
                 "n_embd",
                 self.n_embd.to_string(),
@@ -128,11 +128,7 @@ impl GptConfig {
             ));
         }
         if i64::try_from(self.padded_vocab_size().saturating_mul(self.n_embd)).is_err() {
-            return Err(bad(
-                "vocab_size",
-                self.vocab_size.to_string(),
-                "too large",
-            ));
+            return Err(bad("vocab_size", self.vocab_size.to_string(), "too large"));
         }
         Ok(())
     }
@@ -153,7 +149,11 @@ impl GptConfig {
         let c = self.n_embd;
         let weights = 12 * c * c; // c_attn 3c², attn c_proj c², mlp c_fc 4c², mlp c_proj 4c²
         let ln = 2 * c; // ln_1 and ln_2 weights
-        let biases = if self.bias { 3 * c + c + 4 * c + c + 2 * c } else { 0 };
+        let biases = if self.bias {
+            3 * c + c + 4 * c + c + 2 * c
+        } else {
+            0
+        };
         weights + ln + biases
     }
 
@@ -216,7 +216,10 @@ mod tests {
         cfg.n_embd = 36;
         cfg.n_head = 5;
         let msg = cfg.validate().unwrap_err().to_string();
-        assert!(msg.contains("n_embd = 36") && msg.contains("n_head = 5"), "{msg}");
+        assert!(
+            msg.contains("n_embd = 36") && msg.contains("n_head = 5"),
+            "{msg}"
+        );
         let mut cfg = GptConfig::preset("tiny", 300).unwrap();
         cfg.n_layer = 0;
         let msg = cfg.validate().unwrap_err().to_string();

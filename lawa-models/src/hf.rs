@@ -60,7 +60,7 @@ impl CheckpointFiles {
         } else if path.is_file() {
             if path.extension().is_none_or(|e| e != "safetensors") {
                 return Err(bad(
-                    "expected a checkpoint folder or a .safetensors file".into(),
+                    "expected a checkpoint folder or a .safetensors file".into()
                 ));
             }
             let dir = match path.parent() {
@@ -75,7 +75,9 @@ impl CheckpointFiles {
         if !config.is_file() {
             return Err(ModelError::BadCheckpointPath {
                 path: config,
-                reason: format!("file not found; a checkpoint needs {CONFIG_FILE} beside its weights"),
+                reason: format!(
+                    "file not found; a checkpoint needs {CONFIG_FILE} beside its weights"
+                ),
             });
         }
         Ok(CheckpointFiles { config, weights })
@@ -97,7 +99,8 @@ pub fn read_config(path: &FsPath) -> Result<GptConfig, ModelError> {
         path: path.to_owned(),
         source,
     })?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let obj = json
         .as_object()
         .ok_or_else(|| bad("expected a JSON object".into()))?;
@@ -353,8 +356,7 @@ fn is_mask_buffer(name: &str) -> bool {
     let Some((layer, tail)) = rest.split_once('.') else {
         return false;
     };
-    layer.bytes().all(|b| b.is_ascii_digit())
-        && (tail == "attn.bias" || tail == "attn.masked_bias")
+    layer.bytes().all(|b| b.is_ascii_digit()) && (tail == "attn.bias" || tail == "attn.masked_bias")
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -570,10 +572,7 @@ fn write_safetensors(path: &FsPath, tensors: &[(String, Tensor)]) -> Result<(), 
         data_offsets: [usize; 2],
     }
     let mut header: BTreeMap<String, Value> = BTreeMap::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "format": "pt" }),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0;
     for (name, t) in tensors {
         let bytes = t.numel() * 4;
@@ -587,7 +586,7 @@ fn write_safetensors(path: &FsPath, tensors: &[(String, Tensor)]) -> Result<(), 
     }
     let mut header = serde_json::to_vec(&header).unwrap_or_default();
     // The data must start 8-byte aligned; the format pads the header with spaces.
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     lawa_core::fsutil::write_atomic_with(path, |file| {

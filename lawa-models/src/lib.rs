@@ -37,11 +37,13 @@
 mod block;
 pub mod config;
 mod error;
+pub mod generate;
 mod gpt;
 pub mod hf;
 mod precision;
 
 pub use config::GptConfig;
 pub use error::ModelError;
+pub use generate::{generate, Sampling};
 pub use gpt::Gpt;
 pub use precision::Precision;

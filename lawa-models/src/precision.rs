@@ -54,7 +54,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision '{other}' (expected f32 or bf16)")),
+            other => Err(format!(
+                "unknown precision '{other}' (expected f32 or bf16)"
+            )),
         }
     }
 }

@@ -72,7 +72,9 @@ fn save_then_load_round_trips_exactly_with_and_without_biases() {
         assert!(again.equal(&logits), "bias {bias}");
         // The .safetensors file path works too.
         let gpt = load(&dir.path().join(WEIGHTS_FILE)).unwrap();
-        assert!(tch::no_grad(|| gpt.forward(&x, false)).unwrap().equal(&logits));
+        assert!(tch::no_grad(|| gpt.forward(&x, false))
+            .unwrap()
+            .equal(&logits));
 
         let named = tensors(dir.path());
         // HF GPT-2 names and Conv1D layout; the tied head is not stored; zero biases if bias-free.
@@ -87,10 +89,9 @@ fn save_then_load_round_trips_exactly_with_and_without_biases() {
         if !bias {
             assert_eq!(c_fc_bias.abs().max().double_value(&[]), 0.0);
         }
-        let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap(),
-        )
-        .unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
+                .unwrap();
         assert_eq!(config["model_type"], "gpt2");
         assert_eq!(config["architectures"][0], "GPT2LMHeadModel");
         assert_eq!(config["n_positions"], 16);
@@ -144,7 +145,10 @@ fn config_that_disagrees_with_the_tensors_is_an_error() {
         c.insert("n_embd".into(), 48.into());
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("has shape [") && msg.contains("config.json implies"), "{msg}");
+    assert!(
+        msg.contains("has shape [") && msg.contains("config.json implies"),
+        "{msg}"
+    );
     // Vocabulary.
     edit_config(dir.path(), |c| {
         c.insert("n_embd".into(), 36.into());
@@ -152,7 +156,9 @@ fn config_that_disagrees_with_the_tensors_is_an_error() {
     });
     let msg = load_err(dir.path());
     assert!(
-        msg.contains("tensor transformer.wte.weight has shape [101, 36], but config.json implies [100, 36]"),
+        msg.contains(
+            "tensor transformer.wte.weight has shape [101, 36], but config.json implies [100, 36]"
+        ),
         "{msg}"
     );
     // More layers than stored.
@@ -161,7 +167,10 @@ fn config_that_disagrees_with_the_tensors_is_an_error() {
         c.insert("n_layer".into(), 3.into());
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("tensor transformer.h.2.") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("tensor transformer.h.2.") && msg.contains("missing"),
+        "{msg}"
+    );
     // Fewer layers than stored.
     edit_config(dir.path(), |c| {
         c.insert("n_layer".into(), 1.into());
@@ -177,7 +186,10 @@ fn config_that_disagrees_with_the_tensors_is_an_error() {
         c.insert("n_positions".into(), 32.into());
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("transformer.wpe.weight has shape [16, 36]"), "{msg}");
+    assert!(
+        msg.contains("transformer.wpe.weight has shape [16, 36]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -186,8 +198,16 @@ fn config_fields_lawa_cannot_honour_are_named() {
     let _ = saved(&small_cfg(true), dir.path());
     let config = dir.path().join(CONFIG_FILE);
     let cases: [(&str, serde_json::Value, &str); 6] = [
-        ("activation_function", "relu".into(), "activation_function = \"relu\""),
-        ("layer_norm_epsilon", 1e-6.into(), "layer_norm_epsilon = 0.000001"),
+        (
+            "activation_function",
+            "relu".into(),
+            "activation_function = \"relu\"",
+        ),
+        (
+            "layer_norm_epsilon",
+            1e-6.into(),
+            "layer_norm_epsilon = 0.000001",
+        ),
         ("n_head", 5.into(), "n_embd = 36"),
         ("n_inner", 100.into(), "n_inner = 100"),
         ("model_type", "llama".into(), "model_type = \"llama\""),
@@ -265,14 +285,20 @@ fn bias_values_and_an_untied_head_that_lawa_would_drop_are_errors() {
         }
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("transformer.ln_f.weight") && msg.contains("I64"), "{msg}");
+    assert!(
+        msg.contains("transformer.ln_f.weight") && msg.contains("I64"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_paths_and_corrupt_files_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let msg = load_err(&dir.path().join("nope"));
-    assert!(msg.contains("nope") && msg.contains("no such checkpoint"), "{msg}");
+    assert!(
+        msg.contains("nope") && msg.contains("no such checkpoint"),
+        "{msg}"
+    );
     let msg = load_err(dir.path());
     assert!(msg.contains("holds no model.safetensors"), "{msg}");
 

@@ -48,7 +48,13 @@ fn transformers_checkpoints_load_into_lawa_with_equal_logits() {
         let gpt = Gpt::from_pretrained(vs.root(), &dir).unwrap();
         let cfg = gpt.config();
         assert_eq!(
-            (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size),
+            (
+                cfg.n_layer,
+                cfg.n_head,
+                cfg.n_embd,
+                cfg.block_size,
+                cfg.vocab_size
+            ),
             (l, h, c, p, v)
         );
         assert_eq!(cfg.scale_attn_by_inverse_layer_idx, scale);
@@ -74,7 +80,12 @@ fn transformers_checkpoints_load_into_lawa_with_equal_logits() {
                     .into_iter()
                     .map(|(n, t)| (n.trim_start_matches("transformer.").to_string(), t))
                     .collect();
-            let wte = named.iter().find(|(n, _)| n == "wte.weight").unwrap().1.copy();
+            let wte = named
+                .iter()
+                .find(|(n, _)| n == "wte.weight")
+                .unwrap()
+                .1
+                .copy();
             named.push(("lm_head.weight".into(), wte));
             for layer in 0..l {
                 let mask = Tensor::ones([p as i64, p as i64], (Kind::Float, Device::Cpu))
@@ -148,7 +159,11 @@ fn lawa_checkpoints_load_into_transformers_with_equal_logits() {
     }
     run_reference("logits", &json!({ "models": models }), scratch.path());
     for (i, (cfg, ours)) in expected.iter().enumerate() {
-        let theirs = read_logits(&scratch.path().join(format!("lawa{i}/hf_logits.safetensors")));
+        let theirs = read_logits(
+            &scratch
+                .path()
+                .join(format!("lawa{i}/hf_logits.safetensors")),
+        );
         let diff = max_abs_diff(ours, &theirs);
         eprintln!(
             "lawa -> HF, model {i} ({}x{}x{}, bias {}, scale {}): max |diff| = {diff:.2e}",

@@ -22,8 +22,14 @@ fn variables_have_hugging_face_names_and_the_lm_head_is_the_token_embedding() {
     assert_eq!(vars.len(), 2 + 4 * 12 + 2);
     assert_eq!(vars["transformer.wte.weight"].size(), [320, 256]);
     assert_eq!(vars["transformer.wpe.weight"].size(), [256, 256]);
-    assert_eq!(vars["transformer.h.0.attn.c_attn.weight"].size(), [768, 256]);
-    assert_eq!(vars["transformer.h.3.mlp.c_proj.weight"].size(), [256, 1024]);
+    assert_eq!(
+        vars["transformer.h.0.attn.c_attn.weight"].size(),
+        [768, 256]
+    );
+    assert_eq!(
+        vars["transformer.h.3.mlp.c_proj.weight"].size(),
+        [256, 1024]
+    );
     assert_eq!(vars["transformer.h.3.mlp.c_fc.bias"].size(), [1024]);
     assert_eq!(vars["transformer.h.0.ln_1.weight"].size(), [256]);
     assert_eq!(vars["transformer.ln_f.bias"].size(), [256]);
@@ -62,7 +68,9 @@ fn instantiated_parameter_counts_match_the_analytic_ones() {
         );
     }
     assert_eq!(
-        GptConfig::preset("small", 50_257).unwrap().num_params(false),
+        GptConfig::preset("small", 50_257)
+            .unwrap()
+            .num_params(false),
         124_439_808
     );
 }
@@ -165,7 +173,10 @@ fn bf16_path_runs_on_cpu_close_to_f32_and_trains_fp32_master_weights() {
     for (name, t) in vs.variables() {
         assert_eq!(t.kind(), Kind::Float, "{name}");
         assert_eq!(t.grad().kind(), Kind::Float, "{name}");
-        assert!(t.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0, "{name}");
+        assert!(
+            t.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0,
+            "{name}"
+        );
     }
 }
 
@@ -224,7 +235,10 @@ fn dropout_applies_only_in_training() {
 fn forward_rejects_bad_input_with_clear_errors() {
     let vs = nn::VarStore::new(Device::Cpu);
     let gpt = Gpt::new(vs.root(), &tiny(300)).unwrap();
-    let msg = gpt.forward(&ids(1, 257, 300, 0), false).unwrap_err().to_string();
+    let msg = gpt
+        .forward(&ids(1, 257, 300, 0), false)
+        .unwrap_err()
+        .to_string();
     assert!(
         msg.contains("257 tokens") && msg.contains("block size 256"),
         "{msg}"

@@ -14,10 +14,10 @@ use tch::Tensor;
 /// link outside the venv does not find its `pyvenv.cfg` (so not its packages), hence the links
 /// are followed until the venv's own path.
 pub fn python() -> PathBuf {
-    let given = PathBuf::from(
-        std::env::var_os("LAWA_PYTHON")
-            .expect("LAWA_PYTHON must name the reference Python (run ./test or scripts/bootstrap.sh)"),
-    );
+    let given =
+        PathBuf::from(std::env::var_os("LAWA_PYTHON").expect(
+            "LAWA_PYTHON must name the reference Python (run ./test or scripts/bootstrap.sh)",
+        ));
     let mut current = given.clone();
     for _ in 0..16 {
         let in_venv = current
@@ -38,7 +38,9 @@ pub fn python() -> PathBuf {
 
 /// The reference script.
 pub fn reference_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/gpt2_reference.py")
+    // From lawa-models or another crate of the workspace.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../lawa-models/tests/reference/gpt2_reference.py")
 }
 
 /// Runs `gpt2_reference.py <command> <spec>` and returns its standard output.
@@ -66,7 +68,9 @@ pub fn run_reference(command: &str, spec: &serde_json::Value, scratch: &Path) ->
 
 /// Deterministic pseudo-random token ids in `0..vocab`, shape `[batch, time]`.
 pub fn tokens(batch: usize, time: usize, vocab: usize, seed: u64) -> Vec<Vec<i64>> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..batch)
         .map(|_| {
             (0..time)
