@@ -320,3 +320,21 @@ fn bad_paths_and_corrupt_files_are_errors() {
     let files = CheckpointFiles::locate(&weights).unwrap();
     assert_eq!(files.config, dir.path().join(CONFIG_FILE));
 }
+
+#[test]
+fn half_precision_checkpoints_are_widened_to_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, logits) = saved(&small_cfg(true), dir.path());
+    rewrite(dir.path(), |named| {
+        for (_, t) in named.iter_mut() {
+            *t = t.to_kind(Kind::BFloat16);
+        }
+    });
+    let gpt = load(dir.path()).unwrap();
+    let wte = &tensors(dir.path())[0];
+    assert_eq!(wte.1.kind(), Kind::BFloat16);
+    let again = tch::no_grad(|| gpt.forward(&x, false)).unwrap();
+    assert_eq!(again.kind(), Kind::Float);
+    let diff = (again - &logits).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.05, "{diff}");
+}
