@@ -20,6 +20,12 @@ enum Command {
     Prepare(commands::prepare::PrepareArgs),
     /// Average saved checkpoints (safetensors) into one, streaming a chunk at a time.
     Average(commands::average::AverageArgs),
+    /// Mean next-token loss (and perplexity) of a checkpoint over every window of a split.
+    Eval(commands::eval::EvalArgs),
+    /// Generate text from a checkpoint, continuing a prompt.
+    Sample(commands::sample::SampleArgs),
+    /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
+    Train(commands::train::TrainArgs),
 }
 
 fn init_logging() {
@@ -41,6 +47,11 @@ fn main() -> ExitCode {
             println!("{}", prepared.dir.display());
         }),
         Command::Average(args) => commands::average::run(args).map(|_| ()),
+        Command::Eval(args) => {
+            commands::eval::run(args).map(|report| println!("{}", report.render(args.json)))
+        }
+        Command::Sample(args) => commands::sample::run(args).map(|text| println!("{text}")),
+        Command::Train(args) => commands::train::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,49 @@
+//! # lawa-models
+//!
+//! GPT-2 on tch, numerically the same model as Hugging Face transformers' `GPT2LMHeadModel`:
+//! pre-LayerNorm blocks, tanh GELU, causal attention through `scaled_dot_product_attention`
+//! (flash attention on CUDA), a token embedding tied to the LM head, GPT-2's initialization, and
+//! an optional bf16 compute path over fp32 master weights ([`Precision`]).
+//!
+//! Named presets ([`GptConfig::preset`]): `tiny` (4 layers, 4 heads, 256 wide, block 256; a CPU
+//! demo size), `small` (124M), `medium` (355M), `large` (774M), or any shape through
+//! [`GptConfig`]. Checkpoints are Hugging Face folders (`config.json` + `model.safetensors`), so
+//! transformers loads what lawa saves and lawa loads GPT-2 checkpoints saved by transformers.
+//!
+//! ```no_run
+//! use lawa_models::{Gpt, GptConfig, Precision};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! # fn main() -> Result<(), lawa_models::ModelError> {
+//! tch::manual_seed(1337);
+//! let cfg = GptConfig::preset("tiny", 4096)?;
+//! let vs = nn::VarStore::new(Device::cuda_if_available());
+//! let mut gpt = Gpt::new(vs.root(), &cfg)?;
+//! println!("{} parameters, {:.2e} FLOPs per token", gpt.num_params(true), gpt.flops_per_token());
+//!
+//! let x = Tensor::randint(4096, [8, 256], (Kind::Int64, vs.device()));
+//! let y = Tensor::randint(4096, [8, 256], (Kind::Int64, vs.device()));
+//! gpt.set_precision(Precision::Bf16);
+//! let loss = gpt.loss(&x, &y, true)?; // scalar, fp32
+//! loss.backward(); // gradients land on the fp32 variables in `vs`
+//!
+//! gpt.save_pretrained("runs/tiny")?; // transformers.GPT2LMHeadModel.from_pretrained("runs/tiny")
+//! let vs2 = nn::VarStore::new(Device::Cpu);
+//! let again = Gpt::from_pretrained(vs2.root(), "runs/tiny")?;
+//! let logits = again.forward(&x.to(Device::Cpu), false)?; // [8, 256, 4096]
+//! # Ok(()) }
+//! ```
 
+mod block;
+pub mod config;
+mod error;
+pub mod generate;
+mod gpt;
+pub mod hf;
+mod precision;
+
+pub use config::GptConfig;
+pub use error::ModelError;
+pub use generate::{generate, Sampling};
+pub use gpt::Gpt;
+pub use precision::Precision;

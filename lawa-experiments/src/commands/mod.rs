@@ -1,4 +1,7 @@
 //! One module per `lawa` subcommand.
 
 pub mod average;
+pub mod eval;
 pub mod prepare;
+pub mod sample;
+pub mod train;

@@ -1,0 +1,137 @@
+//! `lawa eval`: mean next-token loss of a checkpoint over every window of a dataset split.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use lawa_core::data::{Dataset, Split, ValidationWindows};
+use lawa_models::{Gpt, Precision};
+use serde::Serialize;
+use tch::{nn, Device, Kind};
+
+/// What to evaluate, on what.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint folder (config.json + model.safetensors) or a .safetensors file with
+    /// config.json beside it.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A dataset folder made by `lawa prepare` (or nanoGPT's train.bin / val.bin).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split to score.
+    #[arg(long, default_value = "val")]
+    pub split: Split,
+    /// Window length in tokens [default: the model's block size].
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Compute precision: f32, or bf16 matmuls over fp32 weights.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// The checkpoint scored.
+    pub checkpoint: PathBuf,
+    /// The dataset folder.
+    pub data: PathBuf,
+    /// `train` or `val`.
+    pub split: String,
+    /// Mean next-token cross-entropy (nats per token).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Number of windows scored.
+    pub windows: usize,
+    /// Tokens per window.
+    pub block_size: usize,
+    /// Predictions scored (`windows * block_size`).
+    pub tokens: u64,
+}
+
+impl EvalReport {
+    /// The report as printed: JSON, or one line of text.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            // Plain numbers, strings and paths always serialize.
+            serde_json::to_string(self).unwrap_or_default()
+        } else {
+            format!(
+                "{} loss {:.4} (perplexity {:.2}) over {} windows of {} tokens ({} predictions)",
+                self.split, self.loss, self.perplexity, self.windows, self.block_size, self.tokens
+            )
+        }
+    }
+}
+
+/// Mean next-token loss of `gpt` over `windows`, in batches of `batch_size`, without gradients
+/// and in eval mode (no dropout). Returns the loss and the number of predictions.
+pub fn evaluate(gpt: &Gpt, windows: &ValidationWindows, batch_size: usize) -> Result<(f64, u64)> {
+    let _guard = tch::no_grad_guard();
+    let mut total = 0.0f64;
+    let mut count = 0u64;
+    for batch in windows.batches(batch_size, gpt.device()) {
+        let n = batch.y.numel() as u64;
+        let loss = gpt.loss(&batch.x, &batch.y, false)?;
+        total += loss.to_kind(Kind::Double).double_value(&[]) * n as f64;
+        count += n;
+    }
+    if count == 0 {
+        bail!("no windows to evaluate");
+    }
+    Ok((total / count as f64, count))
+}
+
+/// Runs `lawa eval`.
+pub fn run(args: &EvalArgs) -> Result<EvalReport> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let data = Dataset::open(&args.data)?;
+    let device = Device::cuda_if_available();
+    let vs = nn::VarStore::new(device);
+    let gpt = Gpt::from_pretrained(vs.root(), &args.checkpoint)?.with_precision(args.precision);
+    let cfg = gpt.config();
+    let vocab = data.meta().vocab_size as usize;
+    if vocab > cfg.vocab_size {
+        bail!(
+            "{}: vocabulary of {vocab} tokens ({}) exceeds the model's vocab_size {} ({})",
+            args.data.display(),
+            data.meta().tokenizer,
+            cfg.vocab_size,
+            args.checkpoint.display()
+        );
+    }
+    let block_size = args.block_size.unwrap_or(cfg.block_size);
+    if block_size > cfg.block_size {
+        bail!(
+            "--block-size {block_size} exceeds the model's block size {}",
+            cfg.block_size
+        );
+    }
+    let windows = ValidationWindows::contiguous(data.split(args.split), block_size)?;
+    let (loss, tokens) = evaluate(&gpt, &windows, args.batch_size).with_context(|| {
+        format!(
+            "evaluating {} on {}",
+            args.checkpoint.display(),
+            args.data.display()
+        )
+    })?;
+    Ok(EvalReport {
+        checkpoint: args.checkpoint.clone(),
+        data: args.data.clone(),
+        split: args.split.name().to_string(),
+        loss,
+        perplexity: loss.exp(),
+        windows: windows.len(),
+        block_size,
+        tokens,
+    })
+}

@@ -1,0 +1,313 @@
+//! `lawa eval` and `lawa sample` through the real binary: eval equals transformers' loss on the
+//! same windows, sampling is seeded, and bad input gives one clear error.
+
+#[path = "../../lawa-models/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use lawa_core::data::{DatasetMeta, SplitMethod};
+use lawa_models::{Gpt, GptConfig};
+use serde_json::json;
+use tch::{nn, Device};
+
+fn lawa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lawa"))
+        .args(args)
+        .env("LAWA_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs a command that must fail and returns its one-line message.
+fn fails(args: &[&str]) -> String {
+    let o = lawa(args);
+    let msg = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "expected failure: {args:?}\n{msg}");
+    assert!(msg.starts_with("error: "), "{msg}");
+    assert_eq!(msg.trim().lines().count(), 1, "one clear message: {msg}");
+    assert!(o.stdout.is_empty());
+    msg
+}
+
+/// A byte-tokenized dataset with pseudo-random text-like ids.
+fn dataset(dir: &Path, train: usize, val: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ids = |n: usize, seed: u64| -> Vec<u8> {
+        common::tokens(1, n, 257, seed)[0]
+            .iter()
+            .flat_map(|&id| (id as u16).to_le_bytes())
+            .collect()
+    };
+    std::fs::write(dir.join("train.bin"), ids(train, 1)).unwrap();
+    std::fs::write(dir.join("val.bin"), ids(val, 2)).unwrap();
+    DatasetMeta {
+        tokenizer: "byte".into(),
+        tokenizer_file: None,
+        vocab_size: 257,
+        eot_token: Some(256),
+        train_tokens: train as u64,
+        val_tokens: val as u64,
+        train_documents: 1,
+        val_documents: 1,
+        split: SplitMethod::Position,
+        val_fraction: 0.1,
+        source: "test".into(),
+        source_sha256: String::new(),
+    }
+    .save(dir)
+    .unwrap();
+}
+
+/// A random model with large weights (so predictions differ from window to window), saved.
+fn checkpoint(dir: &Path, vocab: usize, block: usize) {
+    let cfg = GptConfig {
+        n_layer: 2,
+        n_head: 3,
+        n_embd: 36,
+        block_size: block,
+        vocab_size: vocab,
+        bias: true,
+        dropout: 0.1,
+        scale_attn_by_inverse_layer_idx: false,
+        vocab_multiple: 64,
+    };
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if !name.contains(".ln_") {
+                t.copy_(&(t.randn_like() * 0.1));
+            }
+        }
+    });
+    gpt.save_pretrained(dir).unwrap();
+}
+
+#[test]
+fn eval_equals_the_loss_transformers_computes_on_the_same_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = dir.path().join("model");
+    dataset(&data, 500, 1000);
+    checkpoint(&model, 257, 64);
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+
+    let o = lawa(&[
+        "eval",
+        "--checkpoint",
+        m,
+        "--data",
+        d,
+        "--block-size",
+        "32",
+        "--batch-size",
+        "5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // (1000 - 1) / 32 = 31 windows; the last partial one is dropped.
+    assert_eq!(ours["windows"], 31);
+    assert_eq!(ours["tokens"], 31 * 32);
+    assert_eq!(ours["split"], "val");
+
+    let reference = common::run_reference(
+        "eval",
+        &json!({
+            "checkpoint": model, "bin": data.join("val.bin"), "block_size": 32, "batch_size": 5,
+        }),
+        dir.path(),
+    );
+    let theirs: serde_json::Value = serde_json::from_str(&reference).unwrap();
+    assert_eq!(theirs["windows"], 31);
+    let (a, b) = (
+        ours["loss"].as_f64().unwrap(),
+        theirs["loss"].as_f64().unwrap(),
+    );
+    eprintln!(
+        "lawa eval {a} vs transformers {b}: |diff| {:.2e}",
+        (a - b).abs()
+    );
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    assert!(
+        (a - 257f64.ln()).abs() > 0.05,
+        "a non-trivial model: loss {a}"
+    );
+    let ppl = ours["perplexity"].as_f64().unwrap();
+    assert!((ppl - a.exp()).abs() < 1e-9 * ppl);
+
+    // Deterministic, and the same in text form; the default block size is the model's.
+    let o = lawa(&[
+        "eval",
+        "--checkpoint",
+        m,
+        "--data",
+        d,
+        "--block-size",
+        "32",
+        "--batch-size",
+        "5",
+    ]);
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).starts_with(&format!("val loss {a:.4} (perplexity")),
+        "{}",
+        stdout(&o)
+    );
+    let o = lawa(&[
+        "eval",
+        "--checkpoint",
+        m,
+        "--data",
+        d,
+        "--split",
+        "train",
+        "--json",
+    ]);
+    let train: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (train["block_size"].clone(), train["windows"].clone()),
+        (json!(64), json!(7))
+    );
+}
+
+#[test]
+fn eval_rejects_a_larger_vocabulary_a_longer_block_and_a_broken_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = dir.path().join("model");
+    dataset(&data, 300, 300);
+    checkpoint(&model, 200, 16);
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let msg = fails(&["eval", "--checkpoint", m, "--data", d]);
+    assert!(
+        msg.contains("vocabulary of 257 tokens (byte) exceeds the model's vocab_size 200"),
+        "{msg}"
+    );
+
+    checkpoint(&model, 257, 16);
+    let msg = fails(&["eval", "--checkpoint", m, "--data", d, "--block-size", "17"]);
+    assert!(
+        msg.contains("--block-size 17") && msg.contains("16"),
+        "{msg}"
+    );
+
+    let weights = model.join("model.safetensors");
+    let mut named = tch::Tensor::read_safetensors(&weights).unwrap();
+    named.retain(|(n, _)| n != "transformer.h.0.ln_2.bias");
+    tch::Tensor::write_safetensors(&named, &weights).unwrap();
+    let msg = fails(&["eval", "--checkpoint", m, "--data", d]);
+    assert!(
+        msg.contains("tensor transformer.h.0.ln_2.bias is missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn sample_is_seeded_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    checkpoint(&model, 257, 32);
+    let m = model.to_str().unwrap();
+    let run = |seed: &str| {
+        let o = lawa(&[
+            "sample",
+            "--checkpoint",
+            m,
+            "--tokenizer",
+            "byte",
+            "--prompt",
+            "Hello",
+            "--tokens",
+            "40",
+            "--seed",
+            seed,
+            "--temperature",
+            "1.0",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    let a = run("1");
+    assert!(a.starts_with("Hello"), "{a}");
+    assert!(a.len() > "Hello".len() + 10, "{a:?}");
+    assert_eq!(a, run("1"));
+    assert_ne!(a, run("2"));
+
+    // Greedy decoding does not depend on the seed.
+    let greedy = |seed: &str| {
+        let o = lawa(&[
+            "sample",
+            "--checkpoint",
+            m,
+            "--tokenizer",
+            "byte",
+            "--tokens",
+            "10",
+            "--seed",
+            seed,
+            "--temperature",
+            "0",
+        ]);
+        assert!(o.status.success());
+        stdout(&o)
+    };
+    assert_eq!(greedy("1"), greedy("2"));
+
+    // The dataset's tokenizer.
+    let data = dir.path().join("data");
+    dataset(&data, 100, 100);
+    let o = lawa(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--tokens",
+        "40",
+        "--seed",
+        "1",
+        "--temperature",
+        "1.0",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), a);
+}
+
+#[test]
+fn sample_rejects_a_long_prompt_and_a_tokenizer_larger_than_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    checkpoint(&model, 257, 16);
+    let m = model.to_str().unwrap();
+    let prompt = "x".repeat(40);
+    let msg = fails(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--tokenizer",
+        "byte",
+        "--prompt",
+        &prompt,
+    ]);
+    assert!(
+        msg.contains("--prompt is 40 tokens long, more than the model's block size 16"),
+        "{msg}"
+    );
+    let msg = fails(&["sample", "--checkpoint", m, "--tokenizer", "gpt2"]);
+    assert!(
+        msg.contains("tokenizer gpt2 has 50257 tokens, more than the model's vocab_size 257"),
+        "{msg}"
+    );
+    let msg = fails(&["sample", "--checkpoint", m, "--tokenizer", "bpe:300"]);
+    assert!(msg.contains("--data"), "{msg}");
+}

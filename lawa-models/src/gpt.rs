@@ -1,0 +1,191 @@
+//! The GPT-2 language model: embeddings, blocks, final LayerNorm and the tied LM head.
+
+use std::borrow::Borrow;
+
+use tch::nn::{Init, Path};
+use tch::{Device, Kind, Tensor};
+
+use crate::block::{self, Block, LayerNorm, Param};
+use crate::{GptConfig, ModelError, Precision};
+
+/// A GPT-2 whose variables live in a [`tch::nn::VarStore`].
+///
+/// Variables carry Hugging Face GPT-2 names below the path the model was built at
+/// (`transformer.wte.weight`, `transformer.h.0.attn.c_attn.weight`, ...). The token embedding is
+/// also the LM head: one variable, so an optimizer or a weight average sees it once.
+#[derive(Debug)]
+pub struct Gpt {
+    cfg: GptConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    precision: Precision,
+    device: Device,
+}
+
+impl Gpt {
+    /// Builds a GPT-2 under `vs` with GPT-2's initialization: weights N(0, 0.02), the residual
+    /// projections (`c_proj`) N(0, 0.02 / sqrt(2 n_layer)), biases zero, LayerNorm weights one.
+    /// Draws from libtorch's global generator (seed it with [`tch::manual_seed`]).
+    pub fn new<'a>(vs: impl Borrow<Path<'a>>, cfg: &GptConfig) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let vs = vs.borrow();
+        let t = vs / "transformer";
+        let c = cfg.n_embd as i64;
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let wte = (&t / "wte").var("weight", &[cfg.padded_vocab_size() as i64, c], normal);
+        let wpe = (&t / "wpe").var("weight", &[cfg.block_size as i64, c], normal);
+        let h = &t / "h";
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(&h / i, cfg, i))
+            .collect();
+        let ln_f = block::layer_norm(&t / "ln_f", c, cfg.bias);
+        Ok(Gpt {
+            cfg: cfg.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            precision: Precision::F32,
+            device: vs.device(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// The device the variables live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The compute precision of [`Gpt::forward`] and [`Gpt::loss`] (fp32 unless set).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the compute precision; the fp32 variables are unchanged.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The model with this compute precision (builder style).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Number of parameters (see [`GptConfig::num_params`]: the tied embedding counted once,
+    /// padding rows not counted; `non_embedding` leaves out the position embedding).
+    pub fn num_params(&self, non_embedding: bool) -> usize {
+        self.cfg.num_params(non_embedding)
+    }
+
+    /// Number of values held in the model's variables, vocabulary padding rows included.
+    pub fn num_stored_values(&self) -> usize {
+        self.params().iter().map(|p| p.tensor.numel()).sum()
+    }
+
+    /// Training FLOPs per token for MFU (see [`GptConfig::flops_per_token`]).
+    pub fn flops_per_token(&self) -> f64 {
+        self.cfg.flops_per_token()
+    }
+
+    fn check_ids(&self, idx: &Tensor, what: &str) -> Result<(i64, i64), ModelError> {
+        let size = idx.size();
+        let [b, t] = size[..] else {
+            return Err(ModelError::BadInput(format!(
+                "{what} must be a [batch, time] tensor, got shape {size:?}"
+            )));
+        };
+        if !matches!(idx.kind(), Kind::Int64 | Kind::Int) {
+            return Err(ModelError::BadInput(format!(
+                "{what} must hold integer token ids, got {:?}",
+                idx.kind()
+            )));
+        }
+        if t == 0 || b == 0 {
+            return Err(ModelError::BadInput(format!(
+                "{what} is empty (shape {size:?})"
+            )));
+        }
+        if t > self.cfg.block_size as i64 {
+            return Err(ModelError::BadInput(format!(
+                "sequence of {t} tokens is longer than the model's block size {}",
+                self.cfg.block_size
+            )));
+        }
+        Ok((b, t))
+    }
+
+    /// Next-token logits `[B, T, vocab_size]` for token ids `idx` (`[B, T]`, int64, every id
+    /// below `vocab_size`, `T <= block_size`), in the compute dtype (bf16 under
+    /// [`Precision::Bf16`]). `train` turns dropout on. Padding rows of the vocabulary are left
+    /// out of the logits, so a softmax over them is exactly GPT-2's.
+    pub fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let (_, t) = self.check_ids(idx, "token ids")?;
+        let pos = Tensor::arange(t, (Kind::Int64, idx.device()));
+        let tok = Tensor::f_embedding(&self.wte, idx, -1, false, false)?;
+        let x = tok + Tensor::embedding(&self.wpe, &pos, -1, false, false);
+        let mut x = block::dropout_if(x, self.cfg.dropout, train);
+        for b in &self.blocks {
+            x = b.forward(&x, train, self.precision);
+        }
+        let x = self.precision.cast(&self.ln_f.forward(&x));
+        let logits = x.linear(&self.precision.cast(&self.wte), None::<Tensor>);
+        let vocab = self.cfg.vocab_size as i64;
+        Ok(if self.cfg.padded_vocab_size() as i64 == vocab {
+            logits
+        } else {
+            logits.narrow(-1, 0, vocab)
+        })
+    }
+
+    /// Mean next-token cross-entropy (a scalar, fp32) of predicting `targets` (`[B, T]`) from
+    /// `idx` (`[B, T]`). The softmax and loss run in fp32 whatever the compute precision.
+    pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let (b, t) = self.check_ids(idx, "token ids")?;
+        if targets.size() != [b, t] {
+            return Err(ModelError::BadInput(format!(
+                "targets have shape {:?}, token ids [{b}, {t}]",
+                targets.size()
+            )));
+        }
+        let logits = self.forward(idx, train)?;
+        let logits = logits.reshape([b * t, self.cfg.vocab_size as i64]);
+        let logp = logits.log_softmax(-1, Kind::Float);
+        Ok(logp.f_nll_loss(
+            &targets.reshape([b * t]).to_kind(Kind::Int64),
+            None::<Tensor>,
+            tch::Reduction::Mean,
+            -100,
+        )?)
+    }
+
+    /// Every variable under its Hugging Face name, in Hugging Face's order.
+    pub(crate) fn params(&self) -> Vec<Param> {
+        let mut out = vec![
+            Param {
+                name: "transformer.wte.weight".into(),
+                tensor: self.wte.shallow_clone(),
+                conv1d: false,
+            },
+            Param {
+                name: "transformer.wpe.weight".into(),
+                tensor: self.wpe.shallow_clone(),
+                conv1d: false,
+            },
+        ];
+        for (i, b) in self.blocks.iter().enumerate() {
+            b.params(&format!("transformer.h.{i}"), &mut out);
+        }
+        block::layer_norm_params(&self.ln_f, "transformer.ln_f", &mut out);
+        out
+    }
+}

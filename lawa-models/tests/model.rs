@@ -1,0 +1,261 @@
+//! The model itself: variable names and tying, parameter counts, initialization, precision,
+//! dropout and the errors of bad input.
+
+use lawa_models::{Gpt, GptConfig, Precision};
+use tch::{nn, Device, Kind, Tensor};
+
+fn tiny(vocab: usize) -> GptConfig {
+    GptConfig::preset("tiny", vocab).unwrap()
+}
+
+fn ids(b: i64, t: i64, vocab: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randint(vocab, [b, t], (Kind::Int64, Device::Cpu))
+}
+
+#[test]
+fn variables_have_hugging_face_names_and_the_lm_head_is_the_token_embedding() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _gpt = Gpt::new(vs.root(), &tiny(300)).unwrap();
+    let vars = vs.variables();
+    // wte, wpe, 4 blocks of 12 (2 LayerNorms x 2, 4 linears x 2), ln_f weight and bias.
+    assert_eq!(vars.len(), 2 + 4 * 12 + 2);
+    assert_eq!(vars["transformer.wte.weight"].size(), [320, 256]);
+    assert_eq!(vars["transformer.wpe.weight"].size(), [256, 256]);
+    assert_eq!(
+        vars["transformer.h.0.attn.c_attn.weight"].size(),
+        [768, 256]
+    );
+    assert_eq!(
+        vars["transformer.h.3.mlp.c_proj.weight"].size(),
+        [256, 1024]
+    );
+    assert_eq!(vars["transformer.h.3.mlp.c_fc.bias"].size(), [1024]);
+    assert_eq!(vars["transformer.h.0.ln_1.weight"].size(), [256]);
+    assert_eq!(vars["transformer.ln_f.bias"].size(), [256]);
+    assert!(vars.keys().all(|k| !k.contains("lm_head")));
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = GptConfig {
+        bias: false,
+        ..tiny(300)
+    };
+    let _gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    let vars = vs.variables();
+    assert_eq!(vars.len(), 2 + 4 * 6 + 1);
+    assert!(vars.keys().all(|k| !k.ends_with(".bias")));
+}
+
+#[test]
+fn instantiated_parameter_counts_match_the_analytic_ones() {
+    for cfg in [
+        tiny(300),
+        GptConfig {
+            bias: false,
+            ..tiny(257)
+        },
+        GptConfig::preset("small", 50_257).unwrap(),
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let gpt = tch::no_grad(|| Gpt::new(vs.root(), &cfg)).unwrap();
+        let stored: usize = vs.variables().values().map(Tensor::numel).sum();
+        assert_eq!(stored, gpt.num_stored_values());
+        let padding = (cfg.padded_vocab_size() - cfg.vocab_size) * cfg.n_embd;
+        assert_eq!(stored - padding, gpt.num_params(false), "{cfg:?}");
+        assert_eq!(
+            gpt.num_params(false) - gpt.num_params(true),
+            cfg.block_size * cfg.n_embd
+        );
+    }
+    assert_eq!(
+        GptConfig::preset("small", 50_257)
+            .unwrap()
+            .num_params(false),
+        124_439_808
+    );
+}
+
+#[test]
+fn initialization_follows_gpt2() {
+    let cfg = GptConfig {
+        n_layer: 8,
+        ..tiny(512)
+    };
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    let vars = vs.variables();
+    let std = |name: &str| vars[name].std(true).double_value(&[]);
+    let mean = |name: &str| vars[name].mean(Kind::Float).double_value(&[]);
+    let near = |a: f64, b: f64| (a - b).abs() < 0.03 * b;
+    for name in [
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.7.mlp.c_fc.weight",
+    ] {
+        assert!(near(std(name), 0.02), "{name}: std {}", std(name));
+        assert!(mean(name).abs() < 1e-3);
+    }
+    let proj = 0.02 / (2.0f64 * 8.0).sqrt();
+    for name in [
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.5.mlp.c_proj.weight",
+    ] {
+        assert!(near(std(name), proj), "{name}: std {}", std(name));
+    }
+    for (name, t) in &vars {
+        if name.ends_with(".bias") {
+            assert_eq!(t.abs().max().double_value(&[]), 0.0, "{name}");
+        }
+        if name.contains("ln_") && name.ends_with(".weight") {
+            assert_eq!(t.min().double_value(&[]), 1.0, "{name}");
+            assert_eq!(t.max().double_value(&[]), 1.0, "{name}");
+        }
+    }
+}
+
+#[test]
+fn loss_is_cross_entropy_over_the_real_vocabulary_and_padding_gets_no_gradient() {
+    let cfg = tiny(300); // padded to 320
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    let x = ids(2, 64, 300, 2);
+    let y = ids(2, 64, 300, 3);
+    let logits = gpt.forward(&x, false).unwrap();
+    assert_eq!(logits.size(), [2, 64, 300]);
+    let loss = gpt.loss(&x, &y, false).unwrap();
+    assert_eq!(loss.size(), Vec::<i64>::new());
+    let by_hand = logits
+        .reshape([-1, 300])
+        .log_softmax(-1, Kind::Double)
+        .gather(1, &y.reshape([-1, 1]), false)
+        .mean(Kind::Double)
+        .neg()
+        .double_value(&[]);
+    let value = loss.double_value(&[]);
+    assert!((value - by_hand).abs() < 1e-5, "{value} vs {by_hand}");
+    // Small initial weights: nearly uniform predictions.
+    assert!((value - 300f64.ln()).abs() < 0.1, "initial loss {value}");
+    loss.backward();
+    let grad = vs.variables()["transformer.wte.weight"].grad();
+    assert!(grad.narrow(0, 0, 300).abs().max().double_value(&[]) > 0.0);
+    assert_eq!(grad.narrow(0, 300, 20).abs().max().double_value(&[]), 0.0);
+}
+
+#[test]
+fn bf16_path_runs_on_cpu_close_to_f32_and_trains_fp32_master_weights() {
+    let cfg = tiny(300);
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    let x = ids(2, 32, 300, 5);
+    let y = ids(2, 32, 300, 6);
+    let f32_logits = tch::no_grad(|| gpt.forward(&x, false)).unwrap();
+    let f32_loss = tch::no_grad(|| gpt.loss(&x, &y, false)).unwrap();
+    gpt.set_precision(Precision::Bf16);
+    let bf16_logits = tch::no_grad(|| gpt.forward(&x, false)).unwrap();
+    assert_eq!(bf16_logits.kind(), Kind::BFloat16);
+    assert_eq!(f32_logits.kind(), Kind::Float);
+    let scale = f32_logits.abs().max().double_value(&[]);
+    let diff = (bf16_logits.to_kind(Kind::Float) - &f32_logits)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff > 0.0, "bf16 must actually round");
+    assert!(diff < 0.05 * scale, "bf16 {diff} vs scale {scale}");
+    let loss = gpt.loss(&x, &y, false).unwrap();
+    assert_eq!(loss.kind(), Kind::Float);
+    let gap = (loss.double_value(&[]) - f32_loss.double_value(&[])).abs();
+    assert!(gap < 0.02, "loss gap {gap}");
+    loss.backward();
+    for (name, t) in vs.variables() {
+        assert_eq!(t.kind(), Kind::Float, "{name}");
+        assert_eq!(t.grad().kind(), Kind::Float, "{name}");
+        assert!(
+            t.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn bf16_matmuls_really_run_in_bf16_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: CUDA is not available");
+        return;
+    }
+    let cfg = tiny(300);
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cuda(0));
+    let gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    let x = ids(2, 128, 300, 8).to(Device::Cuda(0));
+    let f32_logits = tch::no_grad(|| gpt.forward(&x, false)).unwrap();
+    let gpt = gpt.with_precision(Precision::Bf16);
+    let logits = tch::no_grad(|| gpt.forward(&x, false)).unwrap();
+    assert_eq!(logits.kind(), Kind::BFloat16);
+    assert_eq!(logits.device(), Device::Cuda(0));
+    let diff = (logits.to_kind(Kind::Float) - &f32_logits)
+        .abs()
+        .max()
+        .double_value(&[]);
+    let scale = f32_logits.abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.05 * scale, "{diff} vs {scale}");
+    let loss = gpt.loss(&x, &x, true).unwrap();
+    assert_eq!(loss.kind(), Kind::Float);
+    loss.backward();
+    assert_eq!(
+        vs.variables()["transformer.h.0.attn.c_attn.weight"]
+            .grad()
+            .kind(),
+        Kind::Float
+    );
+}
+
+#[test]
+fn dropout_applies_only_in_training() {
+    let cfg = GptConfig {
+        dropout: 0.2,
+        ..tiny(300)
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    let x = ids(1, 16, 300, 9);
+    tch::no_grad(|| {
+        let a = gpt.forward(&x, false).unwrap();
+        let b = gpt.forward(&x, false).unwrap();
+        assert!(a.equal(&b));
+        let c = gpt.forward(&x, true).unwrap();
+        assert!((c - &a).abs().max().double_value(&[]) > 1e-3);
+    });
+}
+
+#[test]
+fn forward_rejects_bad_input_with_clear_errors() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(vs.root(), &tiny(300)).unwrap();
+    let msg = gpt
+        .forward(&ids(1, 257, 300, 0), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("257 tokens") && msg.contains("block size 256"),
+        "{msg}"
+    );
+    let msg = gpt
+        .forward(&Tensor::from_slice(&[1i64, 2]), false)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("[batch, time]"), "{msg}");
+    let msg = gpt
+        .forward(&Tensor::zeros([1, 4], (Kind::Float, Device::Cpu)), false)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("integer"), "{msg}");
+    let msg = gpt
+        .loss(&ids(1, 8, 300, 0), &ids(1, 7, 300, 0), false)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("targets"), "{msg}");
+}
