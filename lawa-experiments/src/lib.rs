@@ -6,3 +6,4 @@ pub mod commands;
 pub mod corpus;
 pub mod progress;
 pub mod tokenizer;
+pub mod train;

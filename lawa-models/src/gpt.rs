@@ -38,6 +38,14 @@ impl Gpt {
             stdev: 0.02,
         };
         let wte = (&t / "wte").var("weight", &[cfg.padded_vocab_size() as i64, c], normal);
+        // Padding rows are inert (never a logit, never a gradient): zero them, as loading a
+        // checkpoint does, so that a saved and reloaded model is the same model, row for row.
+        let padding = (cfg.padded_vocab_size() - cfg.vocab_size) as i64;
+        if padding > 0 {
+            tch::no_grad(|| {
+                let _ = wte.narrow(0, cfg.vocab_size as i64, padding).fill_(0.0);
+            });
+        }
         let wpe = (&t / "wpe").var("weight", &[cfg.block_size as i64, c], normal);
         let h = &t / "h";
         let blocks = (0..cfg.n_layer)

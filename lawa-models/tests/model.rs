@@ -259,3 +259,20 @@ fn forward_rejects_bad_input_with_clear_errors() {
         .to_string();
     assert!(msg.contains("targets"), "{msg}");
 }
+
+#[test]
+fn vocabulary_padding_rows_start_at_zero_like_a_reloaded_model() {
+    tch::manual_seed(3);
+    let cfg = lawa_models::GptConfig::preset("tiny", 257).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _gpt = lawa_models::Gpt::new(vs.root(), &cfg).unwrap();
+    let wte = &vs.variables()["transformer.wte.weight"];
+    assert_eq!(wte.size()[0], 320);
+    let pad = wte.narrow(0, 257, 63);
+    assert_eq!(pad.abs().sum(tch::Kind::Double).double_value(&[]), 0.0);
+    let real = wte.narrow(0, 0, 257);
+    assert!(
+        real.std(true).double_value(&[]) > 0.015,
+        "real rows keep N(0, 0.02)"
+    );
+}
