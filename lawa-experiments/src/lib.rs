@@ -5,5 +5,6 @@ pub mod assets;
 pub mod commands;
 pub mod corpus;
 pub mod progress;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;

@@ -24,6 +24,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Generate text from a checkpoint, continuing a prompt.
     Sample(commands::sample::SampleArgs),
+    /// Run a sweep: models x lrs x seeds, every averager of a grid; re-running resumes.
+    Sweep(commands::sweep::SweepArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
     Train(commands::train::TrainArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         }
         Command::Sample(args) => commands::sample::run(args).map(|text| println!("{text}")),
         Command::Train(args) => commands::train::run(args).map(|_| ()),
+        Command::Sweep(args) => commands::sweep::run(args).map(|r| println!("{}", r.dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

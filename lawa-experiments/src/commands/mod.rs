@@ -4,4 +4,5 @@ pub mod average;
 pub mod eval;
 pub mod prepare;
 pub mod sample;
+pub mod sweep;
 pub mod train;

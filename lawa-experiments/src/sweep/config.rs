@@ -1,0 +1,376 @@
+//! A sweep as written in YAML: data, models, grids over learning rate and seed, the training
+//! recipe, and a grid of averagers that every training trajectory feeds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use lawa_core::averaging::{AveragerSpec, Storage, SwaStart};
+use serde::{Deserialize, Serialize};
+
+use crate::train::config::{CheckpointSpec, EvalSpec, ModelSpec, TrainSpec};
+use crate::train::RunConfig;
+
+/// One sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Results go to `<results>/<name>/`.
+    pub name: String,
+    /// The dataset.
+    pub data: DataSpec,
+    /// Models to train (presets with optional overrides).
+    pub models: Vec<ModelSpec>,
+    /// Peak learning rates.
+    pub lrs: Vec<f64>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// The recipe (its `lr` and `seed` are set by the grid).
+    pub train: TrainRecipe,
+    /// Evaluation.
+    pub eval: EvalSpec,
+    /// Checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// The averagers every run evaluates.
+    pub averagers: AveragerGrid,
+    /// Where averagers keep snapshots: `training` or `cpu`.
+    #[serde(default)]
+    pub averager_storage: Storage,
+    /// `auto`, `cpu`, `cuda`, `cuda:N`.
+    #[serde(default = "auto")]
+    pub device: String,
+    /// Parent folder of the results [default: results].
+    #[serde(default)]
+    pub results: Option<PathBuf>,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+/// Where the tokens come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A prepared dataset folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Or a corpus to prepare first (skipped when already prepared).
+    #[serde(default)]
+    pub prepare: Option<PrepareSpec>,
+}
+
+/// `lawa prepare` arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSpec {
+    /// Corpus path or `sotu`.
+    pub source: String,
+    /// `gpt2`, `bpe:N` or `byte`.
+    pub tokenizer: String,
+    /// Validation fraction.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Output folder [default: data/<source>-<tokenizer>].
+    #[serde(default)]
+    pub out: Option<PathBuf>,
+}
+
+fn default_val_fraction() -> f64 {
+    0.05
+}
+
+/// The recipe of [`TrainSpec`] without `lr` and `seed`, which the grid sets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRecipe {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub block_size: usize,
+    /// Micro-batches per step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Schedule; a `min_lr` written as `min_lr_ratio` scales with each lr.
+    pub schedule: ScheduleRecipe,
+    /// AdamW hyperparameters.
+    #[serde(default)]
+    pub adamw: lawa_core::optim::AdamWConfig,
+    /// Gradient clipping (0: off).
+    #[serde(default = "clip")]
+    pub grad_clip: f64,
+    /// `auto`, `f32`, `bf16`.
+    #[serde(default = "auto")]
+    pub precision: String,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn clip() -> f64 {
+    1.0
+}
+
+/// A schedule whose final rate is a fraction of each run's peak (the paper's min_lr = lr / 10).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ScheduleRecipe {
+    /// Warm-up then cosine to `min_lr_ratio * lr`.
+    Cosine {
+        /// Warm-up steps.
+        warmup: u64,
+        /// Final rate as a fraction of the peak.
+        min_lr_ratio: f64,
+    },
+    /// Warm-up then constant.
+    Constant {
+        /// Warm-up steps.
+        #[serde(default)]
+        warmup: u64,
+    },
+    /// Warm-up, constant, linear cooldown to `min_lr_ratio * lr` over the last `cooldown` steps.
+    Wsd {
+        /// Warm-up steps.
+        warmup: u64,
+        /// Cooldown steps.
+        cooldown: u64,
+        /// Final rate as a fraction of the peak.
+        min_lr_ratio: f64,
+    },
+}
+
+impl ScheduleRecipe {
+    fn for_lr(self, lr: f64) -> lawa_core::optim::Schedule {
+        use lawa_core::optim::Schedule;
+        match self {
+            ScheduleRecipe::Cosine {
+                warmup,
+                min_lr_ratio,
+            } => Schedule::Cosine {
+                warmup,
+                min_lr: lr * min_lr_ratio,
+                decay_end: None,
+            },
+            ScheduleRecipe::Constant { warmup } => Schedule::Constant { warmup },
+            ScheduleRecipe::Wsd {
+                warmup,
+                cooldown,
+                min_lr_ratio,
+            } => Schedule::Wsd {
+                warmup,
+                cooldown,
+                min_lr: lr * min_lr_ratio,
+            },
+        }
+    }
+}
+
+/// A grid of averagers: every combination listed, plus any single ones under `also`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AveragerGrid {
+    /// LAWA over every (k, nu).
+    #[serde(default)]
+    pub lawa: Option<LawaGrid>,
+    /// EMA over every decay.
+    #[serde(default)]
+    pub ema: Option<EmaGrid>,
+    /// SWA over every start.
+    #[serde(default)]
+    pub swa: Option<SwaGrid>,
+    /// More averagers, one by one.
+    #[serde(default)]
+    pub also: Vec<AveragerSpec>,
+}
+
+/// LAWA grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LawaGrid {
+    /// Window sizes.
+    pub k: Vec<usize>,
+    /// Spacings, in steps.
+    pub nu: Vec<u64>,
+}
+
+/// EMA grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmaGrid {
+    /// Decays.
+    pub decay: Vec<f64>,
+    /// The authors' warm-up form.
+    #[serde(default)]
+    pub warmup: bool,
+}
+
+/// SWA grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwaGrid {
+    /// Starts: steps, or fractions of training (0.75 = "SWA late").
+    pub start: Vec<SwaStart>,
+    /// Sampling interval.
+    #[serde(default = "ten")]
+    pub every: u64,
+}
+
+fn ten() -> u64 {
+    10
+}
+
+impl AveragerGrid {
+    /// Every averager of the grid, in a fixed order.
+    pub fn specs(&self) -> Result<Vec<AveragerSpec>> {
+        let mut out = Vec::new();
+        if let Some(g) = &self.lawa {
+            if g.k.is_empty() || g.nu.is_empty() {
+                bail!("averagers.lawa: k and nu need at least one value each");
+            }
+            for &nu in &g.nu {
+                for &k in &g.k {
+                    out.push(AveragerSpec::Lawa { k, nu, start: 0 });
+                }
+            }
+        }
+        if let Some(g) = &self.ema {
+            if g.decay.is_empty() {
+                bail!("averagers.ema.decay: needs at least one value");
+            }
+            for &decay in &g.decay {
+                out.push(AveragerSpec::Ema {
+                    decay,
+                    warmup: g.warmup,
+                    every: 1,
+                    start: 0,
+                });
+            }
+        }
+        if let Some(g) = &self.swa {
+            if g.start.is_empty() {
+                bail!("averagers.swa.start: needs at least one value");
+            }
+            for &start in &g.start {
+                out.push(AveragerSpec::Swa {
+                    start,
+                    every: g.every,
+                });
+            }
+        }
+        out.extend(self.also.iter().cloned());
+        Ok(out)
+    }
+}
+
+/// One run of the grid.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    /// Its id, e.g. `tiny-lr0.006-s0`.
+    pub id: String,
+    /// Its full config.
+    pub config: RunConfig,
+}
+
+impl SweepConfig {
+    /// Reads and checks a sweep file; errors name the file and field.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let cfg: SweepConfig =
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.plan(Path::new("data"))
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// The results folder of this sweep.
+    pub fn results_dir(&self) -> PathBuf {
+        self.results
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results"))
+            .join(&self.name)
+    }
+
+    /// The dataset folder (to be prepared when `data.prepare` is given).
+    pub fn data_dir(&self) -> Result<PathBuf> {
+        match (&self.data.path, &self.data.prepare) {
+            (Some(p), None) => Ok(p.clone()),
+            (None, Some(p)) => Ok(p.out.clone().unwrap_or_else(|| {
+                PathBuf::from("data").join(format!(
+                    "{}-{}",
+                    Path::new(&p.source)
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "corpus".into()),
+                    p.tokenizer.replace(':', "")
+                ))
+            })),
+            _ => bail!("data: give exactly one of `path` (a prepared dataset) or `prepare`"),
+        }
+    }
+
+    /// Every run of the grid (models x lrs x seeds), each validated.
+    pub fn plan(&self, data_dir: &Path) -> Result<Vec<PlannedRun>> {
+        if self.name.is_empty() || self.name.contains(['/', ',', '"']) {
+            bail!(
+                "name = {:?} is invalid: a non-empty name without '/', ',' or '\"'",
+                self.name
+            );
+        }
+        for (field, empty) in [
+            ("models", self.models.is_empty()),
+            ("lrs", self.lrs.is_empty()),
+            ("seeds", self.seeds.is_empty()),
+        ] {
+            if empty {
+                bail!("{field}: the grid is empty; give at least one value");
+            }
+        }
+        self.data_dir()?;
+        let averagers = self.averagers.specs()?;
+        let r = &self.train;
+        let mut runs = Vec::new();
+        for model in &self.models {
+            let model_name = model.preset.clone().unwrap_or_else(|| "custom".into());
+            for &lr in &self.lrs {
+                for &seed in &self.seeds {
+                    let id = format!("{model_name}-lr{lr}-s{seed}");
+                    if runs.iter().any(|r: &PlannedRun| r.id == id) {
+                        bail!("the grid repeats run {id} (a duplicate model, lr or seed)");
+                    }
+                    let config = RunConfig {
+                        name: id.clone(),
+                        data: data_dir.to_owned(),
+                        model: model.clone(),
+                        train: TrainSpec {
+                            steps: r.steps,
+                            batch_size: r.batch_size,
+                            block_size: r.block_size,
+                            grad_accum: r.grad_accum,
+                            lr,
+                            schedule: r.schedule.for_lr(lr),
+                            adamw: r.adamw,
+                            grad_clip: r.grad_clip,
+                            seed,
+                            precision: r.precision.clone(),
+                        },
+                        eval: self.eval.clone(),
+                        checkpoint: self.checkpoint.clone(),
+                        averagers: averagers.clone(),
+                        averager_storage: self.averager_storage,
+                        device: self.device.clone(),
+                        out: Some(self.results_dir().join("runs").join(&id)),
+                    };
+                    config
+                        .validate()
+                        .map_err(|e| anyhow::anyhow!("run {id}: {e:#}"))?;
+                    runs.push(PlannedRun { id, config });
+                }
+            }
+        }
+        Ok(runs)
+    }
+}
