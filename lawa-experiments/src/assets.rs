@@ -104,3 +104,17 @@ pub fn sotu_dir() -> Result<PathBuf> {
     }
     Ok(dir)
 }
+
+/// The Python that runs reference scripts (benchmarks): `$LAWA_PYTHON`, else the bootstrap's
+/// torch venv in the cache, else `python3`.
+pub fn reference_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAWA_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = cache_dir().join("torch-2.11.0").join("bin").join("python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}

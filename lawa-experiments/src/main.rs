@@ -24,6 +24,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Generate text from a checkpoint, continuing a prompt.
     Sample(commands::sample::SampleArgs),
+    /// Training throughput (and averaging cost) beside a PyTorch reference in the same run.
+    Bench(commands::bench::BenchArgs),
     /// Run a sweep: models x lrs x seeds, every averager of a grid; re-running resumes.
     Sweep(commands::sweep::SweepArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         }
         Command::Sample(args) => commands::sample::run(args).map(|text| println!("{text}")),
         Command::Train(args) => commands::train::run(args).map(|_| ()),
+        Command::Bench(args) => commands::bench::run(args).map(|_| ()),
         Command::Sweep(args) => commands::sweep::run(args).map(|r| println!("{}", r.dir.display())),
     };
     match result {

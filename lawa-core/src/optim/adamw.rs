@@ -90,6 +90,9 @@ pub struct AdamW {
     config: AdamWConfig,
     params: Vec<Param>,
     steps: u64,
+    /// Three flat fp32 buffers as large as the largest parameter, per device: the step's
+    /// temporaries live there, so a step allocates nothing.
+    scratch: Vec<(tch::Device, [Tensor; 3])>,
 }
 
 impl std::fmt::Debug for AdamW {
@@ -142,7 +145,7 @@ impl AdamW {
         )?;
         let mut named: Vec<(String, Tensor)> = params.into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = named
+        let params: Vec<Param> = named
             .into_iter()
             .map(|(name, tensor)| Param {
                 decay: decay(&name, &tensor),
@@ -152,10 +155,25 @@ impl AdamW {
                 tensor,
             })
             .collect();
+        let mut scratch: Vec<(tch::Device, [Tensor; 3])> = Vec::new();
+        for p in &params {
+            let device = p.tensor.device();
+            let largest = params
+                .iter()
+                .filter(|q| q.tensor.device() == device)
+                .map(|q| q.tensor.numel() as i64)
+                .max()
+                .unwrap_or(0);
+            if !scratch.iter().any(|(d, _)| *d == device) {
+                let buf = || Tensor::zeros([largest], (Kind::Float, device));
+                scratch.push((device, [buf(), buf(), buf()]));
+            }
+        }
         Ok(AdamW {
             config,
             params,
             steps: 0,
+            scratch,
         })
     }
 
@@ -208,14 +226,33 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
+                let shape = p.tensor.size();
+                let n = p.tensor.numel() as i64;
+                let Some((_, [s0, s1, s2])) =
+                    self.scratch.iter().find(|(d, _)| *d == p.tensor.device())
+                else {
+                    continue;
+                };
+                let view = |t: &Tensor| t.narrow(0, 0, n).view(shape.as_slice());
+                let (mut scaled_grad, mut denom, mut update) = (view(s0), view(s1), view(s2));
                 if p.decay && c.weight_decay != 0.0 {
                     let _ = p.tensor.g_mul_scalar_(1.0 - lr * c.weight_decay);
                 }
+                // m = lerp(m, g, 1 - b1)
                 let _ = p.exp_avg.lerp_(&grad, 1.0 - c.beta1);
+                // v = b2 v + ((1 - b2) g) g: addcmul's `value * t1 * t2`, in that order
+                scaled_grad.copy_(&grad);
+                let _ = scaled_grad.g_mul_scalar_(1.0 - c.beta2);
                 let _ = p.exp_avg_sq.g_mul_scalar_(c.beta2);
-                let _ = p.exp_avg_sq.addcmul_(&(&grad * (1.0 - c.beta2)), &grad);
-                let denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt) + c.eps;
-                let _ = p.tensor.addcdiv_(&(&p.exp_avg * (-step_size)), &denom);
+                let _ = p.exp_avg_sq.addcmul_(&scaled_grad, &grad);
+                // denom = sqrt(v) / sqrt(1 - b2^t) + eps
+                let _ = p.exp_avg_sq.sqrt_out(&denom);
+                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+                let _ = denom.g_add_scalar_(c.eps);
+                // p += (-lr / (1 - b1^t)) m / denom: addcdiv's `value * t1 / t2`, in that order
+                update.copy_(&p.exp_avg);
+                let _ = update.g_mul_scalar_(-step_size);
+                let _ = p.tensor.addcdiv_(&update, &denom);
             }
         });
     }

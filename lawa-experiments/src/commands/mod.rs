@@ -1,6 +1,7 @@
 //! One module per `lawa` subcommand.
 
 pub mod average;
+pub mod bench;
 pub mod eval;
 pub mod prepare;
 pub mod sample;
