@@ -8,32 +8,12 @@ use std::process::Command;
 
 use tch::Tensor;
 
-/// The reference Python (`LAWA_PYTHON`, which `.cargo/config.toml` sets for cargo in a checkout).
-///
-/// `.lawa/python` is a link to a virtual environment's `bin/python`; a venv Python run through a
-/// link outside the venv does not find its `pyvenv.cfg` (so not its packages), hence the links
-/// are followed until the venv's own path.
+/// The reference Python (`LAWA_PYTHON`, which `.cargo/config.toml` sets for cargo in a checkout
+/// to `.lawa/python`, a wrapper that runs the bootstrap's venv Python).
 pub fn python() -> PathBuf {
-    let given =
-        PathBuf::from(std::env::var_os("LAWA_PYTHON").expect(
-            "LAWA_PYTHON must name the reference Python (run ./test or scripts/bootstrap.sh)",
-        ));
-    let mut current = given.clone();
-    for _ in 0..16 {
-        let in_venv = current
-            .parent()
-            .and_then(Path::parent)
-            .is_some_and(|root| root.join("pyvenv.cfg").is_file());
-        if in_venv {
-            return current;
-        }
-        match std::fs::read_link(&current) {
-            Ok(next) if next.is_absolute() => current = next,
-            Ok(next) => current = current.parent().unwrap().join(next),
-            Err(_) => break,
-        }
-    }
-    given
+    PathBuf::from(std::env::var_os("LAWA_PYTHON").expect(
+        "LAWA_PYTHON must name the reference Python (run ./test or scripts/bootstrap.sh)",
+    ))
 }
 
 /// The reference script.
