@@ -16,7 +16,7 @@ pub struct PrepareArgs {
     /// A .txt file, a folder of .txt files, a .jsonl file with a `text` field per line, or
     /// `sotu` for the bundled State of the Union corpus.
     pub source: String,
-    /// Output folder [default: data/<source name>-<tokenizer>].
+    /// Output folder [default: data/SOURCE-TOKENIZER, e.g. data/sotu-bpe4096].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// `gpt2` (GPT-2's 50,257-token BPE), `bpe:N` (a byte-level BPE of N tokens trained on the

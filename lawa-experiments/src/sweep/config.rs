@@ -71,7 +71,7 @@ pub struct PrepareSpec {
     /// Validation fraction.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
-    /// Output folder [default: data/<source>-<tokenizer>].
+    /// Output folder [default: data/SOURCE-TOKENIZER].
     #[serde(default)]
     pub out: Option<PathBuf>,
 }

@@ -35,7 +35,7 @@ pub struct RunConfig {
     /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Run folder [default: runs/<name>].
+    /// Run folder [default: runs/NAME].
     #[serde(default)]
     pub out: Option<PathBuf>,
 }
