@@ -26,6 +26,8 @@ enum Command {
     Sample(commands::sample::SampleArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
     Train(commands::train::TrainArgs),
+    /// Regenerate a sweep's figures (PNG and SVG) from its CSVs into <results>/figures/.
+    Figures(commands::figures::FiguresArgs),
 }
 
 fn init_logging() {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         }
         Command::Sample(args) => commands::sample::run(args).map(|text| println!("{text}")),
         Command::Train(args) => commands::train::run(args).map(|_| ()),
+        Command::Figures(args) => commands::figures::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod average;
 pub mod eval;
+pub mod figures;
 pub mod prepare;
 pub mod sample;
 pub mod train;
