@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod commands;
 pub mod corpus;
+pub mod figures;
 pub mod progress;
 pub mod sweep;
 pub mod tokenizer;

@@ -30,6 +30,8 @@ enum Command {
     Sweep(commands::sweep::SweepArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
     Train(commands::train::TrainArgs),
+    /// Regenerate a sweep's figures (PNG and SVG) from its CSVs into <results>/figures/.
+    Figures(commands::figures::FiguresArgs),
 }
 
 fn init_logging() {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(args).map(|_| ()),
         Command::Bench(args) => commands::bench::run(args).map(|_| ()),
         Command::Sweep(args) => commands::sweep::run(args).map(|r| println!("{}", r.dir.display())),
+        Command::Figures(args) => commands::figures::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

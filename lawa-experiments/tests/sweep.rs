@@ -163,6 +163,20 @@ fn killed_sweep_resumes_to_the_same_csvs() {
             .count(),
         1 + 2 * 7
     );
+    for name in [
+        "loss_raw_vs_lawa",
+        "lawa_gain_vs_step",
+        "baselines",
+        "gain_vs_k",
+        "gain_vs_nu",
+    ] {
+        for ext in ["png", "svg"] {
+            assert!(
+                b.join(format!("s/figures/{name}.{ext}")).is_file(),
+                "{name}.{ext}"
+            );
+        }
+    }
     assert_eq!(
         std::fs::read_to_string(b.join("s/sweep.yaml")).unwrap(),
         std::fs::read_to_string(dir.path().join("b.yaml")).unwrap(),

@@ -131,12 +131,14 @@ pub fn run(path: &Path) -> Result<SweepReport> {
         done_steps += planned.config.train.steps;
         aggregate(&dir, &ids)?;
     }
+    let figures = crate::figures::render_all(&dir).context("drawing the figures")?;
     tracing::info!(
-        "sweep {}: {} runs ({} diverged) in {:.0} s; results in {}",
+        "sweep {}: {} runs ({} diverged) in {:.0} s; {} figure files; results in {}",
         cfg.name,
         runs.len(),
         diverged.len(),
         started.elapsed().as_secs_f64(),
+        figures.len(),
         dir.display()
     );
     Ok(SweepReport {

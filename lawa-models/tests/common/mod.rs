@@ -11,9 +11,11 @@ use tch::Tensor;
 /// The reference Python (`LAWA_PYTHON`, which `.cargo/config.toml` sets for cargo in a checkout
 /// to `.lawa/python`, a wrapper that runs the bootstrap's venv Python).
 pub fn python() -> PathBuf {
-    PathBuf::from(std::env::var_os("LAWA_PYTHON").expect(
-        "LAWA_PYTHON must name the reference Python (run ./test or scripts/bootstrap.sh)",
-    ))
+    PathBuf::from(
+        std::env::var_os("LAWA_PYTHON").expect(
+            "LAWA_PYTHON must name the reference Python (run ./test or scripts/bootstrap.sh)",
+        ),
+    )
 }
 
 /// The reference script.

@@ -1,0 +1,120 @@
+//! The numbers the figures plot, as pure functions of (step, loss) series.
+
+/// Raw loss minus averaged loss at every step both series have (positive: averaging helps).
+pub fn gain_series(raw: &[(u64, f64)], averaged: &[(u64, f64)]) -> Vec<(u64, f64)> {
+    averaged
+        .iter()
+        .filter_map(|&(step, avg)| {
+            raw.iter()
+                .find(|&&(s, _)| s == step)
+                .map(|&(_, r)| (step, r - avg))
+        })
+        .collect()
+}
+
+/// The gain at the last step both series have.
+pub fn final_gain(raw: &[(u64, f64)], averaged: &[(u64, f64)]) -> Option<f64> {
+    gain_series(raw, averaged).last().map(|&(_, g)| g)
+}
+
+/// The gain at `step`, when both series have it.
+pub fn gain_at(raw: &[(u64, f64)], averaged: &[(u64, f64)], step: u64) -> Option<f64> {
+    gain_series(raw, averaged)
+        .into_iter()
+        .find(|&(s, _)| s == step)
+        .map(|(_, g)| g)
+}
+
+/// The first step at which `series` is at or below `target`.
+pub fn steps_to_reach(series: &[(u64, f64)], target: f64) -> Option<u64> {
+    series.iter().find(|&&(_, v)| v <= target).map(|&(s, _)| s)
+}
+
+/// Steps saved by `averaged`: the raw series' last step minus the first step at which
+/// `averaged` reaches the raw series' final loss. None when it never does.
+pub fn steps_saved(raw: &[(u64, f64)], averaged: &[(u64, f64)]) -> Option<i64> {
+    let &(last, target) = raw.last()?;
+    steps_to_reach(averaged, target).map(|s| last as i64 - s as i64)
+}
+
+/// The step of `steps` nearest to half the last one (the earlier on a tie).
+pub fn middle_step(steps: &[u64]) -> Option<u64> {
+    let last = *steps.iter().max()?;
+    let half = last as f64 / 2.0;
+    steps.iter().copied().min_by(|a, b| {
+        (*a as f64 - half)
+            .abs()
+            .total_cmp(&(*b as f64 - half).abs())
+            .then(a.cmp(b))
+    })
+}
+
+/// The key whose values have the largest mean (the first in key order on a tie).
+pub fn best_by_mean(values: &[(String, f64)]) -> Option<String> {
+    let mut sums: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for (key, v) in values {
+        let entry = sums.entry(key).or_default();
+        entry.0 += v;
+        entry.1 += 1;
+    }
+    let mut best: Option<(&str, f64)> = None;
+    for (key, (sum, n)) in sums {
+        let mean = sum / n as f64;
+        if best.is_none_or(|(_, b)| mean > b) {
+            best = Some((key, mean));
+        }
+    }
+    best.map(|(k, _)| k.to_owned())
+}
+
+/// The mean of the values, None when empty.
+pub fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAW: [(u64, f64); 5] = [(0, 10.0), (10, 5.0), (20, 4.0), (30, 3.5), (40, 3.2)];
+    const LAWA: [(u64, f64); 4] = [(10, 4.5), (20, 3.6), (30, 3.2), (40, 3.0)];
+
+    #[test]
+    fn gains_are_raw_minus_average_at_shared_steps() {
+        let gains = gain_series(&RAW, &LAWA);
+        let expected = [(10, 0.5), (20, 0.4), (30, 0.3), (40, 0.2)];
+        assert_eq!(gains.len(), 4);
+        for ((s, g), (es, eg)) in gains.iter().zip(expected) {
+            assert_eq!(*s, es);
+            assert!((g - eg).abs() < 1e-12);
+        }
+        assert!((final_gain(&RAW, &LAWA).unwrap() - 0.2).abs() < 1e-12);
+        assert!((gain_at(&RAW, &LAWA, 20).unwrap() - 0.4).abs() < 1e-12);
+        assert_eq!(gain_at(&RAW, &LAWA, 0), None);
+    }
+
+    #[test]
+    fn steps_saved_to_raw_final_loss() {
+        // Raw ends at 3.2 at step 40; LAWA is at 3.2 at step 30: 10 steps saved.
+        assert_eq!(steps_to_reach(&LAWA, 3.2), Some(30));
+        assert_eq!(steps_saved(&RAW, &LAWA), Some(10));
+        assert_eq!(steps_saved(&RAW, &[(10, 9.0), (40, 3.3)]), None);
+        assert_eq!(steps_saved(&RAW, &RAW), Some(0));
+    }
+
+    #[test]
+    fn middle_and_best() {
+        assert_eq!(middle_step(&[0, 10, 20, 30, 40]), Some(20));
+        assert_eq!(middle_step(&[0, 30, 60, 90]), Some(30));
+        assert_eq!(middle_step(&[]), None);
+        let values = [
+            ("b".to_string(), 1.0),
+            ("a".to_string(), 3.0),
+            ("b".to_string(), 3.0),
+            ("a".to_string(), 1.0),
+            ("c".to_string(), 1.5),
+        ];
+        assert_eq!(best_by_mean(&values).as_deref(), Some("a"));
+        assert_eq!(mean(&[1.0, 2.0]), Some(1.5));
+    }
+}
