@@ -1,0 +1,77 @@
+//! `lawa average` on a folder of GPT-2 checkpoints: the result is a loadable checkpoint whose
+//! weights are the mean of the chosen ones; mismatched checkpoints are refused.
+
+mod common;
+
+use std::path::Path;
+
+use common::lawa;
+use lawa_models::{Gpt, GptConfig};
+use tch::{nn::VarStore, Device, Kind};
+
+fn save_checkpoint(dir: &Path, seed: i64, n_embd: usize) -> VarStore {
+    tch::manual_seed(seed);
+    let mut cfg = GptConfig::preset("tiny", 300).unwrap();
+    cfg.n_layer = 1;
+    cfg.n_embd = n_embd;
+    cfg.block_size = 16;
+    let vs = VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(vs.root(), &cfg).unwrap();
+    gpt.save_pretrained(dir).unwrap();
+    vs
+}
+
+#[test]
+fn latest_checkpoints_average_into_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path().join("ckpts");
+    let stores: Vec<VarStore> = [100, 200, 300]
+        .iter()
+        .map(|step| save_checkpoint(&ckpts.join(format!("step-{step}")), *step, 32))
+        .collect();
+    let o = lawa(
+        &[
+            "average", "ckpts", "--last", "2", "--every", "100", "--out", "avg",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        dir.path().join("avg/config.json").is_file(),
+        "config.json copied from the newest"
+    );
+
+    let vs = VarStore::new(Device::Cpu);
+    let _avg = Gpt::from_pretrained(vs.root(), dir.path().join("avg")).unwrap();
+    let (a, b) = (stores[1].variables(), stores[2].variables());
+    for (name, t) in vs.variables() {
+        let mean = ((a[&name].to_kind(Kind::Double) + b[&name].to_kind(Kind::Double)) / 2.0)
+            .to_kind(Kind::Float);
+        assert!(t.equal(&mean), "{name}: the mean of steps 200 and 300");
+    }
+}
+
+#[test]
+fn mismatched_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    save_checkpoint(&dir.path().join("a"), 1, 32);
+    save_checkpoint(&dir.path().join("b"), 2, 48);
+    let o = lawa(
+        &["average", "a", "b", "--out", "avg.safetensors"],
+        dir.path(),
+    );
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        msg.contains("b/model.safetensors") && msg.contains("shape"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("avg.safetensors").exists());
+    let o = lawa(&["average", "nope", "--out", "x.safetensors"], dir.path());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope: checkpoint not found"));
+    let o = lawa(
+        &["average", ".", "--last", "2", "--out", "x.safetensors"],
+        dir.path(),
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no step-numbered checkpoints"));
+}
