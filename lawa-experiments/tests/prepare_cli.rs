@@ -1,19 +1,13 @@
 //! `lawa prepare` through the real binary: good corpora in every form, and every kind of bad
 //! input giving one clear error, a non-zero exit and nothing written.
 
+mod common;
+
+use common::lawa;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use lawa_core::data::{Dataset, Split, SplitMethod};
-
-fn lawa(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lawa"))
-        .args(args)
-        .current_dir(cwd)
-        .env("LAWA_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

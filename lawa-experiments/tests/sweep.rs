@@ -1,20 +1,14 @@
 //! `lawa sweep`: configs in configs/ are valid; a killed sweep resumes to the same CSVs; a
 //! diverged run is recorded and the sweep goes on; bad input is refused with nothing overwritten.
 
+mod common;
+
+use common::lawa;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lawa_experiments::sweep::SweepConfig;
-
-fn lawa(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lawa"))
-        .args(args)
-        .current_dir(cwd)
-        .env("LAWA_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn every_config_in_configs_is_valid() {
@@ -53,25 +47,7 @@ fn every_config_in_configs_is_valid() {
 
 /// A byte-level dataset of a few SOTU addresses.
 fn dataset(dir: &Path) -> PathBuf {
-    let sotu = lawa_experiments::assets::sotu_dir().unwrap();
-    let corpus = dir.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&sotu)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
-    files.sort();
-    for f in files.iter().step_by(20) {
-        std::fs::copy(f, corpus.join(f.file_name().unwrap())).unwrap();
-    }
-    assert!(lawa(
-        &["prepare", "corpus", "--out", "data", "--tokenizer", "byte"],
-        dir
-    )
-    .status
-    .success());
-    dir.join("data")
+    common::sotu_subset(dir, 20, "byte")
 }
 
 fn sweep_yaml(data: &Path, results: &Path, lrs: &str, extra_train: &str) -> String {

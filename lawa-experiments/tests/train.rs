@@ -1,54 +1,18 @@
 //! `lawa train` end to end on small real data: exact resume after SIGKILL, learning, divergence,
 //! and bad configs refused with the field named.
 
+mod common;
+
+use common::lawa;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lawa_experiments::train::{train, RunConfig, RunStatus};
 
-fn lawa(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lawa"))
-        .args(args)
-        .current_dir(cwd)
-        .env("LAWA_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
 /// A small byte-level dataset from 40 SOTU addresses (real English), prepared with lawa.
 fn small_dataset(dir: &Path) -> PathBuf {
-    dataset_with(dir, "byte")
-}
-
-fn dataset_with(dir: &Path, tokenizer: &str) -> PathBuf {
-    let sotu = lawa_experiments::assets::sotu_dir().unwrap();
-    let corpus = dir.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&sotu)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
-    files.sort();
-    for f in files.iter().step_by(6) {
-        std::fs::copy(f, corpus.join(f.file_name().unwrap())).unwrap();
-    }
-    let o = lawa(
-        &[
-            "prepare",
-            "corpus",
-            "--out",
-            "data",
-            "--tokenizer",
-            tokenizer,
-            "--val-fraction",
-            "0.1",
-        ],
-        dir,
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    dir.join("data")
+    common::sotu_subset(dir, 6, "byte")
 }
 
 fn run_yaml(data: &Path, out: &Path, steps: u64, extra: &str) -> String {
@@ -174,7 +138,7 @@ fn killed_run_resumes_bit_for_bit() {
 #[test]
 fn small_model_learns_well_below_the_unigram_entropy_within_a_cpu_minute() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset_with(dir.path(), "bpe:1024");
+    let data = common::sotu_subset(dir.path(), 6, "bpe:1024");
     let ds = lawa_core::data::Dataset::open(&data).unwrap();
     let train_split = ds.split(lawa_core::data::Split::Train);
     let mut counts = vec![0f64; ds.meta().vocab_size as usize];

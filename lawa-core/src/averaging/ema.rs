@@ -129,25 +129,14 @@ impl Averager for Ema {
     }
 
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
-        if !self.is_ready() {
-            return Err(AveragingError::NotReady {
-                label: self.label(),
-                first_step: self.start.max(1),
-            });
-        }
-        self.average.write(target, &self.label())
+        self.average.write(target, &self.label(), self.start.max(1))
     }
 
     fn state(&self) -> AveragerState {
         AveragerState {
             label: self.label(),
             meta: serde_json::json!({ "updates": self.average.updates() }),
-            tensors: self
-                .average
-                .tensors()
-                .iter()
-                .map(|t| t.shallow_clone())
-                .collect(),
+            tensors: self.average.state_tensors(),
             snapshots: Vec::new(),
         }
     }

@@ -19,8 +19,9 @@ impl RunningAverage {
         self.updates
     }
 
-    pub(crate) fn tensors(&self) -> &[Tensor] {
-        &self.tensors
+    /// Handles to the running-average tensors, for a saved state.
+    pub(crate) fn state_tensors(&self) -> Vec<Tensor> {
+        self.tensors.iter().map(|t| t.shallow_clone()).collect()
     }
 
     pub(crate) fn update(
@@ -59,13 +60,20 @@ impl RunningAverage {
         Ok(())
     }
 
-    pub(crate) fn write(&self, target: &Weights, label: &str) -> Result<(), AveragingError> {
+    /// Writes the average into `target`; before the first update, a `NotReady` error naming
+    /// `first_step`.
+    pub(crate) fn write(
+        &self,
+        target: &Weights,
+        label: &str,
+        first_step: u64,
+    ) -> Result<(), AveragingError> {
         let layout = self
             .layout
             .as_ref()
             .ok_or_else(|| AveragingError::NotReady {
                 label: label.to_string(),
-                first_step: 0,
+                first_step,
             })?;
         layout.check(&target.layout(), &format!("{label}: target"), false)?;
         tch::no_grad(|| {

@@ -132,25 +132,15 @@ impl Averager for Swa {
     }
 
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
-        if !self.is_ready() {
-            return Err(AveragingError::NotReady {
-                label: self.label(),
-                first_step: self.start_step.max(1),
-            });
-        }
-        self.average.write(target, &self.label())
+        self.average
+            .write(target, &self.label(), self.start_step.max(1))
     }
 
     fn state(&self) -> AveragerState {
         AveragerState {
             label: self.label(),
             meta: serde_json::json!({ "updates": self.average.updates(), "start_step": self.start_step }),
-            tensors: self
-                .average
-                .tensors()
-                .iter()
-                .map(|t| t.shallow_clone())
-                .collect(),
+            tensors: self.average.state_tensors(),
             snapshots: Vec::new(),
         }
     }

@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use lawa_core::data::{Dataset, Split, ValidationWindows};
 use lawa_models::{Gpt, Precision};
 use serde::Serialize;
-use tch::{nn, Device, Kind};
+use tch::{nn, Device};
+
+use crate::train::evaluate::evaluate;
 
 /// What to evaluate, on what.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,24 +71,6 @@ impl EvalReport {
             )
         }
     }
-}
-
-/// Mean next-token loss of `gpt` over `windows`, in batches of `batch_size`, without gradients
-/// and in eval mode (no dropout). Returns the loss and the number of predictions.
-pub fn evaluate(gpt: &Gpt, windows: &ValidationWindows, batch_size: usize) -> Result<(f64, u64)> {
-    let _guard = tch::no_grad_guard();
-    let mut total = 0.0f64;
-    let mut count = 0u64;
-    for batch in windows.batches(batch_size, gpt.device()) {
-        let n = batch.y.numel() as u64;
-        let loss = gpt.loss(&batch.x, &batch.y, false)?;
-        total += loss.to_kind(Kind::Double).double_value(&[]) * n as f64;
-        count += n;
-    }
-    if count == 0 {
-        bail!("no windows to evaluate");
-    }
-    Ok((total / count as f64, count))
 }
 
 /// Runs `lawa eval`.

@@ -1,17 +1,29 @@
-//! Mean next-token loss of a model over a fixed set of windows.
+//! Mean next-token loss of a model over a fixed set of windows (used by training and `lawa eval`).
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use lawa_core::data::ValidationWindows;
 use lawa_models::Gpt;
+use tch::Kind;
 
-/// The mean loss of `gpt` over `windows` (every window has the same number of tokens, so this
-/// is the mean over all their tokens), in evaluation mode, without gradients.
-pub fn mean_loss(gpt: &Gpt, windows: &ValidationWindows, batch_size: usize) -> Result<f64> {
+/// Mean next-token loss of `gpt` over `windows`, in batches of `batch_size`, without gradients
+/// and in eval mode (no dropout). Returns the loss and the number of predictions.
+pub fn evaluate(gpt: &Gpt, windows: &ValidationWindows, batch_size: usize) -> Result<(f64, u64)> {
     let _guard = tch::no_grad_guard();
-    let mut total = 0.0;
+    let mut total = 0.0f64;
+    let mut count = 0u64;
     for batch in windows.batches(batch_size, gpt.device()) {
-        let rows = batch.x.size()[0] as f64;
-        total += gpt.loss(&batch.x, &batch.y, false)?.double_value(&[]) * rows;
+        let n = batch.y.numel() as u64;
+        let loss = gpt.loss(&batch.x, &batch.y, false)?;
+        total += loss.to_kind(Kind::Double).double_value(&[]) * n as f64;
+        count += n;
     }
-    Ok(total / windows.len() as f64)
+    if count == 0 {
+        bail!("no windows to evaluate");
+    }
+    Ok((total / count as f64, count))
+}
+
+/// [`evaluate`]'s loss alone.
+pub fn mean_loss(gpt: &Gpt, windows: &ValidationWindows, batch_size: usize) -> Result<f64> {
+    Ok(evaluate(gpt, windows, batch_size)?.0)
 }
