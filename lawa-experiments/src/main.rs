@@ -30,7 +30,7 @@ enum Command {
     Sweep(commands::sweep::SweepArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
     Train(commands::train::TrainArgs),
-    /// Regenerate a sweep's figures (PNG and SVG) from its CSVs into <results>/figures/.
+    /// Regenerate a sweep's figures (PNG and SVG) from its CSVs into RESULTS/figures/.
     Figures(commands::figures::FiguresArgs),
 }
 
