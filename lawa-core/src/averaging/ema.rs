@@ -1,4 +1,4 @@
-use super::running_average::RunningAverage;
+use super::running_average::{is_due, RunningAverage};
 use super::weights::Layout;
 use super::{Averager, AveragerState, AveragingError, SnapshotCache, Weights};
 
@@ -90,7 +90,7 @@ impl Ema {
     }
 
     fn due(&self, step: u64) -> bool {
-        step >= self.start && (step - self.start).is_multiple_of(self.every)
+        is_due(step, self.start, self.every)
     }
 }
 

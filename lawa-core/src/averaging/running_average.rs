@@ -4,6 +4,12 @@ use super::snapshot::stored_copy;
 use super::weights::{is_averaged, Layout};
 use super::{AveragingError, Storage, Weights};
 
+/// Whether a running average that starts at step `start` and updates every `every` steps
+/// takes an update at `step` (the rule EMA and SWA share).
+pub(crate) fn is_due(step: u64, start: u64, every: u64) -> bool {
+    step >= start && (step - start).is_multiple_of(every)
+}
+
 /// A running average `avg = lerp(avg, theta, w)` over fp32 copies of the weights, the update
 /// both EMA (`w = 1 - decay`) and SWA (`w = 1 / (n + 1)`) use. The first update copies; integer
 /// tensors are copied on every update, not averaged.

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ema::restore_running;
-use super::running_average::RunningAverage;
+use super::running_average::{is_due, RunningAverage};
 use super::weights::Layout;
 use super::{Averager, AveragerState, AveragingError, SnapshotCache, Weights};
 
@@ -103,7 +103,7 @@ impl Swa {
     }
 
     fn due(&self, step: u64) -> bool {
-        step >= self.start_step && (step - self.start_step).is_multiple_of(self.every)
+        is_due(step, self.start_step, self.every)
     }
 }
 
