@@ -61,11 +61,7 @@ pub fn raw_vs_lawa(scope: &Scope) -> Outcome {
         );
     };
     let lrs = scope.lrs();
-    let ranked: Vec<(f64, usize, usize)> = lrs
-        .iter()
-        .enumerate()
-        .map(|(i, &lr)| (lr, i, lrs.len()))
-        .collect();
+    let ranked = super::ranked(&lrs);
     let mut series = raw_and_lawa_series(scope, &ranked, &lawa, Quantity::ValLoss);
     if series.is_empty() {
         return scope.skip(BASE, format!("model {}: no curves to draw", scope.model));

@@ -194,3 +194,12 @@ pub fn render_all(results_dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// Learning rates with their rank and the count, `(lr, index, count)`: the form the per-lr
+/// colour scale takes.
+pub fn ranked(lrs: &[f64]) -> Vec<(f64, usize, usize)> {
+    lrs.iter()
+        .enumerate()
+        .map(|(i, &lr)| (lr, i, lrs.len()))
+        .collect()
+}

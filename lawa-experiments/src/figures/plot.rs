@@ -407,17 +407,19 @@ fn clip_segment(a: (f64, f64), b: (f64, f64), x: (f64, f64), y: (f64, f64)) -> O
 
 /// The (x, y) ranges a panel shows.
 pub fn panel_ranges(panel: &Panel) -> ((f64, f64), (f64, f64)) {
-    let all: Vec<(f64, f64)> = panel
-        .series
-        .iter()
-        .flat_map(|s| {
-            s.points
-                .iter()
-                .copied()
-                .chain(s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
-        })
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
-        .collect();
+    // Every finite point of the given series, band edges included.
+    let points = |series: &mut dyn Iterator<Item = &Series>| -> Vec<(f64, f64)> {
+        series
+            .flat_map(|s| {
+                s.points
+                    .iter()
+                    .copied()
+                    .chain(s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
+            })
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect()
+    };
+    let all = points(&mut panel.series.iter());
     let (mut x0, mut x1) = min_max(all.iter().map(|p| p.0)).unwrap_or((0.0, 1.0));
     if panel.zero_line && panel.y_categories.is_some() {
         (x0, x1) = (x0.min(0.0), x1.max(0.0));
@@ -431,18 +433,7 @@ pub fn panel_ranges(panel: &Panel) -> ((f64, f64), (f64, f64)) {
         return (x, (-0.6, categories.len() as f64 - 0.4));
     }
     let cut = x0 + panel.y_from_x_fraction * (x1 - x0);
-    let main: Vec<(f64, f64)> = panel
-        .series
-        .iter()
-        .filter(|s| !s.outlier)
-        .flat_map(|s| {
-            s.points
-                .iter()
-                .copied()
-                .chain(s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
-        })
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
-        .collect();
+    let main = points(&mut panel.series.iter().filter(|s| !s.outlier));
     let pool = if main.is_empty() { &all } else { &main };
     let late = min_max(pool.iter().filter(|p| p.0 >= cut).map(|p| p.1));
     let (mut y0, mut y1) = late
