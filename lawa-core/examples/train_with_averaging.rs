@@ -4,7 +4,7 @@
 //!
 //! cargo run -p lawa-core --example train_with_averaging
 
-use lawa_core::averaging::{AveragerSet, Ema, Lawa, Storage, Swa, SwaStart, Weights};
+use lawa_core::averaging::{AveragerSet, Ema, Lawa, Swa, Weights};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -31,16 +31,14 @@ fn main() -> anyhow::Result<()> {
     let mut opt = nn::Adam::default().build(&vs, 3e-2)?;
     let steps = 600;
 
-    let mut averagers = AveragerSet::new(Storage::Training); // +
-    averagers.push(Box::new(Lawa::new(10, 20)?))?; // +
-    averagers.push(Box::new(Ema::new(0.99)?))?; // +
-    averagers.push(Box::new(Swa::new(
-        SwaStart::Fraction(0.5),
-        10,
-        Some(steps),
-    )?))?; // +
+    let mut averagers = AveragerSet::new(); // +
+    averagers.push(Lawa::new(10, 20)?)?; // +
+    averagers.push(Ema::new(0.99)?)?; // +
+    averagers.push(Swa::new().every(10)?.start_fraction(0.5, steps)?)?; // +
     let eval_vs = nn::VarStore::new(device); // + an evaluation copy of the model
     let eval_net = model(&eval_vs.root()); // +
+    let weights = Weights::from_var_store(&vs); // + handles, built once
+    let eval_weights = Weights::from_var_store(&eval_vs); // +
 
     let val_loss = |m: &dyn Module| {
         tch::no_grad(|| m.forward(&x_val).mse_loss(&y_val, tch::Reduction::Mean)).double_value(&[])
@@ -49,11 +47,11 @@ fn main() -> anyhow::Result<()> {
         let (x, y) = data(32);
         let loss = net.forward(&x).mse_loss(&y, tch::Reduction::Mean);
         opt.backward_step(&loss);
-        averagers.observe(step, &Weights::from_var_store(&vs))?; // +
+        averagers.observe(step, &weights)?; // +
         if step % 100 == 0 {
             print!("step {step:4}  raw {:.4}", val_loss(&net));
             for averager in averagers.iter().filter(|a| a.is_ready()) {
-                averager.write_average(&Weights::from_var_store(&eval_vs))?; // +
+                averager.write_average(&eval_weights)?; // +
                 print!("  {} {:.4}", averager.label(), val_loss(&eval_net));
             }
             println!();

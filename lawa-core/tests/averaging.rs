@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::rc::Rc;
 
 use lawa_core::averaging::{
-    Averager, AveragerSet, AveragerSpec, AveragingError, Ema, Lawa, SnapshotCache, Storage, Swa,
-    SwaStart, Weights,
+    Averager, AveragerSet, AveragingError, Ema, Lawa, Storage, Swa, Weights,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -59,14 +57,13 @@ fn sorted_names() -> Vec<String> {
 #[test]
 fn lawa_equals_the_explicit_mean_of_stored_copies() {
     for (k, nu, start) in [(5usize, 7u64, 20u64), (1, 1, 0), (3, 10, 0), (10, 3, 5)] {
-        let mut lawa = Lawa::new(k, nu).unwrap().with_start(start);
-        let mut cache = SnapshotCache::new(Storage::Training);
+        let mut lawa = Lawa::new(k, nu).unwrap().start(start);
         let mut kept: Vec<Vec<(String, Tensor)>> = Vec::new(); // naive: full copies
         let (target_named, target) = zeros_target();
         for step in 1..=200u64 {
             let w = random_weights(step as i64);
-            lawa.observe(step, &weights_of(&w), &mut cache).unwrap();
-            if step >= start && step % nu == 0 {
+            lawa.observe(step, &weights_of(&w)).unwrap();
+            if step >= start && (step - start) % nu == 0 {
                 kept.push(w.iter().map(|(n, t)| (n.clone(), t.copy())).collect());
             }
             if kept.is_empty() {
@@ -129,17 +126,12 @@ fn ema_warmup_decay_equals_the_formula() {
 #[test]
 fn ema_warmup_running_average_by_hand() {
     // Scalar weights 1, 2, 3: e=0 copies (1); e=1: lerp(1, 2, 1 - d1); e=2: lerp(., 3, 1 - d2).
-    let mut ema = Ema::with_warmup(0.9).unwrap();
-    let mut cache = SnapshotCache::new(Storage::Cpu);
+    let mut ema = Ema::with_warmup(0.9).unwrap().storage(Storage::Cpu);
     let w = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    let weights = Weights::from_named([("w".into(), w.shallow_clone())]);
     for step in 1..=3u64 {
         let _ = w.shallow_clone().fill_(step as f64);
-        ema.observe(
-            step,
-            &Weights::from_named([("w".into(), w.shallow_clone())]),
-            &mut cache,
-        )
-        .unwrap();
+        ema.observe(step, &weights).unwrap();
     }
     let d1 = 1.0 - 2f64.powf(-2.0 / 3.0);
     let d2 = 1.0 - 3f64.powf(-2.0 / 3.0);
@@ -171,16 +163,15 @@ fn ema_and_swa_equal_pytorch_swa_utils() {
     let dir = tempfile::tempdir().unwrap();
     let mut seq: Vec<(String, Tensor)> = Vec::new();
     let mut ema = Ema::new(decay).unwrap();
-    let mut swa = Swa::new(SwaStart::Step(swa_start), swa_every, Some(steps)).unwrap();
-    let mut cache = SnapshotCache::new(Storage::Training);
+    let mut swa = Swa::new().every(swa_every).unwrap().start(swa_start);
     let mut ours: Vec<(String, u64, Named)> = Vec::new();
     for step in 1..=steps {
         let w = random_weights(1000 + step as i64);
         for (n, t) in &w {
             seq.push((format!("step{step}.{n}"), t.copy()));
         }
-        ema.observe(step, &weights_of(&w), &mut cache).unwrap();
-        swa.observe(step, &weights_of(&w), &mut cache).unwrap();
+        ema.observe(step, &weights_of(&w)).unwrap();
+        swa.observe(step, &weights_of(&w)).unwrap();
         if report.contains(&step) {
             for (label, avg) in [
                 ("ema", &ema as &dyn Averager),
@@ -234,31 +225,120 @@ fn ema_and_swa_equal_pytorch_swa_utils() {
     assert_eq!(swa.samples(), 13, "steps 30, 40, ..., 150");
 }
 
+/// The flattened values an averager writes into a fresh zero target.
+fn written(write: impl FnOnce(&Weights) -> Result<(), AveragingError>) -> Vec<f64> {
+    let (named, target) = zeros_target();
+    write(&target).unwrap();
+    named
+        .iter()
+        .flat_map(|(_, t)| Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap())
+        .collect()
+}
+
 #[test]
 fn overlapping_lawa_instances_share_snapshot_storage() {
-    let mut set = AveragerSet::new(Storage::Training);
-    set.push(Box::new(Lawa::new(4, 10).unwrap())).unwrap();
-    set.push(Box::new(Lawa::new(2, 20).unwrap())).unwrap();
-    set.push(Box::new(Ema::new(0.9).unwrap())).unwrap();
+    let mut set = AveragerSet::new();
+    set.push(Lawa::new(4, 10).unwrap()).unwrap();
+    set.push(Lawa::new(2, 20).unwrap()).unwrap();
+    set.push(Ema::new(0.9).unwrap()).unwrap();
+    let mut alone = [Lawa::new(4, 10).unwrap(), Lawa::new(2, 20).unwrap()];
     for step in 1..=100u64 {
-        set.observe(step, &weights_of(&random_weights(step as i64)))
-            .unwrap();
-    }
-    let held: Vec<_> = set.iter().map(|a| a.snapshots()).collect();
-    let steps = |i: usize| held[i].iter().map(|s| s.step()).collect::<Vec<_>>();
-    assert_eq!(steps(0), [70, 80, 90, 100]);
-    assert_eq!(steps(1), [80, 100]);
-    for (i, step) in [(1usize, 80u64), (3, 100)] {
-        let a = &held[0][i];
-        let b = held[1].iter().find(|s| s.step() == step).unwrap();
-        assert!(Rc::ptr_eq(a, b), "step {step}: one snapshot object");
-        for (ta, tb) in a.tensors().iter().zip(b.tensors()) {
-            assert_eq!(ta.data_ptr(), tb.data_ptr(), "same storage");
+        let w = weights_of(&random_weights(step as i64));
+        set.observe(step, &w).unwrap();
+        for lawa in &mut alone {
+            lawa.observe(step, &w).unwrap();
         }
     }
+    assert_eq!(alone[0].held_steps(), [70, 80, 90, 100]);
+    assert_eq!(alone[1].held_steps(), [80, 100]);
     let (count, bytes) = set.distinct_snapshots();
     assert_eq!(count, 4, "4 distinct steps, not 6 copies");
     assert_eq!(bytes, 4 * (35 + 11 + 24) * 4);
+    // Sharing changes nothing: the set's averages are those of the averagers used alone.
+    let members: Vec<_> = set.iter().collect();
+    for (member, lawa) in members.iter().zip(&alone) {
+        assert_eq!(member.label(), lawa.label());
+        assert_eq!(
+            written(|t| member.write_average(t)),
+            written(|t| lawa.write_average(t))
+        );
+    }
+}
+
+#[test]
+fn storage_is_chosen_per_averager_and_copies_are_keyed_by_it() {
+    let mut set = AveragerSet::new();
+    set.push(Lawa::new(2, 10).unwrap()).unwrap();
+    set.push(Lawa::new(3, 10).unwrap().storage(Storage::Cpu))
+        .unwrap();
+    set.push(Ema::new(0.9).unwrap().storage(Storage::Cpu))
+        .unwrap();
+    for step in 1..=30u64 {
+        set.observe(step, &weights_of(&random_weights(step as i64)))
+            .unwrap();
+    }
+    // Steps 20 and 30 in training storage, 10, 20 and 30 in host storage.
+    assert_eq!(set.distinct_snapshots().0, 5);
+}
+
+#[test]
+fn a_lone_lawa_keeps_its_snapshots_when_it_joins_a_set() {
+    let mut lawa = Lawa::new(3, 5).unwrap();
+    for step in 1..=10u64 {
+        lawa.observe(step, &weights_of(&random_weights(step as i64)))
+            .unwrap();
+    }
+    let before = written(|t| lawa.write_average(t));
+    let mut set = AveragerSet::new();
+    set.push(lawa).unwrap();
+    assert_eq!(set.distinct_snapshots().0, 2);
+    let member = set.iter().next().unwrap();
+    assert_eq!(written(|t| member.write_average(t)), before);
+}
+
+#[test]
+fn averagers_and_sets_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let mut set = AveragerSet::new();
+    set.push(Lawa::new(2, 1).unwrap()).unwrap();
+    set.observe(1, &weights_of(&random_weights(1))).unwrap();
+    send(&set);
+    let boxed: Box<dyn Averager> = Box::new(Ema::new(0.5).unwrap());
+    send(&boxed);
+    // A set moves to another thread and keeps working there.
+    let handle = std::thread::spawn(move || {
+        set.observe(2, &weights_of(&random_weights(2))).unwrap();
+        set.distinct_snapshots().0
+    });
+    assert_eq!(handle.join().unwrap(), 2);
+}
+
+#[test]
+fn not_ready_errors_name_the_first_due_step() {
+    let first = |a: &dyn Averager| match written_err(a) {
+        AveragingError::NotReady { first_step, .. } => first_step,
+        other => panic!("{other}"),
+    };
+    assert_eq!(first(&Ema::new(0.9).unwrap().every(5).unwrap()), 5);
+    assert_eq!(first(&Ema::new(0.9).unwrap()), 1);
+    assert_eq!(first(&Ema::new(0.9).unwrap().start(7)), 7);
+    assert_eq!(first(&Swa::new().every(10).unwrap()), 10);
+    assert_eq!(first(&Swa::new().every(10).unwrap().start(25)), 25);
+    assert_eq!(first(&Lawa::new(3, 50).unwrap()), 50);
+    assert_eq!(first(&Lawa::new(3, 50).unwrap().start(120)), 120);
+    // The first due step is indeed when an average appears.
+    let mut ema = Ema::new(0.9).unwrap().every(5).unwrap();
+    for step in 1..=5u64 {
+        assert!(!ema.is_ready());
+        ema.observe(step, &weights_of(&random_weights(step as i64)))
+            .unwrap();
+    }
+    assert!(ema.is_ready());
+}
+
+fn written_err(a: &dyn Averager) -> AveragingError {
+    let (_, target) = zeros_target();
+    a.write_average(&target).unwrap_err()
 }
 
 #[test]
@@ -275,12 +355,10 @@ fn tied_tensors_count_once_and_integer_buffers_are_copied() {
     let w = Weights::from_named(named());
     assert_eq!(w.len(), 2, "the tied head is the embedding");
     let mut lawa = Lawa::new(3, 1).unwrap();
-    let mut cache = SnapshotCache::new(Storage::Training);
     for step in 1..=3u64 {
         let _ = shared.shallow_clone().fill_(step as f64);
         let _ = steps_buf.shallow_clone().fill_(step as i64 * 7);
-        lawa.observe(step, &Weights::from_named(named()), &mut cache)
-            .unwrap();
+        lawa.observe(step, &Weights::from_named(named())).unwrap();
     }
     let out_w = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
     let out_b = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
@@ -306,34 +384,23 @@ fn bad_parameters_are_refused_with_the_field_named() {
     assert!(msg(Ema::new(-0.1).unwrap_err()).contains("decay = -0.1"));
     assert!(Ema::new(0.0).is_ok(), "decay 0 is a copy, allowed");
     assert!(msg(Ema::new(0.9).unwrap().every(0).unwrap_err()).contains("every = 0"));
-    let e = Swa::new(SwaStart::Step(2000), 10, Some(1000)).unwrap_err();
-    assert!(msg(e).contains("after the end of training"));
-    let e = Swa::new(SwaStart::Fraction(0.75), 10, None).unwrap_err();
-    assert!(msg(e).contains("total steps"));
+    assert!(msg(Swa::new().every(0).unwrap_err()).contains("every = 0"));
+    let e = Swa::new().start_fraction(1.5, 1000).unwrap_err();
+    assert!(msg(e).contains("start = 1.5"));
     assert_eq!(
-        Swa::new(SwaStart::Fraction(0.75), 10, Some(1000))
-            .unwrap()
-            .start_step(),
+        Swa::new().start_fraction(0.75, 1000).unwrap().start_step(),
         750
     );
-    let spec = AveragerSpec::Lawa {
-        k: 5,
-        nu: 10,
-        start: 5000,
-    };
-    assert!(msg(spec.build(Some(1000)).err().unwrap()).contains("start = 5000"));
-    let mut set = AveragerSet::new(Storage::Training);
-    set.push(Box::new(Lawa::new(5, 10).unwrap())).unwrap();
-    let dup = set.push(Box::new(Lawa::new(5, 10).unwrap())).unwrap_err();
+    let mut set = AveragerSet::new();
+    set.push(Lawa::new(5, 10).unwrap()).unwrap();
+    let dup = set.push(Lawa::new(5, 10).unwrap()).unwrap_err();
     assert!(msg(dup).contains("lawa_k5_nu10"));
 }
 
 #[test]
 fn a_target_with_other_tensors_is_refused_and_left_untouched() {
     let mut lawa = Lawa::new(2, 1).unwrap();
-    let mut cache = SnapshotCache::new(Storage::Training);
-    lawa.observe(1, &weights_of(&random_weights(1)), &mut cache)
-        .unwrap();
+    lawa.observe(1, &weights_of(&random_weights(1))).unwrap();
     let (mut named, _) = zeros_target();
     named[0].1 = Tensor::zeros([5, 7], (Kind::Float, Device::Cpu)); // a.weight transposed
     let err = lawa
@@ -358,25 +425,30 @@ fn a_target_with_other_tensors_is_refused_and_left_untouched() {
     // Observed weights that change shape mid-run are refused too.
     let mut other = random_weights(2);
     other[1].1 = Tensor::zeros([12], (Kind::Float, Device::Cpu));
-    assert!(lawa.observe(2, &weights_of(&other), &mut cache).is_err());
+    assert!(lawa.observe(2, &weights_of(&other)).is_err());
 }
 
 #[test]
 fn labels_are_stable() {
-    let specs: Vec<AveragerSpec> = serde_json::from_str(
-        r#"[{"kind": "lawa", "k": 5, "nu": 50},
-            {"kind": "lawa", "k": 5, "nu": 50, "start": 1000},
-            {"kind": "ema", "decay": 0.99},
-            {"kind": "ema", "decay": 0.9, "warmup": true},
-            {"kind": "ema", "decay": 0.999, "every": 10, "start": 100},
-            {"kind": "swa", "start": 0.75},
-            {"kind": "swa", "start": 5000, "every": 5}]"#,
-    )
-    .unwrap();
-    let labels: Vec<String> = specs
-        .iter()
-        .map(|s| s.build(Some(70_000)).unwrap().label())
-        .collect();
+    let labels = [
+        Lawa::new(5, 50).unwrap().label(),
+        Lawa::new(5, 50).unwrap().start(1000).label(),
+        Ema::new(0.99).unwrap().label(),
+        Ema::with_warmup(0.9).unwrap().label(),
+        Ema::new(0.999)
+            .unwrap()
+            .every(10)
+            .unwrap()
+            .start(100)
+            .label(),
+        Swa::new()
+            .every(10)
+            .unwrap()
+            .start_fraction(0.75, 70_000)
+            .unwrap()
+            .label(),
+        Swa::new().every(5).unwrap().start(5000).label(),
+    ];
     assert_eq!(
         labels,
         [
@@ -389,35 +461,24 @@ fn labels_are_stable() {
             "swa_start5000_every5"
         ]
     );
-    let unknown =
-        serde_json::from_str::<AveragerSpec>(r#"{"kind": "lawa", "k": 5, "nu": 5, "window": 3}"#);
-    assert!(unknown.unwrap_err().to_string().contains("window"));
 }
 
 fn build_set() -> AveragerSet {
-    let mut set = AveragerSet::new(Storage::Cpu);
-    set.push(Box::new(Lawa::new(3, 4).unwrap())).unwrap();
-    set.push(Box::new(Lawa::new(2, 8).unwrap())).unwrap();
-    set.push(Box::new(Ema::with_warmup(0.9).unwrap())).unwrap();
-    set.push(Box::new(
-        Swa::new(SwaStart::Fraction(0.25), 3, Some(100)).unwrap(),
-    ))
-    .unwrap();
+    let cpu = Storage::Cpu;
+    let mut set = AveragerSet::new();
+    set.push(Lawa::new(3, 4).unwrap().storage(cpu)).unwrap();
+    set.push(Lawa::new(2, 8).unwrap().storage(cpu)).unwrap();
+    set.push(Ema::with_warmup(0.9).unwrap().storage(cpu))
+        .unwrap();
+    let swa = Swa::new().every(3).unwrap();
+    set.push(swa.start_fraction(0.25, 100).unwrap().storage(cpu))
+        .unwrap();
     set
 }
 
 fn averages(set: &AveragerSet) -> Vec<Vec<f64>> {
     set.iter()
-        .map(|a| {
-            let (named, target) = zeros_target();
-            a.write_average(&target).unwrap();
-            named
-                .iter()
-                .flat_map(|(_, t)| {
-                    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-                })
-                .collect()
-        })
+        .map(|a| written(|t| a.write_average(t)))
         .collect()
 }
 
@@ -449,8 +510,8 @@ fn saved_state_resumes_exactly() {
     assert_eq!(averages(&straight), averages(&resumed), "bit for bit");
 
     // A different set of averagers refuses the state.
-    let mut other = AveragerSet::new(Storage::Cpu);
-    other.push(Box::new(Lawa::new(3, 4).unwrap())).unwrap();
+    let mut other = AveragerSet::new();
+    other.push(Lawa::new(3, 4).unwrap()).unwrap();
     let err = other
         .load(dir.path(), &weights_of(&random_weights(0)))
         .unwrap_err();
@@ -464,4 +525,49 @@ fn saved_state_resumes_exactly() {
     let names = sorted_names();
     // lawa_k3_nu4 holds 52, 56, 60; lawa_k2_nu8 holds 56 (shared) and 48.
     assert_eq!(snapshot_tensors, 4 * names.len());
+}
+
+#[test]
+fn a_saved_state_with_missing_pieces_is_refused() {
+    let mut set = build_set();
+    for step in 1..=20u64 {
+        set.observe(step, &weights_of(&random_weights(step as i64)))
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    set.save(dir.path()).unwrap();
+    let json_path = dir.path().join("averagers.json");
+    let good = std::fs::read_to_string(&json_path).unwrap();
+    let load = || build_set().load(dir.path(), &weights_of(&random_weights(0)));
+    assert!(load().is_ok());
+    // No snapshot_steps: before, an empty LAWA queue was restored silently.
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["averagers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("snapshot_steps");
+    std::fs::write(&json_path, json.to_string()).unwrap();
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("snapshot_steps"), "{err}");
+    // A snapshot step whose tensors are not in the file.
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["averagers"][0]["snapshot_steps"] = serde_json::json!([12, 16, 99]);
+    std::fs::write(&json_path, json.to_string()).unwrap();
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("snapshot.99."), "{err}");
+    // EMA's update counter missing.
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    json["averagers"][2]["meta"] = serde_json::json!({});
+    std::fs::write(&json_path, json.to_string()).unwrap();
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("updates"), "{err}");
+    // Flipped bytes in the tensors file are caught by its checksum.
+    std::fs::write(&json_path, &good).unwrap();
+    let tensors = dir.path().join("averagers.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&tensors, bytes).unwrap();
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("CRC-32"), "{err}");
 }

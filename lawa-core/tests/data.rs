@@ -49,9 +49,9 @@ fn batches_are_shifted_windows_and_seeded() {
     let mut b = BatchSampler::new(data.split(Split::Train), 4, 16, 7).unwrap();
     let mut c = BatchSampler::new(data.split(Split::Train), 4, 16, 8).unwrap();
     let (ba, bb, bc) = (
-        a.next_batch(tch::Device::Cpu),
-        b.next_batch(tch::Device::Cpu),
-        c.next_batch(tch::Device::Cpu),
+        a.next_batch(tch::Device::Cpu).unwrap(),
+        b.next_batch(tch::Device::Cpu).unwrap(),
+        c.next_batch(tch::Device::Cpu).unwrap(),
     );
     assert_eq!(ba.x.size(), [4, 16]);
     assert!(
@@ -104,7 +104,10 @@ fn validation_windows_are_fixed_and_cover_the_split() {
     );
     let again = ValidationWindows::new(data.split(Split::Val), 100, 11).unwrap();
     assert_eq!(w.starts(), again.starts());
-    let batches: Vec<_> = w.batches(4, tch::Device::Cpu).collect();
+    let batches: Vec<_> = w
+        .batches(4, tch::Device::Cpu)
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(
         batches.iter().map(|b| b.x.size()[0]).collect::<Vec<_>>(),
         [4, 4, 3]
@@ -171,7 +174,11 @@ fn ids_beyond_the_vocabulary_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("val.bin");
     write_tokens(&path, &[1, 2, 3, 300, 4]);
-    let err = TokenFile::open(&path, 257).unwrap_err();
+    let file = TokenFile::open(&path, 257).unwrap();
+    let mut out = Vec::new();
+    file.read_i64(0, 3, &mut out).unwrap();
+    assert_eq!(out, [1, 2, 3], "ids before the bad one read fine");
+    let err = file.read_i64(1, 4, &mut out).unwrap_err();
     assert!(
         matches!(
             err,
@@ -184,6 +191,31 @@ fn ids_beyond_the_vocabulary_are_refused() {
         ),
         "{err}"
     );
+    assert!(matches!(
+        file.check_all_ids(),
+        Err(DataError::TokenOutOfRange { position: 3, .. })
+    ));
+}
+
+#[test]
+fn a_file_truncated_while_in_use_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.bin");
+    write_tokens(&path, &(0..1000).collect::<Vec<u16>>());
+    let file = std::sync::Arc::new(TokenFile::open(&path, 1000).unwrap());
+    let mut sampler = BatchSampler::new(file, 8, 64, 0).unwrap();
+    sampler.next_batch(tch::Device::Cpu).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let err = (0..20)
+        .find_map(|_| sampler.next_batch(tch::Device::Cpu).err())
+        .expect("a window past the new end")
+        .to_string();
+    assert!(err.contains("train.bin") && err.contains("shrank"), "{err}");
 }
 
 #[test]
@@ -209,11 +241,14 @@ fn nanogpt_folder_without_meta_reads_as_gpt2() {
     assert_eq!(data.meta().tokenizer, "gpt2");
     assert_eq!(data.meta().vocab_size, 50_257);
     assert_eq!(data.meta().train_tokens, 4);
-    assert_eq!(data.split(Split::Val).get(1), 995);
+    let mut ids = Vec::new();
+    data.split(Split::Val).read_i64(0, 2, &mut ids).unwrap();
+    assert_eq!(ids, [15496, 995]);
     // An id of 50257 or more is not GPT-2.
     write_tokens(&dir.path().join("val.bin"), &[15496, 50257]);
+    let data = Dataset::open(dir.path()).unwrap();
     assert!(matches!(
-        Dataset::open(dir.path()),
+        data.split(Split::Val).check_all_ids(),
         Err(DataError::TokenOutOfRange { id: 50257, .. })
     ));
 }

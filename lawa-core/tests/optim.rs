@@ -64,8 +64,8 @@ fn adamw_with_clipping_equals_torch_over_many_steps() {
             loss += (p * &g).sum(Kind::Float);
         }
         loss.backward(); // each gradient is exactly g
-        norms.push(clip_grad_norm(&opt.parameters(), 1.0));
-        opt.step(*lr);
+        norms.push(clip_grad_norm(&opt.parameters(), 1.0).double_value(&[]));
+        opt.step(*lr).unwrap();
     }
     assert_eq!(opt.steps(), steps as u64);
     let dir = tempfile::tempdir().unwrap();
@@ -130,7 +130,7 @@ fn optimizer_state_round_trips() {
     for _ in 0..5 {
         a.zero_grad();
         (&p * &p).sum(Kind::Float).backward();
-        a.step(1e-2);
+        a.step(1e-2).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("opt.safetensors");
@@ -142,7 +142,7 @@ fn optimizer_state_round_trips() {
     for (opt, w) in [(&mut a, &p), (&mut b, &q)] {
         opt.zero_grad();
         (w * w).sum(Kind::Float).backward();
-        opt.step(1e-2);
+        opt.step(1e-2).unwrap();
     }
     assert!(
         p.detach().equal(&q.detach()),
@@ -156,6 +156,12 @@ fn optimizer_state_round_trips() {
         err.contains("shape") && err.contains("opt.safetensors"),
         "{err}"
     );
+    // A malformed step counter is an error, not a panic.
+    let mut tensors = a.state_tensors();
+    tensors[0].1 = Tensor::from_slice(&[5.0f32, 1.0]);
+    lawa_core::checkpoint::write_safetensors(&path, &tensors).unwrap();
+    let err = b.load(&path).unwrap_err().to_string();
+    assert!(err.contains("step counter"), "{err}");
     assert!(AdamW::new(
         Vec::new(),
         AdamWConfig {

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use lawa_experiments::assets;
-use lawa_experiments::commands::prepare::tokenize_documents;
-use lawa_experiments::corpus::Document;
-use lawa_experiments::tokenizer::TextTokenizer;
+use lawa_experiments::prepare::corpus::Document;
+use lawa_experiments::prepare::tokenize_documents;
+use lawa_experiments::prepare::tokenizer::TextTokenizer;
 
 fn main() -> Result<()> {
     let dir = assets::sotu_dir()?;

@@ -1,11 +1,17 @@
-//! The `lawa` command line as a library: each subcommand is a module under [`commands`], callable
-//! from tests and other programs; `main.rs` only parses arguments and prints errors.
+//! lawa's experiment harness as a library, with the `lawa` command line as a thin layer on top:
+//!
+//! - [`prepare`]: a text corpus into a tokenized dataset folder;
+//! - [`train`]: one training run, every averager evaluated along the way, resumable;
+//! - [`sweep`]: grids of runs gathered into a results folder;
+//! - [`results`]: the CSV schema, summaries and metrics (no libtorch);
+//! - [`figures`]: the paper's figures from a results folder (no libtorch);
+//! - [`commands`]: one module per subcommand, each parsing arguments and calling the above.
 
 pub mod assets;
 pub mod commands;
-pub mod corpus;
 pub mod figures;
+pub mod prepare;
 pub mod progress;
+pub mod results;
 pub mod sweep;
-pub mod tokenizer;
 pub mod train;

@@ -157,7 +157,8 @@ fn eval_equals_the_loss_transformers_computes_on_the_same_windows() {
     ]);
     assert!(o.status.success());
     assert!(
-        stdout(&o).starts_with(&format!("val loss {a:.4} (perplexity")),
+        stdout(&o).starts_with(&format!("val loss {a:.4} ± "))
+            && stdout(&o).contains("(perplexity"),
         "{}",
         stdout(&o)
     );

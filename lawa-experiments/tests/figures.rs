@@ -1,14 +1,14 @@
 //! `lawa figures`: every figure from a synthetic but realistic sweep, partial sweeps, and bad
 //! input (one clear error, nothing written).
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use lawa_experiments::commands::figures::{run, FiguresArgs};
-use lawa_experiments::figures::data::{load_curves, CURVES_HEADER, SUMMARY_HEADER};
 use lawa_experiments::figures::plot::{HEIGHT, WIDTH};
 use lawa_experiments::figures::sweep::Sweep;
 use lawa_experiments::figures::{render_all, FIGURES_DIR};
+use lawa_experiments::results::schema::{curves_header, to_csv};
+use lawa_experiments::results::{read_rows, CurveRow, Strategy, StrategyColumns, SummaryRow};
 
 const STEPS: u64 = 1000;
 const EVERY: u64 = 50;
@@ -34,16 +34,35 @@ impl Weights {
         }
     }
 
-    /// strategy,k,nu,decay,start,every
-    fn columns(self) -> String {
+    /// strategy, k, nu, decay, start, every
+    fn columns(self) -> StrategyColumns {
         match self {
-            Weights::Raw => "raw,,,,,".into(),
-            Weights::Lawa { k, nu } => format!("lawa,{k},{nu},,0,{nu}"),
-            Weights::Ema { decay, warmup } => format!(
-                "{},,,{decay},0,1",
-                if warmup { "ema_warmup" } else { "ema" }
-            ),
-            Weights::Swa { start } => format!("swa,,,,{start},10"),
+            Weights::Raw => StrategyColumns::default(),
+            Weights::Lawa { k, nu } => StrategyColumns {
+                strategy: Some(Strategy::Lawa),
+                k: Some(k),
+                nu: Some(nu),
+                start: Some(0.0),
+                every: Some(nu),
+                ..Default::default()
+            },
+            Weights::Ema { decay, warmup } => StrategyColumns {
+                strategy: Some(if warmup {
+                    Strategy::EmaWarmup
+                } else {
+                    Strategy::Ema
+                }),
+                decay: Some(decay),
+                start: Some(0.0),
+                every: Some(1),
+                ..Default::default()
+            },
+            Weights::Swa { start } => StrategyColumns {
+                strategy: Some(Strategy::Swa),
+                start: Some(start),
+                every: Some(10),
+                ..Default::default()
+            },
         }
     }
 
@@ -112,7 +131,7 @@ struct Run {
 }
 
 fn curves_csv(runs: &[Run], weights: &[Weights], train_loss: bool) -> String {
-    let mut text = format!("{CURVES_HEADER}\n");
+    let mut rows = Vec::new();
     for run in runs {
         let id = format!("{}-lr{}-s{}", run.model, run.lr, run.seed);
         for step in (0..=run.last).step_by(EVERY as usize) {
@@ -133,27 +152,31 @@ fn curves_csv(runs: &[Run], weights: &[Weights], train_loss: bool) -> String {
                 } else {
                     widen * 0.6
                 };
-                let train = if train_loss {
-                    format!("{:.6}", val - 0.02 - gap)
-                } else {
-                    String::new()
-                };
-                writeln!(
-                    text,
-                    "{id},{},{},{},{},{},{step},{},{val:.6},{train},{:.1}",
-                    run.model,
-                    run.lr,
-                    run.seed,
-                    w.label(),
-                    w.columns(),
-                    step * 4096,
-                    step as f64 * 0.1
-                )
-                .unwrap();
+                let c = w.columns();
+                rows.push(CurveRow {
+                    run: id.clone(),
+                    model: run.model.into(),
+                    lr: run.lr,
+                    seed: run.seed,
+                    weights: w.label(),
+                    strategy: c.strategy.unwrap_or(Strategy::Raw),
+                    k: c.k,
+                    nu: c.nu,
+                    decay: c.decay,
+                    start: c.start,
+                    every: c.every,
+                    step,
+                    tokens: step * 4096,
+                    val_loss: val,
+                    val_loss_se: Some(0.01),
+                    gain_se: (!matches!(w, Weights::Raw)).then_some(0.004),
+                    train_loss: train_loss.then_some(val - 0.02 - gap),
+                    wall_time_s: step as f64 * 0.1,
+                });
             }
         }
     }
-    text
+    String::from_utf8(to_csv(&rows).unwrap()).unwrap()
 }
 
 fn full_runs() -> Vec<Run> {
@@ -184,25 +207,29 @@ fn write_sweep(dir: &Path, curves: &str, summary: Option<&str>) -> PathBuf {
 
 /// summary.csv rows for the raw weights of each run (enough to say which diverged).
 fn summary_csv(runs: &[Run]) -> String {
-    let mut text = format!("{SUMMARY_HEADER}\n");
-    for run in runs {
-        let last = raw_loss(run.last, run.lr, run.seed);
-        writeln!(
-            text,
-            "{}-lr{}-s{},{},{},{},raw,raw,,,,,,{},{last:.6},{last:.6},0,{},0,{}",
-            run.model,
-            run.lr,
-            run.seed,
-            run.model,
-            run.lr,
-            run.seed,
-            run.last,
-            run.last,
-            run.last < STEPS
-        )
-        .unwrap();
-    }
-    text
+    let rows: Vec<SummaryRow> = runs
+        .iter()
+        .map(|run| {
+            let last = raw_loss(run.last, run.lr, run.seed);
+            SummaryRow {
+                run: format!("{}-lr{}-s{}", run.model, run.lr, run.seed),
+                model: run.model.into(),
+                lr: run.lr,
+                seed: run.seed,
+                weights: "raw".into(),
+                strategy: Strategy::Raw,
+                final_step: run.last,
+                final_val_loss: last,
+                best_val_loss: last,
+                gain_over_raw: Some(0.0),
+                steps_to_raw_final: Some(run.last),
+                steps_saved: Some(0),
+                diverged: run.last < STEPS,
+                ..SummaryRow::default()
+            }
+        })
+        .collect();
+    String::from_utf8(to_csv(&rows).unwrap()).unwrap()
 }
 
 fn check_png(path: &Path) {
@@ -321,7 +348,7 @@ fn best_config_and_steps_saved_on_the_synthetic_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let runs = full_runs();
     let results = write_sweep(dir.path(), &curves_csv(&runs, &all_weights(), true), None);
-    let rows = load_curves(&results.join("curves.csv")).unwrap();
+    let rows: Vec<CurveRow> = read_rows(&results.join("curves.csv")).unwrap();
     let sweep = Sweep::from_rows(&rows, None);
     // k * nu = 500 and 250 saturate the synthetic gain; the largest window-spacing wins.
     assert_eq!(sweep.best_lawa("tiny").as_deref(), Some("lawa_k10_nu50"));
@@ -337,7 +364,7 @@ fn best_config_and_steps_saved_on_the_synthetic_sweep() {
     let raw = sweep.mean("tiny", 6e-4, "raw").unwrap().pairs();
     assert_eq!(raw.last().unwrap().0, 1000);
     assert_eq!(
-        lawa_experiments::figures::metrics::steps_saved(&raw, &raw),
+        lawa_experiments::results::metrics::steps_saved(&raw, &raw),
         Some(0)
     );
 }
@@ -376,7 +403,7 @@ fn partial_sweep_draws_what_it_can() {
 
     // Header only.
     let dir = tempfile::tempdir().unwrap();
-    let results = write_sweep(dir.path(), &format!("{CURVES_HEADER}\n"), None);
+    let results = write_sweep(dir.path(), &format!("{}\n", curves_header()), None);
     assert!(render_all(&results).unwrap().is_empty());
     assert!(!results.join(FIGURES_DIR).exists());
 }
@@ -437,7 +464,7 @@ fn bad_input_is_one_clear_error_and_writes_nothing() {
     let results = write_sweep(dir.path(), &(lines.join("\n") + "\n"), None);
     let err = render_all(&results).unwrap_err().to_string();
     assert!(
-        err.contains("curves.csv:5: column 14 (val_loss): cannot parse \"3.1.4\" as a number"),
+        err.contains("curves.csv:5: column 14 (val_loss): cannot parse \"3.1.4\""),
         "{err}"
     );
     assert!(!results.join(FIGURES_DIR).exists());

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use lawa_experiments::assets;
-use lawa_experiments::commands::prepare::tokenize_documents;
-use lawa_experiments::corpus::Document;
-use lawa_experiments::tokenizer::TextTokenizer;
+use lawa_experiments::prepare::corpus::Document;
+use lawa_experiments::prepare::tokenize_documents;
+use lawa_experiments::prepare::tokenizer::TextTokenizer;
 
 fn sample_files(min_bytes: u64) -> Vec<PathBuf> {
     let dir = assets::sotu_dir().expect("SOTU corpus (run scripts/bootstrap.sh)");

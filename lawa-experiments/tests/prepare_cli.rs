@@ -71,7 +71,7 @@ fn folder_of_txt_with_byte_tokenizer() {
     assert_eq!(m.split, SplitMethod::Document);
     // Documents sorted by path: doc00..doc09, more/zz; validation = indices 4 and 9 (F = 0.2).
     let val = data.split(Split::Val);
-    let text: Vec<u8> = (0..val.len()).map(|i| val.get(i) as u8).collect();
+    let text: Vec<u8> = (0..val.len()).map(|i| val.get(i).unwrap() as u8).collect();
     let expected = "Document number 4.\nIt says hello 4 times.\n\u{100}Document number 9.\nIt says hello 9 times.\n\u{100}";
     let expected: Vec<u8> = expected.chars().map(|c| c as u32 as u8).collect();
     assert_eq!(text, expected);
@@ -182,13 +182,17 @@ fn jsonl_and_single_text_file() {
     assert_eq!(data.meta().split, SplitMethod::Position);
     let val = data.split(Split::Val);
     let val_text: String = (0..val.len() - 1)
-        .map(|i| val.get(i) as u8 as char)
+        .map(|i| val.get(i).unwrap() as u8 as char)
         .collect();
     assert!(
         text.ends_with(&val_text) && val_text.starts_with("line "),
         "{val_text:?}"
     );
-    assert_eq!(val.get(val.len() - 1), 256, "ends with end-of-text");
+    assert_eq!(
+        val.get(val.len() - 1).unwrap(),
+        256,
+        "ends with end-of-text"
+    );
     // Head has no end-of-text: the document continues in the tail.
     assert_eq!(
         data.meta().train_tokens + data.meta().val_tokens,

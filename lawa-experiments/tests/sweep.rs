@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lawa_experiments::results::{read_rows, SummaryRow};
 use lawa_experiments::sweep::SweepConfig;
 
 #[test]
@@ -27,7 +28,7 @@ fn every_config_in_configs_is_valid() {
         assert!(!runs.is_empty(), "{}", file.display());
         for r in &runs {
             assert!(
-                !r.config.averagers.is_empty(),
+                !r.plan.config.averagers.is_empty(),
                 "{}: averagers",
                 file.display()
             );
@@ -169,27 +170,15 @@ fn a_diverged_run_is_recorded_and_the_sweep_goes_on() {
     std::fs::write(dir.path().join("s.yaml"), yaml).unwrap();
     let o = lawa(&["sweep", "s.yaml"], dir.path());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary = std::fs::read_to_string(results.join("s/summary.csv")).unwrap();
-    let raw: Vec<&str> = summary
-        .lines()
-        .filter(|l| l.contains(",raw,raw,"))
-        .collect();
+    let summary: Vec<SummaryRow> = read_rows(&results.join("s/summary.csv")).unwrap();
+    let raw: Vec<&SummaryRow> = summary.iter().filter(|r| r.weights == "raw").collect();
     assert_eq!(raw.len(), 2);
-    assert!(
-        raw[0].starts_with("custom-lr1000000-s0") && raw[0].ends_with(",true"),
-        "{}",
-        raw[0]
-    );
-    assert!(
-        raw[1].starts_with("custom-lr0.001-s0") && raw[1].ends_with(",false"),
-        "{}",
-        raw[1]
-    );
-    assert!(
-        raw[1].contains(",40,"),
-        "the second run finished: {}",
-        raw[1]
-    );
+    // A custom model's id names its shape: two custom models of one sweep never collide.
+    assert_eq!(raw[0].run, "custom-l1-h2-d32-b32-lr1000000-s0");
+    assert!(raw[0].diverged);
+    assert_eq!(raw[1].run, "custom-l1-h2-d32-b32-lr0.001-s0");
+    assert!(!raw[1].diverged);
+    assert_eq!(raw[1].final_step, 40, "the second run finished");
 }
 
 #[test]

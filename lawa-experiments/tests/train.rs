@@ -142,8 +142,12 @@ fn small_model_learns_well_below_the_unigram_entropy_within_a_cpu_minute() {
     let ds = lawa_core::data::Dataset::open(&data).unwrap();
     let train_split = ds.split(lawa_core::data::Split::Train);
     let mut counts = vec![0f64; ds.meta().vocab_size as usize];
-    for i in 0..train_split.len() {
-        counts[train_split.get(i) as usize] += 1.0;
+    let mut ids = Vec::new();
+    train_split
+        .read_i64(0, train_split.len() as usize, &mut ids)
+        .unwrap();
+    for id in ids {
+        counts[id as usize] += 1.0;
     }
     let n: f64 = counts.iter().sum();
     let entropy: f64 = counts
@@ -165,7 +169,7 @@ eval: {{every: 250, windows: 64}}
     );
     let cfg: RunConfig = serde_yaml::from_str(&yaml).unwrap();
     let start = Instant::now();
-    let outcome = train(&cfg, |_, _| {}).unwrap();
+    let outcome = train(&cfg.plan().unwrap(), |_, _| {}).unwrap();
     let secs = start.elapsed().as_secs_f64();
     println!(
         "unigram entropy {entropy:.3} nats; val loss {:.3} after {secs:.0} s",
@@ -191,15 +195,18 @@ fn a_diverging_run_ends_cleanly_and_is_recorded() {
     let yaml = run_yaml(&data, &out, 60, "")
         .replace("lr: 3.0e-3", "lr: 1.0e6\n  grad_clip: 0")
         .replace("min_lr: 3.0e-4", "min_lr: 1.0");
-    let cfg: RunConfig = serde_yaml::from_str(&yaml).unwrap();
-    let outcome = train(&cfg, |_, _| {}).unwrap();
+    let plan = serde_yaml::from_str::<RunConfig>(&yaml)
+        .unwrap()
+        .plan()
+        .unwrap();
+    let outcome = train(&plan, |_, _| {}).unwrap();
     assert_eq!(outcome.status, RunStatus::Diverged);
     assert!(outcome.step < 60);
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("status.json")).unwrap()).unwrap();
     assert_eq!(status["status"], "diverged");
     // Running it again does not retry.
-    assert_eq!(train(&cfg, |_, _| {}).unwrap().status, RunStatus::Diverged);
+    assert_eq!(train(&plan, |_, _| {}).unwrap().status, RunStatus::Diverged);
 }
 
 #[test]

@@ -46,14 +46,9 @@ pub enum ModelError {
         /// What is wrong, naming the field.
         message: String,
     },
-    /// A `.safetensors` file that cannot be parsed.
-    #[error("{path}: not a valid safetensors file: {message}")]
-    BadWeightsFile {
-        /// The weights file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
+    /// A weights file that cannot be read (malformed header, corrupt data, I/O).
+    #[error(transparent)]
+    Checkpoint(#[from] lawa_core::checkpoint::CheckpointError),
     /// A tensor the model needs is absent from the checkpoint.
     #[error("{path}: tensor {name} is missing")]
     MissingTensor {

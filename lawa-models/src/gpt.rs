@@ -176,6 +176,31 @@ impl Gpt {
         )?)
     }
 
+    /// For evaluation (no dropout): the mean next-token loss over the batch, computed exactly as
+    /// [`Gpt::loss`] computes it, and the mean loss of each window (`[B]`), both fp32.
+    pub fn window_losses(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let (b, t) = self.check_ids(idx, "token ids")?;
+        if targets.size() != [b, t] {
+            return Err(ModelError::BadInput(format!(
+                "targets have shape {:?}, token ids [{b}, {t}]",
+                targets.size()
+            )));
+        }
+        let logits = self.forward(idx, false)?;
+        let logp = logits
+            .reshape([b * t, self.cfg.vocab_size as i64])
+            .log_softmax(-1, Kind::Float);
+        let targets = targets.reshape([b * t]).to_kind(Kind::Int64);
+        let mean = logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)?;
+        let per_token = logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::None, -100)?;
+        let per_window = per_token.view([b, t]).f_mean_dim(1, false, Kind::Float)?;
+        Ok((mean, per_window))
+    }
+
     /// Every variable under its Hugging Face name, in Hugging Face's order.
     pub(crate) fn params(&self) -> Vec<Param> {
         let mut out = vec![

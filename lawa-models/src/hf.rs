@@ -9,10 +9,9 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors};
+use lawa_core::checkpoint::Header;
 use serde::Serialize;
 use serde_json::Value;
 use tch::nn::Path;
@@ -274,8 +273,9 @@ pub fn config_json(cfg: &GptConfig) -> String {
         lawa_dropout: cfg.dropout,
         lawa_vocab_multiple: cfg.vocab_multiple,
     };
-    // A struct of plain fields always serializes.
-    serde_json::to_string_pretty(&out).unwrap_or_default() + "\n"
+    // A struct of strings, numbers and booleans: serde_json cannot fail on it.
+    let text = serde_json::to_string_pretty(&out).expect("config.json serializes");
+    text + "\n"
 }
 
 /// Where a checkpoint tensor goes in the model.
@@ -359,16 +359,6 @@ fn is_mask_buffer(name: &str) -> bool {
     layer.bytes().all(|b| b.is_ascii_digit()) && (tail == "attn.bias" || tail == "attn.masked_bias")
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    match dtype {
-        Dtype::F32 => Some(Kind::Float),
-        Dtype::F16 => Some(Kind::Half),
-        Dtype::BF16 => Some(Kind::BFloat16),
-        Dtype::F64 => Some(Kind::Double),
-        _ => None,
-    }
-}
-
 impl Gpt {
     /// Builds the model a checkpoint describes under `vs` and loads its weights.
     ///
@@ -392,17 +382,12 @@ impl Gpt {
     /// buffers that are tolerated). Half-precision files are widened to fp32. For a model without
     /// biases the file's biases, if present, must be zero. Vocabulary padding rows are zeroed.
     pub fn load_hf_weights(&self, file: &FsPath) -> Result<(), ModelError> {
-        let io = |source| ModelError::Io {
+        let handle = std::fs::File::open(file).map_err(|source| ModelError::Io {
             path: file.to_owned(),
             source,
-        };
-        let handle = std::fs::File::open(file).map_err(io)?;
-        // SAFETY: read-only mapping; the file is not expected to change while it is loaded.
-        let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(io)?;
-        let st = SafeTensors::deserialize(&map).map_err(|e| ModelError::BadWeightsFile {
-            path: file.to_owned(),
-            message: e.to_string(),
         })?;
+        let header = Header::read_from(&handle, file)?;
+        header.verify_checksum(&handle)?;
         let cfg = self.config();
         let slots = slots(self);
         let mut seen = HashSet::new();
@@ -413,27 +398,24 @@ impl Gpt {
             name: name.to_string(),
             reason,
         };
-        let read = |name: &str, view: &safetensors::tensor::TensorView| {
-            let kind = kind_of(view.dtype()).ok_or_else(|| {
-                bad_tensor(
-                    name,
-                    format!("dtype {:?} is not a floating-point type", view.dtype()),
-                )
-            })?;
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            Ok::<_, ModelError>(
-                Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float),
-            )
+        let read = |info: &lawa_core::checkpoint::TensorInfo| {
+            if !info.dtype.is_float() {
+                return Err(bad_tensor(
+                    &info.name,
+                    format!("dtype {} is not a floating-point type", info.dtype.name()),
+                ));
+            }
+            Ok::<_, ModelError>(header.read_tensor(&handle, info)?.to_kind(Kind::Float))
         };
-        let mut entries = st.tensors();
-        entries.sort_by(|a, b| a.0.cmp(&b.0)); // the first problem reported is deterministic
-        for (name, view) in entries {
+        // Sorted by name: the first problem reported is deterministic.
+        for info in &header.tensors {
+            let name = info.name.clone();
             let key = name.strip_prefix("transformer.").unwrap_or(&name);
             if is_mask_buffer(key) {
                 continue;
             }
             if key == "lm_head.weight" {
-                lm_head = Some((name.clone(), read(&name, &view)?));
+                lm_head = Some((name.clone(), read(info)?));
                 continue;
             }
             let Some(slot) = slots.get(key) else {
@@ -449,7 +431,7 @@ impl Gpt {
                     hint,
                 });
             };
-            let actual: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let actual = info.shape_i64();
             if actual != slot.hf_shape {
                 return Err(ModelError::ShapeMismatch {
                     path: file.to_owned(),
@@ -458,11 +440,11 @@ impl Gpt {
                     actual,
                 });
             }
-            let value = read(&name, &view)?;
+            let value = read(info)?;
             seen.insert(key.to_string());
             match &slot.target {
                 None => {
-                    if value.abs().max().double_value(&[]) != 0.0 {
+                    if value.f_abs()?.f_max()?.f_double_value(&[])? != 0.0 {
                         return Err(bad_tensor(
                             &name,
                             "holds non-zero values, but config.json says lawa_bias = false".into(),
@@ -553,57 +535,17 @@ impl Gpt {
         let weights = dir.join(WEIGHTS_FILE);
         write_safetensors(&weights, &tensors)?;
         let config = dir.join(CONFIG_FILE);
-        lawa_core::fsutil::write_atomic(&config, config_json(cfg).as_bytes()).map_err(|source| {
-            ModelError::Io {
+        lawa_core::checkpoint::write_atomic(&config, config_json(cfg).as_bytes()).map_err(
+            |source| ModelError::Io {
                 path: config,
                 source,
-            }
-        })
+            },
+        )
     }
 }
 
-/// Writes fp32 tensors as a safetensors file (metadata `format: pt`), streaming each tensor
-/// into a temporary file that is then renamed over `path`.
+/// Writes fp32 tensors as a safetensors file (metadata `format: pt`, a checksum), streaming
+/// each tensor into a temporary file that is then renamed over `path`.
 fn write_safetensors(path: &FsPath, tensors: &[(String, Tensor)]) -> Result<(), ModelError> {
-    #[derive(Serialize)]
-    struct Info {
-        dtype: &'static str,
-        shape: Vec<i64>,
-        data_offsets: [usize; 2],
-    }
-    let mut header: BTreeMap<String, Value> = BTreeMap::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
-    let mut offset = 0;
-    for (name, t) in tensors {
-        let bytes = t.numel() * 4;
-        let info = Info {
-            dtype: "F32",
-            shape: t.size(),
-            data_offsets: [offset, offset + bytes],
-        };
-        header.insert(name.clone(), serde_json::json!(info));
-        offset += bytes;
-    }
-    let mut header = serde_json::to_vec(&header).unwrap_or_default();
-    // The data must start 8-byte aligned; the format pads the header with spaces.
-    while !header.len().is_multiple_of(8) {
-        header.push(b' ');
-    }
-    lawa_core::fsutil::write_atomic_with(path, |file| {
-        let mut out = std::io::BufWriter::new(file);
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        for (_, t) in tensors {
-            let n = t.numel();
-            let mut buf = vec![0u8; n * 4];
-            t.f_copy_data_u8(&mut buf, n)
-                .map_err(std::io::Error::other)?;
-            out.write_all(&buf)?;
-        }
-        out.flush()
-    })
-    .map_err(|source| ModelError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(lawa_core::checkpoint::write_safetensors(path, tensors)?)
 }

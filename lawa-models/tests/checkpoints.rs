@@ -307,7 +307,7 @@ fn bad_paths_and_corrupt_files_are_errors() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+    assert!(msg.contains("not a valid checkpoint file"), "{msg}");
 
     let other = tempfile::tempdir().unwrap();
     let lone = other.path().join("w.safetensors");

@@ -1,69 +1,76 @@
-use std::rc::Rc;
+use super::state::SavedAverager;
+use super::store::{SnapshotKey, SnapshotStore};
+use super::weights::Layout;
+use super::{AveragingError, Storage, Weights};
 
-use super::{AveragingError, Layout, Snapshot, SnapshotCache, Weights};
-
-/// A weight-averaging strategy that watches the training trajectory.
+/// A weight-averaging strategy that watches the training trajectory: [`Lawa`](super::Lawa),
+/// [`Ema`](super::Ema) or [`Swa`](super::Swa).
 ///
 /// After every optimizer step the training loop calls [`observe`](Averager::observe) with the
 /// number of steps done so far (1 after the first step). Averagers never change the training
 /// weights or the optimizer: they keep their own copies, and
-/// [`write_average`](Averager::write_average) writes their averaged weights into a separate set
-/// of tensors, typically an evaluation copy of the model.
-pub trait Averager {
+/// [`write_average`](Averager::write_average) writes the averaged weights into a separate set of
+/// tensors, typically an evaluation copy of the model.
+///
+/// An averager can be used alone, or pushed into an [`AveragerSet`](super::AveragerSet), which
+/// feeds several at once and keeps one copy of each snapshot they share. Averagers are `Send`:
+/// a set can move to another thread or live in an async task.
+pub trait Averager: sealed::Core + Send {
     /// A stable, readable name for CSVs and legends, e.g. `lawa_k5_nu50`, `ema_0.99`,
     /// `swa_start0.75_every10`.
     fn label(&self) -> String;
 
-    /// Sees the training weights after optimizer step `step`. Snapshots come from `snapshots`,
-    /// so averagers that want the same step share one copy.
-    fn observe(
-        &mut self,
-        step: u64,
-        weights: &Weights,
-        snapshots: &mut SnapshotCache,
-    ) -> Result<(), AveragingError>;
+    /// Sees the training weights after optimizer step `step`.
+    fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError>;
 
-    /// Whether there is an average to write (at least one update taken).
+    /// Whether there is an average to write (at least one update or snapshot taken).
     fn is_ready(&self) -> bool;
 
     /// Writes the averaged weights into `target`, which must have the same tensor names and
-    /// shapes as the observed weights (dtypes may differ: values are cast).
+    /// shapes as the observed weights (dtypes may differ: values are cast). Before the first
+    /// update, an [`AveragingError::NotReady`] naming the step it is due.
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError>;
-
-    /// Everything needed to continue exactly after a restart.
-    fn state(&self) -> AveragerState;
-
-    /// Continues from a saved state; `layout` is that of the weights it will observe.
-    fn restore(&mut self, state: AveragerState, layout: &Layout) -> Result<(), AveragingError>;
-
-    /// The snapshots this averager holds (for memory accounting and sharing).
-    fn snapshots(&self) -> Vec<Rc<Snapshot>> {
-        Vec::new()
-    }
 }
 
-/// The saved state of an averager: counters as JSON, running averages as tensors in weight
-/// order, and held snapshots (saved once per step by [`AveragerSet`](super::AveragerSet)).
-#[derive(Debug)]
-pub struct AveragerState {
-    /// The averager's label (checked on restore).
-    pub label: String,
-    /// Counters and settings.
-    pub meta: serde_json::Value,
-    /// Running-average tensors (EMA/SWA shadows), in weight order.
-    pub tensors: Vec<tch::Tensor>,
-    /// Held snapshots, oldest first (LAWA's queue).
-    pub snapshots: Vec<Rc<Snapshot>>,
-}
+/// What an [`AveragerSet`](super::AveragerSet) needs from its averagers beyond the public trait:
+/// feeding them from a shared snapshot store, and saving and restoring their state. Sealed, so
+/// the set's invariants hold for every averager it holds.
+pub(crate) mod sealed {
+    use super::*;
 
-impl AveragerState {
-    pub(crate) fn field_u64(&self, key: &str) -> Result<u64, AveragingError> {
-        self.meta
-            .get(key)
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| AveragingError::BadState {
-                label: self.label.clone(),
-                reason: format!("missing counter `{key}`"),
-            })
+    pub trait Core {
+        /// Where this averager keeps its copies.
+        fn storage(&self) -> Storage;
+
+        /// Observes `weights` after `step`, taking snapshots from (and into) `store`.
+        fn observe_in(
+            &mut self,
+            step: u64,
+            weights: &Weights,
+            store: &mut SnapshotStore,
+        ) -> Result<(), AveragingError>;
+
+        /// Writes the average into `target`, reading snapshots from `store`.
+        fn write_from(&self, target: &Weights, store: &SnapshotStore)
+            -> Result<(), AveragingError>;
+
+        /// The snapshots this averager refers to.
+        fn held(&self) -> Vec<SnapshotKey> {
+            Vec::new()
+        }
+
+        /// Moves the snapshots the averager took while used alone into `store`.
+        fn share_snapshots(&mut self, _store: &mut SnapshotStore) {}
+
+        /// Everything needed to continue exactly after a restart.
+        fn save(&self) -> SavedAverager;
+
+        /// Continues from a saved state, for weights of `layout`; snapshots come from `store`.
+        fn restore(
+            &mut self,
+            saved: SavedAverager,
+            layout: &Layout,
+            store: &SnapshotStore,
+        ) -> Result<(), AveragingError>;
     }
 }

@@ -1,6 +1,7 @@
-use super::running_average::{is_due, RunningAverage};
-use super::weights::Layout;
-use super::{Averager, AveragerState, AveragingError, SnapshotCache, Weights};
+use super::cadence::Cadence;
+use super::running_average::{running_average_core, RunningAverage};
+use super::state::SavedAverager;
+use super::{Averager, AveragingError, Storage, Weights};
 
 /// Exponential moving average of the weights: `ema = lerp(ema, theta, 1 - decay_e)`, the first
 /// update a copy.
@@ -8,21 +9,23 @@ use super::{Averager, AveragerState, AveragingError, SnapshotCache, Weights};
 /// Plain form: `decay_e = decay`, as PyTorch's `AveragedModel` with `get_ema_multi_avg_fn`.
 /// Warm-up form (the paper authors' `train_small.py`, and timm's `ModelEmaV3` shape):
 /// `decay_e = clamp(1 - (1 + e)^(-2/3), 0, decay)` with `e` the number of updates so far.
-/// Updates happen every `every` steps from `start` on.
+/// Updates happen at step `start` and every `every` steps after (default: every step).
 ///
 /// ```
 /// use lawa_core::averaging::Ema;
-/// let ema = Ema::with_warmup(0.9).unwrap();
+/// let ema = Ema::with_warmup(0.9)?;
 /// assert_eq!(ema.decay_at(0), 0.0);
 /// assert!((ema.decay_at(1) - (1.0 - 2f64.powf(-2.0 / 3.0))).abs() < 1e-15);
 /// assert_eq!(ema.decay_at(1000), 0.9);
+/// let every_ten = Ema::new(0.99)?.every(10)?.start(100);
+/// # Ok::<(), lawa_core::averaging::AveragingError>(())
 /// ```
 #[derive(Debug)]
 pub struct Ema {
     decay: f64,
     warmup: bool,
-    every: u64,
-    start: u64,
+    cadence: Cadence,
+    storage: Storage,
     average: RunningAverage,
 }
 
@@ -39,8 +42,8 @@ impl Ema {
         Ok(Ema {
             decay,
             warmup,
-            every: 1,
-            start: 0,
+            cadence: Cadence::new(0, 1),
+            storage: Storage::default(),
             average: RunningAverage::default(),
         })
     }
@@ -55,23 +58,21 @@ impl Ema {
         Self::build(decay, true)
     }
 
-    /// Updates every `every` steps instead of every step.
+    /// Updates every `every` steps (at least 1) instead of every step.
     pub fn every(mut self, every: u64) -> Result<Self, AveragingError> {
-        if every == 0 {
-            return Err(AveragingError::invalid(
-                self.label(),
-                "every",
-                0,
-                "must be at least 1",
-            ));
-        }
-        self.every = every;
+        self.cadence.every = checked_every(&self.label(), every)?;
         Ok(self)
     }
 
-    /// Makes no update before step `start`.
+    /// Takes the first update at step `start`.
     pub fn start(mut self, start: u64) -> Self {
-        self.start = start;
+        self.cadence.start = start;
+        self
+    }
+
+    /// Keeps the average in `storage` (default: on the training device).
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
         self
     }
 
@@ -88,10 +89,19 @@ impl Ema {
     pub fn updates(&self) -> u64 {
         self.average.updates()
     }
+}
 
-    fn due(&self, step: u64) -> bool {
-        is_due(step, self.start, self.every)
+/// An update interval, refused when 0.
+pub(crate) fn checked_every(label: &str, every: u64) -> Result<u64, AveragingError> {
+    if every == 0 {
+        return Err(AveragingError::invalid(
+            label,
+            "every",
+            0,
+            "must be at least 1",
+        ));
     }
+    Ok(every)
 }
 
 impl Averager for Ema {
@@ -100,28 +110,22 @@ impl Averager for Ema {
         if self.warmup {
             label.push_str("_warmup");
         }
-        if self.every != 1 {
-            label.push_str(&format!("_every{}", self.every));
+        if self.cadence.every != 1 {
+            label.push_str(&format!("_every{}", self.cadence.every));
         }
-        if self.start > 0 {
-            label.push_str(&format!("_start{}", self.start));
+        if self.cadence.start > 0 {
+            label.push_str(&format!("_start{}", self.cadence.start));
         }
         label
     }
 
-    fn observe(
-        &mut self,
-        step: u64,
-        weights: &Weights,
-        snapshots: &mut SnapshotCache,
-    ) -> Result<(), AveragingError> {
-        if !self.due(step) {
+    fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
+        if !self.cadence.is_due(step) {
             return Ok(());
         }
         let weight = 1.0 - self.decay_at(self.average.updates());
         let label = self.label();
-        self.average
-            .update(weights, weight, snapshots.storage(), &label)
+        self.average.update(weights, weight, self.storage, &label)
     }
 
     fn is_ready(&self) -> bool {
@@ -129,49 +133,21 @@ impl Averager for Ema {
     }
 
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
-        self.average.write(target, &self.label(), self.start.max(1))
-    }
-
-    fn state(&self) -> AveragerState {
-        AveragerState {
-            label: self.label(),
-            meta: serde_json::json!({ "updates": self.average.updates() }),
-            tensors: self.average.state_tensors(),
-            snapshots: Vec::new(),
-        }
-    }
-
-    fn restore(&mut self, state: AveragerState, layout: &Layout) -> Result<(), AveragingError> {
-        let label = self.label();
-        restore_running(&mut self.average, &label, state, layout)
+        self.average
+            .write(target, &self.label(), self.cadence.first_step())
     }
 }
 
-/// Restores a running average (EMA or SWA) from its saved state.
-pub(crate) fn restore_running(
-    average: &mut RunningAverage,
-    label: &str,
-    state: AveragerState,
-    layout: &Layout,
-) -> Result<(), AveragingError> {
-    if state.label != label {
-        return Err(AveragingError::BadState {
-            label: label.to_string(),
-            reason: format!("the saved state is of `{}`", state.label),
-        });
+impl Ema {
+    /// What a saved state records besides the running average.
+    fn saved_meta(&self) -> serde_json::Value {
+        serde_json::json!({})
     }
-    let updates = state.field_u64("updates")?;
-    let expected = if updates == 0 {
-        0
-    } else {
-        layout.names().count()
-    };
-    if state.tensors.len() != expected {
-        return Err(AveragingError::BadState {
-            label: label.to_string(),
-            reason: format!("{} tensors saved, {expected} expected", state.tensors.len()),
-        });
+
+    /// Refuses a saved state that does not fit this EMA (the label is checked on restore).
+    fn check_saved(&self, _saved: &SavedAverager) -> Result<(), AveragingError> {
+        Ok(())
     }
-    average.restore(layout.clone(), state.tensors, updates);
-    Ok(())
 }
+
+running_average_core!(Ema);

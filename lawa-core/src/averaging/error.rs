@@ -42,8 +42,11 @@ pub enum AveragingError {
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A saved state that cannot be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Io {
         /// The file.
         path: std::path::PathBuf,

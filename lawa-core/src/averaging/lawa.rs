@@ -1,36 +1,43 @@
 use std::collections::VecDeque;
-use std::rc::Rc;
 
-use super::weights::{is_averaged, Layout};
-use super::{Averager, AveragerState, AveragingError, Snapshot, SnapshotCache, Weights};
+use super::averager::sealed::Core;
+use super::cadence::Cadence;
+use super::state::SavedAverager;
+use super::store::{SnapshotKey, SnapshotStore};
+use super::weights::Layout;
+use super::{Averager, AveragingError, Storage, Weights};
 
 /// LAWA (latest weight averaging): the uniform mean of the latest `k` snapshots of the weights,
-/// one taken every `nu` optimizer steps (at steps that are multiples of `nu`, from `start` on).
-/// Until `k` snapshots are held, the mean is over those held.
+/// one taken every `nu` optimizer steps (at steps `start`, `start + nu`, ...; with the default
+/// `start` of 0, at the multiples of `nu`). Until `k` snapshots are held, the mean is over those
+/// held.
 ///
 /// ```
-/// use lawa_core::averaging::{Averager, Lawa, SnapshotCache, Storage, Weights};
+/// use lawa_core::averaging::{Averager, Lawa, Weights};
 /// use tch::Tensor;
 ///
-/// let mut lawa = Lawa::new(2, 10).unwrap();
-/// let mut cache = SnapshotCache::new(Storage::Training);
-/// let mut w = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+/// let mut lawa = Lawa::new(2, 10)?;
+/// let w = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+/// let weights = Weights::from_named([("w".to_string(), w.shallow_clone())]);
 /// for step in 1..=30 {
-///     let _ = w.fill_(step as f64);
-///     let weights = Weights::from_named([("w".to_string(), w.shallow_clone())]);
-///     lawa.observe(step, &weights, &mut cache).unwrap();
+///     let _ = w.shallow_clone().fill_(step as f64); // an optimizer step
+///     lawa.observe(step, &weights)?;
 /// }
 /// let out = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
-/// lawa.write_average(&Weights::from_named([("w".to_string(), out.shallow_clone())])).unwrap();
+/// lawa.write_average(&Weights::from_named([("w".to_string(), out.shallow_clone())]))?;
 /// assert_eq!(out.double_value(&[0]), 25.0); // mean of the snapshots at steps 20 and 30
+/// # Ok::<(), lawa_core::averaging::AveragingError>(())
 /// ```
 #[derive(Debug)]
 pub struct Lawa {
     k: usize,
-    nu: u64,
-    start: u64,
-    queue: VecDeque<Rc<Snapshot>>,
+    cadence: Cadence,
+    storage: Storage,
+    /// Steps of the snapshots held, oldest first.
+    queue: VecDeque<u64>,
     layout: Option<Layout>,
+    /// The snapshots of a LAWA used alone (empty inside a set, whose store is shared).
+    own: SnapshotStore,
 }
 
 impl Lawa {
@@ -54,16 +61,23 @@ impl Lawa {
         }
         Ok(Lawa {
             k,
-            nu,
-            start: 0,
+            cadence: Cadence::new(0, nu),
+            storage: Storage::default(),
             queue: VecDeque::with_capacity(k + 1),
             layout: None,
+            own: SnapshotStore::default(),
         })
     }
 
-    /// Takes no snapshot before step `start`.
-    pub fn with_start(mut self, start: u64) -> Self {
-        self.start = start;
+    /// Takes the first snapshot at step `start`, then every `nu` steps.
+    pub fn start(mut self, start: u64) -> Self {
+        self.cadence.start = start;
+        self
+    }
+
+    /// Keeps the snapshots in `storage` (default: on the training device).
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
         self
     }
 
@@ -74,47 +88,34 @@ impl Lawa {
 
     /// The spacing of snapshots, in optimizer steps.
     pub fn nu(&self) -> u64 {
-        self.nu
+        self.cadence.every
     }
 
     /// The steps of the snapshots held, oldest first.
     pub fn held_steps(&self) -> Vec<u64> {
-        self.queue.iter().map(|s| s.step()).collect()
+        self.queue.iter().copied().collect()
     }
 
-    fn first_step(&self) -> u64 {
-        self.start.max(1).div_ceil(self.nu) * self.nu
+    fn keys(&self) -> Vec<SnapshotKey> {
+        self.queue.iter().map(|&s| (s, self.storage)).collect()
     }
 }
 
 impl Averager for Lawa {
     fn label(&self) -> String {
-        let mut label = format!("lawa_k{}_nu{}", self.k, self.nu);
-        if self.start > 0 {
-            label.push_str(&format!("_start{}", self.start));
+        let mut label = format!("lawa_k{}_nu{}", self.k, self.cadence.every);
+        if self.cadence.start > 0 {
+            label.push_str(&format!("_start{}", self.cadence.start));
         }
         label
     }
 
-    fn observe(
-        &mut self,
-        step: u64,
-        weights: &Weights,
-        snapshots: &mut SnapshotCache,
-    ) -> Result<(), AveragingError> {
-        if step < self.start || !step.is_multiple_of(self.nu) {
-            return Ok(());
-        }
-        let layout = weights.layout();
-        match &self.layout {
-            None => self.layout = Some(layout),
-            Some(l) => l.check(&layout, &self.label(), true)?,
-        }
-        self.queue.push_back(snapshots.get(step, weights));
-        while self.queue.len() > self.k {
-            self.queue.pop_front();
-        }
-        Ok(())
+    fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
+        let mut own = std::mem::take(&mut self.own);
+        let result = self.observe_in(step, weights, &mut own);
+        own.retain(&self.held().into_iter().collect());
+        self.own = own;
+        result
     }
 
     fn is_ready(&self) -> bool {
@@ -122,71 +123,92 @@ impl Averager for Lawa {
     }
 
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
-        let (Some(layout), Some(newest)) = (&self.layout, self.queue.back()) else {
+        self.write_from(target, &self.own)
+    }
+}
+
+impl Core for Lawa {
+    fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    fn observe_in(
+        &mut self,
+        step: u64,
+        weights: &Weights,
+        store: &mut SnapshotStore,
+    ) -> Result<(), AveragingError> {
+        if !self.cadence.is_due(step) {
+            return Ok(());
+        }
+        let layout = weights.layout();
+        match &self.layout {
+            None => self.layout = Some(layout),
+            Some(l) => l.check(&layout, &self.label(), true)?,
+        }
+        store.take(step, self.storage, weights);
+        self.queue.push_back(step);
+        while self.queue.len() > self.k {
+            self.queue.pop_front();
+        }
+        Ok(())
+    }
+
+    fn write_from(&self, target: &Weights, store: &SnapshotStore) -> Result<(), AveragingError> {
+        let Some(layout) = &self.layout else {
             return Err(AveragingError::NotReady {
                 label: self.label(),
-                first_step: self.first_step(),
+                first_step: self.cadence.first_step(),
             });
         };
-        layout.check(
-            &target.layout(),
-            &format!("{}: target", self.label()),
-            false,
-        )?;
-        let n = self.queue.len() as f64;
-        tch::no_grad(|| {
-            for (i, (_, t)) in target.iter().enumerate() {
-                let mut t = t.shallow_clone();
-                if !is_averaged(newest.tensors()[i].kind()) {
-                    t.f_copy_(&newest.tensors()[i])?;
-                    continue;
-                }
-                // Sum oldest to newest in fp32, then divide: one fixed order, so the result is
-                // the same bit for bit on every call.
-                let mut sum = self.queue[0].tensors()[i].copy();
-                for s in self.queue.iter().skip(1) {
-                    let _ = sum.f_add_(&s.tensors()[i])?;
-                }
-                let _ = sum.f_div_scalar_(n)?;
-                t.f_copy_(&sum)?;
-            }
-            Ok::<(), tch::TchError>(())
-        })?;
-        Ok(())
+        let label = self.label();
+        layout.check(&target.layout(), &format!("{label}: target"), false)?;
+        store.write_mean(&self.keys(), target, &label)
     }
 
-    fn state(&self) -> AveragerState {
-        AveragerState {
+    fn held(&self) -> Vec<SnapshotKey> {
+        self.keys()
+    }
+
+    fn share_snapshots(&mut self, store: &mut SnapshotStore) {
+        store.absorb(&mut self.own);
+    }
+
+    fn save(&self) -> SavedAverager {
+        SavedAverager {
             label: self.label(),
-            meta: serde_json::json!({ "k": self.k, "nu": self.nu, "start": self.start }),
+            meta: serde_json::json!({
+                "k": self.k,
+                "nu": self.cadence.every,
+                "start": self.cadence.start,
+            }),
             tensors: Vec::new(),
-            snapshots: self.queue.iter().cloned().collect(),
+            snapshot_steps: self.held_steps(),
         }
     }
 
-    fn restore(&mut self, state: AveragerState, layout: &Layout) -> Result<(), AveragingError> {
-        if state.label != self.label() {
-            return Err(AveragingError::BadState {
-                label: self.label(),
-                reason: format!("the saved state is of `{}`", state.label),
-            });
+    fn restore(
+        &mut self,
+        saved: SavedAverager,
+        layout: &Layout,
+        store: &SnapshotStore,
+    ) -> Result<(), AveragingError> {
+        let label = self.label();
+        saved.check_label(&label)?;
+        if saved.snapshot_steps.len() > self.k {
+            return Err(saved.bad(format!(
+                "{} snapshots saved, the window is {}",
+                saved.snapshot_steps.len(),
+                self.k
+            )));
         }
-        if state.snapshots.len() > self.k {
-            return Err(AveragingError::BadState {
-                label: self.label(),
-                reason: format!(
-                    "{} snapshots saved, window is {}",
-                    state.snapshots.len(),
-                    self.k
-                ),
-            });
+        for &step in &saved.snapshot_steps {
+            if store.get((step, self.storage)).is_none() {
+                return Err(saved.bad(format!("the snapshot of step {step} is missing")));
+            }
         }
-        self.queue = state.snapshots.into_iter().collect();
+        self.queue = saved.snapshot_steps.into_iter().collect();
         self.layout = (!self.queue.is_empty()).then(|| layout.clone());
         Ok(())
-    }
-
-    fn snapshots(&self) -> Vec<Rc<Snapshot>> {
-        self.queue.iter().cloned().collect()
     }
 }

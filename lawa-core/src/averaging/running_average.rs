@@ -1,14 +1,8 @@
 use tch::Tensor;
 
-use super::snapshot::stored_copy;
-use super::weights::{is_averaged, Layout};
+use super::state::SavedAverager;
+use super::weights::{is_averaged, stored_copy, Layout};
 use super::{AveragingError, Storage, Weights};
-
-/// Whether a running average that starts at step `start` and updates every `every` steps
-/// takes an update at `step` (the rule EMA and SWA share).
-pub(crate) fn is_due(step: u64, start: u64, every: u64) -> bool {
-    step >= start && (step - start).is_multiple_of(every)
-}
 
 /// A running average `avg = lerp(avg, theta, w)` over fp32 copies of the weights, the update
 /// both EMA (`w = 1 - decay`) and SWA (`w = 1 / (n + 1)`) use. The first update copies; integer
@@ -23,11 +17,6 @@ pub(crate) struct RunningAverage {
 impl RunningAverage {
     pub(crate) fn updates(&self) -> u64 {
         self.updates
-    }
-
-    /// Handles to the running-average tensors, for a saved state.
-    pub(crate) fn state_tensors(&self) -> Vec<Tensor> {
-        self.tensors.iter().map(|t| t.shallow_clone()).collect()
     }
 
     pub(crate) fn update(
@@ -51,15 +40,16 @@ impl RunningAverage {
                     for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
                         let theta = theta.detach();
                         if !is_averaged(theta.kind()) {
-                            avg.copy_(&theta);
+                            avg.f_copy_(&theta)?;
                         } else if theta.device() == avg.device() && theta.kind() == avg.kind() {
-                            let _ = avg.lerp_(&theta, weight);
+                            let _ = avg.f_lerp_(&theta, weight)?;
                         } else {
                             let theta = theta.to_device(avg.device()).to_kind(avg.kind());
-                            let _ = avg.lerp_(&theta, weight);
+                            let _ = avg.f_lerp_(&theta, weight)?;
                         }
                     }
-                });
+                    Ok::<(), tch::TchError>(())
+                })?;
             }
         }
         self.updates += 1;
@@ -91,9 +81,82 @@ impl RunningAverage {
         Ok(())
     }
 
-    pub(crate) fn restore(&mut self, layout: Layout, tensors: Vec<Tensor>, updates: u64) {
-        self.layout = if updates == 0 { None } else { Some(layout) };
-        self.tensors = if updates == 0 { Vec::new() } else { tensors };
+    /// The saved state: `meta` plus the update count, and the running-average tensors.
+    pub(crate) fn save(&self, label: String, mut meta: serde_json::Value) -> SavedAverager {
+        meta["updates"] = self.updates.into();
+        SavedAverager {
+            label,
+            meta,
+            tensors: self.tensors.iter().map(|t| t.shallow_clone()).collect(),
+            snapshot_steps: Vec::new(),
+        }
+    }
+
+    /// Continues from a state saved by [`save`](Self::save) (tensors already on `storage`).
+    pub(crate) fn restore(
+        &mut self,
+        saved: SavedAverager,
+        label: &str,
+        layout: &Layout,
+    ) -> Result<(), AveragingError> {
+        saved.check_label(label)?;
+        let updates = saved.counter("updates")?;
+        let expected = if updates == 0 { 0 } else { layout.len() };
+        if saved.tensors.len() != expected {
+            return Err(saved.bad(format!(
+                "{} tensors saved, {expected} expected after {updates} updates",
+                saved.tensors.len()
+            )));
+        }
+        self.layout = (updates > 0).then(|| layout.clone());
+        self.tensors = saved.tensors;
         self.updates = updates;
+        Ok(())
     }
 }
+
+/// The [`Core`](super::averager::sealed::Core) of an averager built on a [`RunningAverage`]
+/// (EMA, SWA): no snapshots; state saved as the running average plus the type's own
+/// `saved_meta()`, checked on restore by its `check_saved()`.
+macro_rules! running_average_core {
+    ($averager:ty) => {
+        impl super::averager::sealed::Core for $averager {
+            fn storage(&self) -> Storage {
+                self.storage
+            }
+
+            fn observe_in(
+                &mut self,
+                step: u64,
+                weights: &Weights,
+                _store: &mut super::store::SnapshotStore,
+            ) -> Result<(), AveragingError> {
+                self.observe(step, weights)
+            }
+
+            fn write_from(
+                &self,
+                target: &Weights,
+                _store: &super::store::SnapshotStore,
+            ) -> Result<(), AveragingError> {
+                self.write_average(target)
+            }
+
+            fn save(&self) -> super::state::SavedAverager {
+                self.average.save(self.label(), self.saved_meta())
+            }
+
+            fn restore(
+                &mut self,
+                saved: super::state::SavedAverager,
+                layout: &super::weights::Layout,
+                _store: &super::store::SnapshotStore,
+            ) -> Result<(), AveragingError> {
+                self.check_saved(&saved)?;
+                let label = self.label();
+                self.average.restore(saved, &label, layout)
+            }
+        }
+    };
+}
+pub(crate) use running_average_core;

@@ -1,41 +1,47 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::rc::Rc;
 
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::state::SavedAverager;
+use super::store::SnapshotStore;
 use super::weights::Layout;
-use super::{Averager, AveragerState, AveragingError, Snapshot, SnapshotCache, Storage, Weights};
+use super::{Averager, AveragingError, Storage, Weights};
 
-/// File names of a saved [`AveragerSet`].
-pub const STATE_JSON: &str = "averagers.json";
-/// Tensors of a saved [`AveragerSet`].
-pub const STATE_TENSORS: &str = "averagers.safetensors";
+/// File holding the counters of a saved [`AveragerSet`].
+const STATE_JSON: &str = "averagers.json";
+/// File holding the tensors of a saved [`AveragerSet`].
+const STATE_TENSORS: &str = "averagers.safetensors";
 
-/// Several averagers fed from one training trajectory. Snapshots are shared: when several
-/// averagers want the weights of the same step, one copy is taken and all of them hold it, so
-/// memory is the number of distinct snapshots held, not the sum over averagers.
+/// Several averagers fed from one training trajectory. The set owns one snapshot store keyed by
+/// step: when several averagers want the weights of the same step (in the same storage), one
+/// copy is taken and all of them refer to it, so memory is the number of distinct snapshots
+/// held, not the sum over averagers.
 ///
 /// ```
-/// use lawa_core::averaging::{AveragerSet, Ema, Lawa, Storage, Weights};
+/// use lawa_core::averaging::{AveragerSet, Ema, Lawa, Weights};
 /// use tch::{nn, Device};
 ///
 /// let vs = nn::VarStore::new(Device::Cpu);
 /// let _w = vs.root().randn("w", &[4, 4], 0.0, 1.0);
-/// let mut set = AveragerSet::new(Storage::Training);
-/// set.push(Box::new(Lawa::new(5, 10).unwrap())).unwrap();
-/// set.push(Box::new(Lawa::new(3, 20).unwrap())).unwrap();
-/// set.push(Box::new(Ema::new(0.99).unwrap())).unwrap();
+/// let weights = Weights::from_var_store(&vs); // handles to the variables: build once
+/// let mut set = AveragerSet::new();
+/// set.push(Lawa::new(5, 10)?)?;
+/// set.push(Lawa::new(3, 20)?)?;
+/// set.push(Ema::new(0.99)?)?;
 /// for step in 1..=100 {
 ///     // ... forward, backward, optimizer step ...
-///     set.observe(step, &Weights::from_var_store(&vs)).unwrap();
+///     set.observe(step, &weights)?;
 /// }
 /// // Steps 60..100 (every 10) and 60, 80, 100 (every 20) overlap: 5 distinct snapshots.
 /// assert_eq!(set.distinct_snapshots().0, 5);
+/// # Ok::<(), lawa_core::averaging::AveragingError>(())
 /// ```
+#[derive(Default)]
 pub struct AveragerSet {
     averagers: Vec<Box<dyn Averager>>,
-    cache: SnapshotCache,
+    store: SnapshotStore,
     layout: Option<Layout>,
 }
 
@@ -43,22 +49,65 @@ impl std::fmt::Debug for AveragerSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AveragerSet")
             .field("labels", &self.labels())
+            .field("snapshots", &self.distinct_snapshots().0)
             .finish()
     }
 }
 
-impl AveragerSet {
-    /// An empty set keeping its copies in `storage`.
-    pub fn new(storage: Storage) -> Self {
-        AveragerSet {
-            averagers: Vec::new(),
-            cache: SnapshotCache::new(storage),
-            layout: None,
-        }
+/// One averager of an [`AveragerSet`], as [`AveragerSet::iter`] yields it.
+#[derive(Clone, Copy)]
+pub struct Member<'a> {
+    averager: &'a dyn Averager,
+    store: &'a SnapshotStore,
+}
+
+impl Member<'_> {
+    /// The averager's label.
+    pub fn label(&self) -> String {
+        self.averager.label()
     }
 
-    /// Adds an averager; labels must be unique.
-    pub fn push(&mut self, averager: Box<dyn Averager>) -> Result<(), AveragingError> {
+    /// Whether it has an average to write.
+    pub fn is_ready(&self) -> bool {
+        self.averager.is_ready()
+    }
+
+    /// Writes its average into `target` (see [`Averager::write_average`]).
+    pub fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
+        self.averager.write_from(target, self.store)
+    }
+}
+
+/// The JSON half of a saved set.
+#[derive(Serialize, Deserialize)]
+struct SavedSet {
+    version: u32,
+    names: Vec<String>,
+    averagers: Vec<SavedEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedEntry {
+    label: String,
+    meta: serde_json::Value,
+    tensors: usize,
+    snapshot_steps: Vec<u64>,
+}
+
+impl AveragerSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an averager (labels must be unique). Snapshots it took while used alone join the
+    /// set's store.
+    pub fn push(&mut self, averager: impl Averager + 'static) -> Result<(), AveragingError> {
+        self.push_boxed(Box::new(averager))
+    }
+
+    /// Adds a boxed averager, e.g. one built from a config.
+    pub fn push_boxed(&mut self, mut averager: Box<dyn Averager>) -> Result<(), AveragingError> {
         let label = averager.label();
         if self.averagers.iter().any(|a| a.label() == label) {
             return Err(AveragingError::invalid(
@@ -68,6 +117,7 @@ impl AveragerSet {
                 "the same averager is listed twice",
             ));
         }
+        averager.share_snapshots(&mut self.store);
         self.averagers.push(averager);
         Ok(())
     }
@@ -88,89 +138,83 @@ impl AveragerSet {
     }
 
     /// The averagers, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &dyn Averager> {
-        self.averagers.iter().map(|a| a.as_ref())
+    pub fn iter(&self) -> impl Iterator<Item = Member<'_>> {
+        self.averagers.iter().map(|a| Member {
+            averager: a.as_ref(),
+            store: &self.store,
+        })
     }
 
-    /// Every averager sees the weights after optimizer step `step`.
+    /// Every averager sees the weights after optimizer step `step`; snapshots no averager
+    /// holds any more are freed.
     pub fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
         if self.layout.is_none() {
             self.layout = Some(weights.layout());
         }
         for averager in &mut self.averagers {
-            averager.observe(step, weights, &mut self.cache)?;
+            averager.observe_in(step, weights, &mut self.store)?;
         }
-        self.cache.clear();
+        let held: BTreeSet<_> = self.averagers.iter().flat_map(|a| a.held()).collect();
+        self.store.retain(&held);
         Ok(())
     }
 
-    /// Number and total bytes of the distinct snapshots held by all averagers.
+    /// Number and total bytes of the distinct snapshots held.
     pub fn distinct_snapshots(&self) -> (usize, usize) {
-        let distinct = self.distinct();
-        (distinct.len(), distinct.iter().map(|s| s.bytes()).sum())
+        self.store.usage()
     }
 
-    fn distinct(&self) -> Vec<Rc<Snapshot>> {
-        let mut seen: Vec<Rc<Snapshot>> = Vec::new();
-        for s in self.averagers.iter().flat_map(|a| a.snapshots()) {
-            if !seen.iter().any(|t| Rc::ptr_eq(t, &s)) {
-                seen.push(s);
-            }
-        }
-        seen.sort_by_key(|s| s.step());
-        seen
-    }
-
-    /// Writes every averager's state into `dir` ([`STATE_JSON`] and [`STATE_TENSORS`]), each
-    /// distinct snapshot once. Each file is replaced atomically; to make the pair atomic, save
-    /// into a fresh folder and rename it (as the trainer's checkpoints do).
+    /// Writes every averager's state into `dir` (`averagers.json` and `averagers.safetensors`),
+    /// each snapshot once per step. Each file is replaced atomically; to make the pair atomic,
+    /// save into a fresh folder and rename it (as [`crate::checkpoint::publish_dir`] does).
     pub fn save(&self, dir: &Path) -> Result<(), AveragingError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| AveragingError::Io { path, source }
+        let names: Vec<String> = match &self.layout {
+            Some(l) => l.names().map(String::from).collect(),
+            None => Vec::new(),
         };
-        let names: Vec<String> = self
-            .layout
-            .as_ref()
-            .map(|l| l.names().map(String::from).collect())
-            .unwrap_or_default();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for s in self.distinct() {
-            for (name, t) in names.iter().zip(s.tensors()) {
-                tensors.push((
-                    format!("snapshot.{}.{name}", s.step()),
-                    t.to_device(tch::Device::Cpu),
-                ));
+        let mut saved_steps = BTreeSet::new();
+        for ((step, _), snapshot) in self.store.iter() {
+            if saved_steps.insert(step) {
+                for (name, t) in names.iter().zip(snapshot) {
+                    tensors.push((
+                        format!("snapshot.{step}.{name}"),
+                        t.to_device(tch::Device::Cpu),
+                    ));
+                }
             }
         }
         let mut entries = Vec::new();
         for (j, a) in self.averagers.iter().enumerate() {
-            let state = a.state();
-            for (name, t) in names.iter().zip(&state.tensors) {
+            let saved = a.save();
+            for (name, t) in names.iter().zip(&saved.tensors) {
                 tensors.push((
                     format!("averager.{j}.{name}"),
                     t.to_device(tch::Device::Cpu),
                 ));
             }
-            entries.push(serde_json::json!({
-                "label": state.label,
-                "meta": state.meta,
-                "tensors": state.tensors.len(),
-                "snapshot_steps": state.snapshots.iter().map(|s| s.step()).collect::<Vec<_>>(),
-            }));
+            entries.push(SavedEntry {
+                label: saved.label,
+                meta: saved.meta,
+                tensors: saved.tensors.len(),
+                snapshot_steps: saved.snapshot_steps,
+            });
         }
-        let json = serde_json::json!({ "version": 1, "names": names, "averagers": entries });
-        let tensors_path = dir.join(STATE_TENSORS);
-        let tmp = dir.join(format!(".{STATE_TENSORS}.tmp{}", std::process::id()));
-        Tensor::write_safetensors(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &tensors_path).map_err(io(&tensors_path))?;
+        let json = SavedSet {
+            version: 1,
+            names,
+            averagers: entries,
+        };
         let json_path = dir.join(STATE_JSON);
-        let text = serde_json::to_vec_pretty(&json).map_err(|e| AveragingError::Io {
-            path: json_path.clone(),
-            source: std::io::Error::other(e),
+        let text = serde_json::to_vec_pretty(&json).map_err(|e| AveragingError::BadState {
+            label: "averagers".into(),
+            reason: format!("{}: cannot serialize: {e}", json_path.display()),
         })?;
-        crate::fsutil::write_atomic(&json_path, &text).map_err(io(&json_path))?;
-        Ok(())
+        crate::checkpoint::write_safetensors(&dir.join(STATE_TENSORS), &tensors)?;
+        crate::checkpoint::write_atomic(&json_path, &text).map_err(|source| AveragingError::Io {
+            path: json_path,
+            source,
+        })
     }
 
     /// Restores every averager from `dir`, for training that continues on `weights` (which
@@ -186,43 +230,29 @@ impl AveragerSet {
             path: json_path.clone(),
             source,
         })?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-        let layout = weights.layout();
-        let names: Vec<String> = json["names"]
-            .as_array()
-            .ok_or_else(|| bad("no `names`".into()))?
-            .iter()
-            .map(|n| {
-                n.as_str()
-                    .map(String::from)
-                    .ok_or_else(|| bad("bad name".into()))
-            })
-            .collect::<Result<_, _>>()?;
-        let entries = json["averagers"]
-            .as_array()
-            .ok_or_else(|| bad("no `averagers`".into()))?;
-        let saved_labels: Vec<&str> = entries
-            .iter()
-            .map(|e| e["label"].as_str().unwrap_or("?"))
-            .collect();
+        let saved: SavedSet = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        if saved.version != 1 {
+            return Err(bad(format!("unknown version {}", saved.version)));
+        }
+        let saved_labels: Vec<&str> = saved.averagers.iter().map(|e| e.label.as_str()).collect();
         if saved_labels != self.labels() {
             return Err(bad(format!(
                 "saved averagers {saved_labels:?} differ from the configured {:?}",
                 self.labels()
             )));
         }
-        if !names.is_empty() && !names.iter().map(String::as_str).eq(layout.names()) {
+        let layout = weights.layout();
+        if !saved.names.is_empty() && !saved.names.iter().map(String::as_str).eq(layout.names()) {
             return Err(bad("saved tensor names differ from the model's".into()));
         }
-        let mut stored: HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join(STATE_TENSORS))?
+        let stored: HashMap<String, Tensor> =
+            crate::checkpoint::read_safetensors(&dir.join(STATE_TENSORS))?
                 .into_iter()
                 .collect();
-        let storage = self.cache.storage();
-        let mut take = |key: String, like: &Tensor| -> Result<Tensor, AveragingError> {
+        // The saved tensor `key`, shaped like `like`, on the device `storage` puts it.
+        let fetch = |key: String, like: &Tensor, storage: Storage| {
             let t = stored
-                .remove(&key)
+                .get(&key)
                 .ok_or_else(|| bad(format!("tensor `{key}` missing from {STATE_TENSORS}")))?;
             if t.size() != like.size() {
                 return Err(bad(format!(
@@ -233,40 +263,40 @@ impl AveragerSet {
             }
             Ok(t.to_device(storage.device_for(like)))
         };
-        let mut snapshots: HashMap<u64, Rc<Snapshot>> = HashMap::new();
-        for (j, entry) in entries.iter().enumerate() {
-            let steps: Vec<u64> = entry["snapshot_steps"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_u64()).collect())
-                .unwrap_or_default();
-            let mut held = Vec::new();
-            for step in steps {
-                if let std::collections::hash_map::Entry::Vacant(slot) = snapshots.entry(step) {
+        let mut store = SnapshotStore::default();
+        for (averager, entry) in self.averagers.iter().zip(&saved.averagers) {
+            let storage = averager.storage();
+            for &step in &entry.snapshot_steps {
+                if store.get((step, storage)).is_none() {
                     let tensors = weights
                         .iter()
-                        .map(|(name, w)| take(format!("snapshot.{step}.{name}"), w))
+                        .map(|(name, w)| fetch(format!("snapshot.{step}.{name}"), w, storage))
                         .collect::<Result<Vec<_>, _>>()?;
-                    slot.insert(Rc::new(Snapshot::from_tensors(step, tensors)));
+                    store.insert((step, storage), tensors);
                 }
-                held.push(snapshots[&step].clone());
             }
-            let count = entry["tensors"].as_u64().unwrap_or(0);
-            let tensors = if count == 0 {
+        }
+        let mut restored = Vec::with_capacity(self.averagers.len());
+        for (j, (averager, entry)) in self.averagers.iter().zip(saved.averagers).enumerate() {
+            let tensors = if entry.tensors == 0 {
                 Vec::new()
             } else {
                 weights
                     .iter()
-                    .map(|(name, w)| take(format!("averager.{j}.{name}"), w))
+                    .map(|(name, w)| fetch(format!("averager.{j}.{name}"), w, averager.storage()))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let state = AveragerState {
-                label: saved_labels[j].to_string(),
-                meta: entry["meta"].clone(),
+            restored.push(SavedAverager {
+                label: entry.label,
+                meta: entry.meta,
                 tensors,
-                snapshots: held,
-            };
-            self.averagers[j].restore(state, &layout)?;
+                snapshot_steps: entry.snapshot_steps,
+            });
         }
+        for (averager, saved) in self.averagers.iter_mut().zip(restored) {
+            averager.restore(saved, &layout, &store)?;
+        }
+        self.store = store;
         self.layout = Some(layout);
         Ok(())
     }

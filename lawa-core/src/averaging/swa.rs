@@ -1,130 +1,108 @@
-use serde::{Deserialize, Serialize};
+use super::cadence::Cadence;
+use super::ema::checked_every;
+use super::running_average::{running_average_core, RunningAverage};
+use super::state::SavedAverager;
+use super::{Averager, AveragingError, Storage, Weights};
 
-use super::ema::restore_running;
-use super::running_average::{is_due, RunningAverage};
-use super::weights::Layout;
-use super::{Averager, AveragerState, AveragingError, SnapshotCache, Weights};
-
-/// When SWA starts: an optimizer step, or a fraction of the training run.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum SwaStart {
-    /// At this step.
-    Step(u64),
-    /// At this fraction of the total steps (0.75 is the paper's "SWA late").
-    Fraction(f64),
-}
-
-impl std::fmt::Display for SwaStart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SwaStart::Step(s) => write!(f, "{s}"),
-            SwaStart::Fraction(x) => write!(f, "{x}"),
-        }
-    }
-}
-
-/// Stochastic weight averaging: from `start` on, every `every` steps,
+/// Stochastic weight averaging: at step `start` and every `every` steps after,
 /// `swa = lerp(swa, theta, 1 / (n + 1))`, the equal-weight mean of all samples taken (PyTorch's
-/// `AveragedModel` default; the authors' `train_swa.py` with `swa_step = 10`).
+/// `AveragedModel` default; the authors' `train_swa.py` samples every 10 steps).
+///
+/// ```
+/// use lawa_core::averaging::Swa;
+/// let early = Swa::new().every(10)?.start(5_000);
+/// let late = Swa::new().every(10)?.start_fraction(0.75, 70_000)?; // the paper's "SWA late"
+/// assert_eq!(late.start_step(), 52_500);
+/// # Ok::<(), lawa_core::averaging::AveragingError>(())
+/// ```
 #[derive(Debug)]
 pub struct Swa {
-    start: SwaStart,
-    start_step: u64,
-    every: u64,
+    cadence: Cadence,
+    /// The start as written in the label: a step, or a fraction of training.
+    start_text: String,
+    storage: Storage,
     average: RunningAverage,
 }
 
+impl Default for Swa {
+    fn default() -> Self {
+        Swa::new()
+    }
+}
+
 impl Swa {
-    /// SWA from `start` every `every` steps, in a run of `total_steps` (needed for a fractional
-    /// start, and to refuse a start after the end).
-    pub fn new(
-        start: SwaStart,
-        every: u64,
-        total_steps: Option<u64>,
+    /// SWA from the first step, sampling every step.
+    pub fn new() -> Self {
+        Swa {
+            cadence: Cadence::new(0, 1),
+            start_text: "0".into(),
+            storage: Storage::default(),
+            average: RunningAverage::default(),
+        }
+    }
+
+    /// Samples every `every` steps (at least 1).
+    pub fn every(mut self, every: u64) -> Result<Self, AveragingError> {
+        self.cadence.every = checked_every(&self.label(), every)?;
+        Ok(self)
+    }
+
+    /// Takes the first sample at step `start`.
+    pub fn start(mut self, start: u64) -> Self {
+        self.cadence.start = start;
+        self.start_text = start.to_string();
+        self
+    }
+
+    /// Takes the first sample at `fraction` (in [0, 1)) of a run of `total_steps`, rounded to
+    /// the nearest step (0.75 is the paper's "SWA late").
+    pub fn start_fraction(
+        mut self,
+        fraction: f64,
+        total_steps: u64,
     ) -> Result<Self, AveragingError> {
-        let label = format!("swa_start{start}_every{every}");
-        if every == 0 {
+        if !(0.0..1.0).contains(&fraction) {
             return Err(AveragingError::invalid(
-                label,
-                "every",
-                0,
-                "must be at least 1",
+                self.label(),
+                "start",
+                fraction,
+                "a fraction of training must be in [0, 1)",
             ));
         }
-        let start_step = match start {
-            SwaStart::Step(s) => s,
-            SwaStart::Fraction(x) => {
-                if !(0.0..1.0).contains(&x) {
-                    return Err(AveragingError::invalid(
-                        label,
-                        "start",
-                        x,
-                        "a fraction of training must be in [0, 1)",
-                    ));
-                }
-                let total = total_steps.ok_or_else(|| {
-                    AveragingError::invalid(
-                        label.clone(),
-                        "start",
-                        x,
-                        "a fractional start needs the run's total steps",
-                    )
-                })?;
-                (x * total as f64).round() as u64
-            }
-        };
-        if let Some(total) = total_steps {
-            if start_step > total {
-                return Err(AveragingError::invalid(
-                    label,
-                    "start",
-                    start_step,
-                    format!("after the end of training (step {total})"),
-                ));
-            }
-        }
-        Ok(Swa {
-            start,
-            start_step,
-            every,
-            average: RunningAverage::default(),
-        })
+        self.cadence.start = (fraction * total_steps as f64).round() as u64;
+        self.start_text = fraction.to_string();
+        Ok(self)
+    }
+
+    /// Keeps the average in `storage` (default: on the training device).
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// The first step sampled.
     pub fn start_step(&self) -> u64 {
-        self.start_step
+        self.cadence.start
     }
 
     /// Number of samples averaged.
     pub fn samples(&self) -> u64 {
         self.average.updates()
     }
-
-    fn due(&self, step: u64) -> bool {
-        is_due(step, self.start_step, self.every)
-    }
 }
 
 impl Averager for Swa {
     fn label(&self) -> String {
-        format!("swa_start{}_every{}", self.start, self.every)
+        format!("swa_start{}_every{}", self.start_text, self.cadence.every)
     }
 
-    fn observe(
-        &mut self,
-        step: u64,
-        weights: &Weights,
-        snapshots: &mut SnapshotCache,
-    ) -> Result<(), AveragingError> {
-        if !self.due(step) {
+    fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
+        if !self.cadence.is_due(step) {
             return Ok(());
         }
         let weight = 1.0 / (self.average.updates() as f64 + 1.0);
         let label = self.label();
-        self.average
-            .update(weights, weight, snapshots.storage(), &label)
+        self.average.update(weights, weight, self.storage, &label)
     }
 
     fn is_ready(&self) -> bool {
@@ -133,27 +111,27 @@ impl Averager for Swa {
 
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
         self.average
-            .write(target, &self.label(), self.start_step.max(1))
-    }
-
-    fn state(&self) -> AveragerState {
-        AveragerState {
-            label: self.label(),
-            meta: serde_json::json!({ "updates": self.average.updates(), "start_step": self.start_step }),
-            tensors: self.average.state_tensors(),
-            snapshots: Vec::new(),
-        }
-    }
-
-    fn restore(&mut self, state: AveragerState, layout: &Layout) -> Result<(), AveragingError> {
-        let saved_start = state.field_u64("start_step")?;
-        if saved_start != self.start_step {
-            return Err(AveragingError::BadState {
-                label: self.label(),
-                reason: format!("saved start step {saved_start}, now {}", self.start_step),
-            });
-        }
-        let label = self.label();
-        restore_running(&mut self.average, &label, state, layout)
+            .write(target, &self.label(), self.cadence.first_step())
     }
 }
+
+impl Swa {
+    /// What a saved state records besides the running average: the resolved start step.
+    fn saved_meta(&self) -> serde_json::Value {
+        serde_json::json!({ "start_step": self.cadence.start })
+    }
+
+    /// Refuses a state saved with another start step.
+    fn check_saved(&self, saved: &SavedAverager) -> Result<(), AveragingError> {
+        let saved_start = saved.counter("start_step")?;
+        if saved_start != self.cadence.start {
+            return Err(saved.bad(format!(
+                "saved start step {saved_start}, now {}",
+                self.cadence.start
+            )));
+        }
+        Ok(())
+    }
+}
+
+running_average_core!(Swa);

@@ -1,6 +1,6 @@
 use tch::{Kind, Tensor};
 
-use super::AveragingError;
+use super::{AveragingError, Storage};
 
 /// A named set of tensors: the training weights an averager observes, or the target it writes
 /// its average into. Ordered by name, with tensors that share storage (a tied embedding / head)
@@ -19,11 +19,23 @@ pub struct Weights {
 pub struct Layout(Vec<(String, Vec<i64>, Kind)>);
 
 /// Whether a tensor of this dtype is averaged (floating point) or copied (integers, booleans).
-pub fn is_averaged(kind: Kind) -> bool {
+pub(crate) fn is_averaged(kind: Kind) -> bool {
     matches!(
         kind,
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
     )
+}
+
+/// An fp32 copy of `t` (integer tensors keep their dtype) in `storage`.
+pub(crate) fn stored_copy(t: &Tensor, storage: Storage) -> Tensor {
+    let kind = if is_averaged(t.kind()) {
+        Kind::Float
+    } else {
+        t.kind()
+    };
+    let mut out = Tensor::empty(t.size(), (kind, storage.device_for(t)));
+    tch::no_grad(|| out.copy_(&t.detach()));
+    out
 }
 
 impl Weights {
@@ -66,13 +78,8 @@ impl Weights {
         self.entries.is_empty()
     }
 
-    /// The `i`-th tensor.
-    pub fn tensor(&self, i: usize) -> &Tensor {
-        &self.entries[i].1
-    }
-
     /// Names, shapes and dtypes.
-    pub fn layout(&self) -> Layout {
+    pub(crate) fn layout(&self) -> Layout {
         Layout(
             self.entries
                 .iter()
@@ -88,9 +95,14 @@ impl Weights {
 }
 
 impl Layout {
+    /// Number of tensors.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Checks that `other` has the same names and shapes as `self` (dtypes may differ when
     /// `same_kinds` is false: a bf16 target can receive an fp32 average).
-    pub fn check(
+    pub(crate) fn check(
         &self,
         other: &Layout,
         context: &str,
@@ -125,7 +137,7 @@ impl Layout {
     }
 
     /// The tensor names, in order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(n, _, _)| n.as_str())
     }
 }

@@ -16,18 +16,26 @@ pub struct Batch {
     pub y: Tensor,
 }
 
-fn gather(file: &TokenFile, starts: &[u64], block: usize, device: Device) -> Batch {
+fn gather(
+    file: &TokenFile,
+    starts: &[u64],
+    block: usize,
+    device: Device,
+) -> Result<Batch, DataError> {
     let mut x = Vec::with_capacity(starts.len() * block);
     let mut y = Vec::with_capacity(starts.len() * block);
+    let mut window = Vec::with_capacity(block + 1);
     for &s in starts {
-        file.extend_i64(s, block, &mut x);
-        file.extend_i64(s + 1, block, &mut y);
+        window.clear();
+        file.read_i64(s, block + 1, &mut window)?;
+        x.extend_from_slice(&window[..block]);
+        y.extend_from_slice(&window[1..]);
     }
     let shape = [starts.len() as i64, block as i64];
-    Batch {
+    Ok(Batch {
         x: Tensor::from_slice(&x).reshape(shape).to(device),
         y: Tensor::from_slice(&y).reshape(shape).to(device),
-    }
+    })
 }
 
 /// Where a [`BatchSampler`] is in its random stream: enough to resume it exactly.
@@ -81,7 +89,7 @@ impl BatchSampler {
     }
 
     /// The next batch, on `device`.
-    pub fn next_batch(&mut self, device: Device) -> Batch {
+    pub fn next_batch(&mut self, device: Device) -> Result<Batch, DataError> {
         let starts = self.next_starts();
         gather(&self.file, &starts, self.block_size, device)
     }
@@ -166,7 +174,11 @@ impl ValidationWindows {
     }
 
     /// The windows in batches of at most `batch_size`, on `device`.
-    pub fn batches(&self, batch_size: usize, device: Device) -> impl Iterator<Item = Batch> + '_ {
+    pub fn batches(
+        &self,
+        batch_size: usize,
+        device: Device,
+    ) -> impl Iterator<Item = Result<Batch, DataError>> + '_ {
         self.starts
             .chunks(batch_size.max(1))
             .map(move |starts| gather(&self.file, starts, self.block_size, device))

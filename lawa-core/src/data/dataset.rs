@@ -41,7 +41,9 @@ impl std::str::FromStr for Split {
     }
 }
 
-/// A prepared dataset folder: `train.bin`, `val.bin` and `meta.json`, validated and mapped.
+/// A prepared dataset folder: `train.bin`, `val.bin` and `meta.json`, validated and opened.
+/// Token ids are checked against the vocabulary as they are read (see [`TokenFile`]), so opening
+/// a dataset costs the same whatever its size.
 ///
 /// A folder with only nanoGPT's `train.bin`/`val.bin` (no `meta.json`) is read as GPT-2 token ids,
 /// so an existing OpenWebText preparation works as it is.
@@ -124,5 +126,30 @@ impl Dataset {
             Split::Train => self.train.clone(),
             Split::Val => self.val.clone(),
         }
+    }
+
+    /// What identifies this preparation: the tokenizer, vocabulary, token counts and the corpus
+    /// digest from `meta.json` (for a nanoGPT folder, the counts and the files' modification
+    /// times). A run records it, so that resuming on a dataset re-prepared under the same path
+    /// is refused instead of silently training on other tokens.
+    pub fn identity(&self) -> String {
+        let m = &self.meta;
+        let mut id = format!(
+            "{} vocab {} train {} val {} tokens",
+            m.tokenizer, m.vocab_size, m.train_tokens, m.val_tokens
+        );
+        if !m.source_sha256.is_empty() {
+            id.push_str(&format!(", corpus sha256 {}", m.source_sha256));
+        } else {
+            for split in [Split::Train, Split::Val] {
+                let modified = std::fs::metadata(self.dir.join(split.file_name()))
+                    .and_then(|md| md.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                id.push_str(&format!(", {} modified {modified}", split.file_name()));
+            }
+        }
+        id
     }
 }

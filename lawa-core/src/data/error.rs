@@ -4,7 +4,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file the dataset needs is not there.
-    #[error("{path}: file not found{hint}")]
+    #[error("{}: file not found{hint}", .path.display())]
     Missing {
         /// The file that was looked for.
         path: PathBuf,
@@ -12,7 +12,7 @@ pub enum DataError {
         hint: String,
     },
     /// Reading a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -20,7 +20,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// A token file's byte length is not a whole number of uint16 ids.
-    #[error("{path}: length {bytes} bytes is odd; a .bin file holds uint16 token ids (2 bytes each), so this one is truncated or not a token file")]
+    #[error("{}: length {bytes} bytes is odd; a .bin file holds uint16 token ids (2 bytes each), so this one is truncated or not a token file", .path.display())]
     OddLength {
         /// The token file.
         path: PathBuf,
@@ -28,13 +28,13 @@ pub enum DataError {
         bytes: u64,
     },
     /// A token file holds no tokens.
-    #[error("{path}: holds no tokens")]
+    #[error("{}: holds no tokens", .path.display())]
     Empty {
         /// The token file.
         path: PathBuf,
     },
     /// A token id is not below the vocabulary size.
-    #[error("{path}: token id {id} at position {position} is not below the vocabulary size {vocab_size}")]
+    #[error("{}: token id {id} at position {position} is not below the vocabulary size {vocab_size}", .path.display())]
     TokenOutOfRange {
         /// The token file.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum DataError {
         vocab_size: u32,
     },
     /// The token count disagrees with `meta.json`.
-    #[error("{path}: holds {actual} tokens but meta.json says {expected}; the file is truncated or belongs to another preparation")]
+    #[error("{}: holds {actual} tokens but meta.json says {expected}; the file is truncated or belongs to another preparation", .path.display())]
     CountMismatch {
         /// The token file.
         path: PathBuf,
@@ -56,7 +56,7 @@ pub enum DataError {
         actual: u64,
     },
     /// `meta.json` is unreadable or inconsistent.
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", .path.display())]
     BadMeta {
         /// The meta.json file.
         path: PathBuf,
@@ -72,7 +72,7 @@ pub enum DataError {
         max: u32,
     },
     /// A window or batch shape that the split cannot provide.
-    #[error("{path}: block size {block_size} needs at least {needed} tokens but the split holds {tokens}")]
+    #[error("{}: block size {block_size} needs at least {needed} tokens but the split holds {tokens}", .path.display())]
     BlockTooLong {
         /// The token file.
         path: PathBuf,
@@ -89,4 +89,13 @@ pub enum DataError {
         /// The parameter's name.
         name: &'static str,
     },
+}
+
+impl DataError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }

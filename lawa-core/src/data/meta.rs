@@ -112,6 +112,6 @@ impl DatasetMeta {
     /// Writes `meta.json` into `dir` atomically (temporary file, then rename).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        crate::fsutil::write_atomic(&dir.join(META_FILE), text.as_bytes())
+        crate::checkpoint::write_atomic(&dir.join(META_FILE), text.as_bytes())
     }
 }

@@ -35,6 +35,42 @@ fn default_weight_decay() -> f64 {
     0.1
 }
 
+impl AdamWConfig {
+    /// Checks every hyperparameter's range; the error names the field and its value.
+    pub fn validate(&self) -> Result<(), OptimError> {
+        let check = |field, value: f64, ok: bool, reason| {
+            if ok {
+                Ok(())
+            } else {
+                Err(OptimError::Invalid {
+                    field,
+                    value,
+                    reason,
+                })
+            }
+        };
+        check(
+            "beta1",
+            self.beta1,
+            (0.0..1.0).contains(&self.beta1),
+            "must be in [0, 1)",
+        )?;
+        check(
+            "beta2",
+            self.beta2,
+            (0.0..1.0).contains(&self.beta2),
+            "must be in [0, 1)",
+        )?;
+        check("eps", self.eps, self.eps > 0.0, "must be positive")?;
+        check(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "must not be negative",
+        )
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         AdamWConfig {
@@ -67,9 +103,20 @@ pub enum OptimError {
         /// What differs.
         reason: String,
     },
-    /// An error from libtorch (reading or writing the state).
+    /// A parameter that moved to a device the optimizer was not built for.
+    #[error("adamw: parameter `{name}` is on {device:?}, the optimizer was built for its old device; build a new optimizer after moving the model")]
+    DeviceChanged {
+        /// The parameter.
+        name: String,
+        /// Where it is now.
+        device: tch::Device,
+    },
+    /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A state file that cannot be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 struct Param {
@@ -113,36 +160,7 @@ impl AdamW {
         config: AdamWConfig,
         decay: impl Fn(&str, &Tensor) -> bool,
     ) -> Result<Self, OptimError> {
-        let check = |field, value: f64, ok: bool, reason| {
-            if ok {
-                Ok(())
-            } else {
-                Err(OptimError::Invalid {
-                    field,
-                    value,
-                    reason,
-                })
-            }
-        };
-        check(
-            "beta1",
-            config.beta1,
-            (0.0..1.0).contains(&config.beta1),
-            "must be in [0, 1)",
-        )?;
-        check(
-            "beta2",
-            config.beta2,
-            (0.0..1.0).contains(&config.beta2),
-            "must be in [0, 1)",
-        )?;
-        check("eps", config.eps, config.eps > 0.0, "must be positive")?;
-        check(
-            "weight_decay",
-            config.weight_decay,
-            config.weight_decay >= 0.0,
-            "must not be negative",
-        )?;
+        config.validate()?;
         let mut named: Vec<(String, Tensor)> = params.into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let params: Vec<Param> = named
@@ -212,8 +230,18 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr`, from the gradients the parameters hold
-    /// (parameters without a gradient are skipped, as in PyTorch).
-    pub fn step(&mut self, lr: f64) {
+    /// (parameters without a gradient are skipped, as in PyTorch). A parameter moved to another
+    /// device since the optimizer was built is an error, before anything is updated.
+    pub fn step(&mut self, lr: f64) -> Result<(), OptimError> {
+        for p in &self.params {
+            let device = p.tensor.device();
+            if !self.scratch.iter().any(|(d, _)| *d == device) {
+                return Err(OptimError::DeviceChanged {
+                    name: p.name.clone(),
+                    device,
+                });
+            }
+        }
         self.steps += 1;
         let c = self.config;
         let t = self.steps as i32;
@@ -231,7 +259,7 @@ impl AdamW {
                 let Some((_, [s0, s1, s2])) =
                     self.scratch.iter().find(|(d, _)| *d == p.tensor.device())
                 else {
-                    continue;
+                    unreachable!("every parameter's device was checked above");
                 };
                 let view = |t: &Tensor| t.narrow(0, 0, n).view(shape.as_slice());
                 let (mut scaled_grad, mut denom, mut update) = (view(s0), view(s1), view(s2));
@@ -255,6 +283,7 @@ impl AdamW {
                 let _ = p.tensor.addcdiv_(&update, &denom);
             }
         });
+        Ok(())
     }
 
     /// The moments and step count, as named tensors (`exp_avg.{name}`, `exp_avg_sq.{name}`,
@@ -274,23 +303,37 @@ impl AdamW {
         out
     }
 
-    /// Writes the state to a safetensors file.
+    /// Writes the state to a safetensors file (atomically, with a checksum).
     pub fn save(&self, path: &Path) -> Result<(), OptimError> {
-        Ok(Tensor::write_safetensors(&self.state_tensors(), path)?)
+        Ok(crate::checkpoint::write_safetensors(
+            path,
+            &self.state_tensors(),
+        )?)
     }
 
     /// Restores the state written by [`save`](Self::save).
     pub fn load(&mut self, path: &Path) -> Result<(), OptimError> {
-        let mut saved: HashMap<String, Tensor> =
-            Tensor::read_safetensors(path)?.into_iter().collect();
+        let mut saved: HashMap<String, Tensor> = crate::checkpoint::read_safetensors(path)?
+            .into_iter()
+            .collect();
         let bad = |reason: String| OptimError::BadState {
             path: path.to_owned(),
             reason,
         };
-        let steps = saved
+        let counter = saved
             .remove("step")
-            .ok_or_else(|| bad("no step counter".into()))?
-            .int64_value(&[0]);
+            .ok_or_else(|| bad("no step counter".into()))?;
+        if counter.kind() != Kind::Int64 || counter.size() != [1] {
+            return Err(bad(format!(
+                "the step counter is a {:?} tensor of shape {:?}, not one int64",
+                counter.kind(),
+                counter.size()
+            )));
+        }
+        let steps = counter.f_int64_value(&[0])?;
+        if steps < 0 {
+            return Err(bad(format!("negative step counter {steps}")));
+        }
         let mut restored = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let mut take = |key: String| -> Result<Tensor, OptimError> {

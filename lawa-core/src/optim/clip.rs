@@ -2,8 +2,10 @@ use tch::{Kind, Tensor};
 
 /// Scales the gradients of `params` so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
-/// Returns the norm before clipping. Parameters without a gradient are ignored.
-pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+/// Returns the norm before clipping, as a scalar fp32 tensor on the parameters' device (reading it
+/// waits for the device: do it once per step, with the loss). Parameters without a gradient are
+/// ignored; with none, the norm is 0.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Tensor {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = params
             .iter()
@@ -11,7 +13,8 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
             .filter(|g| g.defined())
             .collect();
         if grads.is_empty() {
-            return 0.0;
+            let device = params.first().map_or(tch::Device::Cpu, |p| p.device());
+            return Tensor::zeros([], (Kind::Float, device));
         }
         let norms: Vec<Tensor> = grads
             .iter()
@@ -22,6 +25,6 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
         for g in &grads {
             let _ = g.shallow_clone().g_mul_(&coef.to_device(g.device()));
         }
-        total.double_value(&[])
+        total
     })
 }

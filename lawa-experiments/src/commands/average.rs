@@ -1,9 +1,10 @@
 //! `lawa average`: the mean of saved checkpoints, streamed a chunk at a time (post-hoc LAWA).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lawa_core::checkpoint_average::{average_safetensors, select_latest, AverageReport};
+use lawa_core::checkpoint::{average_safetensors, AverageReport};
 
 /// Which checkpoints to average, and where to write the mean.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,7 +46,7 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
             let [dir] = args.checkpoints.as_slice() else {
                 bail!("--last takes one folder of step-numbered checkpoints");
             };
-            select_latest(dir, k, args.every).map_err(anyhow::Error::msg)?
+            select_latest(dir, k, args.every)?
         }
         None => args
             .checkpoints
@@ -96,7 +97,7 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
         if let Some(config) = newest.filter(|c| c.is_file()) {
             let text = std::fs::read(&config)
                 .with_context(|| format!("{}: cannot read", config.display()))?;
-            lawa_core::fsutil::write_atomic(&args.out.join("config.json"), &text)
+            lawa_core::checkpoint::write_atomic(&args.out.join("config.json"), &text)
                 .with_context(|| format!("{}: cannot write", args.out.display()))?;
         }
     }
@@ -108,4 +109,124 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
         report.bytes as f64 / 1e6
     );
     Ok(report)
+}
+
+/// The step number in a checkpoint's file or folder name: the last run of digits
+/// (`ckpt_1000.safetensors`, `step-1000/`, `model_step00500.safetensors`).
+pub fn step_in_name(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_string_lossy();
+    let name = name.strip_suffix(".safetensors").unwrap_or(&name);
+    let end = name.rfind(|c: char| c.is_ascii_digit())? + 1;
+    let start = name[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    name[start..end].parse().ok()
+}
+
+/// From a folder of step-numbered checkpoints (safetensors files, or folders holding
+/// `model.safetensors`), the latest `k`, spaced `every` steps apart when given (counting back
+/// from the newest), oldest first. Errors name the missing step.
+pub fn select_latest(dir: &Path, k: usize, every: Option<u64>) -> Result<Vec<PathBuf>> {
+    if k == 0 {
+        bail!("--last must be at least 1");
+    }
+    if every == Some(0) {
+        bail!("--every must be at least 1");
+    }
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))?;
+    let mut found: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("{}: cannot read", dir.display()))?
+            .path();
+        let file = if path.is_dir() {
+            path.join("model.safetensors")
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            path.clone()
+        } else {
+            continue;
+        };
+        if let (Some(step), true) = (step_in_name(&path), file.is_file()) {
+            found.insert(step, file);
+        }
+    }
+    let Some((&newest, _)) = found.iter().next_back() else {
+        bail!("{}: no step-numbered checkpoints", dir.display());
+    };
+    let mut picked = Vec::new();
+    match every {
+        None => picked.extend(found.values().rev().take(k).cloned()),
+        Some(every) => {
+            for i in 0..k as u64 {
+                let Some(step) = newest.checked_sub(i * every) else {
+                    bail!(
+                        "{}: only {i} checkpoints spaced {every} steps back from step {newest}",
+                        dir.display()
+                    );
+                };
+                let Some(path) = found.get(&step) else {
+                    bail!(
+                        "{}: no checkpoint for step {step} (needed for --last {k} --every {every})",
+                        dir.display()
+                    );
+                };
+                picked.push(path.clone());
+            }
+        }
+    }
+    if picked.len() < k {
+        bail!(
+            "{}: only {} checkpoints, --last {k} asked for",
+            dir.display(),
+            picked.len()
+        );
+    }
+    picked.reverse();
+    Ok(picked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_k_spaced_nu_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [100u64, 200, 300, 400, 500, 600] {
+            std::fs::write(dir.path().join(format!("ckpt_{step}.safetensors")), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("step-700")).unwrap();
+        std::fs::write(dir.path().join("step-700/model.safetensors"), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let steps = |v: Vec<PathBuf>| {
+            v.iter()
+                .map(|p| {
+                    step_in_name(p)
+                        .or_else(|| step_in_name(p.parent().unwrap()))
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            steps(select_latest(dir.path(), 3, None).unwrap()),
+            [500, 600, 700]
+        );
+        assert_eq!(
+            steps(select_latest(dir.path(), 3, Some(200)).unwrap()),
+            [300, 500, 700]
+        );
+        let err = select_latest(dir.path(), 3, Some(150))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("step 550"), "{err}");
+        let err = select_latest(dir.path(), 9, None).unwrap_err().to_string();
+        assert!(err.contains("only 7"), "{err}");
+        assert!(select_latest(dir.path(), 0, None).is_err());
+        assert_eq!(
+            step_in_name(Path::new("model_step00500.safetensors")),
+            Some(500)
+        );
+        assert_eq!(step_in_name(Path::new("nodigits")), None);
+    }
 }

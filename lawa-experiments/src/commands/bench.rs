@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use lawa_core::averaging::{AveragerSet, Ema, Lawa, Storage, Weights};
+use lawa_core::averaging::{AveragerSet, Ema, Lawa, Weights};
 use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use lawa_models::{Gpt, GptConfig, Precision};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -153,8 +153,8 @@ impl Trainer {
     fn step(&mut self) -> Result<()> {
         let loss = self.gpt.loss(&self.x, &self.y, true)?;
         loss.backward();
-        clip_grad_norm(&self.params, 1.0);
-        self.opt.step(6e-4);
+        let _norm = clip_grad_norm(&self.params, 1.0);
+        self.opt.step(6e-4)?;
         self.opt.zero_grad();
         Ok(())
     }
@@ -316,12 +316,12 @@ fn bench_averaging(s: &Setup, args: &BenchArgs) -> Result<Option<f64>> {
         sync(s.device);
         Ok(start.elapsed().as_secs_f64() / calls as f64)
     };
-    let mut ema = AveragerSet::new(Storage::Training);
-    ema.push(Box::new(Ema::new(0.99)?))?;
+    let mut ema = AveragerSet::new();
+    ema.push(Ema::new(0.99)?)?;
     let ema_s = time(&mut ema, &|i| i)?;
     let nu = 50;
-    let mut lawa = AveragerSet::new(Storage::Training);
-    lawa.push(Box::new(Lawa::new(5, nu)?))?;
+    let mut lawa = AveragerSet::new();
+    lawa.push(Lawa::new(5, nu)?)?;
     let snapshot_s = time(&mut lawa, &|i| i * nu)?;
     let eval_vs = VarStore::new(s.device);
     let _eval = Gpt::new(eval_vs.root(), &s.cfg)?;

@@ -41,15 +41,17 @@ pub struct EvalArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     /// The checkpoint scored.
-    pub checkpoint: PathBuf,
+    pub checkpoint: String,
     /// The dataset folder.
-    pub data: PathBuf,
+    pub data: String,
     /// `train` or `val`.
     pub split: String,
     /// Mean next-token cross-entropy (nats per token).
     pub loss: f64,
     /// `exp(loss)`.
     pub perplexity: f64,
+    /// Standard error of the loss over windows.
+    pub loss_se: Option<f64>,
     /// Number of windows scored.
     pub windows: usize,
     /// Tokens per window.
@@ -62,12 +64,20 @@ impl EvalReport {
     /// The report as printed: JSON, or one line of text.
     pub fn render(&self, json: bool) -> String {
         if json {
-            // Plain numbers, strings and paths always serialize.
-            serde_json::to_string(self).unwrap_or_default()
+            // Strings and numbers only: serde_json cannot fail on them.
+            serde_json::to_string(self).expect("the report serializes")
         } else {
             format!(
-                "{} loss {:.4} (perplexity {:.2}) over {} windows of {} tokens ({} predictions)",
-                self.split, self.loss, self.perplexity, self.windows, self.block_size, self.tokens
+                "{} loss {:.4}{} (perplexity {:.2}) over {} windows of {} tokens ({} predictions)",
+                self.split,
+                self.loss,
+                self.loss_se
+                    .map(|se| format!(" ± {se:.4}"))
+                    .unwrap_or_default(),
+                self.perplexity,
+                self.windows,
+                self.block_size,
+                self.tokens
             )
         }
     }
@@ -101,7 +111,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         );
     }
     let windows = ValidationWindows::contiguous(data.split(args.split), block_size)?;
-    let (loss, tokens) = evaluate(&gpt, &windows, args.batch_size).with_context(|| {
+    let losses = evaluate(&gpt, &windows, args.batch_size).with_context(|| {
         format!(
             "evaluating {} on {}",
             args.checkpoint.display(),
@@ -109,13 +119,14 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         )
     })?;
     Ok(EvalReport {
-        checkpoint: args.checkpoint.clone(),
-        data: args.data.clone(),
+        checkpoint: args.checkpoint.display().to_string(),
+        data: args.data.display().to_string(),
         split: args.split.name().to_string(),
-        loss,
-        perplexity: loss.exp(),
+        loss: losses.mean,
+        perplexity: losses.mean.exp(),
+        loss_se: losses.se(),
         windows: windows.len(),
         block_size,
-        tokens,
+        tokens: losses.tokens,
     })
 }

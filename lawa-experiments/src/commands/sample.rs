@@ -7,7 +7,7 @@ use lawa_core::data::Dataset;
 use lawa_models::{generate, Gpt, Sampling};
 use tch::{nn, Device};
 
-use crate::tokenizer::{TextTokenizer, TokenizerSpec};
+use crate::prepare::tokenizer::{TextTokenizer, TokenizerSpec};
 
 /// What to sample from, and how.
 #[derive(Debug, Clone, clap::Args)]

@@ -33,15 +33,15 @@ pub fn resolve_config(path: &std::path::Path) -> PathBuf {
 
 /// Runs `lawa train`.
 pub fn run(args: &TrainArgs) -> Result<RunOutcome> {
-    let cfg = RunConfig::load(&resolve_config(&args.config))?;
-    let outcome = train(&cfg, |_, _| {})?;
+    let plan = RunConfig::load(&resolve_config(&args.config))?;
+    let outcome = train(&plan, |_, _| {})?;
     tracing::info!(
         "{}: {:?} at step {}, final raw val loss {:.4}; results in {}",
-        cfg.name,
+        plan.config.name,
         outcome.status,
         outcome.step,
         outcome.final_val_loss,
-        cfg.out_dir().display()
+        plan.dir.display()
     );
     Ok(outcome)
 }

@@ -4,11 +4,11 @@
 
 use plotters::style::{RGBColor, BLACK};
 
-use super::data::Strategy;
 use super::lines::{unfinished_notes, weights_lines, Look, Quantity};
 use super::loss::VAL_LOSS;
 use super::plot::{category_color, format_lr, Dash, Figure, Panel};
 use super::{describe_label, Outcome, Scope};
+use crate::results::Strategy;
 
 /// The steps at which an SWA start begins, for ordering early before late: a fraction of
 /// training is taken of `last_step`.

@@ -2,11 +2,11 @@
 //! rate (`lawa_gain_vs_step`), and against the window size k and the spacing nu
 //! (`gain_vs_k`, `gain_vs_nu`) at the middle and the final evaluation step.
 
-use super::data::Strategy;
 use super::lines::{raw_pairs, unfinished_notes, weights_lines, Look, Quantity};
-use super::metrics::{gain_at, middle_step};
 use super::plot::{format_lr, ordered_color, Dash, Figure, Panel, Series};
 use super::{describe_label, Outcome, Scope};
+use crate::results::metrics::{gain_at, middle_step};
+use crate::results::Strategy;
 
 /// The y axis label of gain plots.
 pub const GAIN: &str = "raw − LAWA validation loss (nats)";

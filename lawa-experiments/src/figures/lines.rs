@@ -4,9 +4,9 @@
 
 use plotters::style::RGBColor;
 
-use super::metrics;
 use super::plot::{format_lr, Dash, Series};
 use super::sweep::{MeanCurve, Point, Sweep};
+use crate::results::metrics;
 
 /// Which quantity of a curve to draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,12 +4,10 @@
 //! sweep are skipped with one log line each.
 
 pub mod baselines;
-pub mod data;
 pub mod gain;
 pub mod gap;
 pub mod lines;
 pub mod loss;
-pub mod metrics;
 pub mod plot;
 pub mod steps_saved;
 pub mod sweep;
@@ -18,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use data::Strategy;
+use crate::results::{read_rows, CurveRow, Strategy, SummaryRow, CURVES_FILE, SUMMARY_FILE};
 use plot::Figure;
 use sweep::{Sweep, WeightsSpec};
 
@@ -152,17 +150,17 @@ pub fn render_all(results_dir: &Path) -> Result<Vec<PathBuf>> {
     if !results_dir.is_dir() {
         bail!("{}: results folder not found", results_dir.display());
     }
-    let curves_path = results_dir.join("curves.csv");
+    let curves_path = results_dir.join(CURVES_FILE);
     if !curves_path.is_file() {
         bail!(
-            "{}: not found (a sweep's results folder holds curves.csv)",
+            "{}: not found (a sweep's results folder holds {CURVES_FILE})",
             curves_path.display()
         );
     }
-    let rows = data::load_curves(&curves_path)?;
-    let summary_path = results_dir.join("summary.csv");
-    let summary = if summary_path.exists() {
-        Some(data::load_summary(&summary_path)?)
+    let rows: Vec<CurveRow> = read_rows(&curves_path)?;
+    let summary_path = results_dir.join(SUMMARY_FILE);
+    let summary: Option<Vec<SummaryRow>> = if summary_path.exists() {
+        Some(read_rows(&summary_path)?)
     } else {
         None
     };

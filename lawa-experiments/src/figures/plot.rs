@@ -493,9 +493,9 @@ pub fn render(figure: &Figure, dir: &Path) -> Result<Vec<PathBuf>> {
     let png_path = dir.join(format!("{}.png", figure.name));
     let svg_path = dir.join(format!("{}.svg", figure.name));
     let png = encode_png(&rgb)?;
-    lawa_core::fsutil::write_atomic(&png_path, &png)
+    lawa_core::checkpoint::write_atomic(&png_path, &png)
         .with_context(|| format!("{}: cannot write", png_path.display()))?;
-    lawa_core::fsutil::write_atomic(&svg_path, svg.as_bytes())
+    lawa_core::checkpoint::write_atomic(&svg_path, svg.as_bytes())
         .with_context(|| format!("{}: cannot write", svg_path.display()))?;
     Ok(vec![png_path, svg_path])
 }

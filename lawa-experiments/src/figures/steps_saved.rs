@@ -2,10 +2,10 @@
 //! the raw weights it reaches the raw run's final validation loss (a dot chart; averagers that
 //! never reach it have no dot).
 
-use super::data::Strategy;
-use super::metrics;
 use super::plot::{format_lr, ordered_color, Figure, Panel, Series};
 use super::{describe_label, Outcome, Scope};
+use crate::results::metrics;
+use crate::results::Strategy;
 
 /// Steps saved per averager label at (model, lr), from the seed-mean curves.
 pub fn saved_at(scope: &Scope, lr: f64, labels: &[String]) -> Vec<Option<i64>> {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::data::{CurveRow, Strategy, SummaryRow};
-use super::metrics;
+use crate::results::metrics;
+use crate::results::{CurveRow, Strategy, SummaryRow};
 
 /// One evaluation of one set of weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,7 +182,7 @@ impl Sweep {
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         let mut non_finite: BTreeMap<String, bool> = BTreeMap::new();
         for row in rows {
-            let id = &row.id;
+            let id = row;
             let i = *index.entry(id.run.clone()).or_insert_with(|| {
                 sweep.runs.push(Run {
                     id: id.run.clone(),
@@ -234,7 +234,7 @@ impl Sweep {
         }
         for run in &mut sweep.runs {
             let recorded = summary.and_then(|rows| {
-                let mine: Vec<&SummaryRow> = rows.iter().filter(|r| r.id.run == run.id).collect();
+                let mine: Vec<&SummaryRow> = rows.iter().filter(|r| r.run == run.id).collect();
                 (!mine.is_empty()).then(|| mine.iter().any(|r| r.diverged))
             });
             run.end = match recorded {
@@ -371,7 +371,6 @@ pub fn pairs(points: &[Point]) -> Vec<(u64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::figures::data::WeightsId;
 
     fn row(run: &str, seed: u64, weights: &str, step: u64, val: f64) -> CurveRow {
         let strategy = if weights == "raw" {
@@ -380,24 +379,17 @@ mod tests {
             Strategy::Lawa
         };
         CurveRow {
-            id: WeightsId {
-                run: run.into(),
-                model: "tiny".into(),
-                lr: 0.01,
-                seed,
-                weights: weights.into(),
-                strategy,
-                k: None,
-                nu: None,
-                decay: None,
-                start: None,
-                every: None,
-            },
+            run: run.into(),
+            model: "tiny".into(),
+            lr: 0.01,
+            seed,
+            weights: weights.into(),
+            strategy,
             step,
             tokens: step * 10,
             val_loss: val,
             train_loss: Some(val - 0.5),
-            wall_time_s: 0.0,
+            ..CurveRow::default()
         }
     }
 

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lawa_core::averaging::{AveragerSpec, Storage, SwaStart};
+use lawa_core::averaging::Storage;
 use serde::{Deserialize, Serialize};
 
-use crate::train::config::{CheckpointSpec, EvalSpec, ModelSpec, TrainSpec};
-use crate::train::RunConfig;
+use crate::train::config::{check_name, CheckpointSpec, EvalSpec, ModelSpec, TrainSpec};
+use crate::train::{AveragerSpec, RunConfig, RunPlan, SwaStart};
 
 /// One sweep.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -232,7 +232,12 @@ impl AveragerGrid {
             }
             for &nu in &g.nu {
                 for &k in &g.k {
-                    out.push(AveragerSpec::Lawa { k, nu, start: 0 });
+                    out.push(AveragerSpec::Lawa {
+                        k,
+                        nu,
+                        start: 0,
+                        storage: None,
+                    });
                 }
             }
         }
@@ -246,6 +251,7 @@ impl AveragerGrid {
                     warmup: g.warmup,
                     every: 1,
                     start: 0,
+                    storage: None,
                 });
             }
         }
@@ -257,6 +263,7 @@ impl AveragerGrid {
                 out.push(AveragerSpec::Swa {
                     start,
                     every: g.every,
+                    storage: None,
                 });
             }
         }
@@ -270,20 +277,17 @@ impl AveragerGrid {
 pub struct PlannedRun {
     /// Its id, e.g. `tiny-lr0.006-s0`.
     pub id: String,
-    /// Its full config.
-    pub config: RunConfig,
+    /// Its checked config.
+    pub plan: RunPlan,
 }
 
 impl SweepConfig {
-    /// Reads and checks a sweep file; errors name the file and field.
+    /// Reads a sweep file (its values are checked by [`plan`](Self::plan)); errors name the
+    /// file and field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        let cfg: SweepConfig =
-            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        cfg.plan(Path::new("data"))
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
-        Ok(cfg)
+        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// The results folder of this sweep.
@@ -312,14 +316,9 @@ impl SweepConfig {
         }
     }
 
-    /// Every run of the grid (models x lrs x seeds), each validated.
+    /// Every run of the grid (models x lrs x seeds), each checked once.
     pub fn plan(&self, data_dir: &Path) -> Result<Vec<PlannedRun>> {
-        if self.name.is_empty() || self.name.contains(['/', ',', '"']) {
-            bail!(
-                "name = {:?} is invalid: a non-empty name without '/', ',' or '\"'",
-                self.name
-            );
-        }
+        check_name("name", &self.name)?;
         for (field, empty) in [
             ("models", self.models.is_empty()),
             ("lrs", self.lrs.is_empty()),
@@ -333,13 +332,20 @@ impl SweepConfig {
         let averagers = self.averagers.specs()?;
         let r = &self.train;
         let mut runs = Vec::new();
-        for model in &self.models {
-            let model_name = model.preset.clone().unwrap_or_else(|| "custom".into());
+        let labels: Vec<String> = self.models.iter().map(ModelSpec::label).collect();
+        for (i, label) in labels.iter().enumerate() {
+            if let Some(j) = labels[..i].iter().position(|l| l == label) {
+                bail!(
+                    "models[{j}] and models[{i}] are both named {label:?}; give one a `name:` (or list each model once)"
+                );
+            }
+        }
+        for (model, model_name) in self.models.iter().zip(&labels) {
             for &lr in &self.lrs {
                 for &seed in &self.seeds {
                     let id = format!("{model_name}-lr{lr}-s{seed}");
                     if runs.iter().any(|r: &PlannedRun| r.id == id) {
-                        bail!("the grid repeats run {id} (a duplicate model, lr or seed)");
+                        bail!("the grid repeats run {id} (a duplicate lr or seed)");
                     }
                     let config = RunConfig {
                         name: id.clone(),
@@ -364,10 +370,10 @@ impl SweepConfig {
                         device: self.device.clone(),
                         out: Some(self.results_dir().join("runs").join(&id)),
                     };
-                    config
-                        .validate()
+                    let plan = config
+                        .plan()
                         .map_err(|e| anyhow::anyhow!("run {id}: {e:#}"))?;
-                    runs.push(PlannedRun { id, config });
+                    runs.push(PlannedRun { id, plan });
                 }
             }
         }

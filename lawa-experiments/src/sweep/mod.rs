@@ -2,17 +2,17 @@
 //! grid, results gathered into `results/<name>/` (curves.csv, summary.csv, sweep.yaml, figures).
 
 pub mod config;
-pub mod summary;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::commands::prepare::{self, PrepareArgs};
-use crate::train::trainer::{finished_outcome, RunStatus};
-use crate::train::{curves::HEADER, train};
-pub use config::SweepConfig;
+use crate::prepare::{prepare, PrepareOptions};
+use crate::results::{read_rows, summarize, write_rows, CurveRow, CURVES_FILE, SUMMARY_FILE};
+use crate::train::run_dir::{claim_folder, is_temporary, LOCK_FILE};
+use crate::train::{status, train, RunStatus};
+pub use config::{PlannedRun, SweepConfig};
 
 /// The copy of the sweep's config in its results folder.
 pub const SWEEP_FILE: &str = "sweep.yaml";
@@ -28,41 +28,36 @@ pub struct SweepReport {
     pub diverged: Vec<String>,
 }
 
-/// Claims the results folder: a copy of the exact config, refusing a folder of another config.
-fn claim(dir: &Path, text: &str) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let path = dir.join(SWEEP_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(existing) if existing == text => Ok(()),
-        Ok(_) => bail!(
-            "{}: holds the results of a different config; give the sweep another name or delete the folder",
-            dir.display()
-        ),
-        Err(_) => lawa_core::fsutil::write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("{}: cannot write", path.display())),
-    }
+/// What a results folder holds: a name lawa writes there.
+fn sweep_owns(name: &str) -> bool {
+    matches!(
+        name,
+        SWEEP_FILE | LOCK_FILE | CURVES_FILE | SUMMARY_FILE | "runs" | crate::figures::FIGURES_DIR
+    ) || is_temporary(name)
 }
 
-/// Gathers every run's curves into the sweep's `curves.csv` and writes `summary.csv`.
+/// Gathers every run's curves into the sweep's `curves.csv` and writes `summary.csv`. A run
+/// that has ended must have its curves: a missing or unreadable `curves.csv` is an error.
 pub fn aggregate(dir: &Path, run_ids: &[String]) -> Result<()> {
-    let mut curves = String::from(HEADER);
-    curves.push('\n');
+    let mut curves: Vec<CurveRow> = Vec::new();
     let mut diverged = Vec::new();
     for id in run_ids {
         let run_dir = dir.join("runs").join(id);
-        if let Ok(text) = std::fs::read_to_string(run_dir.join("curves.csv")) {
-            for line in text.lines().skip(1) {
-                curves.push_str(line);
-                curves.push('\n');
-            }
+        let outcome = status::read(&run_dir)?;
+        let path = run_dir.join(CURVES_FILE);
+        if outcome.is_none() && !path.exists() {
+            continue; // not started yet
         }
-        if finished_outcome(&run_dir).is_some_and(|o| o.status == RunStatus::Diverged) {
+        let rows: Vec<CurveRow> = read_rows(&path)
+            .with_context(|| format!("run {id}: its evaluations cannot be gathered"))?;
+        curves.extend(rows);
+        if outcome.is_some_and(|o| o.status == RunStatus::Diverged) {
             diverged.push(id.clone());
         }
     }
-    let summary = summary::summarize(&curves, &diverged)?;
-    lawa_core::fsutil::write_atomic(&dir.join("curves.csv"), curves.as_bytes())?;
-    lawa_core::fsutil::write_atomic(&dir.join("summary.csv"), summary.as_bytes())?;
+    let summary = summarize(&curves, &diverged);
+    write_rows(&dir.join(CURVES_FILE), &curves)?;
+    write_rows(&dir.join(SUMMARY_FILE), &summary)?;
     Ok(())
 }
 
@@ -70,13 +65,49 @@ pub fn aggregate(dir: &Path, run_ids: &[String]) -> Result<()> {
 pub fn run(path: &Path) -> Result<SweepReport> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    let (cfg, runs) = plan_with_data(path)?;
+    let dir = cfg.results_dir();
+    let _claim = claim_folder(
+        &dir,
+        SWEEP_FILE,
+        &text,
+        sweep_owns,
+        "sweep",
+        "give the sweep another name",
+    )?;
+    let started = Instant::now();
+    let diverged = train_all(&cfg, &runs, &dir)?;
+    let figures = crate::figures::render_all(&dir).context("drawing the figures")?;
+    tracing::info!(
+        "sweep {}: {} runs ({} diverged) in {:.0} s; {} figure files; results in {}",
+        cfg.name,
+        runs.len(),
+        diverged.len(),
+        started.elapsed().as_secs_f64(),
+        figures.len(),
+        dir.display()
+    );
+    Ok(SweepReport {
+        dir,
+        runs: runs.len(),
+        diverged,
+    })
+}
+
+/// Reads and plans the sweep in `path`, checks its devices, prepares its data when asked, and
+/// checks the data against every run: everything that can be refused, before the results folder
+/// is touched.
+fn plan_with_data(path: &Path) -> Result<(SweepConfig, Vec<PlannedRun>)> {
     let cfg = SweepConfig::load(path)?;
     let data_dir = cfg.data_dir()?;
     let runs = cfg
         .plan(&data_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    for r in &runs {
+        crate::train::config::ensure_available(r.plan.device)?;
+    }
     if let Some(p) = &cfg.data.prepare {
-        prepare::run(&PrepareArgs {
+        prepare(&PrepareOptions {
             source: p.source.clone(),
             out: Some(data_dir.clone()),
             tokenizer: p
@@ -87,17 +118,22 @@ pub fn run(path: &Path) -> Result<SweepReport> {
             force: false,
         })?;
     }
-    // Check the data against every run before anything is written to the results folder.
     let data = lawa_core::data::Dataset::open(&data_dir)?;
     for r in &runs {
-        r.config.model_config(data.meta().vocab_size as usize)?;
+        r.plan
+            .config
+            .model_config(data.meta().vocab_size as usize)?;
         data.split(lawa_core::data::Split::Val)
-            .check_block(r.config.train.block_size)?;
+            .check_block(r.plan.config.train.block_size)?;
     }
-    let dir = cfg.results_dir();
-    claim(&dir, &text)?;
+    Ok((cfg, runs))
+}
+
+/// Trains every run not yet ended, one after the other, gathering the results after each;
+/// returns the ids of the runs that diverged.
+fn train_all(cfg: &SweepConfig, runs: &[PlannedRun], dir: &Path) -> Result<Vec<String>> {
     let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
-    let total_steps: u64 = runs.iter().map(|r| r.config.train.steps).sum();
+    let total_steps: u64 = runs.iter().map(|r| r.plan.config.train.steps).sum();
     let started = Instant::now();
     let mut done_steps = 0u64;
     let mut diverged = Vec::new();
@@ -111,7 +147,7 @@ pub fn run(path: &Path) -> Result<SweepReport> {
         );
         let before = done_steps;
         let mut last_log = Instant::now();
-        let outcome = train(&planned.config, |step, _| {
+        let outcome = train(&planned.plan, |step, _| {
             if !crate::progress::interactive() && last_log.elapsed().as_secs() >= 30 {
                 last_log = Instant::now();
                 let done = before + step;
@@ -128,22 +164,8 @@ pub fn run(path: &Path) -> Result<SweepReport> {
         if outcome.status == RunStatus::Diverged {
             diverged.push(planned.id.clone());
         }
-        done_steps += planned.config.train.steps;
-        aggregate(&dir, &ids)?;
+        done_steps += planned.plan.config.train.steps;
+        aggregate(dir, &ids)?;
     }
-    let figures = crate::figures::render_all(&dir).context("drawing the figures")?;
-    tracing::info!(
-        "sweep {}: {} runs ({} diverged) in {:.0} s; {} figure files; results in {}",
-        cfg.name,
-        runs.len(),
-        diverged.len(),
-        started.elapsed().as_secs_f64(),
-        figures.len(),
-        dir.display()
-    );
-    Ok(SweepReport {
-        dir,
-        runs: runs.len(),
-        diverged,
-    })
+    Ok(diverged)
 }

@@ -1,11 +1,12 @@
-//! A run's checkpoint: model, optimizer, averagers, sampler position and counters, written
-//! into a staging folder and renamed into place, so a crash leaves the previous checkpoint or
-//! the complete new one.
+//! A run's checkpoint: model, optimizer, averagers, sampler position, counters and the identity
+//! of the dataset, written into a staging folder and published whole (synced, renamed), so a
+//! crash or a power cut leaves the previous checkpoint or the complete new one.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::{AveragerSet, Weights};
+use lawa_core::checkpoint::{publish_dir, published_or_previous, staging_dir, write_atomic};
 use lawa_core::data::SamplerState;
 use lawa_core::optim::AdamW;
 use lawa_models::Gpt;
@@ -13,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the checkpoint folder inside a run folder.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
-const OLD_DIR: &str = ".checkpoint.old";
 const STATE_FILE: &str = "trainer.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
@@ -28,58 +28,83 @@ pub struct TrainerState {
     pub sampler: SamplerState,
     /// Seconds spent training so far, across resumes.
     pub wall_time: f64,
+    /// The dataset the run trains on ([`Dataset::identity`](lawa_core::data::Dataset::identity)).
+    #[serde(default)]
+    pub dataset: String,
 }
 
 /// The checkpoint folder of a run, if any: `checkpoint/`, or the previous one if a crash came
 /// between the two renames of a save.
 pub fn find(run_dir: &Path) -> Option<PathBuf> {
-    [CHECKPOINT_DIR, OLD_DIR]
-        .iter()
-        .map(|d| run_dir.join(d))
-        .find(|d| d.join(STATE_FILE).is_file())
+    published_or_previous(&run_dir.join(CHECKPOINT_DIR), |d| {
+        d.join(STATE_FILE).is_file()
+    })
+}
+
+/// The pieces of a run a checkpoint holds.
+pub struct Parts<'a> {
+    /// The model being trained.
+    pub gpt: &'a Gpt,
+    /// Its optimizer.
+    pub optimizer: &'a AdamW,
+    /// The averagers.
+    pub averagers: &'a AveragerSet,
+    /// Counters.
+    pub state: &'a TrainerState,
 }
 
 /// Writes a checkpoint of the run into `run_dir/checkpoint`.
-pub fn save(
-    run_dir: &Path,
-    gpt: &Gpt,
-    optimizer: &AdamW,
-    averagers: &AveragerSet,
-    state: &TrainerState,
-) -> Result<()> {
-    let staging = run_dir.join(format!(".checkpoint.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+pub fn save(run_dir: &Path, parts: Parts) -> Result<()> {
+    let target = run_dir.join(CHECKPOINT_DIR);
     let result = (|| -> Result<()> {
-        gpt.save_pretrained(&staging)?;
-        optimizer.save(&staging.join(OPTIMIZER_FILE))?;
-        averagers.save(&staging)?;
-        let json = serde_json::to_vec_pretty(state)?;
-        lawa_core::fsutil::write_atomic(&staging.join(STATE_FILE), &json)?;
-        let current = run_dir.join(CHECKPOINT_DIR);
-        let old = run_dir.join(OLD_DIR);
-        if current.exists() {
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&current, &old)?;
+        let staging = staging_dir(&target)?;
+        let written = (|| -> Result<()> {
+            parts.gpt.save_pretrained(&staging)?;
+            parts.optimizer.save(&staging.join(OPTIMIZER_FILE))?;
+            parts.averagers.save(&staging)?;
+            let json = serde_json::to_vec_pretty(parts.state)?;
+            write_atomic(&staging.join(STATE_FILE), &json)?;
+            publish_dir(&staging, &target)?;
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
         }
-        std::fs::rename(&staging, &current)?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        written
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
     result.with_context(|| format!("{}: cannot write the checkpoint", run_dir.display()))
 }
 
 /// Restores model weights, optimizer and averagers from the checkpoint in `dir`, checking that
-/// it was made for this model.
+/// it was made for this model, this dataset and a step within the run's `steps`.
 pub fn load(
     dir: &Path,
     gpt: &Gpt,
     optimizer: &mut AdamW,
     averagers: &mut AveragerSet,
     weights: &Weights,
+    expect: &Expected,
 ) -> Result<TrainerState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let state: TrainerState =
+        serde_json::from_slice(&text).with_context(|| format!("{}: corrupt", path.display()))?;
+    if state.step > expect.steps {
+        bail!(
+            "{}: the checkpoint is at step {}, after the run's last step {}; it belongs to a longer run (use another `out`/`name`)",
+            dir.display(),
+            state.step,
+            expect.steps
+        );
+    }
+    if !state.dataset.is_empty() && state.dataset != expect.dataset {
+        bail!(
+            "{}: the run was trained on another dataset ({}); the data folder now holds {}. Re-prepared data would silently change the run: restore the data, or train into another `out`",
+            dir.display(),
+            state.dataset,
+            expect.dataset
+        );
+    }
     let saved = lawa_models::hf::read_config(&dir.join("config.json"))?;
     if &saved != gpt.config() {
         bail!(
@@ -96,7 +121,14 @@ pub fn load(
     gpt.load_hf_weights(&dir.join("model.safetensors"))?;
     optimizer.load(&dir.join(OPTIMIZER_FILE))?;
     averagers.load(dir, weights)?;
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("{}: corrupt", path.display()))
+    Ok(state)
+}
+
+/// What a checkpoint must agree with to be resumed.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    /// The run's total steps.
+    pub steps: u64,
+    /// The dataset's identity.
+    pub dataset: String,
 }

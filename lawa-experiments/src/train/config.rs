@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lawa_core::averaging::{AveragerSpec, Storage};
+use lawa_core::averaging::Storage;
 use lawa_core::optim::{AdamWConfig, Schedule};
 use lawa_models::{GptConfig, Precision};
 use serde::{Deserialize, Serialize};
+
+use super::averagers::AveragerSpec;
 
 /// One training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,10 @@ fn default_device() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// A name for the model in run ids and CSVs [default: the preset and any overrides, e.g.
+    /// `tiny`, `small-invattn`, `custom-l4-h4-d256`].
+    #[serde(default)]
+    pub name: Option<String>,
     /// `tiny`, `small`, `medium` or `large`.
     #[serde(default)]
     pub preset: Option<String>,
@@ -73,6 +79,31 @@ pub struct ModelSpec {
     /// Divide attention logits of block i by i + 1 (the authors' option).
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: Option<bool>,
+}
+
+impl ModelSpec {
+    /// The model's name in run ids and CSVs: `name`, else the preset followed by each override
+    /// (`l` layers, `h` heads, `d` width, `b` block size, `nobias`/`bias`, `drop`, `invattn`),
+    /// so that two different models of a sweep never share a name.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut parts = vec![self.preset.clone().unwrap_or_else(|| "custom".into())];
+        let overrides = [
+            self.n_layer.map(|v| format!("l{v}")),
+            self.n_head.map(|v| format!("h{v}")),
+            self.n_embd.map(|v| format!("d{v}")),
+            self.block_size.map(|v| format!("b{v}")),
+            self.bias
+                .map(|v| if v { "bias" } else { "nobias" }.to_string()),
+            self.dropout.map(|v| format!("drop{v}")),
+            self.scale_attn_by_inverse_layer_idx
+                .map(|v| if v { "invattn" } else { "noinvattn" }.to_string()),
+        ];
+        parts.extend(overrides.into_iter().flatten());
+        parts.join("-")
+    }
 }
 
 /// The training recipe.
@@ -140,15 +171,26 @@ pub struct CheckpointSpec {
 }
 
 impl RunConfig {
-    /// Reads a YAML run file; errors name the file and the offending field.
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Reads a YAML run file and plans the run; errors name the file and the offending field.
+    pub fn load(path: &Path) -> Result<RunPlan> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let cfg: RunConfig =
             serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
-        Ok(cfg)
+        cfg.plan()
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Checks every value that does not depend on the dataset, once, and resolves the device,
+    /// precision and run folder: what [`train`](super::train) takes.
+    pub fn plan(self) -> Result<RunPlan> {
+        self.validate()?;
+        Ok(RunPlan {
+            device: self.device()?,
+            precision: self.precision()?,
+            dir: self.out_dir(),
+            config: self,
+        })
     }
 
     /// The run folder.
@@ -159,7 +201,7 @@ impl RunConfig {
     }
 
     /// Checks every value that does not depend on the dataset.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let t = &self.train;
         let positive = [
             ("train.steps", t.steps as f64),
@@ -174,11 +216,9 @@ impl RunConfig {
                 bail!("{field} = {value} is invalid: must be at least 1");
             }
         }
-        if self.name.is_empty() || self.name.contains(['/', ',', '"']) {
-            bail!(
-                "name = {:?} is invalid: a non-empty name without '/', ',' or '\"'",
-                self.name
-            );
+        check_name("name", &self.name)?;
+        if let Some(name) = &self.model.name {
+            check_name("model.name", name)?;
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("train.lr = {} is invalid: must be positive", t.lr);
@@ -198,6 +238,12 @@ impl RunConfig {
         t.schedule
             .validate(t.lr, t.steps)
             .map_err(|e| anyhow::anyhow!("train.{e}"))?;
+        t.adamw.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "train.adamw.{}",
+                e.to_string().trim_start_matches("adamw: ")
+            )
+        })?;
         self.precision()?;
         self.device()?;
         // The model's shape and options (its vocabulary comes from the dataset later).
@@ -205,7 +251,7 @@ impl RunConfig {
         let mut labels = Vec::new();
         for (i, spec) in self.averagers.iter().enumerate() {
             let averager = spec
-                .build(Some(t.steps))
+                .build(t.steps, self.averager_storage)
                 .map_err(|e| anyhow::anyhow!("averagers[{i}]: {e}"))?;
             let label = averager.label();
             if labels.contains(&label) {
@@ -218,15 +264,7 @@ impl RunConfig {
 
     /// The device to train on.
     pub fn device(&self) -> Result<tch::Device> {
-        Ok(match self.device.as_str() {
-            "auto" => tch::Device::cuda_if_available(),
-            "cpu" => tch::Device::Cpu,
-            "cuda" => tch::Device::Cuda(0),
-            other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-                Some(n) => tch::Device::Cuda(n),
-                None => bail!("device = {other:?} is invalid: expected auto, cpu, cuda or cuda:N"),
-            },
-        })
+        parse_device(&self.device)
     }
 
     /// The compute precision.
@@ -302,4 +340,76 @@ impl RunConfig {
     pub fn tokens_per_step(&self) -> u64 {
         (self.train.batch_size * self.train.block_size * self.train.grad_accum) as u64
     }
+}
+
+/// A run name or model name: it names a folder and a CSV value, so no path separators, no
+/// control characters (a newline would break a CSV line), and not `.` or `..`.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
+    {
+        bail!(
+            "{field} = {name:?} is invalid: a name needs at least one character, no '/', '\\' or control characters, and is not '.' or '..'"
+        );
+    }
+    Ok(())
+}
+
+/// A run whose config has been checked: what [`train`](super::train) runs.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    /// The config as written.
+    pub config: RunConfig,
+    /// The device to train on.
+    pub device: tch::Device,
+    /// The compute precision.
+    pub precision: Precision,
+    /// The run folder.
+    pub dir: PathBuf,
+}
+
+/// A device as written in a config: `auto` (CUDA when this machine has it), `cpu`, `cuda` or
+/// `cuda:N`. Whether the machine has that device is checked by [`ensure_available`], when the
+/// run is about to start.
+pub fn parse_device(text: &str) -> Result<tch::Device> {
+    Ok(match text {
+        "auto" => tch::Device::cuda_if_available(),
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => tch::Device::Cuda(n),
+            None => bail!("device = {other:?} is invalid: expected auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// Refuses a CUDA device this machine does not have, with one line, before anything is written
+/// (libtorch would abort on it later).
+pub fn ensure_available(device: tch::Device) -> Result<()> {
+    let tch::Device::Cuda(index) = device else {
+        return Ok(());
+    };
+    let count = if tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
+    } else {
+        0
+    };
+    if index >= count {
+        bail!(
+            "device = cuda:{index}: this machine has {} CUDA device{}; use `device: cpu` or `auto`",
+            if count == 0 {
+                "no".to_string()
+            } else {
+                count.to_string()
+            },
+            if count == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
 }

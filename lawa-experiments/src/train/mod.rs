@@ -1,11 +1,17 @@
-//! Training a GPT-2 while evaluating every averager along the way: the run config, the loop,
-//! evaluation, the tidy CSV and resumable checkpoints.
+//! Training a GPT-2 while evaluating every averager along the way: the run config and its
+//! averagers, the run folder, the loop, evaluation, the run's CSV, resumable checkpoints and
+//! the status written at the end.
 
+pub mod averagers;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;
 pub mod evaluate;
+pub mod run_dir;
+pub mod status;
 pub mod trainer;
 
-pub use config::RunConfig;
-pub use trainer::{train, RunOutcome, RunStatus};
+pub use averagers::{AveragerSpec, SwaStart};
+pub use config::{RunConfig, RunPlan};
+pub use status::{RunOutcome, RunStatus};
+pub use trainer::{train, Trainer};

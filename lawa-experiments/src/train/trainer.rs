@@ -1,310 +1,447 @@
-//! The training loop: AdamW steps on the raw weights, every averager observing after each step,
-//! periodic evaluation of the raw and averaged weights on the same windows, checkpoints that
-//! resume exactly, and a clean stop on divergence.
+//! The training loop, read top to bottom like nanoGPT's: [`Trainer::step`] (micro-batches,
+//! clipping, AdamW, the averagers observing), [`Trainer::evaluate`] (the raw and every averaged
+//! set of weights on the same windows) and [`Trainer::checkpoint`] are its paragraphs, and
+//! [`train`] strings them together.
 
-use std::path::Path;
+use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lawa_core::averaging::{AveragerSet, Weights};
 use lawa_core::data::{BatchSampler, Dataset, Split, ValidationWindows};
 use lawa_core::optim::{clip_grad_norm, AdamW};
 use lawa_models::Gpt;
-use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
+use tch::{Kind, Tensor};
 
-use super::checkpoint::{self, TrainerState};
-use super::curves::{strategy_columns, CurvesWriter, Row};
-use super::evaluate::mean_loss;
-use super::RunConfig;
-
-/// File written into the run folder when a run ends (finished or diverged).
-pub const STATUS_FILE: &str = "status.json";
-/// The copy of the run's config in its folder.
-pub const CONFIG_FILE: &str = "run.yaml";
-
-/// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// All steps done.
-    Finished,
-    /// A non-finite loss or gradient norm stopped it.
-    Diverged,
-}
-
-/// The end of a run, as saved in `status.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunOutcome {
-    /// Finished or diverged.
-    pub status: RunStatus,
-    /// Steps done (for a diverged run: the step whose loss was not finite).
-    pub step: u64,
-    /// Last validation loss of the raw weights (NaN if never evaluated).
-    pub final_val_loss: f64,
-    /// Training throughput of the last session, tokens per second.
-    pub tokens_per_second: f64,
-    /// Seconds of training in all.
-    pub wall_time: f64,
-}
+use super::checkpoint::{self, Expected, Parts, TrainerState};
+use super::curves::CurvesLog;
+use super::evaluate::{evaluate, WindowLosses};
+use super::status::{self, RunOutcome, RunStatus};
+use super::RunPlan;
+use crate::results::metrics::paired_se;
+use crate::results::{CurveRow, Strategy, StrategyColumns, CURVES_FILE};
 
 /// Parameters that get weight decay: matmul weights only (not LayerNorms, biases or the
 /// token/position embeddings, as in the authors' recipe).
-pub fn decays(name: &str, t: &tch::Tensor) -> bool {
+pub fn decays(name: &str, t: &Tensor) -> bool {
     t.dim() == 2 && !name.contains("wte") && !name.contains("wpe")
 }
 
-fn model_label(cfg: &RunConfig) -> String {
-    cfg.model.preset.clone().unwrap_or_else(|| "custom".into())
+/// The fixed windows every set of weights is scored on.
+struct Windows {
+    val: ValidationWindows,
+    train: Option<ValidationWindows>,
+    batch: usize,
 }
 
-/// Prepares the run folder: a copy of the config, refusing a folder made by another config.
-fn claim_run_dir(cfg: &RunConfig, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let path = dir.join(CONFIG_FILE);
-    let ours = serde_yaml::to_string(cfg)?;
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if existing != ours {
-            bail!(
-                "{}: the run folder holds a run of a different config; choose another `out`/`name` or delete the folder",
-                dir.display()
-            );
-        }
-        return Ok(());
+impl Windows {
+    fn new(plan: &RunPlan, data: &Dataset) -> Result<Self> {
+        let (cfg, t) = (&plan.config, &plan.config.train);
+        Ok(Windows {
+            val: ValidationWindows::new(data.split(Split::Val), t.block_size, cfg.eval.windows)?,
+            train: match cfg.eval.train_windows {
+                0 => None,
+                n => Some(ValidationWindows::new(
+                    data.split(Split::Train),
+                    t.block_size,
+                    n,
+                )?),
+            },
+            batch: cfg.eval.batch_size.unwrap_or(t.batch_size),
+        })
     }
-    lawa_core::fsutil::write_atomic(&path, ours.as_bytes())
-        .with_context(|| format!("{}: cannot write", path.display()))
 }
 
-fn write_status(dir: &Path, outcome: &RunOutcome) -> Result<()> {
-    let json = serde_json::to_vec_pretty(outcome)?;
-    lawa_core::fsutil::write_atomic(&dir.join(STATUS_FILE), &json)
-        .with_context(|| format!("{}: cannot write {STATUS_FILE}", dir.display()))
+/// The run's averagers, and each one's CSV columns by label.
+fn build_averagers(plan: &RunPlan) -> Result<(AveragerSet, HashMap<String, StrategyColumns>)> {
+    let cfg = &plan.config;
+    let mut averagers = AveragerSet::new();
+    let mut columns = HashMap::new();
+    for spec in &cfg.averagers {
+        let averager = spec.build(cfg.train.steps, cfg.averager_storage)?;
+        columns.insert(averager.label(), spec.columns());
+        averagers.push_boxed(averager)?;
+    }
+    Ok((averagers, columns))
 }
 
-/// The outcome of a run that already ended, if its folder says so.
-pub fn finished_outcome(dir: &Path) -> Option<RunOutcome> {
-    let text = std::fs::read(dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+/// A run in progress: the model and its optimizer, the averagers, the data, and where the run
+/// has got to.
+pub struct Trainer<'a> {
+    plan: &'a RunPlan,
+    gpt: Gpt,
+    weights: Weights,
+    params: Vec<Tensor>,
+    optimizer: AdamW,
+    averagers: AveragerSet,
+    /// The CSV columns of each averager, by label.
+    columns: HashMap<String, StrategyColumns>,
+    /// An evaluation copy of the model that averages are written into.
+    eval_gpt: Gpt,
+    eval_weights: Weights,
+    sampler: BatchSampler,
+    windows: Windows,
+    curves: CurvesLog,
+    state: TrainerState,
+    session: Session,
+    last_val: f64,
+    // Kept alive for the models' variables.
+    _stores: [VarStore; 2],
 }
 
-/// Runs (or resumes, or skips if already ended) the training run `cfg`.
+/// The timing of this process's part of the run.
+struct Session {
+    started: Instant,
+    first_step: u64,
+    wall_before: f64,
+}
+
+/// One optimizer step's numbers, read from the device once.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Builds the run's model, optimizer, averagers and data, resuming from the run folder's
+    /// checkpoint when there is one. The folder must already be claimed for this config.
+    pub fn new(plan: &'a RunPlan, data: &Dataset) -> Result<Self> {
+        let cfg = &plan.config;
+        let t = &cfg.train;
+        let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
+        let mut sampler =
+            BatchSampler::new(data.split(Split::Train), t.batch_size, t.block_size, t.seed)?;
+        let windows = Windows::new(plan, data)?;
+        tch::manual_seed(t.seed as i64);
+        let vs = VarStore::new(plan.device);
+        let gpt = Gpt::new(vs.root(), &model_cfg)?.with_precision(plan.precision);
+        let eval_vs = VarStore::new(plan.device);
+        let eval_gpt = Gpt::new(eval_vs.root(), &model_cfg)?.with_precision(plan.precision);
+        let weights = Weights::from_var_store(&vs);
+        let eval_weights = Weights::from_var_store(&eval_vs);
+        let mut optimizer = AdamW::new(vs.variables(), t.adamw, decays)?;
+        let params = optimizer.parameters();
+        let (mut averagers, columns) = build_averagers(plan)?;
+        let mut state = TrainerState {
+            step: 0,
+            tokens: 0,
+            sampler: sampler.state(),
+            wall_time: 0.0,
+            dataset: data.identity(),
+        };
+        let resumed = match checkpoint::find(&plan.dir) {
+            Some(dir) => {
+                let expect = Expected {
+                    steps: t.steps,
+                    dataset: data.identity(),
+                };
+                state = checkpoint::load(
+                    &dir,
+                    &gpt,
+                    &mut optimizer,
+                    &mut averagers,
+                    &weights,
+                    &expect,
+                )?;
+                state.dataset = expect.dataset;
+                sampler.restore(state.sampler);
+                tracing::info!("{}: resuming from step {}", plan.dir.display(), state.step);
+                Some(state.step)
+            }
+            None => None,
+        };
+        let curves = CurvesLog::open(&plan.dir.join(CURVES_FILE), resumed)?;
+        Ok(Trainer {
+            plan,
+            gpt,
+            weights,
+            params,
+            optimizer,
+            averagers,
+            columns,
+            eval_gpt,
+            eval_weights,
+            sampler,
+            windows,
+            curves,
+            session: Session {
+                started: Instant::now(),
+                first_step: state.step,
+                wall_before: state.wall_time,
+            },
+            state,
+            last_val: f64::NAN,
+            _stores: [vs, eval_vs],
+        })
+    }
+
+    /// Optimizer steps done.
+    pub fn steps_done(&self) -> u64 {
+        self.state.step
+    }
+
+    /// One optimizer step: forward and backward over the micro-batches (the loss accumulated on
+    /// the device), gradient clipping, then, unless the loss or the gradient norm is not finite,
+    /// the AdamW update and every averager observing the new weights. The loss and norm are read
+    /// from the device once.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t = &self.plan.config.train;
+        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
+        tch::manual_seed(
+            (t.seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(self.state.step as i64),
+        );
+        let device = self.plan.device;
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        for _ in 0..t.grad_accum {
+            let batch = self.sampler.next_batch(device)?;
+            let loss = self.gpt.loss(&batch.x, &batch.y, true)?;
+            (&loss / t.grad_accum as f64).backward();
+            loss_sum += loss.detach();
+        }
+        let norm = if t.grad_clip > 0.0 {
+            clip_grad_norm(&self.params, t.grad_clip)
+        } else {
+            Tensor::zeros([], (Kind::Float, device))
+        };
+        let read = Vec::<f64>::try_from(
+            Tensor::stack(&[loss_sum / t.grad_accum as f64, norm.to_device(device)], 0)
+                .to_kind(Kind::Double),
+        )?;
+        let lr = t.schedule.lr(self.state.step, t.lr, t.steps);
+        let report = StepReport {
+            loss: read[0],
+            grad_norm: read[1],
+            lr,
+        };
+        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+            return Ok(report);
+        }
+        self.optimizer.step(lr)?;
+        self.optimizer.zero_grad();
+        self.state.step += 1;
+        self.state.tokens += self.plan.config.tokens_per_step();
+        self.state.wall_time =
+            self.session.wall_before + self.session.started.elapsed().as_secs_f64();
+        self.averagers.observe(self.state.step, &self.weights)?;
+        Ok(report)
+    }
+
+    /// Scores the raw weights and every averager that has an average on the run's fixed
+    /// windows, appends the rows to `curves.csv`, and returns them (raw first).
+    pub fn evaluate(&mut self) -> Result<Vec<CurveRow>> {
+        let raw = self.score(&self.gpt)?;
+        let mut rows = vec![self.row("raw", StrategyColumns::default(), &raw, None)];
+        for averager in self.averagers.iter() {
+            if !averager.is_ready() {
+                continue;
+            }
+            averager.write_average(&self.eval_weights)?;
+            let (val, train) = self.score(&self.eval_gpt)?;
+            let label = averager.label();
+            let columns = self.columns.get(&label).copied().unwrap_or_default();
+            let gain_se = paired_se(&raw.0.per_window, &val.per_window);
+            rows.push(self.row(&label, columns, &(val, train), gain_se));
+        }
+        self.curves.write(&rows)?;
+        self.last_val = rows[0].val_loss;
+        Ok(rows)
+    }
+
+    /// Validation (and, when configured, training-window) losses of `model`.
+    fn score(&self, model: &Gpt) -> Result<(WindowLosses, Option<f64>)> {
+        let w = &self.windows;
+        let val = evaluate(model, &w.val, w.batch)?;
+        let train = match &w.train {
+            Some(windows) => Some(evaluate(model, windows, w.batch)?.mean),
+            None => None,
+        };
+        Ok((val, train))
+    }
+
+    fn row(
+        &self,
+        weights: &str,
+        columns: StrategyColumns,
+        (val, train): &(WindowLosses, Option<f64>),
+        gain_se: Option<f64>,
+    ) -> CurveRow {
+        let cfg = &self.plan.config;
+        CurveRow {
+            run: cfg.name.clone(),
+            model: cfg.model.label(),
+            lr: cfg.train.lr,
+            seed: cfg.train.seed,
+            weights: weights.to_string(),
+            strategy: columns.strategy.unwrap_or(Strategy::Raw),
+            k: columns.k,
+            nu: columns.nu,
+            decay: columns.decay,
+            start: columns.start,
+            every: columns.every,
+            step: self.state.step,
+            tokens: self.state.tokens,
+            val_loss: val.mean,
+            val_loss_se: val.se(),
+            gain_se,
+            train_loss: *train,
+            wall_time_s: self.state.wall_time,
+        }
+    }
+
+    /// Writes a checkpoint of the run as it is now.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.state.sampler = self.sampler.state();
+        checkpoint::save(
+            &self.plan.dir,
+            Parts {
+                gpt: &self.gpt,
+                optimizer: &self.optimizer,
+                averagers: &self.averagers,
+                state: &self.state,
+            },
+        )
+    }
+
+    /// Tokens per second over this process's steps.
+    pub fn tokens_per_second(&self) -> f64 {
+        let steps = self.state.step - self.session.first_step;
+        steps as f64 * self.plan.config.tokens_per_step() as f64
+            / self.session.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    /// Records how the run ended in `status.json`.
+    pub fn finish(&self, status: RunStatus) -> Result<RunOutcome> {
+        let outcome = RunOutcome {
+            status,
+            step: match status {
+                RunStatus::Finished => self.state.step,
+                RunStatus::Diverged => self.state.step + 1,
+            },
+            final_val_loss: self.last_val,
+            tokens_per_second: match status {
+                RunStatus::Finished => self.tokens_per_second(),
+                RunStatus::Diverged => 0.0,
+            },
+            wall_time: self.session.wall_before + self.session.started.elapsed().as_secs_f64(),
+        };
+        status::write(&self.plan.dir, &outcome)?;
+        Ok(outcome)
+    }
+
+    /// A progress line for logs.
+    fn log_step(&self, r: &StepReport) {
+        let t = &self.plan.config.train;
+        tracing::info!(
+            "{} step {}/{} loss {:.4} lr {:.2e} grad-norm {:.3} {:.0} tok/s",
+            self.plan.config.name,
+            self.state.step,
+            t.steps,
+            r.loss,
+            r.lr,
+            r.grad_norm,
+            self.tokens_per_second()
+        );
+    }
+}
+
+/// Runs (or resumes, or skips if it already ended) the training run `plan`.
 /// `on_progress(step, total)` is called after each step (for a sweep's overall progress).
-pub fn train(cfg: &RunConfig, mut on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
-    cfg.validate()?;
-    let dir = cfg.out_dir();
+pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
+    let cfg = &plan.config;
+    // Everything that can be refused is checked before the run folder is touched.
+    super::config::ensure_available(plan.device)?;
     let data = Dataset::open(&cfg.data)?;
-    let t = &cfg.train;
-    let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
-    let device = cfg.device()?;
-    let precision = cfg.precision()?;
-    let mut sampler =
-        BatchSampler::new(data.split(Split::Train), t.batch_size, t.block_size, t.seed)?;
-    let val_windows =
-        ValidationWindows::new(data.split(Split::Val), t.block_size, cfg.eval.windows)?;
-    let train_windows = match cfg.eval.train_windows {
-        0 => None,
-        n => Some(ValidationWindows::new(
-            data.split(Split::Train),
-            t.block_size,
-            n,
-        )?),
-    };
-    let eval_batch = cfg.eval.batch_size.unwrap_or(t.batch_size);
-    // Everything that can be refused has been checked: only now is the run folder touched.
-    claim_run_dir(cfg, &dir)?;
-    if let Some(outcome) = finished_outcome(&dir) {
+    cfg.model_config(data.meta().vocab_size as usize)?;
+    let _claim = super::run_dir::claim(plan)?;
+    if let Some(outcome) = status::read(&plan.dir)? {
         tracing::info!(
             "{}: already {:?} at step {}; nothing to do",
-            dir.display(),
+            plan.dir.display(),
             outcome.status,
             outcome.step
         );
         return Ok(outcome);
     }
-
-    tch::manual_seed(t.seed as i64);
-    let vs = VarStore::new(device);
-    let gpt = Gpt::new(vs.root(), &model_cfg)?.with_precision(precision);
-    let eval_vs = VarStore::new(device);
-    let eval_gpt = Gpt::new(eval_vs.root(), &model_cfg)?.with_precision(precision);
-    let weights = Weights::from_var_store(&vs);
-    let eval_weights = Weights::from_var_store(&eval_vs);
-    let mut optimizer = AdamW::new(vs.variables(), t.adamw, decays)?;
-    let params = optimizer.parameters();
-    let mut averagers = AveragerSet::new(cfg.averager_storage);
-    let mut specs = Vec::new();
-    for spec in &cfg.averagers {
-        averagers.push(spec.build(Some(t.steps))?)?;
-        specs.push(spec.clone());
-    }
-
-    let mut state = TrainerState {
-        step: 0,
-        tokens: 0,
-        sampler: sampler.state(),
-        wall_time: 0.0,
-    };
-    if let Some(ckpt) = checkpoint::find(&dir) {
-        state = checkpoint::load(&ckpt, &gpt, &mut optimizer, &mut averagers, &weights)?;
-        sampler.restore(state.sampler);
-        tracing::info!("{}: resuming from step {}", dir.display(), state.step);
-    }
-    let mut curves = CurvesWriter::open(&dir.join("curves.csv"), state.step)?;
-    let run_columns = format!("{},{},{},{}", cfg.name, model_label(cfg), t.lr, t.seed);
-    let tokens_per_step = cfg.tokens_per_step();
-    let checkpoint_every = cfg.checkpoint.every.unwrap_or(cfg.eval.every);
+    let mut trainer = Trainer::new(plan, &data)?;
+    let steps = cfg.train.steps;
     tracing::info!(
         "{}: {} on {:?} ({}), {} parameters, {} steps of {} tokens, {} averagers",
         cfg.name,
-        model_label(cfg),
-        device,
-        precision,
-        gpt.num_params(true),
-        t.steps,
-        tokens_per_step,
-        averagers.len()
+        cfg.model.label(),
+        plan.device,
+        plan.precision,
+        trainer.gpt.num_params(true),
+        steps,
+        cfg.tokens_per_step(),
+        trainer.averagers.len()
     );
-
-    let session_start = Instant::now();
-    let wall_at_start = state.wall_time;
-    let session_first_step = state.step;
-    let mut last_val = f64::NAN;
-    let evaluate =
-        |step: u64, tokens: u64, wall: f64, averagers: &AveragerSet| -> Result<Vec<Row>> {
-            let mut rows = Vec::new();
-            let row = |weights: String, strategy, model: &Gpt| -> Result<Row> {
-                Ok(Row {
-                    run_columns: run_columns.clone(),
-                    weights,
-                    strategy,
-                    step,
-                    tokens,
-                    val_loss: mean_loss(model, &val_windows, eval_batch)?,
-                    train_loss: match &train_windows {
-                        Some(w) => Some(mean_loss(model, w, eval_batch)?),
-                        None => None,
-                    },
-                    wall_time: wall,
-                })
-            };
-            rows.push(row("raw".into(), strategy_columns(None), &gpt)?);
-            for (averager, spec) in averagers.iter().zip(&specs) {
-                if averager.is_ready() {
-                    averager.write_average(&eval_weights)?;
-                    rows.push(row(
-                        averager.label(),
-                        strategy_columns(Some(spec)),
-                        &eval_gpt,
-                    )?);
-                }
-            }
-            Ok(rows)
-        };
-    if state.step == 0 {
-        let rows = evaluate(0, 0, 0.0, &averagers)?;
-        last_val = rows[0].val_loss;
-        curves.write(&rows)?;
+    if trainer.steps_done() == 0 {
+        trainer.evaluate()?;
     }
-
-    let bar = crate::progress::bar(t.steps, &cfg.name, "steps");
-    bar.set_position(state.step);
-    let log_every = (t.steps / 20).max(1);
-    while state.step < t.steps {
-        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
-        tch::manual_seed(
-            (t.seed as i64)
-                .wrapping_mul(1_000_003)
-                .wrapping_add(state.step as i64),
-        );
-        let mut loss_sum = 0.0;
-        for _ in 0..t.grad_accum {
-            let batch = sampler.next_batch(device);
-            let loss = gpt.loss(&batch.x, &batch.y, true)?;
-            (&loss / t.grad_accum as f64).backward();
-            loss_sum += loss.double_value(&[]);
-        }
-        let loss = loss_sum / t.grad_accum as f64;
-        let norm = if t.grad_clip > 0.0 {
-            clip_grad_norm(&params, t.grad_clip)
-        } else {
-            0.0
-        };
-        if !loss.is_finite() || !norm.is_finite() {
+    let bar = crate::progress::bar(steps, &cfg.name, "steps");
+    bar.set_position(trainer.steps_done());
+    let log_every = (steps / 20).max(1);
+    let checkpoint_every = cfg.checkpoint.every.unwrap_or(cfg.eval.every);
+    while trainer.steps_done() < steps {
+        let report = trainer.step()?;
+        let step = trainer.steps_done();
+        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
             bar.finish_and_clear();
-            let outcome = RunOutcome {
-                status: RunStatus::Diverged,
-                step: state.step + 1,
-                final_val_loss: last_val,
-                tokens_per_second: 0.0,
-                wall_time: wall_at_start + session_start.elapsed().as_secs_f64(),
-            };
             tracing::warn!(
-                "{}: diverged at step {} (loss {loss}, grad norm {norm}); run stopped",
+                "{}: diverged at step {} (loss {}, grad norm {}); run stopped",
                 cfg.name,
-                outcome.step
+                step + 1,
+                report.loss,
+                report.grad_norm
             );
-            write_status(&dir, &outcome)?;
-            return Ok(outcome);
+            return trainer.finish(RunStatus::Diverged);
         }
-        let lr = t.schedule.lr(state.step, t.lr, t.steps);
-        optimizer.step(lr);
-        optimizer.zero_grad();
-        state.step += 1;
-        state.tokens += tokens_per_step;
-        averagers.observe(state.step, &weights)?;
-
-        let elapsed = session_start.elapsed().as_secs_f64();
-        let tok_s =
-            (state.step - session_first_step) as f64 * tokens_per_step as f64 / elapsed.max(1e-9);
-        bar.set_position(state.step);
-        bar.set_message(format!("loss {loss:.3} lr {lr:.1e} {:.0} tok/s", tok_s));
-        on_progress(state.step, t.steps);
-        if !crate::progress::interactive()
-            && (state.step.is_multiple_of(log_every) || state.step == t.steps)
-        {
-            tracing::info!(
-                "{} step {}/{} loss {loss:.4} lr {lr:.2e} grad-norm {norm:.3} {tok_s:.0} tok/s",
-                cfg.name,
-                state.step,
-                t.steps
-            );
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.3} lr {:.1e} {:.0} tok/s",
+            report.loss,
+            report.lr,
+            trainer.tokens_per_second()
+        ));
+        on_progress(step, steps);
+        if !crate::progress::interactive() && (step.is_multiple_of(log_every) || step == steps) {
+            trainer.log_step(&report);
         }
-        state.wall_time = wall_at_start + elapsed;
-        if state.step.is_multiple_of(cfg.eval.every) || state.step == t.steps {
-            let rows = evaluate(state.step, state.tokens, state.wall_time, &averagers)?;
-            last_val = rows[0].val_loss;
-            if !crate::progress::interactive() {
-                let best = rows
-                    .iter()
-                    .skip(1)
-                    .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss));
-                tracing::info!(
-                    "{} eval step {}: raw val {:.4}{}",
-                    cfg.name,
-                    state.step,
-                    last_val,
-                    best.map(|b| format!(", best average {} {:.4}", b.weights, b.val_loss))
-                        .unwrap_or_default()
-                );
-            }
-            curves.write(&rows)?;
+        if step.is_multiple_of(cfg.eval.every) || step == steps {
+            let rows = trainer.evaluate()?;
+            log_evaluation(&cfg.name, &rows);
         }
-        if state.step.is_multiple_of(checkpoint_every) || state.step == t.steps {
-            state.sampler = sampler.state();
-            checkpoint::save(&dir, &gpt, &optimizer, &averagers, &state)?;
+        if step.is_multiple_of(checkpoint_every) || step == steps {
+            trainer.checkpoint()?;
         }
     }
     bar.finish_and_clear();
-    let elapsed = session_start.elapsed().as_secs_f64();
-    let outcome = RunOutcome {
-        status: RunStatus::Finished,
-        step: state.step,
-        final_val_loss: last_val,
-        tokens_per_second: (state.step - session_first_step) as f64 * tokens_per_step as f64
-            / elapsed.max(1e-9),
-        wall_time: state.wall_time,
-    };
-    write_status(&dir, &outcome)?;
-    Ok(outcome)
+    trainer
+        .finish(RunStatus::Finished)
+        .with_context(|| format!("{}: finishing", plan.dir.display()))
+}
+
+fn log_evaluation(name: &str, rows: &[CurveRow]) {
+    if crate::progress::interactive() {
+        return;
+    }
+    let best = rows
+        .iter()
+        .skip(1)
+        .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss));
+    tracing::info!(
+        "{name} eval step {}: raw val {:.4}{}",
+        rows[0].step,
+        rows[0].val_loss,
+        best.map(|b| format!(", best average {} {:.4}", b.weights, b.val_loss))
+            .unwrap_or_default()
+    );
 }

@@ -1,4 +1,5 @@
-//! The numbers the figures plot, as pure functions of (step, loss) series.
+//! The numbers summaries and figures report, as pure functions of (step, loss) series and of
+//! paired per-window losses: one definition of a gain, its error, and the steps saved.
 
 /// Raw loss minus averaged loss at every step both series have (positive: averaging helps).
 pub fn gain_series(raw: &[(u64, f64)], averaged: &[(u64, f64)]) -> Vec<(u64, f64)> {
@@ -72,6 +73,29 @@ pub fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
+/// The mean of `values` and its standard error, `sd / sqrt(n)` with the sample standard
+/// deviation (`n − 1` in the variance). None with fewer than two values.
+pub fn mean_and_se(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    if n < 2 {
+        return None;
+    }
+    let m = mean(values)?;
+    let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1) as f64;
+    Some((m, (var / n as f64).sqrt()))
+}
+
+/// The standard error of the mean difference `a − b` of paired values (the same windows scored
+/// by two sets of weights): the standard error of the per-pair differences. None when the
+/// lengths differ or there are fewer than two pairs.
+pub fn paired_se(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    mean_and_se(&diffs).map(|(_, se)| se)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +124,24 @@ mod tests {
         assert_eq!(steps_saved(&RAW, &LAWA), Some(10));
         assert_eq!(steps_saved(&RAW, &[(10, 9.0), (40, 3.3)]), None);
         assert_eq!(steps_saved(&RAW, &RAW), Some(0));
+    }
+
+    #[test]
+    fn standard_errors_by_hand() {
+        // Values 1, 2, 3, 6: mean 3, sample variance (4 + 1 + 0 + 9) / 3 = 14/3,
+        // SE = sqrt(14/3 / 4) = sqrt(7/6).
+        let (m, se) = mean_and_se(&[1.0, 2.0, 3.0, 6.0]).unwrap();
+        assert_eq!(m, 3.0);
+        assert!((se - (7.0f64 / 6.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_and_se(&[1.0]), None);
+        // Paired: raw 5, 4, 6 and averaged 4.5, 3.9, 5.2 per window: differences 0.5, 0.1, 0.8,
+        // mean 0.4667, sample variance ((0.0333)^2 + (0.3667)^2 + (0.3333)^2) / 2 = 0.12333,
+        // SE = sqrt(0.12333 / 3) = 0.20276.
+        let se = paired_se(&[5.0, 4.0, 6.0], &[4.5, 3.9, 5.2]).unwrap();
+        assert!((se - 0.202759).abs() < 1e-6, "{se}");
+        // Pairing removes what the windows share: a constant offset has no error at all.
+        assert_eq!(paired_se(&[5.0, 9.0, 1.0], &[4.0, 8.0, 0.0]), Some(0.0));
+        assert_eq!(paired_se(&[1.0, 2.0], &[1.0]), None);
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! Post-hoc checkpoint averaging against the in-memory mean.
+//! Checkpoint files: post-hoc averaging against the in-memory mean; one header validation for
+//! every reader (overflowing shapes, overlapping offsets, duplicate names); checksums.
 
 use std::path::{Path, PathBuf};
 
-use lawa_core::checkpoint_average::{
-    average_safetensors, read_header, select_latest, step_in_name,
-};
+use lawa_core::checkpoint::{average_safetensors, read_safetensors, write_safetensors, Header};
 use tch::{Device, Kind, Tensor};
 
 fn checkpoint(path: &Path, seed: i64) -> Vec<(String, Tensor)> {
@@ -70,7 +69,7 @@ fn streamed_mean_equals_the_in_memory_mean() {
             .double_value(&[]);
         assert_eq!(diff, 0.0, "{name}: f64 mean rounded once equals torch's");
     }
-    let header = read_header(&out).unwrap();
+    let header = Header::read(&out).unwrap();
     assert!(header.metadata["lawa_average_of"].contains("ckpt_4.safetensors"));
 }
 
@@ -109,7 +108,7 @@ fn disagreeing_checkpoints_are_refused_and_nothing_is_written() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("b.safetensors") && err.contains("not a valid safetensors"),
+        err.contains("b.safetensors") && err.contains("not a valid checkpoint file"),
         "{err}"
     );
     assert!(!out.exists());
@@ -120,35 +119,85 @@ fn disagreeing_checkpoints_are_refused_and_nothing_is_written() {
     );
 }
 
+/// A safetensors file with `header` as its JSON header and `data` bytes after it.
+fn raw_file(path: &Path, header: &str, data: usize) {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(vec![0u8; data]);
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[test]
-fn latest_k_spaced_nu_apart() {
+fn every_reader_refuses_the_same_malformed_headers() {
     let dir = tempfile::tempdir().unwrap();
-    for step in [100u64, 200, 300, 400, 500, 600] {
-        std::fs::write(dir.path().join(format!("ckpt_{step}.safetensors")), b"x").unwrap();
+    let path = dir.path().join("bad.safetensors");
+    let good = dir.path().join("good.safetensors");
+    checkpoint(&good, 1);
+    let out = dir.path().join("avg.safetensors");
+    let cases = [
+        (
+            r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,16]}}"#,
+            "overflows",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            "overlap",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
+            "twice",
+        ),
+        (
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#,
+            "do not fit",
+        ),
+        (
+            r#"{"a":{"dtype":"C64","shape":[2],"data_offsets":[0,16]}}"#,
+            "dtype C64",
+        ),
+    ];
+    for (header, needle) in cases {
+        raw_file(&path, header, 16);
+        for err in [
+            Header::read(&path).unwrap_err().to_string(),
+            read_safetensors(&path).unwrap_err().to_string(),
+            average_safetensors(&[good.clone(), path.clone()], &out, |_, _| {})
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(
+                err.contains("bad.safetensors") && err.contains(needle),
+                "{needle}: {err}"
+            );
+        }
+        assert!(!out.exists());
     }
-    std::fs::create_dir(dir.path().join("step-700")).unwrap();
-    std::fs::write(dir.path().join("step-700/model.safetensors"), b"x").unwrap();
-    std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
-    let steps = |v: Vec<PathBuf>| {
-        v.iter()
-            .map(|p| {
-                step_in_name(p)
-                    .or_else(|| step_in_name(p.parent().unwrap()))
-                    .unwrap()
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        steps(select_latest(dir.path(), 3, None).unwrap()),
-        [500, 600, 700]
+}
+
+#[test]
+fn written_files_carry_a_checksum_that_catches_flipped_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.safetensors");
+    let tensors = vec![
+        (
+            "w".to_string(),
+            Tensor::randn([64, 8], (Kind::Float, Device::Cpu)),
+        ),
+        ("n".to_string(), Tensor::from_slice(&[7i64, 9])),
+    ];
+    write_safetensors(&path, &tensors).unwrap();
+    // Readable by libtorch as an ordinary safetensors file.
+    let by_torch = Tensor::read_safetensors(&path).unwrap();
+    assert_eq!(by_torch.len(), 2);
+    let back = read_safetensors(&path).unwrap();
+    assert!(back[0].1.equal(&tensors[1].1) && back[1].1.equal(&tensors[0].1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.len() - 100;
+    bytes[i] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = read_safetensors(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("t.safetensors") && err.contains("CRC-32"),
+        "{err}"
     );
-    assert_eq!(
-        steps(select_latest(dir.path(), 3, Some(200)).unwrap()),
-        [300, 500, 700]
-    );
-    let err = select_latest(dir.path(), 3, Some(150)).unwrap_err();
-    assert!(err.contains("step 550"), "{err}");
-    let err = select_latest(dir.path(), 9, None).unwrap_err();
-    assert!(err.contains("only 7"), "{err}");
-    assert!(select_latest(dir.path(), 0, None).is_err());
 }

@@ -1,0 +1,13 @@
+//! A results folder's data, independent of libtorch: the row types of `curves.csv` and
+//! `summary.csv` ([`schema`]), the metrics both summaries and figures compute ([`metrics`]), and
+//! the summary itself ([`summary`]). Nothing here imports `tch`.
+
+pub mod metrics;
+pub mod schema;
+pub mod summary;
+
+pub use schema::{
+    read_rows, write_rows, CurveRow, ResultsError, Strategy, StrategyColumns, SummaryRow,
+    CURVES_FILE, SUMMARY_FILE,
+};
+pub use summary::summarize;

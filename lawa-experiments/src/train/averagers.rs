@@ -1,0 +1,258 @@
+//! The averagers of a run as written in YAML, e.g. `{kind: lawa, k: 5, nu: 50}`,
+//! `{kind: ema, decay: 0.99}`, `{kind: swa, start: 0.75}`, and how each becomes a
+//! [`lawa_core::averaging`] averager and a set of CSV columns.
+
+use lawa_core::averaging::{Averager, AveragingError, Ema, Lawa, Storage, Swa};
+use serde::{Deserialize, Serialize};
+
+use crate::results::{Strategy, StrategyColumns};
+
+fn one() -> u64 {
+    1
+}
+
+fn ten() -> u64 {
+    10
+}
+
+/// When SWA starts: an optimizer step, or a fraction of the training run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SwaStart {
+    /// At this step.
+    Step(u64),
+    /// At this fraction of the total steps (0.75 is the paper's "SWA late").
+    Fraction(f64),
+}
+
+impl SwaStart {
+    /// The value as written (a step or a fraction), for the `start` column.
+    pub fn value(self) -> f64 {
+        match self {
+            SwaStart::Step(s) => s as f64,
+            SwaStart::Fraction(x) => x,
+        }
+    }
+}
+
+/// An averager as written in a config file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AveragerSpec {
+    /// [`Lawa`]: the latest `k` snapshots every `nu` steps.
+    Lawa {
+        /// Window size.
+        k: usize,
+        /// Spacing of snapshots, in steps.
+        nu: u64,
+        /// Snapshots at `start`, `start + nu`, ... [default 0: the multiples of `nu`].
+        #[serde(default)]
+        start: u64,
+        /// Where snapshots live [default: the run's `averager_storage`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage: Option<Storage>,
+    },
+    /// [`Ema`].
+    Ema {
+        /// Decay (the ceiling, with `warmup`).
+        decay: f64,
+        /// The authors' warm-up form.
+        #[serde(default)]
+        warmup: bool,
+        /// Update interval, in steps.
+        #[serde(default = "one")]
+        every: u64,
+        /// First update at this step.
+        #[serde(default)]
+        start: u64,
+        /// Where the average lives [default: the run's `averager_storage`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage: Option<Storage>,
+    },
+    /// [`Swa`].
+    Swa {
+        /// A step, or a fraction of training in [0, 1).
+        start: SwaStart,
+        /// Sampling interval, in steps.
+        #[serde(default = "ten")]
+        every: u64,
+        /// Where the average lives [default: the run's `averager_storage`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage: Option<Storage>,
+    },
+}
+
+impl AveragerSpec {
+    /// Builds the averager for a run of `total_steps` (which resolves fractional starts and
+    /// refuses starts after the end), keeping its copies in its own storage or `default_storage`.
+    pub fn build(
+        &self,
+        total_steps: u64,
+        default_storage: Storage,
+    ) -> Result<Box<dyn Averager>, AveragingError> {
+        let after_end = |start: u64| -> Result<(), AveragingError> {
+            if start > total_steps {
+                return Err(AveragingError::InvalidParameter {
+                    averager: self.kind().into(),
+                    field: "start",
+                    value: start.to_string(),
+                    reason: format!("after the end of training (step {total_steps})"),
+                });
+            }
+            Ok(())
+        };
+        Ok(match *self {
+            AveragerSpec::Lawa {
+                k,
+                nu,
+                start,
+                storage,
+            } => {
+                after_end(start)?;
+                let lawa = Lawa::new(k, nu)?.start(start);
+                Box::new(lawa.storage(storage.unwrap_or(default_storage)))
+            }
+            AveragerSpec::Ema {
+                decay,
+                warmup,
+                every,
+                start,
+                storage,
+            } => {
+                after_end(start)?;
+                let ema = if warmup {
+                    Ema::with_warmup(decay)?
+                } else {
+                    Ema::new(decay)?
+                };
+                let ema = ema.every(every)?.start(start);
+                Box::new(ema.storage(storage.unwrap_or(default_storage)))
+            }
+            AveragerSpec::Swa {
+                start,
+                every,
+                storage,
+            } => {
+                let swa = Swa::new().every(every)?;
+                let swa = match start {
+                    SwaStart::Step(s) => {
+                        after_end(s)?;
+                        swa.start(s)
+                    }
+                    SwaStart::Fraction(x) => swa.start_fraction(x, total_steps)?,
+                };
+                Box::new(swa.storage(storage.unwrap_or(default_storage)))
+            }
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AveragerSpec::Lawa { .. } => "lawa",
+            AveragerSpec::Ema { .. } => "ema",
+            AveragerSpec::Swa { .. } => "swa",
+        }
+    }
+
+    /// The `strategy, k, nu, decay, start, every` columns of this averager's CSV rows.
+    pub fn columns(&self) -> StrategyColumns {
+        match *self {
+            AveragerSpec::Lawa { k, nu, start, .. } => StrategyColumns {
+                strategy: Some(Strategy::Lawa),
+                k: Some(k as u64),
+                nu: Some(nu),
+                start: Some(start as f64),
+                every: Some(nu),
+                ..Default::default()
+            },
+            AveragerSpec::Ema {
+                decay,
+                warmup,
+                every,
+                start,
+                ..
+            } => StrategyColumns {
+                strategy: Some(if warmup {
+                    Strategy::EmaWarmup
+                } else {
+                    Strategy::Ema
+                }),
+                decay: Some(decay),
+                start: Some(start as f64),
+                every: Some(every),
+                ..Default::default()
+            },
+            AveragerSpec::Swa { start, every, .. } => StrategyColumns {
+                strategy: Some(Strategy::Swa),
+                start: Some(start.value()),
+                every: Some(every),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_build_and_label() {
+        let specs: Vec<AveragerSpec> = serde_json::from_str(
+            r#"[{"kind": "lawa", "k": 5, "nu": 50},
+                {"kind": "lawa", "k": 5, "nu": 50, "start": 1000, "storage": "cpu"},
+                {"kind": "ema", "decay": 0.99},
+                {"kind": "ema", "decay": 0.9, "warmup": true},
+                {"kind": "ema", "decay": 0.999, "every": 10, "start": 100},
+                {"kind": "swa", "start": 0.75},
+                {"kind": "swa", "start": 5000, "every": 5}]"#,
+        )
+        .unwrap();
+        let labels: Vec<String> = specs
+            .iter()
+            .map(|s| s.build(70_000, Storage::Training).unwrap().label())
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "lawa_k5_nu50",
+                "lawa_k5_nu50_start1000",
+                "ema_0.99",
+                "ema_0.9_warmup",
+                "ema_0.999_every10_start100",
+                "swa_start0.75_every10",
+                "swa_start5000_every5"
+            ]
+        );
+        assert_eq!(specs[5].columns().start, Some(0.75));
+        assert_eq!(specs[0].columns().every, Some(50));
+        let unknown = serde_json::from_str::<AveragerSpec>(
+            r#"{"kind": "lawa", "k": 5, "nu": 5, "window": 3}"#,
+        );
+        assert!(unknown.unwrap_err().to_string().contains("window"));
+    }
+
+    #[test]
+    fn starts_after_the_end_are_refused() {
+        let msg = |s: AveragerSpec| s.build(1000, Storage::Training).err().unwrap().to_string();
+        let lawa = AveragerSpec::Lawa {
+            k: 5,
+            nu: 10,
+            start: 5000,
+            storage: None,
+        };
+        assert!(msg(lawa).contains("start = 5000"));
+        let swa = AveragerSpec::Swa {
+            start: SwaStart::Step(2000),
+            every: 10,
+            storage: None,
+        };
+        assert!(msg(swa).contains("after the end of training"));
+        let swa = AveragerSpec::Swa {
+            start: SwaStart::Fraction(1.5),
+            every: 10,
+            storage: None,
+        };
+        assert!(msg(swa).contains("start = 1.5"));
+    }
+}

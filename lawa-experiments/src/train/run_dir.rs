@@ -1,0 +1,147 @@
+//! Claiming a run folder: a run writes only into an empty folder or one it made itself (holding
+//! its `run.yaml`), and only one process at a time (an exclusive lock held while it trains).
+//! Staging folders left by crashed processes are removed when the folder is claimed.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::RunPlan;
+
+/// The copy of the run's config in its folder.
+pub const CONFIG_FILE: &str = "run.yaml";
+/// The lock file a training process holds.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A folder locked for one process; the lock is released when this is dropped (or the process
+/// ends, however it ends).
+#[derive(Debug)]
+pub struct Claim {
+    _lock: File,
+}
+
+/// Takes an exclusive lock on `dir` (which must exist) for this process, or says which process
+/// holds it. `what` names the folder's kind in the message.
+pub fn lock(dir: &Path, what: &str) -> Result<Claim> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "{}: another lawa process ({}) is working on this {what}; wait for it to end, or give this one another folder",
+                dir.display(),
+                match holder.trim() {
+                    "" => "pid unknown".to_string(),
+                    pid => format!("pid {pid}"),
+                }
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+        }
+    }
+    file.set_len(0)
+        .and_then(|_| write!(file, "{}", std::process::id()))
+        .and_then(|_| file.flush())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(Claim { _lock: file })
+}
+
+/// Whether `name` is one of lawa's temporary names: a staging folder `.NAME.partial-PID`, a
+/// temporary file `.NAME.tmpPID`, or a previous checkpoint `.NAME.old`.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && (name.contains(".partial-") || name.contains(".tmp") || name.ends_with(".old"))
+}
+
+/// What a run folder holds: a name lawa writes there.
+pub fn run_owns(name: &str) -> bool {
+    matches!(
+        name,
+        CONFIG_FILE | LOCK_FILE | "curves.csv" | "status.json" | "checkpoint"
+    ) || is_temporary(name)
+}
+
+/// Whether `dir` is missing or holds nothing but what `owned` accepts.
+pub fn empty_or_owned(dir: &Path, owned: impl Fn(&str) -> bool) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", dir.display())),
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.with_context(|| format!("{}: cannot read", dir.display()))?;
+                if !owned(&entry.file_name().to_string_lossy()) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Claims `dir` for the config `text` recorded in its file `marker` (`run.yaml`,
+/// `sweep.yaml`): refuses a folder that holds the results of another config, or files that are
+/// not `owns`'s and no marker; locks it; records the config; clears stale staging folders.
+/// `what` (`run`, `sweep`) and `hint` (what to change instead) word the refusals.
+pub fn claim_folder(
+    dir: &Path,
+    marker: &str,
+    text: &str,
+    owns: fn(&str) -> bool,
+    what: &str,
+    hint: &str,
+) -> Result<Claim> {
+    let marker_path = dir.join(marker);
+    let existing = match std::fs::read_to_string(&marker_path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", marker_path.display())),
+    };
+    match &existing {
+        Some(t) if t != text => bail!(
+            "{}: the folder holds a {what} of a different config; {hint} or delete the folder",
+            dir.display()
+        ),
+        Some(_) => {}
+        None if !empty_or_owned(dir, owns)? => bail!(
+            "{}: the folder holds files that are not a lawa {what}'s, and no {marker}; a {what} writes only into an empty folder or its own ({hint})",
+            dir.display()
+        ),
+        None => {}
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let claim = lock(dir, what)?;
+    for stale in lawa_core::checkpoint::remove_stale_staging(dir)
+        .with_context(|| format!("{}: cannot clear stale staging folders", dir.display()))?
+    {
+        tracing::info!("removed {}, left by a process that ended", stale.display());
+    }
+    if existing.is_none() {
+        lawa_core::checkpoint::write_atomic(&marker_path, text.as_bytes())
+            .with_context(|| format!("{}: cannot write", marker_path.display()))?;
+    }
+    Ok(claim)
+}
+
+/// Claims the run folder of `plan` (see [`claim_folder`]).
+pub fn claim(plan: &RunPlan) -> Result<Claim> {
+    let text = serde_yaml::to_string(&plan.config)?;
+    claim_folder(
+        &plan.dir,
+        CONFIG_FILE,
+        &text,
+        run_owns,
+        "run",
+        "choose another `out`/`name`",
+    )
+}
