@@ -25,6 +25,7 @@ fn meta(vocab: u32, train: u64, val: u64) -> DatasetMeta {
         val_fraction: 0.1,
         source: "test".into(),
         source_sha256: "0".into(),
+        ..DatasetMeta::nanogpt_gpt2(0, 0)
     }
 }
 

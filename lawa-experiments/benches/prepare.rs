@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use lawa_experiments::assets;
-use lawa_experiments::prepare::corpus::Document;
+use lawa_experiments::prepare::source::Document;
 use lawa_experiments::prepare::tokenize_documents;
 use lawa_experiments::prepare::tokenizer::TextTokenizer;
 
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
             .build()?;
         pool.install(|| {
             let start = Instant::now();
-            let ids = tokenize_documents(&tokenizer, &docs, true, "bench")?;
+            let ids = tokenize_documents(&tokenizer, &docs, true)?;
             Ok((ids.len(), start.elapsed().as_secs_f64()))
         })
     };

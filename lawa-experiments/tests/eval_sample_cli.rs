@@ -58,7 +58,7 @@ fn dataset(dir: &Path, train: usize, val: usize) {
         split: SplitMethod::Position,
         val_fraction: 0.1,
         source: "test".into(),
-        source_sha256: String::new(),
+        ..DatasetMeta::nanogpt_gpt2(0, 0)
     }
     .save(dir)
     .unwrap();

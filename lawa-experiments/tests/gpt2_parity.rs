@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use lawa_experiments::assets;
-use lawa_experiments::prepare::corpus::Document;
+use lawa_experiments::prepare::source::Document;
 use lawa_experiments::prepare::tokenize_documents;
 use lawa_experiments::prepare::tokenizer::TextTokenizer;
 
@@ -74,7 +74,7 @@ fn token_ids_equal_the_javascript_encoder_and_decode_round_trips() {
         })
         .collect();
     // The same chunked, parallel path `lawa prepare` takes.
-    let ours = tokenize_documents(&tokenizer, &docs, true, "parity").unwrap();
+    let ours = tokenize_documents(&tokenizer, &docs, true).unwrap();
     assert!(
         ours.len() > 500_000,
         "multi-megabyte sample: {} tokens",

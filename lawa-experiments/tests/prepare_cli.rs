@@ -231,7 +231,7 @@ fn empty_corpus() {
         dir.path(),
         &out,
     );
-    assert!(msg.contains("no .txt files"), "{msg}");
+    assert!(msg.contains("holds no corpus files"), "{msg}");
 }
 
 #[test]
@@ -377,6 +377,413 @@ fn corrupt_tokenizer_cache() {
     let msg = stderr(&o);
     assert!(
         msg.contains("encoder.json") && msg.contains("bootstrap"),
+        "{msg}"
+    );
+}
+
+/// The tokens of both splits and the document counts of a prepared dataset.
+fn contents(dir: &Path) -> (Vec<u8>, Vec<u8>, u64, u64) {
+    let read = |split: Split| std::fs::read(dir.join(split.file_name())).unwrap();
+    let m = Dataset::open(dir).unwrap().meta().clone();
+    (
+        read(Split::Train),
+        read(Split::Val),
+        m.train_documents,
+        m.val_documents,
+    )
+}
+
+/// Documents of varied length and vocabulary (some Unicode, some long).
+fn documents(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let words = [
+                "alpha",
+                "béta",
+                "gamma",
+                "déjà vu",
+                "zeta",
+                "the",
+                "of",
+                "and",
+            ];
+            let mut text = format!("Document {i}.\n");
+            for j in 0..(i * 37 % 200 + 5) {
+                text.push_str(words[(i * 7 + j * 3) % words.len()]);
+                text.push(if j % 13 == 12 { '\n' } else { ' ' });
+            }
+            text
+        })
+        .collect()
+}
+
+fn jsonl_text(docs: &[String], field: &str) -> String {
+    docs.iter()
+        .map(|d| serde_json::json!({ field: d, "id": 1 }).to_string() + "\n")
+        .collect()
+}
+
+#[test]
+fn every_corpus_form_gives_the_same_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = documents(60);
+    let p = dir.path();
+    // A folder of .txt files (one document each), in path order.
+    std::fs::create_dir(p.join("txt")).unwrap();
+    for (i, d) in docs.iter().enumerate() {
+        std::fs::write(p.join(format!("txt/doc{i:03}.txt")), d).unwrap();
+    }
+    std::fs::write(p.join("c.jsonl"), jsonl_text(&docs, "text")).unwrap();
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(p.join("c.jsonl.gz")).unwrap(),
+        flate2::Compression::default(),
+    );
+    write_all_and_finish_gz(gz, jsonl_text(&docs, "text").as_bytes());
+    std::fs::write(
+        p.join("c.jsonl.zst"),
+        zstd::encode_all(jsonl_text(&docs, "text").as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<Option<&str>> = docs.iter().map(|d| Some(d.as_str())).collect();
+    lawa_experiments::prepare::parquet::write_text_column(&p.join("c.parquet"), "text", &texts)
+        .unwrap();
+    // Shards: the first 25 documents in one zstd file, the rest in a Parquet file.
+    std::fs::create_dir(p.join("shards")).unwrap();
+    std::fs::write(
+        p.join("shards/00.jsonl.zst"),
+        zstd::encode_all(jsonl_text(&docs[..25], "text").as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+    let rest: Vec<Option<&str>> = texts[25..].to_vec();
+    lawa_experiments::prepare::parquet::write_text_column(
+        &p.join("shards/01.parquet"),
+        "text",
+        &rest,
+    )
+    .unwrap();
+    // Another field name.
+    std::fs::write(p.join("body.jsonl"), jsonl_text(&docs, "body")).unwrap();
+
+    let prepare = |source: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "prepare",
+            source,
+            "--out",
+            out,
+            "--tokenizer",
+            "gpt2",
+            "--val-fraction",
+            "0.1",
+        ];
+        args.extend_from_slice(extra);
+        let o = lawa(&args, p);
+        assert!(o.status.success(), "{source}: {}", stderr(&o));
+        contents(&p.join(out))
+    };
+    let reference = prepare("txt", "d-txt", &[]);
+    assert_eq!((reference.2, reference.3), (54, 6));
+    for (source, extra) in [
+        ("c.jsonl", &[][..]),
+        ("c.jsonl.gz", &[]),
+        ("c.jsonl.zst", &[]),
+        ("c.parquet", &[]),
+        ("shards", &[]),
+        ("body.jsonl", &["--text-field", "body"]),
+        ("c.jsonl", &["--threads", "1"]),
+    ] {
+        let out = format!("d-{}{}", source.replace('.', "-"), extra.len());
+        assert_eq!(
+            prepare(source, &out, extra),
+            reference,
+            "{source} {extra:?}"
+        );
+    }
+}
+
+fn write_all_and_finish_gz(mut gz: flate2::write::GzEncoder<std::fs::File>, bytes: &[u8]) {
+    use std::io::Write;
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap();
+}
+
+#[test]
+fn bad_documents_name_their_file_and_line_or_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let out = p.join("ds");
+    let docs = documents(30);
+    // A corrupt zstd frame: the middle of the stream overwritten.
+    let mut zst = zstd::encode_all(jsonl_text(&docs, "text").as_bytes(), 3).unwrap();
+    let mid = zst.len() / 2;
+    for b in &mut zst[mid..mid + 16] {
+        *b = 0xff;
+    }
+    std::fs::write(p.join("bad.jsonl.zst"), zst).unwrap();
+    let msg = fails(
+        &[
+            "prepare",
+            "bad.jsonl.zst",
+            "--out",
+            "ds",
+            "--tokenizer",
+            "byte",
+        ],
+        p,
+        &out,
+    );
+    assert!(
+        msg.contains("bad.jsonl.zst:") && msg.contains("corrupt or truncated"),
+        "{msg}"
+    );
+    // A Parquet file without the text column.
+    let texts: Vec<Option<&str>> = docs.iter().map(|d| Some(d.as_str())).collect();
+    lawa_experiments::prepare::parquet::write_text_column(&p.join("c.parquet"), "content", &texts)
+        .unwrap();
+    let msg = fails(
+        &["prepare", "c.parquet", "--out", "ds", "--tokenizer", "byte"],
+        p,
+        &out,
+    );
+    assert!(
+        msg.contains("c.parquet") && msg.contains("no column `text`") && msg.contains("content"),
+        "{msg}"
+    );
+    // A JSON line that is not UTF-8 (line 4), a line that is not JSON (line 7), a line without
+    // the field (line 9).
+    let mut bytes = Vec::new();
+    for (i, d) in docs.iter().take(12).enumerate() {
+        match i {
+            3 => bytes.extend_from_slice(b"{\"text\": \"caf\xe9\"}\n"),
+            6 => bytes.extend_from_slice(b"{\"text\": oops}\n"),
+            8 => bytes.extend_from_slice(b"{\"body\": \"x\"}\n"),
+            _ => bytes.extend(jsonl_text(std::slice::from_ref(d), "text").into_bytes()),
+        }
+    }
+    std::fs::write(p.join("mixed.jsonl"), &bytes).unwrap();
+    let msg = fails(
+        &[
+            "prepare",
+            "mixed.jsonl",
+            "--out",
+            "ds",
+            "--tokenizer",
+            "byte",
+        ],
+        p,
+        &out,
+    );
+    assert!(
+        msg.contains("mixed.jsonl:4: not UTF-8") && msg.contains("--skip-bad"),
+        "{msg}"
+    );
+    let o = lawa(
+        &[
+            "prepare",
+            "mixed.jsonl",
+            "--out",
+            "ds",
+            "--tokenizer",
+            "byte",
+            "--skip-bad",
+            "--val-fraction",
+            "0.2",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = Dataset::open(&out).unwrap().meta().clone();
+    assert_eq!(m.skipped_documents, 3);
+    assert_eq!(m.train_documents + m.val_documents, 9);
+    // A null Parquet row, skipped and counted.
+    let mut with_null = texts.clone();
+    with_null[5] = None;
+    lawa_experiments::prepare::parquet::write_text_column(&p.join("n.parquet"), "text", &with_null)
+        .unwrap();
+    let msg = fails(
+        &["prepare", "n.parquet", "--out", "dn", "--tokenizer", "byte"],
+        p,
+        &p.join("dn"),
+    );
+    assert!(
+        msg.contains("n.parquet:row 6") && msg.contains("null"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn force_replaces_only_lawas_files_and_links_loops_are_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let corpus = corpus_folder(p);
+    // A link loop inside the corpus: corpus/more/loop -> corpus.
+    std::os::unix::fs::symlink(&corpus, corpus.join("more/loop")).unwrap();
+    let o = lawa(
+        &["prepare", "corpus", "--out", "ds", "--tokenizer", "byte"],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = Dataset::open(p.join("ds")).unwrap().meta().clone();
+    assert_eq!(
+        m.train_documents + m.val_documents,
+        11,
+        "each file read once"
+    );
+    // The user's own file beside the dataset survives a forced re-preparation.
+    std::fs::write(p.join("ds/NOTES.md"), "my notes").unwrap();
+    let o = lawa(
+        &["prepare", "corpus", "--out", "ds", "--tokenizer", "bpe:300"],
+        p,
+    );
+    assert!(
+        !o.status.success(),
+        "another dataset there: refused without --force"
+    );
+    let o = lawa(
+        &[
+            "prepare",
+            "corpus",
+            "--out",
+            "ds",
+            "--tokenizer",
+            "bpe:300",
+            "--force",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(p.join("ds/NOTES.md")).unwrap(),
+        "my notes"
+    );
+    assert_eq!(
+        Dataset::open(p.join("ds")).unwrap().meta().tokenizer,
+        "bpe:300"
+    );
+    let o = lawa(
+        &[
+            "prepare",
+            "corpus",
+            "--out",
+            "ds",
+            "--tokenizer",
+            "byte",
+            "--force",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !p.join("ds/tokenizer.json").exists(),
+        "the old tokenizer file is gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("ds/NOTES.md")).unwrap(),
+        "my notes"
+    );
+    // A folder of other files is refused without --force.
+    std::fs::create_dir(p.join("mine")).unwrap();
+    std::fs::write(p.join("mine/thesis.tex"), "x").unwrap();
+    let msg = stderr(&lawa(
+        &["prepare", "corpus", "--out", "mine", "--tokenizer", "byte"],
+        p,
+    ));
+    assert!(msg.contains("not a dataset's"), "{msg}");
+}
+
+#[test]
+fn an_interrupted_preparation_is_never_taken_for_a_finished_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let docs = documents(4000);
+    std::fs::write(p.join("big.jsonl"), jsonl_text(&docs, "text")).unwrap();
+    for delay in [50u64, 300, 900] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lawa"))
+            .args([
+                "prepare",
+                "big.jsonl",
+                "--out",
+                "ds",
+                "--tokenizer",
+                "gpt2",
+                "--threads",
+                "1",
+            ])
+            .current_dir(p)
+            .env("LAWA_LOG", "warn")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        child.wait().unwrap();
+        // Either nothing, or a whole dataset: never a folder that reads as a partial one.
+        if p.join("ds").exists() {
+            Dataset::open(p.join("ds")).unwrap();
+        }
+    }
+    let o = lawa(
+        &["prepare", "big.jsonl", "--out", "ds", "--tokenizer", "gpt2"],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let staging: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-"))
+        .collect();
+    assert!(staging.is_empty(), "stale staging removed: {staging:?}");
+    let m = Dataset::open(p.join("ds")).unwrap().meta().clone();
+    assert_eq!(m.train_documents + m.val_documents, 4000);
+}
+
+#[test]
+fn a_tokenizer_json_prepares_with_its_own_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    corpus_folder(p);
+    let o = lawa(
+        &[
+            "prepare",
+            "corpus",
+            "--out",
+            "bpe",
+            "--tokenizer",
+            "bpe:300",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The trained tokenizer, used as a tokenizer.json from elsewhere, gives the same tokens.
+    std::fs::copy(p.join("bpe/tokenizer.json"), p.join("mine.json")).unwrap();
+    let o = lawa(
+        &[
+            "prepare",
+            "corpus",
+            "--out",
+            "hf",
+            "--tokenizer",
+            "mine.json",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (contents(&p.join("bpe")), contents(&p.join("hf")));
+    assert_eq!(a, b);
+    let m = Dataset::open(p.join("hf")).unwrap().meta().clone();
+    assert_eq!(m.tokenizer, "hf:mine.json");
+    assert!(
+        p.join("hf/tokenizer.json").is_file(),
+        "the tokenizer travels with the dataset"
+    );
+    std::fs::write(p.join("bad.json"), "{\"model\": 3}").unwrap();
+    let msg = fails(
+        &["prepare", "corpus", "--out", "x", "--tokenizer", "bad.json"],
+        p,
+        &p.join("x"),
+    );
+    assert!(
+        msg.contains("bad.json") && msg.contains("cannot load tokenizer"),
         "{msg}"
     );
 }

@@ -10,6 +10,10 @@ pub const DEFAULT_VOCAB_MULTIPLE: usize = 64;
 /// LayerNorm epsilon of every GPT-2 (Hugging Face `layer_norm_epsilon`).
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
+/// The most values a model may hold (10 trillion): far beyond any model lawa trains, and small
+/// enough that no shape or size computed from a config overflows.
+pub const MAX_VALUES: u128 = 10_000_000_000_000;
+
 /// The names accepted by [`GptConfig::preset`].
 pub const PRESETS: [&str; 4] = ["tiny", "small", "medium", "large"];
 
@@ -127,10 +131,38 @@ impl GptConfig {
                 "must be in [0, 1)",
             ));
         }
-        if i64::try_from(self.padded_vocab_size().saturating_mul(self.n_embd)).is_err() {
-            return Err(bad("vocab_size", self.vocab_size.to_string(), "too large"));
+        if self.stored_values() > MAX_VALUES {
+            return Err(bad(
+                "n_embd",
+                self.n_embd.to_string(),
+                &format!(
+                    "with n_layer = {}, vocab_size = {} and block_size = {}, the model would hold {:.3e} values; lawa builds models of at most {MAX_VALUES:.0e}",
+                    self.n_layer,
+                    self.vocab_size,
+                    self.block_size,
+                    self.stored_values() as f64
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Values the model's variables hold (vocabulary padding rows included), computed without
+    /// overflow whatever the shape.
+    pub fn stored_values(&self) -> u128 {
+        let c = self.n_embd as u128;
+        let vocab = (self.vocab_size as u128).div_ceil(self.vocab_multiple.max(1) as u128)
+            * self.vocab_multiple.max(1) as u128;
+        let per_layer = 12 * c * c + 11 * c;
+        vocab * c + self.block_size as u128 * c + self.n_layer as u128 * per_layer + 2 * c
+    }
+
+    /// A short description of the shape for messages: `4 layers x 256 wide, vocab 4096`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} layers x {} wide, vocab {}",
+            self.n_layer, self.n_embd, self.vocab_size
+        )
     }
 
     /// Width of one attention head.

@@ -23,12 +23,12 @@ pub enum ModelError {
         name: String,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A checkpoint path that is neither a checkpoint folder nor a `.safetensors` file.
     #[error("{path}: {reason}")]
@@ -89,6 +89,16 @@ pub enum ModelError {
         name: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A model (or a run around it) larger than the device can hold.
+    #[error("{what} needs {needed_gb:.1} GB, and the device has {available_gb:.1} GB available")]
+    TooLarge {
+        /// What was to be allocated (naming the model's shape).
+        what: String,
+        /// Gigabytes it needs (at least).
+        needed_gb: f64,
+        /// Gigabytes available.
+        available_gb: f64,
     },
     /// Input token ids that the model cannot take.
     #[error("{0}")]

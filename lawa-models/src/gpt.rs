@@ -28,9 +28,17 @@ impl Gpt {
     /// Builds a GPT-2 under `vs` with GPT-2's initialization: weights N(0, 0.02), the residual
     /// projections (`c_proj`) N(0, 0.02 / sqrt(2 n_layer)), biases zero, LayerNorm weights one.
     /// Draws from libtorch's global generator (seed it with [`tch::manual_seed`]).
+    ///
+    /// A shape whose weights alone exceed the memory the device has available is refused
+    /// before anything is allocated ([`memory::ensure_fits`](crate::memory::ensure_fits)).
     pub fn new<'a>(vs: impl Borrow<Path<'a>>, cfg: &GptConfig) -> Result<Self, ModelError> {
         cfg.validate()?;
         let vs = vs.borrow();
+        crate::memory::ensure_fits(
+            &format!("a GPT-2 of {}", cfg.describe()),
+            cfg.stored_values() * 4,
+            vs.device(),
+        )?;
         let t = vs / "transformer";
         let c = cfg.n_embd as i64;
         let normal = Init::Randn {

@@ -96,7 +96,7 @@ pub fn read_config(path: &FsPath) -> Result<GptConfig, ModelError> {
     };
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     let json: Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
@@ -384,7 +384,7 @@ impl Gpt {
     pub fn load_hf_weights(&self, file: &FsPath) -> Result<(), ModelError> {
         let handle = std::fs::File::open(file).map_err(|source| ModelError::Io {
             path: file.to_owned(),
-            source,
+            error: source,
         })?;
         let header = Header::read_from(&handle, file)?;
         header.verify_checksum(&handle)?;
@@ -510,7 +510,7 @@ impl Gpt {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
             path: dir.to_owned(),
-            source,
+            error: source,
         })?;
         let cfg = self.config();
         let _guard = tch::no_grad_guard();
@@ -538,7 +538,7 @@ impl Gpt {
         lawa_core::checkpoint::write_atomic(&config, config_json(cfg).as_bytes()).map_err(
             |source| ModelError::Io {
                 path: config,
-                source,
+                error: source,
             },
         )
     }

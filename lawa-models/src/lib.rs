@@ -40,6 +40,7 @@ mod error;
 pub mod generate;
 mod gpt;
 pub mod hf;
+pub mod memory;
 mod precision;
 
 pub use config::GptConfig;

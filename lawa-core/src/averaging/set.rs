@@ -213,7 +213,7 @@ impl AveragerSet {
         crate::checkpoint::write_safetensors(&dir.join(STATE_TENSORS), &tensors)?;
         crate::checkpoint::write_atomic(&json_path, &text).map_err(|source| AveragingError::Io {
             path: json_path,
-            source,
+            error: source,
         })
     }
 
@@ -228,7 +228,7 @@ impl AveragerSet {
         };
         let text = std::fs::read(&json_path).map_err(|source| AveragingError::Io {
             path: json_path.clone(),
-            source,
+            error: source,
         })?;
         let saved: SavedSet = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         if saved.version != 1 {

@@ -34,12 +34,12 @@ pub use safetensors::{
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file that is not a well-formed checkpoint file.
     #[error("{}: not a valid checkpoint file: {reason}", .path.display())]
@@ -90,7 +90,7 @@ impl CheckpointError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         CheckpointError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

@@ -59,6 +59,11 @@ impl Dataset {
     /// Opens and validates the dataset in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, DataError> {
         let dir = dir.as_ref();
+        if dir.is_file() {
+            return Err(DataError::NotAFolder {
+                path: dir.to_owned(),
+            });
+        }
         if !dir.is_dir() {
             return Err(DataError::Missing {
                 path: dir.to_owned(),

@@ -11,13 +11,19 @@ pub enum DataError {
         /// Extra advice, starting with "; " when present.
         hint: String,
     },
+    /// A dataset path that names a file.
+    #[error("{}: is a file, not a dataset folder (a folder holding train.bin, val.bin and meta.json)", .path.display())]
+    NotAFolder {
+        /// The path given.
+        path: PathBuf,
+    },
     /// Reading a file failed.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A token file's byte length is not a whole number of uint16 ids.
     #[error("{}: length {bytes} bytes is odd; a .bin file holds uint16 token ids (2 bytes each), so this one is truncated or not a token file", .path.display())]
@@ -95,7 +101,7 @@ impl DataError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

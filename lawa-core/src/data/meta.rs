@@ -52,6 +52,25 @@ pub struct DatasetMeta {
     pub source: String,
     /// sha256 over the corpus files read, in order (hex).
     pub source_sha256: String,
+    /// The corpus files' paths, sizes and modification times, hashed: an identical preparation
+    /// is recognized without reading the corpus again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_fingerprint: String,
+    /// How the documents were read and the vocabulary trained (text field, BPE sample budget),
+    /// so that a preparation with other settings is not taken for this one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settings: String,
+    /// Documents skipped as unreadable (`lawa prepare --skip-bad`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_documents: u64,
+    /// Set while a preparation replaces this dataset in place; such a folder is refused until a
+    /// preparation completes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DatasetMeta {
@@ -71,6 +90,10 @@ impl DatasetMeta {
             val_fraction: f64::NAN,
             source: "nanoGPT preparation (no meta.json)".into(),
             source_sha256: String::new(),
+            source_fingerprint: String::new(),
+            settings: String::new(),
+            skipped_documents: 0,
+            incomplete: false,
         }
     }
 
@@ -78,7 +101,7 @@ impl DatasetMeta {
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
         let meta: DatasetMeta = serde_json::from_str(&text).map_err(|e| DataError::BadMeta {
             path: path.to_owned(),
@@ -92,6 +115,12 @@ impl DatasetMeta {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.incomplete {
+            return Err(
+                "a preparation replacing this dataset was interrupted; run `lawa prepare` again to complete it"
+                    .into(),
+            );
+        }
         if self.vocab_size == 0 || self.vocab_size > MAX_UINT16_VOCAB {
             return Err(format!(
                 "vocab_size {} is outside 1..={MAX_UINT16_VOCAB} (uint16 token ids)",

@@ -41,13 +41,15 @@ pub struct SampleArgs {
 
 /// Runs `lawa sample` and returns the prompt followed by the generated text.
 pub fn run(args: &SampleArgs) -> Result<String> {
-    let tokenizer = match (&args.data, args.tokenizer) {
+    let tokenizer = match (&args.data, &args.tokenizer) {
         (Some(dir), _) => {
             let data = Dataset::open(dir)?;
             TextTokenizer::for_dataset(dir, data.meta())?
         }
-        (None, None | Some(TokenizerSpec::Gpt2)) => TextTokenizer::gpt2()?,
-        (None, Some(TokenizerSpec::Byte)) => TextTokenizer::byte(),
+        (None, None) => TextTokenizer::gpt2()?,
+        (None, Some(spec @ (TokenizerSpec::Gpt2 | TokenizerSpec::Byte | TokenizerSpec::Hf(_)))) => {
+            TextTokenizer::ready_made(spec)?
+        }
         (None, Some(spec @ TokenizerSpec::Bpe(_))) => bail!(
             "--tokenizer {spec}: a trained tokenizer is stored with its dataset; pass --data <dataset-dir> instead"
         ),

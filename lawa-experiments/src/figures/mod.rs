@@ -172,15 +172,18 @@ pub fn render_all(results_dir: &Path) -> Result<Vec<PathBuf>> {
             Outcome::Skipped { name, reason } => tracing::info!("skipping {name}: {reason}"),
         }
     }
+    let dir = results_dir.join(FIGURES_DIR);
     if figures.is_empty() {
         tracing::warn!(
             "{}: no figure can be drawn from {} rows",
             curves_path.display(),
             rows.len()
         );
+        if dir.is_dir() {
+            remove_stale(&dir, &[])?;
+        }
         return Ok(Vec::new());
     }
-    let dir = results_dir.join(FIGURES_DIR);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     let mut written = Vec::new();
@@ -190,7 +193,30 @@ pub fn render_all(results_dir: &Path) -> Result<Vec<PathBuf>> {
             written.push(path);
         }
     }
+    remove_stale(&dir, &written)?;
     Ok(written)
+}
+
+/// Removes the figure files (PNG, SVG) in `dir` that this drawing did not write: figures the
+/// results no longer allow must not stay beside the new ones.
+fn remove_stale(dir: &Path, written: &[PathBuf]) -> Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?
+    {
+        let path = entry
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .path();
+        let figure = path.extension().is_some_and(|e| e == "png" || e == "svg");
+        if figure && !written.contains(&path) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove a stale figure", path.display()))?;
+            tracing::info!(
+                "removed {}, which these results no longer give",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Learning rates with their rank and the count, `(lr, index, count)`: the form the per-lr

@@ -1,24 +1,46 @@
-//! Dataset preparation (`lawa prepare`, and sweeps that prepare their data): a text corpus ->
-//! `train.bin`, `val.bin` (uint16 token ids) and `meta.json`.
+//! Dataset preparation (`lawa prepare`, and sweeps that prepare their data): a corpus ->
+//! `train.bin`, `val.bin` (uint16 token ids, nanoGPT's format), `meta.json`, streamed.
+//!
+//! Documents are read one at a time ([`source`]), tokenized in batches on every core, and
+//! appended to the token files as they come ([`write`]), so memory does not grow with the corpus:
+//! the bound is one batch of documents ([`BATCH_BYTES`] of text and its tokens), the largest
+//! single document, and for `bpe:N` the vocabulary's training sample ([`sample`]). The split
+//! ([`split`]) is decided by document index, so it is the same however the corpus is read.
+//! For a corpus that fits in memory the output is what the earlier in-memory preparation wrote.
 
-pub mod corpus;
+pub mod parquet;
+pub mod sample;
+pub mod source;
+pub mod split;
 pub mod tokenizer;
+pub mod write;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use lawa_core::data::{Dataset, DatasetMeta, SplitMethod, MAX_UINT16_VOCAB, META_FILE};
+use lawa_core::data::{Dataset, DatasetMeta, Split, SplitMethod, MAX_UINT16_VOCAB, META_FILE};
 use rayon::prelude::*;
 
-use corpus::{Corpus, Document};
+use sample::BpeSample;
+use source::{list_files, read_documents, Document, ReadOptions, SourceFile};
+use split::{chunks, position_cut, SplitRule};
 use tokenizer::{TextTokenizer, TokenizerSpec};
+use write::{check_out, publish, DatasetWriter};
+
+/// Text tokenized per batch (the documents of a batch are tokenized in parallel).
+pub const BATCH_BYTES: usize = 16 << 20;
+
+/// The default budget of the `bpe:N` training sample.
+pub const DEFAULT_BPE_SAMPLE_BYTES: usize = 16 << 20;
 
 /// What to prepare, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrepareOptions {
-    /// A .txt file, a folder of .txt files, a .jsonl file with a `text` field per line, or
-    /// `sotu` for the bundled State of the Union corpus.
+    /// A corpus file or folder (see [`source`]), or `sotu` for the bundled State of the Union
+    /// corpus.
     pub source: String,
     /// Output folder [default: data/SOURCE-TOKENIZER, e.g. data/sotu-bpe4096].
     pub out: Option<PathBuf>,
@@ -27,8 +49,45 @@ pub struct PrepareOptions {
     /// Fraction of the corpus held out for validation: whole documents when there are several,
     /// the tail of the text when there is one.
     pub val_fraction: f64,
-    /// Replace an existing, different dataset in the output folder.
+    /// Replace an existing, different dataset in the output folder (only lawa's files).
     pub force: bool,
+    /// The JSON field or Parquet column holding each document's text.
+    pub text_field: String,
+    /// Skip unreadable documents (counted in `meta.json`) instead of stopping.
+    pub skip_bad: bool,
+    /// Bytes of training text a `bpe:N` vocabulary is trained on, at most.
+    pub bpe_sample_bytes: usize,
+    /// Threads for tokenizing [default: every core].
+    pub threads: Option<usize>,
+}
+
+impl PrepareOptions {
+    /// Options with the defaults of `lawa prepare`.
+    pub fn new(source: impl Into<String>, tokenizer: TokenizerSpec) -> Self {
+        PrepareOptions {
+            source: source.into(),
+            out: None,
+            tokenizer,
+            val_fraction: 0.05,
+            force: false,
+            text_field: "text".into(),
+            skip_bad: false,
+            bpe_sample_bytes: DEFAULT_BPE_SAMPLE_BYTES,
+            threads: None,
+        }
+    }
+
+    /// What besides the corpus and tokenizer shapes the output, as recorded in `meta.json`.
+    fn settings(&self) -> String {
+        let mut s = format!("text_field={}", self.text_field);
+        if matches!(self.tokenizer, TokenizerSpec::Bpe(_)) {
+            s.push_str(&format!(" bpe_sample_bytes={}", self.bpe_sample_bytes));
+        }
+        if self.skip_bad {
+            s.push_str(" skip_bad");
+        }
+        s
+    }
 }
 
 /// A prepared dataset's location and whether this call made it.
@@ -45,10 +104,17 @@ fn resolve_source(source: &str) -> Result<(PathBuf, String)> {
     if source == "sotu" && !path.exists() {
         return Ok((crate::assets::sotu_dir()?, "sotu".into()));
     }
-    let name = path
-        .file_stem()
+    let stem = path
+        .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "corpus".into());
+    let name = stem
+        .trim_end_matches(".gz")
+        .trim_end_matches(".zst")
+        .trim_end_matches(".jsonl")
+        .trim_end_matches(".parquet")
+        .trim_end_matches(".txt")
+        .to_string();
     Ok((path, name))
 }
 
@@ -61,49 +127,123 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
             args.val_fraction
         );
     }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
     let (source, name) = resolve_source(&args.source)?;
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("data").join(format!(
-            "{name}-{}",
-            args.tokenizer.to_string().replace(':', "")
-        ))
+        PathBuf::from("data").join(format!("{name}-{}", args.tokenizer.dir_suffix()))
     });
-
-    let started = Instant::now();
-    // A ready-made vocabulary is loaded (and its cache checked) before any corpus work.
-    let ready_made = match args.tokenizer {
-        TokenizerSpec::Gpt2 => Some(TextTokenizer::gpt2()?),
-        TokenizerSpec::Byte => Some(TextTokenizer::byte()),
-        TokenizerSpec::Bpe(_) => None,
-    };
-    let corpus = Corpus::load(&source)?;
-    if let Some(existing) = existing_preparation(&out, &corpus, args)? {
-        tracing::info!(
-            "{} already holds this preparation ({} train / {} val tokens); nothing to do",
-            out.display(),
-            existing.meta().train_tokens,
-            existing.meta().val_tokens
-        );
-        return Ok(Prepared {
-            dir: out,
-            created: false,
-        });
-    }
-    tracing::info!(
-        "read {} documents, {:.1} MB from {}",
-        corpus.documents.len(),
-        corpus.bytes() as f64 / 1e6,
-        source.display()
-    );
-
-    let (train_docs, val_docs, method) = split(&corpus.documents, args.val_fraction)?;
-    let tokenizer = match (args.tokenizer, ready_made) {
-        (TokenizerSpec::Bpe(n), _) => {
-            tracing::info!("training a byte-level BPE of {n} tokens on the training split");
-            TextTokenizer::train_bpe(n, train_docs.iter().map(|d| d.text.as_str()))?
+    let files = list_files(&source)?;
+    let fingerprint = source::fingerprint(&files);
+    let existing = existing_meta(&out)?;
+    if let Some(m) = existing.as_ref().filter(|m| same_settings(m, args)) {
+        if m.source_fingerprint == fingerprint {
+            return Ok(already(out, m));
         }
-        (_, Some(tokenizer)) => tokenizer,
-        (spec, None) => bail!("no tokenizer was loaded for {spec}"),
+    }
+    check_out(&out, args.force)?;
+    let nanogpt = out.join(Split::Train.file_name()).exists() && existing.is_none();
+    let other_settings = existing.as_ref().is_some_and(|m| !same_settings(m, args));
+    if !args.force && (nanogpt || other_settings) {
+        bail!("{}: {ANOTHER_DATASET}", out.display());
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create folder", parent.display()))?;
+    lawa_core::checkpoint::remove_stale_staging(parent)
+        .with_context(|| format!("{}: cannot clear stale staging folders", parent.display()))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0))
+        .build()
+        .context("starting the tokenizing threads")?;
+    let staging = pool.install(|| build(args, &source, &files, &out, fingerprint))?;
+    if let Some(m) = &existing {
+        let built = DatasetMeta::load(&staging.join(META_FILE))?;
+        if same_settings(m, args) && m.source_sha256 == built.source_sha256 {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(already(out, m));
+        }
+        if !args.force {
+            let _ = std::fs::remove_dir_all(&staging);
+            bail!("{}: {ANOTHER_DATASET}", out.display());
+        }
+    }
+    publish(&staging, &out)?;
+    Dataset::open(&out).context("checking the written dataset")?;
+    tracing::info!("wrote {}", out.display());
+    Ok(Prepared {
+        dir: out,
+        created: true,
+    })
+}
+
+const ANOTHER_DATASET: &str = "already holds another dataset (another corpus, tokenizer or split); pass --force to replace it or choose another --out";
+
+/// The report of an identical preparation found in `out`.
+fn already(out: PathBuf, m: &DatasetMeta) -> Prepared {
+    tracing::info!(
+        "{} already holds this preparation ({} train / {} val tokens); nothing to do",
+        out.display(),
+        m.train_tokens,
+        m.val_tokens
+    );
+    Prepared {
+        dir: out,
+        created: false,
+    }
+}
+
+/// The description of the dataset in `out`, if it holds a readable one.
+fn existing_meta(out: &Path) -> Result<Option<DatasetMeta>> {
+    if !out.join(META_FILE).is_file() {
+        return Ok(None);
+    }
+    Ok(Dataset::open(out).ok().map(|d| d.meta().clone()))
+}
+
+/// Whether an earlier preparation used the same tokenizer, split and reading settings.
+fn same_settings(m: &DatasetMeta, args: &PrepareOptions) -> bool {
+    m.tokenizer == args.tokenizer.to_string()
+        && m.val_fraction == args.val_fraction
+        && m.settings == args.settings()
+}
+
+/// Reads, tokenizes and writes the corpus into a staging folder beside `out`; returns it.
+fn build(
+    args: &PrepareOptions,
+    source: &Path,
+    files: &[SourceFile],
+    out: &Path,
+    fingerprint: String,
+) -> Result<PathBuf> {
+    let started = Instant::now();
+    let read = ReadOptions {
+        text_field: args.text_field.clone(),
+        skip_bad: args.skip_bad,
+    };
+    let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    tracing::info!(
+        "preparing {} ({} files, {:.1} MB) with {} on {} threads",
+        source.display(),
+        files.len(),
+        total_bytes as f64 / 1e6,
+        args.tokenizer,
+        rayon::current_num_threads()
+    );
+    let tokenizer = match &args.tokenizer {
+        TokenizerSpec::Bpe(n) => {
+            let texts = bpe_sample(args, files, &read)?;
+            tracing::info!(
+                "training a byte-level BPE of {n} tokens on {:.1} MB of training text",
+                texts.iter().map(String::len).sum::<usize>() as f64 / 1e6
+            );
+            TextTokenizer::train_bpe(*n, texts.iter().map(String::as_str))?
+        }
+        spec => TextTokenizer::ready_made(spec)?,
     };
     if tokenizer.vocab_size() > MAX_UINT16_VOCAB {
         bail!(
@@ -111,341 +251,313 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
             tokenizer.vocab_size()
         );
     }
-    let last_document_is_whole = method == SplitMethod::Document;
-    let train = tokenize_documents(&tokenizer, &train_docs, last_document_is_whole, "train")?;
-    let val = tokenize_documents(&tokenizer, &val_docs, true, "val")?;
-    for (ids, split) in [(&train, "train"), (&val, "val")] {
-        if ids.is_empty() {
-            bail!(
-                "{}: the {split} split holds no tokens; use a larger corpus or another --val-fraction",
-                source.display()
+    let mut writer = DatasetWriter::create(out)?;
+    let result = (|| {
+        let mut sink = Sink::new(
+            &tokenizer,
+            SplitRule {
+                fraction: args.val_fraction,
+            },
+        );
+        let progress = Progress::new(total_bytes, "tokenizing");
+        let stats = read_documents(files, &read, &progress.bytes, |doc| {
+            sink.push(doc, &mut writer)?;
+            progress.show(sink.documents, writer.tokens());
+            Ok(())
+        })?;
+        if sink.documents + sink.batch.len() as u64 == 0 {
+            bail!("{}: corpus holds no text", source.display());
+        }
+        let method = sink.finish(&mut writer, args.val_fraction)?;
+        progress.done();
+        let meta = DatasetMeta {
+            tokenizer: tokenizer.spec().to_string(),
+            tokenizer_file: tokenizer.save_into(writer.staging())?,
+            vocab_size: tokenizer.vocab_size(),
+            eot_token: Some(tokenizer.eot()),
+            train_tokens: 0,
+            val_tokens: 0,
+            train_documents: sink.train_documents,
+            val_documents: sink.val_documents,
+            split: method,
+            val_fraction: args.val_fraction,
+            source: source.display().to_string(),
+            source_sha256: stats.sha256,
+            source_fingerprint: fingerprint,
+            settings: args.settings(),
+            skipped_documents: stats.skipped,
+            incomplete: false,
+        };
+        let (train, val) = writer.tokens();
+        for (tokens, split) in [(train, "train"), (val, "val")] {
+            if tokens == 0 {
+                bail!(
+                    "{}: the {split} split holds no tokens; use a larger corpus or another --val-fraction",
+                    source.display()
+                );
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "{} train + {} val tokens ({}, vocab {}) in {secs:.1} s ({:.0} tokens/s){}",
+            train,
+            val,
+            tokenizer.spec(),
+            tokenizer.vocab_size(),
+            (train + val) as f64 / secs,
+            if stats.skipped > 0 {
+                format!("; {} unreadable documents skipped", stats.skipped)
+            } else {
+                String::new()
+            }
+        );
+        Ok(meta)
+    })();
+    match result {
+        Ok(meta) => writer.finish(meta),
+        Err(e) => {
+            writer.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// The `bpe:N` training sample: a first pass over the corpus, keeping a bounded, seeded sample
+/// of the training documents (see [`sample`]).
+fn bpe_sample(
+    args: &PrepareOptions,
+    files: &[SourceFile],
+    read: &ReadOptions,
+) -> Result<Vec<String>> {
+    let rule = SplitRule {
+        fraction: args.val_fraction,
+    };
+    let mut sample = BpeSample::new(args.bpe_sample_bytes);
+    let mut count = 0u64;
+    let mut any_val = false;
+    let mut first: Option<String> = None;
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    let progress = Progress::new(total, "sampling for the BPE");
+    read_documents(files, read, &progress.bytes, |doc| {
+        if count == 0 {
+            first = Some(doc.text.clone());
+        } else {
+            first = None;
+        }
+        if rule.is_val(count) {
+            any_val = true;
+        } else {
+            sample.offer(count, &doc.text);
+        }
+        count += 1;
+        progress.show(count, (0, 0));
+        Ok(())
+    })?;
+    progress.done();
+    match (count, first) {
+        (1, Some(text)) => {
+            let cut = position_cut(&text, args.val_fraction).unwrap_or(text.len());
+            sample.replace_with(&text[..cut]);
+        }
+        _ if !any_val && count >= 2 => sample.withdraw(count - 1),
+        _ => {}
+    }
+    Ok(sample.into_texts())
+}
+
+/// Where tokenized documents go: validation documents straight to `val.bin`; each training
+/// document held back until the next one arrives, because the last one may turn out to be
+/// needed elsewhere (as the only validation document, or cut by position when the corpus is one
+/// document).
+struct Sink<'a> {
+    tokenizer: &'a TextTokenizer,
+    rule: SplitRule,
+    batch: Vec<Document>,
+    batch_bytes: usize,
+    held: Option<(Document, Vec<u16>)>,
+    documents: u64,
+    train_documents: u64,
+    val_documents: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(tokenizer: &'a TextTokenizer, rule: SplitRule) -> Self {
+        Sink {
+            tokenizer,
+            rule,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            held: None,
+            documents: 0,
+            train_documents: 0,
+            val_documents: 0,
+        }
+    }
+
+    fn push(&mut self, doc: Document, writer: &mut DatasetWriter) -> Result<()> {
+        self.batch_bytes += doc.text.len();
+        self.batch.push(doc);
+        if self.batch_bytes >= BATCH_BYTES {
+            self.flush(writer)?;
+        }
+        Ok(())
+    }
+
+    /// Tokenizes the batch in parallel and routes its documents, in order.
+    fn flush(&mut self, writer: &mut DatasetWriter) -> Result<()> {
+        let docs = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let tokens = tokenize(self.tokenizer, &docs)?;
+        let eot = self.tokenizer.eot() as u16;
+        for (doc, mut ids) in docs.into_iter().zip(tokens) {
+            let index = self.documents;
+            self.documents += 1;
+            ids.push(eot);
+            if self.rule.is_val(index) {
+                writer.append(Split::Val, &ids)?;
+                self.val_documents += 1;
+            } else if let Some((_, previous)) = self.held.replace((doc, ids)) {
+                writer.append(Split::Train, &previous)?;
+                self.train_documents += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Places the held document and says how the corpus was split.
+    fn finish(&mut self, writer: &mut DatasetWriter, val_fraction: f64) -> Result<SplitMethod> {
+        self.flush(writer)?;
+        let eot = self.tokenizer.eot() as u16;
+        let Some((doc, ids)) = self.held.take() else {
+            bail!("the corpus holds no training document");
+        };
+        if self.documents == 1 {
+            // One document: cut by position; the head is training text without end-of-text.
+            let cut = position_cut(&doc.text, val_fraction).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: a single document with no word break after {:.0} % of its text cannot be split by position; give several documents or a longer text",
+                    doc.name,
+                    (1.0 - val_fraction) * 100.0
+                )
+            })?;
+            let (head, tail) = doc.text.split_at(cut);
+            writer.append(Split::Train, &encode(self.tokenizer, head)?)?;
+            let mut tail_ids = encode(self.tokenizer, tail)?;
+            tail_ids.push(eot);
+            writer.append(Split::Val, &tail_ids)?;
+            (self.train_documents, self.val_documents) = (1, 1);
+            return Ok(SplitMethod::Position);
+        }
+        if self.val_documents == 0 {
+            // Fewer than 1 / F documents: the last one is the validation split.
+            writer.append(Split::Val, &ids)?;
+            self.val_documents = 1;
+        } else {
+            writer.append(Split::Train, &ids)?;
+            self.train_documents += 1;
+        }
+        Ok(SplitMethod::Document)
+    }
+}
+
+/// Token ids of each document (no end-of-text), pieces of every document tokenized in parallel.
+fn tokenize(tokenizer: &TextTokenizer, docs: &[Document]) -> Result<Vec<Vec<u16>>> {
+    let pieces: Vec<(usize, &str)> = docs
+        .iter()
+        .enumerate()
+        .flat_map(|(d, doc)| {
+            let size = if tokenizer.pieces_are_safe() {
+                1 << 16
+            } else {
+                usize::MAX
+            };
+            chunks(&doc.text, size).into_iter().map(move |c| (d, c))
+        })
+        .collect();
+    let encoded: Vec<Vec<u32>> = pieces
+        .par_iter()
+        .map(|(_, text)| tokenizer.encode(text))
+        .collect::<Result<_>>()?;
+    let mut out: Vec<Vec<u16>> = vec![Vec::new(); docs.len()];
+    for ((d, _), ids) in pieces.iter().zip(encoded) {
+        out[*d].extend(ids.iter().map(|&id| id as u16));
+    }
+    Ok(out)
+}
+
+/// Token ids of one text, its pieces tokenized in parallel.
+fn encode(tokenizer: &TextTokenizer, text: &str) -> Result<Vec<u16>> {
+    let doc = Document {
+        name: String::new(),
+        text: text.to_string(),
+    };
+    Ok(tokenize(tokenizer, std::slice::from_ref(&doc))?.remove(0))
+}
+
+/// Progress over the corpus bytes: a bar with documents, tokens and tokens/s on a terminal, a
+/// log line every 30 s otherwise.
+struct Progress {
+    bytes: Arc<AtomicU64>,
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    last_log: std::cell::Cell<Instant>,
+    label: &'static str,
+}
+
+impl Progress {
+    fn new(total: u64, label: &'static str) -> Self {
+        Progress {
+            bytes: Arc::new(AtomicU64::new(0)),
+            bar: crate::progress::bar(total, label, "bytes"),
+            started: Instant::now(),
+            last_log: std::cell::Cell::new(Instant::now()),
+            label,
+        }
+    }
+
+    fn show(&self, documents: u64, (train, val): (u64, u64)) {
+        let read = self.bytes.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let tokens = train + val;
+        self.bar.set_position(read);
+        self.bar.set_message(format!(
+            "{documents} docs, {tokens} tokens, {:.0} tokens/s",
+            tokens as f64 / secs
+        ));
+        if !crate::progress::interactive() && self.last_log.get().elapsed().as_secs() >= 30 {
+            self.last_log.set(Instant::now());
+            let total = self.bar.length().unwrap_or(0).max(1);
+            let eta = secs / read.max(1) as f64 * total.saturating_sub(read) as f64;
+            tracing::info!(
+                "{}: {:.1} % of {:.1} MB, {documents} documents, {tokens} tokens, {:.0} tokens/s, ETA {eta:.0} s",
+                self.label,
+                100.0 * read as f64 / total as f64,
+                total as f64 / 1e6,
+                tokens as f64 / secs
             );
         }
     }
 
-    let meta = DatasetMeta {
-        tokenizer: tokenizer.spec().to_string(),
-        tokenizer_file: None,
-        vocab_size: tokenizer.vocab_size(),
-        eot_token: Some(tokenizer.eot()),
-        train_tokens: train.len() as u64,
-        val_tokens: val.len() as u64,
-        train_documents: train_docs.len() as u64,
-        val_documents: val_docs.len() as u64,
-        split: method,
-        val_fraction: args.val_fraction,
-        source: source.display().to_string(),
-        source_sha256: corpus.sha256.clone(),
-    };
-    write_dataset(&out, &tokenizer, meta, &train, &val, args.force)?;
-    let tokens = train.len() + val.len();
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        "wrote {}: {} train + {} val tokens ({}, vocab {}) in {secs:.1} s ({:.0} tokens/s)",
-        out.display(),
-        train.len(),
-        val.len(),
-        tokenizer.spec(),
-        tokenizer.vocab_size(),
-        tokens as f64 / secs
-    );
-    Ok(Prepared {
-        dir: out,
-        created: true,
-    })
-}
-
-/// An identical earlier preparation in `out` (same corpus bytes, tokenizer and split), if any.
-/// A different dataset there is an error unless `--force`.
-fn existing_preparation(
-    out: &Path,
-    corpus: &Corpus,
-    args: &PrepareOptions,
-) -> Result<Option<Dataset>> {
-    if !out.exists() {
-        return Ok(None);
+    fn done(&self) {
+        self.bar.finish_and_clear();
     }
-    if !out.is_dir() {
-        bail!("{}: exists and is not a folder", out.display());
-    }
-    if out.join(META_FILE).is_file() {
-        if let Ok(existing) = Dataset::open(out) {
-            let m = existing.meta();
-            if m.source_sha256 == corpus.sha256
-                && m.tokenizer == args.tokenizer.to_string()
-                && m.val_fraction == args.val_fraction
-            {
-                return Ok(Some(existing));
-            }
-        }
-    }
-    let empty = std::fs::read_dir(out)
-        .with_context(|| format!("{}: cannot list folder", out.display()))?
-        .next()
-        .is_none();
-    if !empty && !args.force {
-        bail!(
-            "{}: already holds something else (another corpus, tokenizer or split); pass --force to replace it or choose another --out",
-            out.display()
-        );
-    }
-    Ok(None)
-}
-
-/// Splits documents into training and validation sets, deterministically.
-///
-/// Several documents: document `i` goes to validation when `floor((i + 1) F) > floor(i F)`,
-/// which spreads `round(n F)` validation documents evenly through the corpus (at least one of
-/// each kind). One document: cut at fraction `1 - F` of its text, moved forward to the next
-/// place where every supported tokenizer splits anyway (preferably a line break), so the cut
-/// never changes the tokens.
-pub fn split(
-    documents: &[Document],
-    val_fraction: f64,
-) -> Result<(Vec<Document>, Vec<Document>, SplitMethod)> {
-    if documents.len() >= 2 {
-        let mut train = Vec::new();
-        let mut val = Vec::new();
-        for (i, doc) in documents.iter().enumerate() {
-            let before = (i as f64 * val_fraction).floor();
-            let after = ((i + 1) as f64 * val_fraction).floor();
-            if after > before {
-                val.push(doc.clone());
-            } else {
-                train.push(doc.clone());
-            }
-        }
-        if val.is_empty() {
-            if let Some(last) = train.pop() {
-                val.push(last);
-            }
-        }
-        if train.is_empty() {
-            bail!("--val-fraction {val_fraction} leaves no training documents");
-        }
-        return Ok((train, val, SplitMethod::Document));
-    }
-    let doc = &documents[0];
-    let text = doc.text.as_str();
-    let target = ((text.len() as f64) * (1.0 - val_fraction)) as usize;
-    let cut = safe_cut_at_or_after(text, target).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: a single document with no word break after {:.0} % of its text cannot be split by position; give several documents or a longer text",
-            doc.name,
-            (1.0 - val_fraction) * 100.0
-        )
-    })?;
-    let (head, tail) = text.split_at(cut);
-    let part = |suffix: &str, text: &str| Document {
-        name: format!("{} ({suffix})", doc.name),
-        text: text.to_string(),
-    };
-    Ok((
-        vec![part("head", head)],
-        vec![part("tail", tail)],
-        SplitMethod::Position,
-    ))
-}
-
-/// Whether byte offset `i` of `text` is a place where every supported pre-tokenizer (GPT-2's
-/// regex, the byte-level BPE's, and bytes) has a token boundary anyway: right after a `\n` before
-/// a non-space character, or between a non-space character and a space. No pre-token holds a
-/// newline beside other characters, nor a non-space character followed by a space.
-fn is_safe_cut(text: &str, i: usize) -> bool {
-    let bytes = text.as_bytes();
-    if i == 0 || i >= bytes.len() || !text.is_char_boundary(i) {
-        return false;
-    }
-    let Some(next) = text[i..].chars().next() else {
-        return false;
-    };
-    let Some(prev) = text[..i].chars().next_back() else {
-        return false;
-    };
-    (prev == '\n' && !next.is_whitespace()) || (!prev.is_whitespace() && next == ' ')
-}
-
-/// The first [`is_safe_cut`] offset at or after `from`, preferring a line break within 4 KiB.
-fn safe_cut_at_or_after(text: &str, from: usize) -> Option<usize> {
-    let newline = (from..text.len().min(from + 4096))
-        .find(|&i| text.as_bytes()[i.max(1) - 1] == b'\n' && is_safe_cut(text, i));
-    newline.or_else(|| (from..text.len()).find(|&i| is_safe_cut(text, i)))
-}
-
-/// Pieces of about `target` bytes, cut only at [`safe_cut_at_or_after`] boundaries, so that
-/// tokenizing the pieces separately gives exactly the tokens of the whole.
-fn chunks(text: &str, target: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while text.len() - start > target {
-        match safe_cut_at_or_after(text, start + target) {
-            Some(cut) => {
-                out.push(&text[start..cut]);
-                start = cut;
-            }
-            None => break,
-        }
-    }
-    out.push(&text[start..]);
-    out
 }
 
 /// Token ids of a split's documents, in order, each followed by end-of-text (except, when
-/// `last_document_is_whole` is false, the last: the head of a document cut by position).
-/// Uses every core; shows progress.
+/// `last_document_is_whole` is false, the last: the head of a document cut by position), as a
+/// preparation writes them. Used by tests and benchmarks to compare with other tokenizers.
 pub fn tokenize_documents(
     tokenizer: &TextTokenizer,
     docs: &[Document],
     last_document_is_whole: bool,
-    label: &str,
 ) -> Result<Vec<u16>> {
-    let pieces: Vec<(usize, &str)> = docs
-        .iter()
-        .enumerate()
-        .flat_map(|(d, doc)| chunks(&doc.text, 1 << 16).into_iter().map(move |c| (d, c)))
-        .collect();
-    let total: u64 = pieces.iter().map(|(_, c)| c.len() as u64).sum();
-    let bar = crate::progress::bar(total, &format!("tokenizing {label}"), "bytes");
-    let encoded: Vec<Vec<u32>> = pieces
-        .par_iter()
-        .map(|(_, text)| {
-            let ids = tokenizer.encode(text);
-            bar.inc(text.len() as u64);
-            ids
-        })
-        .collect::<Result<_>>()?;
-    bar.finish_and_clear();
-    let mut ids = Vec::with_capacity(encoded.iter().map(Vec::len).sum::<usize>() + docs.len());
     let eot = tokenizer.eot() as u16;
-    for (i, piece_ids) in encoded.iter().enumerate() {
-        ids.extend(piece_ids.iter().map(|&id| id as u16));
-        let doc = pieces[i].0;
-        let doc_ends = pieces.get(i + 1).is_none_or(|(next, _)| *next != doc);
-        if doc_ends && (last_document_is_whole || doc + 1 < docs.len()) {
+    let mut ids = Vec::new();
+    for (i, doc_ids) in tokenize(tokenizer, docs)?.into_iter().enumerate() {
+        ids.extend(doc_ids);
+        if last_document_is_whole || i + 1 < docs.len() {
             ids.push(eot);
         }
     }
     Ok(ids)
-}
-
-fn to_le_bytes(ids: &[u16]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
-}
-
-/// Writes the dataset into a fresh sibling folder, then moves it into place, so `out` holds
-/// either the old dataset or the whole new one.
-fn write_dataset(
-    out: &Path,
-    tokenizer: &TextTokenizer,
-    mut meta: DatasetMeta,
-    train: &[u16],
-    val: &[u16],
-    force: bool,
-) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("{}: cannot create folder", parent.display()))?;
-    let base = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into());
-    let staging = parent.join(format!(".{base}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let result = (|| -> Result<()> {
-        std::fs::create_dir(&staging)
-            .with_context(|| format!("{}: cannot create folder", staging.display()))?;
-        meta.tokenizer_file = tokenizer.save_into(&staging)?;
-        for (name, ids) in [("train.bin", train), ("val.bin", val)] {
-            let path = staging.join(name);
-            lawa_core::checkpoint::write_atomic(&path, &to_le_bytes(ids))
-                .with_context(|| format!("{}: cannot write", path.display()))?;
-        }
-        meta.save(&staging)
-            .with_context(|| format!("{}: cannot write meta.json", staging.display()))?;
-        Dataset::open(&staging).context("checking the written dataset")?;
-        if out.exists() {
-            if !force && std::fs::read_dir(out)?.next().is_some() {
-                bail!("{}: appeared while preparing; not replaced", out.display());
-            }
-            let old = parent.join(format!(".{base}.old-{}", std::process::id()));
-            std::fs::rename(out, &old)
-                .with_context(|| format!("{}: cannot move aside", out.display()))?;
-            std::fs::rename(&staging, out)
-                .with_context(|| format!("{}: cannot move into place", out.display()))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&staging, out)
-                .with_context(|| format!("{}: cannot move into place", out.display()))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn docs(n: usize) -> Vec<Document> {
-        (0..n)
-            .map(|i| Document {
-                name: format!("d{i}"),
-                text: format!("document {i}\n"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn document_split_is_even_and_deterministic() {
-        let (train, val, method) = split(&docs(20), 0.1).unwrap();
-        assert_eq!(method, SplitMethod::Document);
-        let names: Vec<_> = val.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["d9", "d19"]);
-        assert_eq!(train.len(), 18);
-        // At least one validation document even when F * n < 1.
-        let (train, val, _) = split(&docs(3), 0.05).unwrap();
-        assert_eq!((train.len(), val.len()), (2, 1));
-    }
-
-    #[test]
-    fn single_document_is_cut_after_a_newline() {
-        let text = "line one\nline two\nline three\nline four\n".to_string();
-        let d = vec![Document {
-            name: "x".into(),
-            text: text.clone(),
-        }];
-        let (train, val, method) = split(&d, 0.5).unwrap();
-        assert_eq!(method, SplitMethod::Position);
-        assert_eq!(train[0].text, "line one\nline two\nline three\n");
-        assert_eq!(val[0].text, "line four\n");
-        assert_eq!(format!("{}{}", train[0].text, val[0].text), text);
-    }
-
-    #[test]
-    fn chunks_rejoin_to_the_text_and_cut_only_after_newlines() {
-        let text = "alpha beta\n\n  gamma\ndelta\n".repeat(500);
-        let pieces = chunks(&text, 100);
-        assert!(pieces.len() > 10);
-        assert_eq!(pieces.concat(), text);
-        for p in &pieces[1..] {
-            assert!(
-                !p.starts_with(char::is_whitespace),
-                "cut at a line break: {p:?}"
-            );
-        }
-        // One long line: cut between words, the space going with the next piece.
-        let line = "word ".repeat(1000);
-        let pieces = chunks(&line, 100);
-        assert_eq!(pieces.concat(), line);
-        assert!(pieces.len() > 10);
-        for p in &pieces[1..] {
-            assert!(p.starts_with(" w"), "{p:?}");
-        }
-    }
 }

@@ -1,7 +1,7 @@
 //! Text to token ids and back: the genuine GPT-2 BPE, a byte-level BPE trained on the corpus
 //! (`bpe:N`, small vocabularies make CPU runs fast), or raw bytes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use lawa_core::data::{DatasetMeta, MAX_UINT16_VOCAB};
@@ -12,11 +12,13 @@ use tokenizers::{AddedToken, Tokenizer};
 
 /// The end-of-text marker that separates documents.
 pub const EOT_TEXT: &str = "<|endoftext|>";
+/// End-of-text tokens looked for in a `tokenizer.json`, in order.
+pub const EOT_CANDIDATES: [&str; 4] = [EOT_TEXT, "</s>", "<|end_of_text|>", "<eos>"];
 /// File name of a trained tokenizer inside a dataset folder.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Which tokenizer, as written on the command line and in `meta.json`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenizerSpec {
     /// GPT-2's 50,257-token byte-level BPE.
     Gpt2,
@@ -24,6 +26,8 @@ pub enum TokenizerSpec {
     Bpe(u32),
     /// One token per byte, plus end-of-text (257 tokens).
     Byte,
+    /// A Hugging Face `tokenizer.json` (e.g. Pythia's), copied into the dataset folder.
+    Hf(PathBuf),
 }
 
 impl std::fmt::Display for TokenizerSpec {
@@ -32,6 +36,17 @@ impl std::fmt::Display for TokenizerSpec {
             TokenizerSpec::Gpt2 => write!(f, "gpt2"),
             TokenizerSpec::Bpe(n) => write!(f, "bpe:{n}"),
             TokenizerSpec::Byte => write!(f, "byte"),
+            TokenizerSpec::Hf(path) => write!(f, "hf:{}", path.display()),
+        }
+    }
+}
+
+impl TokenizerSpec {
+    /// The spec in a dataset folder's default name (`gpt2`, `bpe4096`, `byte`, `hf`).
+    pub fn dir_suffix(&self) -> String {
+        match self {
+            TokenizerSpec::Hf(_) => "hf".into(),
+            other => other.to_string().replace(':', ""),
         }
     }
 }
@@ -42,9 +57,13 @@ impl std::str::FromStr for TokenizerSpec {
         match s {
             "gpt2" => Ok(TokenizerSpec::Gpt2),
             "byte" => Ok(TokenizerSpec::Byte),
+            _ if s.starts_with("hf:") => Ok(TokenizerSpec::Hf(PathBuf::from(&s[3..]))),
+            _ if s.ends_with(".json") => Ok(TokenizerSpec::Hf(PathBuf::from(s))),
             _ => {
                 let n = s.strip_prefix("bpe:").ok_or_else(|| {
-                    format!("unknown tokenizer '{s}' (expected gpt2, bpe:N or byte)")
+                    format!(
+                        "unknown tokenizer '{s}' (expected gpt2, bpe:N, byte, or a tokenizer.json file)"
+                    )
                 })?;
                 let n: u64 = n
                     .parse()
@@ -113,6 +132,53 @@ impl TextTokenizer {
         Self::gpt2_from_files(&encoder, &vocab)
     }
 
+    /// A tokenizer that needs no training: GPT-2's, bytes, or a `tokenizer.json`.
+    pub fn ready_made(spec: &TokenizerSpec) -> Result<Self> {
+        match spec {
+            TokenizerSpec::Gpt2 => Self::gpt2(),
+            TokenizerSpec::Byte => Ok(Self::byte()),
+            TokenizerSpec::Hf(path) => Self::from_json(path, spec.clone()),
+            TokenizerSpec::Bpe(n) => bail!("bpe:{n} is trained on the corpus, not ready-made"),
+        }
+    }
+
+    /// A Hugging Face `tokenizer.json`: its end-of-text token is the first of
+    /// [`EOT_CANDIDATES`] it knows.
+    pub fn from_json(path: &Path, spec: TokenizerSpec) -> Result<Self> {
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let eot = EOT_CANDIDATES
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: has no end-of-text token (looked for {})",
+                    path.display(),
+                    EOT_CANDIDATES.join(", ")
+                )
+            })?;
+        let vocab_size = tokenizer.get_vocab_size(true) as u32;
+        if vocab_size > MAX_UINT16_VOCAB {
+            bail!(
+                "{}: a vocabulary of {vocab_size} does not fit uint16 token ids (at most {MAX_UINT16_VOCAB})",
+                path.display()
+            );
+        }
+        Ok(TextTokenizer {
+            spec,
+            inner: Inner::Hf(Box::new(tokenizer)),
+            vocab_size,
+            eot,
+        })
+    }
+
+    /// Whether a text may be cut at [`is_safe_cut`](super::split::is_safe_cut) places and its
+    /// pieces tokenized apart with the same result (true for GPT-2's and lawa's byte-level BPEs
+    /// and bytes; a `tokenizer.json` may add a prefix to every piece, so it gets whole texts).
+    pub fn pieces_are_safe(&self) -> bool {
+        !matches!(self.spec, TokenizerSpec::Hf(_))
+    }
+
     /// The byte tokenizer: ids 0..=255 are bytes, 256 is end-of-text.
     pub fn byte() -> Self {
         TextTokenizer {
@@ -161,6 +227,10 @@ impl TextTokenizer {
         let tokenizer = match spec {
             TokenizerSpec::Gpt2 => Self::gpt2()?,
             TokenizerSpec::Byte => Self::byte(),
+            TokenizerSpec::Hf(_) => {
+                let file = dir.join(meta.tokenizer_file.as_deref().unwrap_or(TOKENIZER_FILE));
+                Self::from_json(&file, spec)?
+            }
             TokenizerSpec::Bpe(_) => {
                 let file = dir.join(meta.tokenizer_file.as_deref().unwrap_or(TOKENIZER_FILE));
                 let tokenizer = Tokenizer::from_file(&file)
@@ -188,8 +258,8 @@ impl TextTokenizer {
     }
 
     /// The spec this tokenizer was made from.
-    pub fn spec(&self) -> TokenizerSpec {
-        self.spec
+    pub fn spec(&self) -> &TokenizerSpec {
+        &self.spec
     }
 
     /// Number of token ids.
@@ -235,8 +305,8 @@ impl TextTokenizer {
     /// Saves a trained tokenizer as `tokenizer.json` in `dir` (no-op for gpt2 and byte, which
     /// need no file of their own). Returns the file name when one was written.
     pub fn save_into(&self, dir: &Path) -> Result<Option<String>> {
-        match (&self.inner, self.spec) {
-            (Inner::Hf(t), TokenizerSpec::Bpe(_)) => {
+        match (&self.inner, &self.spec) {
+            (Inner::Hf(t), TokenizerSpec::Bpe(_) | TokenizerSpec::Hf(_)) => {
                 let path = dir.join(TOKENIZER_FILE);
                 t.save(&path, false)
                     .map_err(|e| anyhow!("{}: {e}", path.display()))

@@ -107,15 +107,14 @@ fn plan_with_data(path: &Path) -> Result<(SweepConfig, Vec<PlannedRun>)> {
         crate::train::config::ensure_available(r.plan.device)?;
     }
     if let Some(p) = &cfg.data.prepare {
+        let tokenizer = p
+            .tokenizer
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: data.prepare.tokenizer: {e}", path.display()))?;
         prepare(&PrepareOptions {
-            source: p.source.clone(),
             out: Some(data_dir.clone()),
-            tokenizer: p
-                .tokenizer
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{}: data.prepare.tokenizer: {e}", path.display()))?,
             val_fraction: p.val_fraction,
-            force: false,
+            ..PrepareOptions::new(p.source.clone(), tokenizer)
         })?;
     }
     let data = lawa_core::data::Dataset::open(&data_dir)?;

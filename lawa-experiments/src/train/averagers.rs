@@ -146,6 +146,15 @@ impl AveragerSpec {
         })
     }
 
+    /// At most how many copies of the weights this averager holds (LAWA: its window; EMA, SWA:
+    /// one), and the storage it asks for.
+    pub fn copies_held(&self) -> (u128, Option<Storage>) {
+        match *self {
+            AveragerSpec::Lawa { k, storage, .. } => (k as u128, storage),
+            AveragerSpec::Ema { storage, .. } | AveragerSpec::Swa { storage, .. } => (1, storage),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             AveragerSpec::Lawa { .. } => "lawa",

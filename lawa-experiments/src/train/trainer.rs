@@ -359,7 +359,8 @@ pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<Ru
     // Everything that can be refused is checked before the run folder is touched.
     super::config::ensure_available(plan.device)?;
     let data = Dataset::open(&cfg.data)?;
-    cfg.model_config(data.meta().vocab_size as usize)?;
+    let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
+    ensure_memory(plan, &model_cfg)?;
     let _claim = super::run_dir::claim(plan)?;
     if let Some(outcome) = status::read(&plan.dir)? {
         tracing::info!(
@@ -427,6 +428,43 @@ pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<Ru
     trainer
         .finish(RunStatus::Finished)
         .with_context(|| format!("{}: finishing", plan.dir.display()))
+}
+
+/// Refuses a run whose model, gradients, AdamW moments, evaluation copy and averager copies
+/// cannot fit in the memory available (checked for host memory; libtorch does not say how much
+/// a GPU has free), with the figure.
+fn ensure_memory(plan: &RunPlan, model: &lawa_models::GptConfig) -> Result<()> {
+    use lawa_core::averaging::Storage;
+    let cfg = &plan.config;
+    let (mut on_device, mut on_host) = (5u128, 0u128);
+    for spec in &cfg.averagers {
+        let (copies, storage) = spec.copies_held();
+        match storage.unwrap_or(cfg.averager_storage) {
+            Storage::Training => on_device += copies,
+            Storage::Cpu => on_host += copies,
+        }
+    }
+    if plan.device == tch::Device::Cpu {
+        (on_device, on_host) = (on_device + on_host, 0);
+    }
+    let bytes = |copies: u128| model.stored_values() * 4 * copies;
+    lawa_models::memory::ensure_fits(
+        &format!(
+            "training a GPT-2 of {} ({on_device} copies of its weights: the weights, gradients, two AdamW moments, an evaluation copy and the averagers')",
+            model.describe()
+        ),
+        bytes(on_device),
+        plan.device,
+    )?;
+    lawa_models::memory::ensure_fits(
+        &format!(
+            "the averagers kept in host memory ({on_host} copies of a GPT-2 of {})",
+            model.describe()
+        ),
+        bytes(on_host),
+        tch::Device::Cpu,
+    )?;
+    Ok(())
 }
 
 fn log_evaluation(name: &str, rows: &[CurveRow]) {
