@@ -475,3 +475,35 @@ fn bad_input_is_one_clear_error_and_writes_nothing() {
     assert!(err.contains("summary.csv:1: wrong header"), "{err}");
     assert!(!results.join(FIGURES_DIR).exists());
 }
+
+#[test]
+fn gain_figures_draw_bands_of_one_standard_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = full_runs();
+    let results = write_sweep(dir.path(), &curves_csv(&runs, &all_weights(), true), None);
+    let rows: Vec<CurveRow> = read_rows(&results.join("curves.csv")).unwrap();
+    let sweep = Sweep::from_rows(&rows, None);
+    let mut checked = 0;
+    for outcome in lawa_experiments::figures::build_all(&sweep) {
+        let lawa_experiments::figures::Outcome::Drawn(figure) = outcome else {
+            continue;
+        };
+        if !["lawa_gain_vs_step", "gain_vs_k", "gain_vs_nu"].contains(&figure.name.as_str()) {
+            continue;
+        }
+        for series in figure.panels.iter().flat_map(|p| &p.series) {
+            if series.points.is_empty() || series.outlier {
+                continue;
+            }
+            assert_eq!(series.band.len(), series.points.len(), "{}", figure.name);
+            for (&(x, y), &(bx, lo, hi)) in series.points.iter().zip(&series.band) {
+                assert_eq!(x, bx);
+                // The synthetic gain is the same for every seed: the error is the windows'
+                // paired SE, 0.004, on either side of the mean.
+                assert!((y - lo - 0.004).abs() < 1e-9 && (hi - y - 0.004).abs() < 1e-9);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} gain series with bands");
+}

@@ -5,7 +5,7 @@
 use super::lines::{raw_pairs, unfinished_notes, weights_lines, Look, Quantity};
 use super::plot::{format_lr, ordered_color, Dash, Figure, Panel, Series};
 use super::{describe_label, Outcome, Scope};
-use crate::results::metrics::{gain_at, middle_step};
+use crate::results::metrics::{middle_step, GainStat};
 use crate::results::Strategy;
 
 /// The y axis label of gain plots.
@@ -51,7 +51,7 @@ pub fn gain_vs_step(scope: &Scope) -> Outcome {
     Outcome::Drawn(Figure {
         name: scope.name(BASE),
         title: format!(
-            "LAWA gain over raw weights ({}), model {}{} — above 0: LAWA is better",
+            "LAWA gain over raw weights ({}), model {}{} — above 0: LAWA is better; band: ± standard error",
             describe_label(scope.sweep, &lawa),
             scope.model,
             scope.seeds_note(false)
@@ -134,21 +134,25 @@ pub fn gain_vs_param(scope: &Scope, param: Param) -> Outcome {
     for (when, step) in [("middle of training", middle), ("end of training", last)] {
         let mut series = Vec::new();
         for (i, (&lr, raw)) in lrs.iter().zip(&raws).enumerate() {
-            let Some(raw) = raw else { continue };
+            if raw.is_none() {
+                continue;
+            }
             for (j, &other) in others.iter().enumerate() {
-                let points: Vec<(f64, f64)> = xs
+                let stats: Vec<(f64, GainStat)> = xs
                     .iter()
                     .filter_map(|&x| {
                         let (_, _, label) = configs
                             .iter()
                             .find(|c| x_of(c) == x && other_of(c) == other)?;
-                        let avg = scope.sweep.mean(scope.model, lr, label)?.pairs();
-                        gain_at(raw, &avg, step).map(|g| (x as f64, g))
+                        let stats = scope.sweep.gain_stats(scope.model, lr, label);
+                        let (_, g) = stats.into_iter().find(|(s, _)| *s == step)?;
+                        Some((x as f64, g))
                     })
                     .collect();
-                if points.is_empty() {
+                if stats.is_empty() {
                     continue;
                 }
+                let points: Vec<(f64, f64)> = stats.iter().map(|(x, g)| (*x, g.mean)).collect();
                 let label = match (param, others.len()) {
                     (_, 1) => format!("lr {}", format_lr(lr)),
                     (Param::K, _) => format!("lr {}, ν={other}", format_lr(lr)),
@@ -157,6 +161,10 @@ pub fn gain_vs_param(scope: &Scope, param: Param) -> Outcome {
                 let mut line = Series::line(label, ordered_color(i, lrs.len()), points)
                     .dashed(dashes[j % dashes.len()]);
                 line.markers = true;
+                line.band = stats
+                    .iter()
+                    .map(|(x, g)| (*x, g.mean - g.se, g.mean + g.se))
+                    .collect();
                 series.push(line);
             }
         }
@@ -191,7 +199,7 @@ pub fn gain_vs_param(scope: &Scope, param: Param) -> Outcome {
     Outcome::Drawn(Figure {
         name: scope.name(base),
         title: format!(
-            "LAWA gain vs {what}, model {}{}",
+            "LAWA gain vs {what}, model {}{} (band: ± standard error)",
             scope.model,
             scope.seeds_note(false)
         ),

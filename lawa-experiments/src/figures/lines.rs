@@ -1,6 +1,6 @@
-//! Plot series from a sweep's curves: the seed mean of finished runs (with a min–max band when
-//! there are several seeds), and one thin line per run that diverged or stopped, explained by
-//! one legend entry per such run.
+//! Plot series from a sweep's curves: the seed mean of finished runs (losses with a min–max
+//! band over seeds; gains with a band of ± their standard error), and one thin line per run that
+//! diverged or stopped, explained by one legend entry per such run.
 
 use plotters::style::RGBColor;
 
@@ -58,7 +58,9 @@ pub fn weights_lines(
     look: &Look,
 ) -> Vec<Series> {
     let mut out = Vec::new();
-    if let Some(mean) = sweep.mean(model, lr, label) {
+    if q == Quantity::GainOverRaw {
+        out.extend(gain_line(sweep, model, lr, label, look));
+    } else if let Some(mean) = sweep.mean(model, lr, label) {
         let raw = sweep.mean(model, lr, "raw");
         let points = quantity(q, &mean, raw.as_ref());
         if !points.is_empty() {
@@ -94,6 +96,23 @@ pub fn weights_lines(
         out.push(series);
     }
     out
+}
+
+/// The mean gain over seeds of `label` at (model, lr), with a band of ± its standard error
+/// (seed spread and window sampling, [`metrics::seed_gain`]).
+fn gain_line(sweep: &Sweep, model: &str, lr: f64, label: &str, look: &Look) -> Option<Series> {
+    let stats = sweep.gain_stats(model, lr, label);
+    if stats.is_empty() {
+        return None;
+    }
+    let points: Vec<(f64, f64)> = stats.iter().map(|(s, g)| (*s as f64, g.mean)).collect();
+    let mut series = Series::line(look.label.clone(), look.color, points).dashed(look.dash);
+    series.width = look.width;
+    series.band = stats
+        .iter()
+        .map(|(s, g)| (*s as f64, g.mean - g.se, g.mean + g.se))
+        .collect();
+    Some(series)
 }
 
 /// The raw validation-loss pairs of the seed mean at (model, lr).

@@ -14,6 +14,8 @@ pub struct Point {
     pub val: f64,
     /// Training loss (nats), when measured and finite.
     pub train: Option<f64>,
+    /// Standard error of the gain over the raw weights, paired over the windows.
+    pub gain_se: Option<f64>,
 }
 
 /// What a set of weights is, independent of the run.
@@ -217,6 +219,7 @@ impl Sweep {
                     step: row.step,
                     val: row.val_loss,
                     train: row.train_loss.filter(|t| t.is_finite()),
+                    gain_se: row.gain_se,
                 });
         }
         for run in &mut sweep.runs {
@@ -324,6 +327,37 @@ impl Sweep {
             .filter_map(|r| r.curves.get(label).map(Vec::as_slice))
             .collect();
         MeanCurve::of(&curves)
+    }
+
+    /// The gain of `label` over the raw weights at each step, summarized over the finished runs
+    /// of (model, lr) (see [`metrics::seed_gain`]), at the steps every one of them has both.
+    pub fn gain_stats(&self, model: &str, lr: f64, label: &str) -> Vec<(u64, metrics::GainStat)> {
+        let runs: Vec<&Run> = self
+            .runs_at(model, lr)
+            .into_iter()
+            .filter(|r| r.end == RunEnd::Finished)
+            .collect();
+        let Some(first) = runs.first().and_then(|r| r.curves.get(label)) else {
+            return Vec::new();
+        };
+        let at = |run: &Run, name: &str, step: u64| -> Option<Point> {
+            let curve = run.curves.get(name)?;
+            let i = curve.binary_search_by_key(&step, |p| p.step).ok()?;
+            Some(curve[i])
+        };
+        first
+            .iter()
+            .filter_map(|p| {
+                let per_seed: Option<Vec<(f64, Option<f64>)>> = runs
+                    .iter()
+                    .map(|r| {
+                        let (raw, avg) = (at(r, "raw", p.step)?, at(r, label, p.step)?);
+                        Some((raw.val - avg.val, avg.gain_se))
+                    })
+                    .collect();
+                Some((p.step, metrics::seed_gain(&per_seed?)?))
+            })
+            .collect()
     }
 
     /// The runs of (model, lr) that did not finish, each drawn on its own.

@@ -85,6 +85,53 @@ pub fn mean_and_se(values: &[f64]) -> Option<(f64, f64)> {
     Some((m, (var / n as f64).sqrt()))
 }
 
+/// A gain over the raw weights summarized over seeds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GainStat {
+    /// Mean gain over the seeds.
+    pub mean: f64,
+    /// Standard error of `mean`: `sqrt(sd² / n + w²)`, with `sd` the standard deviation of the
+    /// seeds' gains (training noise; 0 with one seed) and `w` the mean of their paired
+    /// standard errors over the evaluation windows (which windows were drawn: the same windows
+    /// for every seed, so this part does not shrink with more seeds).
+    pub se: f64,
+    /// Standard deviation of the gain over seeds (None with one seed).
+    pub sd_seeds: Option<f64>,
+    /// Mean of the per-seed paired standard errors over windows (None when not measured).
+    pub se_windows: Option<f64>,
+    /// Smallest gain of a seed.
+    pub min: f64,
+    /// Largest gain of a seed.
+    pub max: f64,
+    /// Number of seeds.
+    pub seeds: usize,
+}
+
+/// Summarizes per-seed gains, each with its paired standard error over windows when known.
+/// None for no seeds.
+pub fn seed_gain(per_seed: &[(f64, Option<f64>)]) -> Option<GainStat> {
+    let gains: Vec<f64> = per_seed.iter().map(|p| p.0).collect();
+    let mean = mean(&gains)?;
+    let sd = mean_and_se(&gains).map(|(_, se)| se * (gains.len() as f64).sqrt());
+    let windows: Vec<f64> = per_seed.iter().filter_map(|p| p.1).collect();
+    let se_windows = if windows.len() == per_seed.len() {
+        self::mean(&windows)
+    } else {
+        None
+    };
+    let n = gains.len() as f64;
+    let se = (sd.map_or(0.0, |sd| sd * sd / n) + se_windows.map_or(0.0, |w| w * w)).sqrt();
+    Some(GainStat {
+        mean,
+        se,
+        sd_seeds: sd,
+        se_windows,
+        min: gains.iter().copied().fold(f64::INFINITY, f64::min),
+        max: gains.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        seeds: gains.len(),
+    })
+}
+
 /// The standard error of the mean difference `a − b` of paired values (the same windows scored
 /// by two sets of weights): the standard error of the per-pair differences. None when the
 /// lengths differ or there are fewer than two pairs.
@@ -142,6 +189,22 @@ mod tests {
         // Pairing removes what the windows share: a constant offset has no error at all.
         assert_eq!(paired_se(&[5.0, 9.0, 1.0], &[4.0, 8.0, 0.0]), Some(0.0));
         assert_eq!(paired_se(&[1.0, 2.0], &[1.0]), None);
+    }
+
+    #[test]
+    fn seed_gains_combine_seed_spread_and_window_error() {
+        // Gains 0.10, 0.20, 0.30 with window SEs 0.02, 0.04, 0.03: mean 0.2, sd 0.1,
+        // w = 0.03, SE = sqrt(0.01 / 3 + 0.0009) = 0.06557.
+        let s = seed_gain(&[(0.1, Some(0.02)), (0.2, Some(0.04)), (0.3, Some(0.03))]).unwrap();
+        assert!((s.mean - 0.2).abs() < 1e-12);
+        assert!((s.sd_seeds.unwrap() - 0.1).abs() < 1e-12);
+        assert!((s.se_windows.unwrap() - 0.03).abs() < 1e-12);
+        assert!((s.se - (0.01f64 / 3.0 + 0.0009).sqrt()).abs() < 1e-12);
+        assert_eq!((s.min, s.max, s.seeds), (0.1, 0.3, 3));
+        // One seed: the window error alone.
+        let one = seed_gain(&[(0.05, Some(0.01))]).unwrap();
+        assert_eq!((one.se, one.sd_seeds), (0.01, None));
+        assert_eq!(seed_gain(&[]), None);
     }
 
     #[test]

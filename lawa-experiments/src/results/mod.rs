@@ -1,11 +1,13 @@
 //! A results folder's data, independent of libtorch: the row types of `curves.csv` and
-//! `summary.csv` ([`schema`]), the metrics both summaries and figures compute ([`metrics`]), and
-//! the summary itself ([`summary`]). Nothing here imports `tch`.
+//! `summary.csv` ([`schema`]), the metrics both summaries and figures compute ([`metrics`]), the
+//! summary itself ([`summary`]) and the seed summary of gains ([`gains`]). Nothing here imports `tch`.
 
+pub mod gains;
 pub mod metrics;
 pub mod schema;
 pub mod summary;
 
+pub use gains::{seed_gains, GainRow, GAINS_FILE};
 pub use schema::{
     read_rows, write_rows, CurveRow, ResultsError, Strategy, StrategyColumns, SummaryRow,
     CURVES_FILE, SUMMARY_FILE,

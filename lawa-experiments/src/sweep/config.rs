@@ -95,6 +95,9 @@ pub struct TrainRecipe {
     pub grad_accum: usize,
     /// Schedule; a `min_lr` written as `min_lr_ratio` scales with each lr.
     pub schedule: ScheduleRecipe,
+    /// Length of the schedule when the runs stop before its end (see [`TrainSpec::horizon`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<u64>,
     /// AdamW hyperparameters.
     #[serde(default)]
     pub adamw: lawa_core::optim::AdamWConfig,
@@ -358,6 +361,7 @@ impl SweepConfig {
                             grad_accum: r.grad_accum,
                             lr,
                             schedule: r.schedule.for_lr(lr),
+                            horizon: r.horizon,
                             adamw: r.adamw,
                             grad_clip: r.grad_clip,
                             seed,

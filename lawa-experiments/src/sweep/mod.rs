@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::prepare::{prepare, PrepareOptions};
-use crate::results::{read_rows, summarize, write_rows, CurveRow, CURVES_FILE, SUMMARY_FILE};
+use crate::results::{
+    read_rows, seed_gains, summarize, write_rows, CurveRow, CURVES_FILE, GAINS_FILE, SUMMARY_FILE,
+};
 use crate::train::run_dir::{claim_folder, is_temporary, LOCK_FILE};
 use crate::train::{status, train, RunStatus};
 pub use config::{PlannedRun, SweepConfig};
@@ -32,7 +34,13 @@ pub struct SweepReport {
 fn sweep_owns(name: &str) -> bool {
     matches!(
         name,
-        SWEEP_FILE | LOCK_FILE | CURVES_FILE | SUMMARY_FILE | "runs" | crate::figures::FIGURES_DIR
+        SWEEP_FILE
+            | LOCK_FILE
+            | CURVES_FILE
+            | SUMMARY_FILE
+            | GAINS_FILE
+            | "runs"
+            | crate::figures::FIGURES_DIR
     ) || is_temporary(name)
 }
 
@@ -56,8 +64,10 @@ pub fn aggregate(dir: &Path, run_ids: &[String]) -> Result<()> {
         }
     }
     let summary = summarize(&curves, &diverged);
+    let gains = seed_gains(&curves, &diverged);
     write_rows(&dir.join(CURVES_FILE), &curves)?;
     write_rows(&dir.join(SUMMARY_FILE), &summary)?;
+    write_rows(&dir.join(GAINS_FILE), &gains)?;
     Ok(())
 }
 

@@ -123,6 +123,11 @@ pub struct TrainSpec {
     pub lr: f64,
     /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// Length of the schedule, when the run stops before its end: a run of `steps` steps that is
+    /// the start of a `horizon`-step schedule (the paper's early-training regime: the first
+    /// steps of a long cosine, the learning rate still near its peak) [default: `steps`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<u64>,
     /// AdamW hyperparameters.
     #[serde(default)]
     pub adamw: AdamWConfig,
@@ -139,6 +144,18 @@ pub struct TrainSpec {
 
 fn one() -> usize {
     1
+}
+
+impl TrainSpec {
+    /// Steps the learning-rate schedule spans: the horizon, or the run's steps.
+    pub fn schedule_steps(&self) -> u64 {
+        self.horizon.unwrap_or(self.steps)
+    }
+
+    /// The learning rate of optimizer step `it` (0 for the first).
+    pub fn lr_at(&self, it: u64) -> f64 {
+        self.schedule.lr(it, self.lr, self.schedule_steps())
+    }
 }
 
 fn default_clip() -> f64 {
@@ -235,8 +252,16 @@ impl RunConfig {
         if self.checkpoint.every == Some(0) {
             bail!("checkpoint.every = 0 is invalid: must be at least 1");
         }
+        if let Some(h) = t.horizon {
+            if h < t.steps {
+                bail!(
+                    "train.horizon = {h} is invalid: the schedule must last at least the run's {} steps",
+                    t.steps
+                );
+            }
+        }
         t.schedule
-            .validate(t.lr, t.steps)
+            .validate(t.lr, t.schedule_steps())
             .map_err(|e| anyhow::anyhow!("train.{e}"))?;
         t.adamw.validate().map_err(|e| {
             anyhow::anyhow!(
@@ -412,4 +437,64 @@ pub fn ensure_available(device: tch::Device) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(train: &str) -> Result<RunPlan> {
+        let yaml = format!(
+            "name: h\ndata: d\nmodel: {{preset: tiny}}\ntrain: {train}\neval: {{every: 10, windows: 4}}\ndevice: cpu\n"
+        );
+        serde_yaml::from_str::<RunConfig>(&yaml)?.plan()
+    }
+
+    #[test]
+    fn a_horizon_makes_a_run_the_start_of_a_longer_schedule() {
+        let plan = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, horizon: 1000, schedule: {kind: cosine, warmup: 10, min_lr: 0.1}}").unwrap();
+        let t = &plan.config.train;
+        assert_eq!(t.schedule_steps(), 1000);
+        assert_eq!(t.lr_at(5), 0.5, "warm-up as usual");
+        assert_eq!(t.lr_at(10), 1.0);
+        // Step 99 of a cosine from step 10 to 1000: 0.1 + 0.45 (1 + cos(pi 89 / 990)).
+        let expected = 0.1 + 0.45 * (1.0 + (std::f64::consts::PI * 89.0 / 990.0).cos());
+        assert!((t.lr_at(99) - expected).abs() < 1e-15);
+        assert!(t.lr_at(99) > 0.98, "still near the peak: {}", t.lr_at(99));
+        // Without a horizon the same step is at the end of the decay.
+        let short = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, schedule: {kind: cosine, warmup: 10, min_lr: 0.1}}").unwrap();
+        assert!((short.config.train.lr_at(99) - 0.1).abs() < 1e-3);
+        // A WSD cooldown sits at the end of the horizon, not of the run.
+        let wsd = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, horizon: 500, schedule: {kind: wsd, warmup: 10, cooldown: 100, min_lr: 0.0}}").unwrap();
+        assert_eq!(wsd.config.train.lr_at(99), 1.0);
+    }
+
+    #[test]
+    fn bad_horizons_are_refused_with_the_field_named() {
+        let err = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, horizon: 50, schedule: {kind: constant}}").unwrap_err();
+        assert!(err.to_string().contains("train.horizon = 50"), "{err}");
+        let err = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, horizon: 1000, schedule: {kind: cosine, warmup: 2000, min_lr: 0.1}}").unwrap_err();
+        assert!(err.to_string().contains("warmup = 2000"), "{err}");
+        let err = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, horizon: 1000, schedule: {kind: wsd, warmup: 10, cooldown: 2000, min_lr: 0.0}}").unwrap_err();
+        assert!(err.to_string().contains("cooldown = 2000"), "{err}");
+    }
+
+    #[test]
+    fn model_names_are_unique_and_readable() {
+        let spec = |yaml: &str| serde_yaml::from_str::<ModelSpec>(yaml).unwrap().label();
+        assert_eq!(spec("{preset: tiny}"), "tiny");
+        assert_eq!(
+            spec("{n_layer: 4, n_head: 4, n_embd: 256}"),
+            "custom-l4-h4-d256"
+        );
+        assert_eq!(
+            spec("{n_layer: 2, n_head: 4, n_embd: 256}"),
+            "custom-l2-h4-d256"
+        );
+        assert_eq!(
+            spec("{preset: small, scale_attn_by_inverse_layer_idx: true}"),
+            "small-invattn"
+        );
+        assert_eq!(spec("{preset: small, name: mine}"), "mine");
+    }
 }

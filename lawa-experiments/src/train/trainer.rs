@@ -215,7 +215,7 @@ impl<'a> Trainer<'a> {
             Tensor::stack(&[loss_sum / t.grad_accum as f64, norm.to_device(device)], 0)
                 .to_kind(Kind::Double),
         )?;
-        let lr = t.schedule.lr(self.state.step, t.lr, t.steps);
+        let lr = t.lr_at(self.state.step);
         let report = StepReport {
             loss: read[0],
             grad_norm: read[1],
