@@ -62,9 +62,10 @@ pub fn seed_gains(rows: &[CurveRow], diverged: &[String]) -> Vec<GainRow> {
     for r in kept.iter().filter(|r| r.strategy == Strategy::Raw) {
         raw.insert((r.run.as_str(), r.step), r.val_loss);
     }
-    // (model, lr bits, weights, step) -> (the first row, per-seed gains)
+    // (model, lr bits, weights, step) -> (the first row, per-seed gains and their window SEs)
     type Key<'a> = (&'a str, u64, &'a str, u64);
-    let mut groups: BTreeMap<Key, (&CurveRow, Vec<(f64, Option<f64>)>)> = BTreeMap::new();
+    type Group<'a> = (&'a CurveRow, Vec<(f64, Option<f64>)>);
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for r in kept.iter().filter(|r| r.strategy != Strategy::Raw) {
         let Some(raw_val) = raw.get(&(r.run.as_str(), r.step)) else {
             continue;
