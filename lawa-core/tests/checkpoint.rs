@@ -201,3 +201,111 @@ fn written_files_carry_a_checksum_that_catches_flipped_bytes() {
         "{err}"
     );
 }
+
+fn python() -> PathBuf {
+    PathBuf::from(std::env::var("LAWA_PYTHON").expect("LAWA_PYTHON (set by .cargo/config.toml)"))
+}
+
+/// Runs a Python snippet of the reference venv with `dir` as its working folder.
+fn run_python(dir: &Path, code: &str) {
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pytorch_bin_files_read_as_data_equal_the_safetensors_of_the_same_tensors() {
+    use lawa_core::checkpoint::TensorFiles;
+    let dir = tempfile::tempdir().unwrap();
+    // The same tensors as a single .bin (an OrderedDict with _metadata, as model.state_dict()
+    // is), sharded .bin with an index (plain dicts, as transformers wrote), and safetensors.
+    run_python(
+        dir.path(),
+        r#"
+import torch, json, os, collections
+from safetensors.torch import save_file
+g = torch.Generator().manual_seed(0)
+t = collections.OrderedDict()
+t["a.weight"] = torch.randn(7, 5, generator=g)
+t["b.bias"] = torch.randn(11, generator=g).to(torch.float16)
+t["c.scale"] = torch.randn(2, 3, 4, generator=g).to(torch.bfloat16)
+t["n"] = torch.tensor([3, 1, 4], dtype=torch.int64)
+base = torch.randn(40, generator=g)
+t["view"] = base[8:20].view(3, 4)          # a view at an offset inside a shared storage
+t["other_view"] = base[20:30]
+t._metadata = collections.OrderedDict([("", {"version": 1})])
+torch.save(t, "single.bin")
+os.mkdir("sharded")
+keys = list(t.keys())
+shards = [{k: t[k] for k in keys[:3]}, {k: t[k] for k in keys[3:]}]
+wm = {}
+for i, s in enumerate(shards):
+    name = f"pytorch_model-0000{i+1}-of-00002.bin"
+    torch.save(s, os.path.join("sharded", name))
+    wm.update({k: name for k in s})
+json.dump({"metadata": {"total_size": 0}, "weight_map": wm}, open("sharded/pytorch_model.bin.index.json", "w"))
+save_file({k: v.contiguous() for k, v in t.items()}, "same.safetensors")
+"#,
+    );
+    let reference = TensorFiles::open(&dir.path().join("same.safetensors")).unwrap();
+    for source in ["single.bin", "sharded"] {
+        let files = TensorFiles::open(&dir.path().join(source)).unwrap();
+        let names: Vec<&str> = files.entries().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a.weight", "b.bias", "c.scale", "n", "other_view", "view"]
+        );
+        for e in reference.entries() {
+            let (a, b) = (
+                files.read(&e.name).unwrap(),
+                reference.read(&e.name).unwrap(),
+            );
+            assert_eq!(a.kind(), b.kind(), "{source} {}", e.name);
+            assert!(a.equal(&b), "{source} {}", e.name);
+        }
+    }
+}
+
+#[test]
+fn a_pickle_that_asks_for_code_is_refused_by_name() {
+    use lawa_core::checkpoint::TensorFiles;
+    let dir = tempfile::tempdir().unwrap();
+    // A zip laid out like torch.save, whose data.pkl calls os.system when unpickled by Python.
+    run_python(
+        dir.path(),
+        r#"
+import zipfile
+evil = b"\x80\x02cos\nsystem\nq\x00X\x0b\x00\x00\x00touch pwnedq\x01\x85q\x02Rq\x03."
+with zipfile.ZipFile("evil.bin", "w") as z:
+    z.writestr("archive/data.pkl", evil)
+    z.writestr("archive/version", "3\n")
+"#,
+    );
+    let err = TensorFiles::open(&dir.path().join("evil.bin"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("evil.bin") && err.contains("os.system"),
+        "{err}"
+    );
+    assert!(!dir.path().join("pwned").exists());
+    // Not a zip at all, and the legacy format: clear errors.
+    std::fs::write(dir.path().join("junk.bin"), b"hello world").unwrap();
+    let err = TensorFiles::open(&dir.path().join("junk.bin"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a torch.save zip archive"), "{err}");
+    std::fs::write(dir.path().join("old.bin"), b"\x80\x02\x8a\x0alm").unwrap();
+    let err = TensorFiles::open(&dir.path().join("old.bin"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("legacy"), "{err}");
+}

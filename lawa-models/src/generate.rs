@@ -1,11 +1,11 @@
-//! Autoregressive sampling from a [`Gpt`]: temperature, top-k, and a seeded generator so the
-//! same seed gives the same text.
+//! Autoregressive sampling from any [`CausalLm`] (GPT-2 or GPT-NeoX): temperature, top-k, and a
+//! seeded generator so the same seed gives the same text.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::{Gpt, ModelError};
+use crate::{CausalLm, ModelError};
 
 /// How to pick each next token.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,26 +37,25 @@ impl Default for Sampling {
 /// from a ChaCha8 stream seeded with `sampling.seed` over probabilities computed in f64 on the
 /// CPU, so on a CPU the result is the same on every run and machine.
 pub fn generate(
-    gpt: &Gpt,
+    model: &dyn CausalLm,
     prompt: &[i64],
     max_new_tokens: usize,
     sampling: &Sampling,
     allowed_vocab: usize,
 ) -> Result<Vec<i64>, ModelError> {
-    let cfg = gpt.config();
+    let (block_size, vocab_size) = (model.max_positions(), model.vocab_size());
     if prompt.is_empty() {
         return Err(ModelError::BadInput(
             "the prompt holds no tokens; start from at least one (e.g. end-of-text)".into(),
         ));
     }
-    if prompt.len() > cfg.block_size {
+    if prompt.len() > block_size {
         return Err(ModelError::BadInput(format!(
-            "the prompt is {} tokens, longer than the model's block size {}",
-            prompt.len(),
-            cfg.block_size
+            "the prompt is {} tokens, longer than the model's block size {block_size}",
+            prompt.len()
         )));
     }
-    let allowed = allowed_vocab.min(cfg.vocab_size);
+    let allowed = allowed_vocab.min(vocab_size);
     if allowed == 0 {
         return Err(ModelError::BadInput("no token ids may be drawn".into()));
     }
@@ -75,11 +74,11 @@ pub fn generate(
     let mut tokens = prompt.to_vec();
     let _guard = tch::no_grad_guard();
     for _ in 0..max_new_tokens {
-        let start = tokens.len().saturating_sub(cfg.block_size);
+        let start = tokens.len().saturating_sub(block_size);
         let context = Tensor::from_slice(&tokens[start..])
             .view([1, -1])
-            .to(gpt.device());
-        let logits = gpt.forward(&context, false)?;
+            .to(model.device());
+        let logits = model.forward(&context, false)?;
         let last = logits
             .select(1, -1)
             .select(0, 0)

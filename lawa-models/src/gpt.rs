@@ -5,7 +5,9 @@ use std::borrow::Borrow;
 use tch::nn::{Init, Path};
 use tch::{Device, Kind, Tensor};
 
-use crate::block::{self, Block, LayerNorm, Param};
+use crate::block::Block;
+use crate::config::LAYER_NORM_EPS;
+use crate::layers::{dropout_if, LayerNorm, Param};
 use crate::{GptConfig, ModelError, Precision};
 
 /// A GPT-2 whose variables live in a [`tch::nn::VarStore`].
@@ -59,7 +61,7 @@ impl Gpt {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(&h / i, cfg, i))
             .collect();
-        let ln_f = block::layer_norm(&t / "ln_f", c, cfg.bias);
+        let ln_f = LayerNorm::new(&t / "ln_f", c, cfg.bias, LAYER_NORM_EPS);
         Ok(Gpt {
             cfg: cfg.clone(),
             wte,
@@ -149,7 +151,7 @@ impl Gpt {
         let pos = Tensor::arange(t, (Kind::Int64, idx.device()));
         let tok = Tensor::f_embedding(&self.wte, idx, -1, false, false)?;
         let x = tok + Tensor::embedding(&self.wpe, &pos, -1, false, false);
-        let mut x = block::dropout_if(x, self.cfg.dropout, train);
+        let mut x = dropout_if(x, self.cfg.dropout, train);
         for b in &self.blocks {
             x = b.forward(&x, train, self.precision);
         }
@@ -163,70 +165,24 @@ impl Gpt {
         })
     }
 
-    /// Mean next-token cross-entropy (a scalar, fp32) of predicting `targets` (`[B, T]`) from
-    /// `idx` (`[B, T]`). The softmax and loss run in fp32 whatever the compute precision.
-    pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let (b, t) = self.check_ids(idx, "token ids")?;
-        if targets.size() != [b, t] {
-            return Err(ModelError::BadInput(format!(
-                "targets have shape {:?}, token ids [{b}, {t}]",
-                targets.size()
-            )));
-        }
-        let logits = self.forward(idx, train)?;
-        let logits = logits.reshape([b * t, self.cfg.vocab_size as i64]);
-        let logp = logits.log_softmax(-1, Kind::Float);
-        Ok(logp.f_nll_loss(
-            &targets.reshape([b * t]).to_kind(Kind::Int64),
-            None::<Tensor>,
-            tch::Reduction::Mean,
-            -100,
-        )?)
-    }
-
-    /// For evaluation (no dropout): the mean next-token loss over the batch, computed exactly as
-    /// [`Gpt::loss`] computes it, and the mean loss of each window (`[B]`), both fp32.
-    pub fn window_losses(
-        &self,
-        idx: &Tensor,
-        targets: &Tensor,
-    ) -> Result<(Tensor, Tensor), ModelError> {
-        let (b, t) = self.check_ids(idx, "token ids")?;
-        if targets.size() != [b, t] {
-            return Err(ModelError::BadInput(format!(
-                "targets have shape {:?}, token ids [{b}, {t}]",
-                targets.size()
-            )));
-        }
-        let logits = self.forward(idx, false)?;
-        let logp = logits
-            .reshape([b * t, self.cfg.vocab_size as i64])
-            .log_softmax(-1, Kind::Float);
-        let targets = targets.reshape([b * t]).to_kind(Kind::Int64);
-        let mean = logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)?;
-        let per_token = logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::None, -100)?;
-        let per_window = per_token.view([b, t]).f_mean_dim(1, false, Kind::Float)?;
-        Ok((mean, per_window))
-    }
-
     /// Every variable under its Hugging Face name, in Hugging Face's order.
     pub(crate) fn params(&self) -> Vec<Param> {
         let mut out = vec![
             Param {
                 name: "transformer.wte.weight".into(),
                 tensor: self.wte.shallow_clone(),
-                conv1d: false,
+                transposed: false,
             },
             Param {
                 name: "transformer.wpe.weight".into(),
                 tensor: self.wpe.shallow_clone(),
-                conv1d: false,
+                transposed: false,
             },
         ];
         for (i, b) in self.blocks.iter().enumerate() {
             b.params(&format!("transformer.h.{i}"), &mut out);
         }
-        block::layer_norm_params(&self.ln_f, "transformer.ln_f", &mut out);
+        self.ln_f.params("transformer.ln_f", &mut out);
         out
     }
 }

@@ -11,14 +11,14 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path as FsPath, PathBuf};
 
-use lawa_core::checkpoint::Header;
+use lawa_core::checkpoint::{TensorFiles, WeightSource};
 use serde::Serialize;
 use serde_json::Value;
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-use crate::block::Param;
 use crate::config::{DEFAULT_VOCAB_MULTIPLE, LAYER_NORM_EPS};
+use crate::layers::Param;
 use crate::{Gpt, GptConfig, ModelError};
 
 /// File name of the model description inside a checkpoint folder.
@@ -26,40 +26,46 @@ pub const CONFIG_FILE: &str = "config.json";
 /// File name of the weights inside a checkpoint folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// The two files of a checkpoint.
+/// The two parts of a checkpoint: its `config.json` and its weights.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointFiles {
     /// The `config.json`.
     pub config: PathBuf,
-    /// The `.safetensors` weights.
+    /// The weights: a `.safetensors` or `.bin` file, or the checkpoint folder (whose weights
+    /// may be one file or shards with an index; see [`TensorFiles`]).
     pub weights: PathBuf,
 }
 
 impl CheckpointFiles {
-    /// Finds the files of a checkpoint given as a folder (holding `config.json` and
-    /// `model.safetensors`) or as a `.safetensors` file (with `config.json` beside it).
+    /// Finds the parts of a checkpoint given as a folder (holding `config.json` and its
+    /// weights) or as a weights file (`.safetensors` or `.bin`, with `config.json` beside it).
     pub fn locate(path: &FsPath) -> Result<Self, ModelError> {
         let bad = |reason: String| ModelError::BadCheckpointPath {
             path: path.to_owned(),
             reason,
         };
         let (dir, weights) = if path.is_dir() {
-            let weights = path.join(WEIGHTS_FILE);
-            if !weights.is_file() {
-                let hint = if path.join("model.safetensors.index.json").is_file() {
-                    "; sharded checkpoints are not supported, save with a larger max_shard_size"
-                } else if path.join("pytorch_model.bin").is_file() {
-                    "; pytorch_model.bin is not read, re-save with safe_serialization=True"
-                } else {
-                    ""
-                };
-                return Err(bad(format!("folder holds no {WEIGHTS_FILE}{hint}")));
+            let known = [
+                "model.safetensors",
+                "model.safetensors.index.json",
+                "pytorch_model.bin",
+                "pytorch_model.bin.index.json",
+            ];
+            if !known.iter().any(|f| path.join(f).is_file()) {
+                return Err(bad(format!(
+                    "folder holds no weights ({})",
+                    known.join(", ")
+                )));
             }
-            (path.to_owned(), weights)
+            (path.to_owned(), path.to_owned())
         } else if path.is_file() {
-            if path.extension().is_none_or(|e| e != "safetensors") {
+            let known = ["safetensors", "bin"];
+            if path
+                .extension()
+                .is_none_or(|e| !known.iter().any(|k| e == *k))
+            {
                 return Err(bad(
-                    "expected a checkpoint folder or a .safetensors file".into()
+                    "expected a checkpoint folder, a .safetensors file or a .bin file".into(),
                 ));
             }
             let dir = match path.parent() {
@@ -80,6 +86,13 @@ impl CheckpointFiles {
             });
         }
         Ok(CheckpointFiles { config, weights })
+    }
+
+    /// Opens the weights.
+    pub fn open_weights(&self) -> Result<TensorFiles, ModelError> {
+        let files = TensorFiles::open(&self.weights)?;
+        files.verify()?;
+        Ok(files)
     }
 }
 
@@ -297,7 +310,7 @@ fn slots(gpt: &Gpt) -> BTreeMap<String, Slot> {
     for Param {
         name,
         tensor,
-        conv1d,
+        transposed: conv1d,
     } in params
     {
         let mut hf_shape = tensor.size();
@@ -362,9 +375,10 @@ fn is_mask_buffer(name: &str) -> bool {
 impl Gpt {
     /// Builds the model a checkpoint describes under `vs` and loads its weights.
     ///
-    /// `checkpoint` is a folder with `config.json` and `model.safetensors`, or a `.safetensors`
-    /// file with `config.json` beside it. Every tensor is checked against the configuration:
-    /// a missing, mis-shaped or unexpected tensor is an error naming it.
+    /// `checkpoint` is a folder with `config.json` and its weights (`model.safetensors`, shards
+    /// with an index, or `pytorch_model.bin`), or a weights file with `config.json` beside it.
+    /// Every tensor is checked against the configuration: a missing, mis-shaped or unexpected
+    /// tensor is an error naming it.
     pub fn from_pretrained<'a>(
         vs: impl Borrow<Path<'a>>,
         checkpoint: impl AsRef<FsPath>,
@@ -372,43 +386,48 @@ impl Gpt {
         let files = CheckpointFiles::locate(checkpoint.as_ref())?;
         let cfg = read_config(&files.config)?;
         let gpt = Gpt::new(vs, &cfg)?;
-        gpt.load_hf_weights(&files.weights)?;
+        gpt.load_weights(&files.open_weights()?)?;
         Ok(gpt)
     }
 
-    /// Loads Hugging Face GPT-2 weights from a `.safetensors` file into this model's variables.
+    /// Loads Hugging Face GPT-2 weights from a checkpoint file or folder into this model's
+    /// variables (see [`Gpt::load_weights`]).
+    pub fn load_hf_weights(&self, weights: &FsPath) -> Result<(), ModelError> {
+        let files = TensorFiles::open(weights)?;
+        files.verify()?;
+        self.load_weights(&files)
+    }
+
+    /// Loads Hugging Face GPT-2 weights from `source` (a checkpoint, or the mean of several)
+    /// into this model's variables.
     ///
-    /// The file must hold exactly this shape's tensors (see the module docs for the names and
-    /// buffers that are tolerated). Half-precision files are widened to fp32. For a model without
-    /// biases the file's biases, if present, must be zero. Vocabulary padding rows are zeroed.
-    pub fn load_hf_weights(&self, file: &FsPath) -> Result<(), ModelError> {
-        let handle = std::fs::File::open(file).map_err(|source| ModelError::Io {
-            path: file.to_owned(),
-            error: source,
-        })?;
-        let header = Header::read_from(&handle, file)?;
-        header.verify_checksum(&handle)?;
+    /// The source must hold exactly this shape's tensors (see the module docs for the names and
+    /// buffers that are tolerated). Half-precision tensors are widened to fp32. For a model
+    /// without biases the source's biases, if present, must be zero. Vocabulary padding rows are
+    /// zeroed.
+    pub fn load_weights(&self, source: &dyn WeightSource) -> Result<(), ModelError> {
+        let file = PathBuf::from(source.describe());
         let cfg = self.config();
         let slots = slots(self);
         let mut seen = HashSet::new();
         let mut lm_head = None;
         let _guard = tch::no_grad_guard();
         let bad_tensor = |name: &str, reason: String| ModelError::BadTensor {
-            path: file.to_owned(),
+            path: file.clone(),
             name: name.to_string(),
             reason,
         };
-        let read = |info: &lawa_core::checkpoint::TensorInfo| {
+        let read = |info: &lawa_core::checkpoint::TensorEntry| {
             if !info.dtype.is_float() {
                 return Err(bad_tensor(
                     &info.name,
                     format!("dtype {} is not a floating-point type", info.dtype.name()),
                 ));
             }
-            Ok::<_, ModelError>(header.read_tensor(&handle, info)?.to_kind(Kind::Float))
+            Ok::<_, ModelError>(source.read(&info.name)?)
         };
         // Sorted by name: the first problem reported is deterministic.
-        for info in &header.tensors {
+        for info in source.entries() {
             let name = info.name.clone();
             let key = name.strip_prefix("transformer.").unwrap_or(&name);
             if is_mask_buffer(key) {
@@ -426,7 +445,7 @@ impl Gpt {
                     _ => "not part of a GPT-2".to_string(),
                 };
                 return Err(ModelError::UnexpectedTensor {
-                    path: file.to_owned(),
+                    path: file.clone(),
                     name: name.clone(),
                     hint,
                 });
@@ -434,7 +453,7 @@ impl Gpt {
             let actual = info.shape_i64();
             if actual != slot.hf_shape {
                 return Err(ModelError::ShapeMismatch {
-                    path: file.to_owned(),
+                    path: file.clone(),
                     name: name.clone(),
                     expected: slot.hf_shape.clone(),
                     actual,
@@ -465,17 +484,32 @@ impl Gpt {
         for (key, slot) in &slots {
             if slot.target.is_some() && !seen.contains(key) {
                 return Err(ModelError::MissingTensor {
-                    path: file.to_owned(),
+                    path: file.clone(),
                     name: format!("transformer.{key}"),
                 });
             }
         }
+        self.check_lm_head(lm_head, &file)
+    }
+
+    /// Zeroes the vocabulary padding rows and checks that an `lm_head.weight` the checkpoint
+    /// holds is the token embedding (lawa ties them).
+    fn check_lm_head(
+        &self,
+        lm_head: Option<(String, Tensor)>,
+        file: &FsPath,
+    ) -> Result<(), ModelError> {
+        let cfg = self.config();
         let wte = self
             .params()
             .into_iter()
             .next()
             .map(|p| p.tensor)
-            .ok_or_else(|| bad_tensor("transformer.wte.weight", "absent".into()))?;
+            .ok_or_else(|| ModelError::BadTensor {
+                path: file.to_owned(),
+                name: "transformer.wte.weight".into(),
+                reason: "absent".into(),
+            })?;
         let vocab = cfg.vocab_size as i64;
         let padding = cfg.padded_vocab_size() as i64 - vocab;
         if padding > 0 {
@@ -493,10 +527,11 @@ impl Gpt {
             }
             let tied = wte.narrow(0, 0, vocab).to_device(tch::Device::Cpu);
             if !head.equal(&tied) {
-                return Err(bad_tensor(
-                    &name,
-                    "differs from transformer.wte.weight; lawa ties the LM head to the token embedding".into(),
-                ));
+                return Err(ModelError::BadTensor {
+                    path: file.to_owned(),
+                    name,
+                    reason: "differs from transformer.wte.weight; lawa ties the LM head to the token embedding".into(),
+                });
             }
         }
         Ok(())

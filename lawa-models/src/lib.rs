@@ -1,17 +1,24 @@
 //! # lawa-models
 //!
-//! GPT-2 on tch, numerically the same model as Hugging Face transformers' `GPT2LMHeadModel`:
-//! pre-LayerNorm blocks, tanh GELU, causal attention through `scaled_dot_product_attention`
-//! (flash attention on CUDA), a token embedding tied to the LM head, GPT-2's initialization, and
-//! an optional bf16 compute path over fp32 master weights ([`Precision`]).
+//! Two architectures on tch, each numerically the model of Hugging Face transformers:
 //!
-//! Named presets ([`GptConfig::preset`]): `tiny` (4 layers, 4 heads, 256 wide, block 256; a CPU
-//! demo size), `small` (124M), `medium` (355M), `large` (774M), or any shape through
-//! [`GptConfig`]. Checkpoints are Hugging Face folders (`config.json` + `model.safetensors`), so
-//! transformers loads what lawa saves and lawa loads GPT-2 checkpoints saved by transformers.
+//! - [`Gpt`], GPT-2 (`GPT2LMHeadModel`): pre-LayerNorm blocks, tanh GELU, learned positions, a
+//!   token embedding tied to the LM head, GPT-2's initialization; named presets
+//!   ([`GptConfig::preset`]): `tiny` (4 layers, 4 heads, 256 wide; a CPU demo size), `small`
+//!   (124M), `medium` (355M), `large` (774M), or any shape. This is the model lawa trains.
+//! - [`GptNeoX`], GPT-NeoX (`GPTNeoXForCausalLM`, the Pythia models): partial rotary
+//!   embeddings, a fused per-head query/key/value, parallel or sequential residual, exact GELU,
+//!   an untied output embedding.
+//!
+//! They share their layers (LayerNorm, linear, MLP, causal attention through
+//! `scaled_dot_product_attention`, flash attention on CUDA), the loss ([`CausalLm`]), sampling
+//! ([`generate`]) and an optional bf16 compute path over fp32 master weights ([`Precision`]).
+//! [`Model`] picks the architecture from a checkpoint's `config.json`. Checkpoints are Hugging
+//! Face folders both ways: `config.json` beside `model.safetensors`, safetensors shards with an
+//! index, or `pytorch_model.bin` (single or sharded; read as data, never executed).
 //!
 //! ```no_run
-//! use lawa_models::{Gpt, GptConfig, Precision};
+//! use lawa_models::{CausalLm, Gpt, GptConfig, Precision};
 //! use tch::{nn, Device, Kind, Tensor};
 //!
 //! # fn main() -> Result<(), lawa_models::ModelError> {
@@ -40,11 +47,16 @@ mod error;
 pub mod generate;
 mod gpt;
 pub mod hf;
+mod layers;
+mod lm;
 pub mod memory;
+pub mod neox;
 mod precision;
 
 pub use config::GptConfig;
 pub use error::ModelError;
 pub use generate::{generate, Sampling};
 pub use gpt::Gpt;
+pub use lm::{CausalLm, Model, ModelConfig};
+pub use neox::{GptNeoX, NeoxConfig};
 pub use precision::Precision;

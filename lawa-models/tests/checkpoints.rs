@@ -300,7 +300,7 @@ fn bad_paths_and_corrupt_files_are_errors() {
         "{msg}"
     );
     let msg = load_err(dir.path());
-    assert!(msg.contains("holds no model.safetensors"), "{msg}");
+    assert!(msg.contains("holds no weights (model.safetensors"), "{msg}");
 
     let _ = saved(&small_cfg(true), dir.path());
     let weights = dir.path().join(WEIGHTS_FILE);

@@ -1,7 +1,7 @@
 //! The model itself: variable names and tying, parameter counts, initialization, precision,
 //! dropout and the errors of bad input.
 
-use lawa_models::{Gpt, GptConfig, Precision};
+use lawa_models::{CausalLm, Gpt, GptConfig, Precision};
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny(vocab: usize) -> GptConfig {

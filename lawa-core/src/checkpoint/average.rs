@@ -1,14 +1,13 @@
-//! Post-hoc averaging of saved checkpoints (safetensors files), streamed: the mean is computed a
-//! chunk at a time, so peak memory stays near one chunk whatever the checkpoints' size. This is
-//! how the paper applied LAWA to Pythia's published checkpoints, and it works on checkpoints
-//! from any framework that writes safetensors.
+//! Post-hoc averaging of saved checkpoints (safetensors or PyTorch `.bin`, single or sharded),
+//! streamed: the mean is computed a chunk at a time, so peak memory stays near one chunk
+//! whatever the checkpoints' size. This is how the paper applied LAWA to Pythia's published
+//! checkpoints.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::safetensors::{layout_entries, write_streamed, Dtype, Header, CRC_KEY};
+use super::files::{TensorEntry, TensorFiles};
+use super::safetensors::{layout_entries, write_streamed, Dtype};
 use super::CheckpointError;
 
 /// Elements processed at a time: bounds peak memory at about 24 bytes per element of a chunk.
@@ -90,36 +89,46 @@ pub struct AverageReport {
 pub fn average_safetensors(
     inputs: &[PathBuf],
     out: &Path,
+    progress: impl FnMut(u64, u64),
+) -> Result<AverageReport> {
+    let opened = inputs
+        .iter()
+        .map(|p| TensorFiles::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    average_checkpoints(&opened, out, |_| true, progress)
+}
+
+/// The mean of checkpoints in any of the forms [`TensorFiles`] opens (single or sharded
+/// safetensors, `pytorch_model.bin`), streamed a chunk at a time into one safetensors file:
+/// peak memory is a few chunks, whatever the checkpoints' size. Only tensors for which `keep`
+/// is true are averaged and written (e.g. to leave out attention-mask buffers); they must have
+/// the same shapes and dtypes in every input.
+pub fn average_checkpoints(
+    inputs: &[TensorFiles],
+    out: &Path,
+    keep: impl Fn(&str) -> bool,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<AverageReport> {
-    let first_path = inputs.first().ok_or(CheckpointError::Empty)?;
-    let files: Vec<File> = inputs
-        .iter()
-        .map(|p| File::open(p).map_err(|e| CheckpointError::io(p, e)))
-        .collect::<Result<_>>()?;
-    let headers: Vec<Header> = files
-        .iter()
-        .zip(inputs)
-        .map(|(f, p)| Header::read_from(f, p))
-        .collect::<Result<_>>()?;
-    let first = &headers[0];
-    for (path, h) in inputs.iter().zip(&headers).skip(1) {
-        check_same_tensors(first, first_path, h, path)?;
+    let first = inputs.first().ok_or(CheckpointError::Empty)?;
+    for input in inputs {
+        input.verify()?;
     }
-    let mut metadata: BTreeMap<String, String> = first.metadata.clone();
-    metadata.remove(CRC_KEY);
+    for other in &inputs[1..] {
+        check_same_tensors(first, other, &keep)?;
+    }
+    let kept: Vec<&TensorEntry> = first.entries().filter(|e| keep(&e.name)).collect();
+    let mut metadata: BTreeMap<String, String> = BTreeMap::new();
+    metadata.insert("format".into(), "pt".into());
     metadata.insert(
         "lawa_average_of".into(),
         inputs
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|p| p.path.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
     );
     let entries = layout_entries(
-        first
-            .tensors
-            .iter()
+        kept.iter()
             .map(|t| (t.name.clone(), t.dtype, t.shape.clone())),
     );
     let total = entries.last().map_or(0, |e| e.offsets.1);
@@ -136,14 +145,18 @@ pub fn average_safetensors(
             raw.resize(count * size, 0);
             // Reads this chunk of tensor `t` from input `i`.
             let read = |i: usize, raw: &mut Vec<u8>| -> std::io::Result<()> {
-                let info = headers[i].get(&t.name).unwrap_or(t);
-                let at = headers[i].data_start + info.offsets.0 + (start * size) as u64;
-                files[i].read_exact_at(raw, at)
+                let input = &inputs[i];
+                let entry = input
+                    .get(&t.name)
+                    .ok_or_else(|| std::io::Error::other(format!("`{}` vanished", t.name)))?;
+                input
+                    .read_bytes(entry, (start * size) as u64, raw)
+                    .map_err(std::io::Error::other)
             };
             if t.dtype.is_float() {
                 acc.clear();
                 acc.resize(count, 0.0);
-                for i in 0..files.len() {
+                for i in 0..inputs.len() {
                     read(i, &mut raw)?;
                     decode(t.dtype, &raw, &mut acc);
                 }
@@ -151,7 +164,7 @@ pub fn average_safetensors(
                 encode(t.dtype, &acc, &mut encoded);
                 w.write_all(&encoded)?;
             } else {
-                read(files.len() - 1, &mut raw)?;
+                read(inputs.len() - 1, &mut raw)?;
                 w.write_all(&raw)?;
             }
             written += (count * size) as u64;
@@ -168,16 +181,20 @@ pub fn average_safetensors(
     })
 }
 
-/// Refuses a checkpoint whose tensors (names, shapes, dtypes) differ from the first one's.
-fn check_same_tensors(first: &Header, first_path: &Path, h: &Header, path: &Path) -> Result<()> {
+/// Refuses a checkpoint whose kept tensors (names, shapes, dtypes) differ from the first one's.
+fn check_same_tensors(
+    first: &TensorFiles,
+    other: &TensorFiles,
+    keep: &impl Fn(&str) -> bool,
+) -> Result<()> {
     let mismatch = |tensor: &str, problem: String| CheckpointError::Mismatch {
-        path: path.to_owned(),
-        first: first_path.to_owned(),
+        path: other.path.clone(),
+        first: first.path.clone(),
         tensor: tensor.to_string(),
         problem,
     };
-    for t in &first.tensors {
-        match h.get(&t.name) {
+    for t in first.entries().filter(|e| keep(&e.name)) {
+        match other.get(&t.name) {
             None => return Err(mismatch(&t.name, "is missing".into())),
             Some(u) if u.shape != t.shape => {
                 return Err(mismatch(
@@ -194,7 +211,10 @@ fn check_same_tensors(first: &Header, first_path: &Path, h: &Header, path: &Path
             Some(_) => {}
         }
     }
-    if let Some(extra) = h.tensors.iter().find(|u| first.get(&u.name).is_none()) {
+    if let Some(extra) = other
+        .entries()
+        .find(|u| keep(&u.name) && first.get(&u.name).is_none())
+    {
         return Err(mismatch(
             &extra.name,
             "is not in the first checkpoint".into(),

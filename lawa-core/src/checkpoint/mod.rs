@@ -1,7 +1,9 @@
 //! Checkpoint pieces a training loop needs: durable writes of files and folders
 //! ([`write_atomic`], [`publish_dir`]), the safetensors format read and written in one checked
-//! place ([`Header`], [`read_safetensors`], [`write_safetensors`]), and streamed post-hoc
-//! averaging of saved checkpoints ([`average_safetensors`]).
+//! place ([`Header`], [`read_safetensors`], [`write_safetensors`]), PyTorch's `.bin` files read
+//! as data ([`read_torch_bin_index`]), the tensors of a checkpoint in whatever files hold them
+//! ([`TensorFiles`]: single or sharded safetensors or `.bin`), and streamed post-hoc averaging
+//! of saved checkpoints ([`average_checkpoints`]).
 //!
 //! ```no_run
 //! use lawa_core::checkpoint::{publish_dir, staging_dir, write_atomic};
@@ -16,7 +18,10 @@
 
 mod atomic;
 mod average;
+mod files;
 mod safetensors;
+mod source;
+mod torch_bin;
 
 use std::path::{Path, PathBuf};
 
@@ -24,11 +29,14 @@ pub use atomic::{
     process_alive, publish_dir, published_or_previous, remove_stale_staging, staging_dir, sync_dir,
     write_atomic, write_atomic_with,
 };
-pub use average::{average_safetensors, AverageReport};
+pub use average::{average_checkpoints, average_safetensors, AverageReport};
+pub use files::{TensorEntry, TensorFiles};
 pub use safetensors::{
     header_bytes, layout_entries, read_safetensors, write_safetensors, write_streamed, Dtype,
     Header, TensorInfo, CRC_KEY,
 };
+pub use source::{MeanOf, WeightSource};
+pub use torch_bin::{read_index as read_torch_bin_index, BinTensor};
 
 /// What can go wrong reading, writing or averaging checkpoint files.
 #[derive(Debug, thiserror::Error)]

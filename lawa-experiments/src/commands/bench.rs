@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::{AveragerSet, Ema, Lawa, Weights};
 use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use lawa_models::{Gpt, GptConfig, Precision};
+use lawa_models::{CausalLm, Gpt, GptConfig, Precision};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::train::trainer::decays;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use lawa_core::data::{Dataset, Split, ValidationWindows};
-use lawa_models::{Gpt, Precision};
+use lawa_models::{CausalLm, Model, Precision};
 use serde::Serialize;
 use tch::{nn, Device};
 
@@ -91,27 +91,27 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     let data = Dataset::open(&args.data)?;
     let device = Device::cuda_if_available();
     let vs = nn::VarStore::new(device);
-    let gpt = Gpt::from_pretrained(vs.root(), &args.checkpoint)?.with_precision(args.precision);
-    let cfg = gpt.config();
+    let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
+    model.set_precision(args.precision);
     let vocab = data.meta().vocab_size as usize;
-    if vocab > cfg.vocab_size {
+    if vocab > model.vocab_size() {
         bail!(
             "{}: vocabulary of {vocab} tokens ({}) exceeds the model's vocab_size {} ({})",
             args.data.display(),
             data.meta().tokenizer,
-            cfg.vocab_size,
+            model.vocab_size(),
             args.checkpoint.display()
         );
     }
-    let block_size = args.block_size.unwrap_or(cfg.block_size);
-    if block_size > cfg.block_size {
+    let block_size = args.block_size.unwrap_or(model.max_positions());
+    if block_size > model.max_positions() {
         bail!(
             "--block-size {block_size} exceeds the model's block size {}",
-            cfg.block_size
+            model.max_positions()
         );
     }
     let windows = ValidationWindows::contiguous(data.split(args.split), block_size)?;
-    let losses = evaluate(&gpt, &windows, args.batch_size).with_context(|| {
+    let losses = evaluate(&model, &windows, args.batch_size).with_context(|| {
         format!(
             "evaluating {} on {}",
             args.checkpoint.display(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use lawa_core::data::Dataset;
-use lawa_models::{generate, Gpt, Sampling};
+use lawa_models::{generate, CausalLm, Model, Sampling};
 use tch::{nn, Device};
 
 use crate::prepare::tokenizer::{TextTokenizer, TokenizerSpec};
@@ -61,8 +61,8 @@ pub fn run(args: &SampleArgs) -> Result<String> {
         );
     }
     let vs = nn::VarStore::new(Device::cuda_if_available());
-    let gpt = Gpt::from_pretrained(vs.root(), &args.checkpoint)?;
-    let model_vocab = gpt.config().vocab_size;
+    let model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
+    let model_vocab = model.vocab_size();
     let vocab = tokenizer.vocab_size() as usize;
     if vocab > model_vocab {
         bail!(
@@ -79,7 +79,7 @@ pub fn run(args: &SampleArgs) -> Result<String> {
     if prompt.is_empty() {
         prompt.push(i64::from(tokenizer.eot()));
     }
-    let block = gpt.config().block_size;
+    let block = model.max_positions();
     if prompt.len() > block {
         bail!(
             "--prompt is {} tokens long, more than the model's block size {block}",
@@ -91,7 +91,7 @@ pub fn run(args: &SampleArgs) -> Result<String> {
         top_k: (args.top_k > 0).then_some(args.top_k),
         seed: args.seed,
     };
-    let new = generate(&gpt, &prompt, args.tokens, &sampling, vocab)?;
+    let new = generate(&model, &prompt, args.tokens, &sampling, vocab)?;
     let ids: Vec<u32> = new.iter().map(|&id| id as u32).collect();
     Ok(format!("{}{}", args.prompt, tokenizer.decode(&ids)?))
 }

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use lawa_core::data::ValidationWindows;
-use lawa_models::Gpt;
+use lawa_models::CausalLm;
 use tch::Kind;
 
 /// A model's losses on a set of windows.
@@ -25,17 +25,21 @@ impl WindowLosses {
     }
 }
 
-/// The losses of `gpt` on `windows`, in batches of `batch_size`, without gradients and in eval
+/// The losses of `model` on `windows`, in batches of `batch_size`, without gradients and in eval
 /// mode. Reads each batch's numbers once, after its forward pass.
-pub fn evaluate(gpt: &Gpt, windows: &ValidationWindows, batch_size: usize) -> Result<WindowLosses> {
+pub fn evaluate(
+    model: &dyn CausalLm,
+    windows: &ValidationWindows,
+    batch_size: usize,
+) -> Result<WindowLosses> {
     let _guard = tch::no_grad_guard();
     let mut total = 0.0f64;
     let mut tokens = 0u64;
     let mut per_window = Vec::with_capacity(windows.len());
-    for batch in windows.batches(batch_size, gpt.device()) {
+    for batch in windows.batches(batch_size, model.device()) {
         let batch = batch?;
         let n = batch.y.numel() as u64;
-        let (mean, windows) = gpt.window_losses(&batch.x, &batch.y)?;
+        let (mean, windows) = model.window_losses(&batch.x, &batch.y)?;
         total += mean.to_kind(Kind::Double).double_value(&[]) * n as f64;
         per_window.extend(Vec::<f64>::try_from(windows.to_kind(Kind::Double))?);
         tokens += n;

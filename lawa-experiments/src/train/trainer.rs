@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use lawa_core::averaging::{AveragerSet, Weights};
 use lawa_core::data::{BatchSampler, Dataset, Split, ValidationWindows};
 use lawa_core::optim::{clip_grad_norm, AdamW};
-use lawa_models::Gpt;
+use lawa_models::{CausalLm, Gpt};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 

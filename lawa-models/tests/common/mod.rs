@@ -27,11 +27,27 @@ pub fn reference_script() -> PathBuf {
 
 /// Runs `gpt2_reference.py <command> <spec>` and returns its standard output.
 pub fn run_reference(command: &str, spec: &serde_json::Value, scratch: &Path) -> String {
+    run_script(&reference_script(), command, spec, scratch)
+}
+
+/// The GPT-NeoX reference script.
+pub fn neox_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../lawa-models/tests/reference/neox_reference.py")
+}
+
+/// Runs `<script> <command> <spec>` with the reference Python and returns its standard output.
+pub fn run_script(
+    script: &Path,
+    command: &str,
+    spec: &serde_json::Value,
+    scratch: &Path,
+) -> String {
     let spec_path = scratch.join(format!("{command}-spec.json"));
     std::fs::write(&spec_path, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
     let started = std::time::Instant::now();
     let out = Command::new(python())
-        .arg(reference_script())
+        .arg(script)
         .arg(command)
         .arg(&spec_path)
         .output()

@@ -1,0 +1,256 @@
+//! What every language model here is: [`CausalLm`] (logits, the loss, per-window losses), and
+//! [`Model`], a GPT-2 or a GPT-NeoX chosen from a checkpoint's `config.json`, for the callers
+//! that score, sample or average checkpoints of either.
+
+use std::borrow::Borrow;
+use std::path::Path as FsPath;
+
+use lawa_core::checkpoint::WeightSource;
+use serde_json::Value;
+use tch::nn::Path;
+use tch::{Device, Kind, Tensor};
+
+use crate::hf::CheckpointFiles;
+use crate::neox::{GptNeoX, NeoxConfig};
+use crate::{Gpt, GptConfig, ModelError, Precision};
+
+/// A causal language model: next-token logits from token ids, and the losses computed from
+/// them (one definition for every architecture: log-softmax and negative log-likelihood in
+/// fp32).
+pub trait CausalLm {
+    /// Next-token logits `[B, T, vocab]` for token ids `[B, T]`; `train` turns dropout on.
+    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError>;
+
+    /// The longest sequence the model takes.
+    fn max_positions(&self) -> usize;
+
+    /// Width of the logits.
+    fn vocab_size(&self) -> usize;
+
+    /// The device the variables live on.
+    fn device(&self) -> Device;
+
+    /// Mean next-token cross-entropy (a scalar, fp32) of predicting `targets` (`[B, T]`) from
+    /// `idx` (`[B, T]`). The softmax and loss run in fp32 whatever the compute precision.
+    fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let (logp, targets) = self.log_probs(idx, targets, train)?;
+        Ok(logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)?)
+    }
+
+    /// For evaluation (no dropout): the mean next-token loss over the batch, computed exactly as
+    /// [`CausalLm::loss`] computes it, and the mean loss of each window (`[B]`), both fp32.
+    fn window_losses(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let (b, t) = (idx.size()[0], idx.size()[1]);
+        let (logp, targets) = self.log_probs(idx, targets, false)?;
+        let mean = logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::Mean, -100)?;
+        let per_token = logp.f_nll_loss(&targets, None::<Tensor>, tch::Reduction::None, -100)?;
+        let per_window = per_token.view([b, t]).f_mean_dim(1, false, Kind::Float)?;
+        Ok((mean, per_window))
+    }
+
+    /// Log-probabilities `[B T, vocab]` (fp32) and the flattened int64 targets.
+    fn log_probs(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let size = idx.size();
+        let [b, t] = size[..] else {
+            return Err(ModelError::BadInput(format!(
+                "token ids must be a [batch, time] tensor, got shape {size:?}"
+            )));
+        };
+        if targets.size() != [b, t] {
+            return Err(ModelError::BadInput(format!(
+                "targets have shape {:?}, token ids [{b}, {t}]",
+                targets.size()
+            )));
+        }
+        let logits = self.forward(idx, train)?;
+        let vocab = logits.size()[2];
+        let logp = logits.reshape([b * t, vocab]).log_softmax(-1, Kind::Float);
+        Ok((logp, targets.reshape([b * t]).to_kind(Kind::Int64)))
+    }
+}
+
+impl CausalLm for Gpt {
+    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Gpt::forward(self, idx, train)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config().block_size
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    fn device(&self) -> Device {
+        Gpt::device(self)
+    }
+}
+
+impl CausalLm for GptNeoX {
+    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        GptNeoX::forward(self, idx, train)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config().max_position_embeddings
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    fn device(&self) -> Device {
+        GptNeoX::device(self)
+    }
+}
+
+/// The configuration of a model of either architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    /// A GPT-2.
+    Gpt2(GptConfig),
+    /// A GPT-NeoX (Pythia).
+    GptNeoX(NeoxConfig),
+}
+
+impl ModelConfig {
+    /// Reads a checkpoint's `config.json`, the architecture chosen by its `model_type`
+    /// (`gpt2`, the default, or `gpt_neox`).
+    pub fn read(path: &FsPath) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            path: path.to_owned(),
+            error: e,
+        })?;
+        let model_type = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v.get("model_type")
+                .and_then(Value::as_str)
+                .map(String::from)
+        });
+        match model_type.as_deref() {
+            Some("gpt_neox") => Ok(ModelConfig::GptNeoX(crate::neox::read_config(path)?)),
+            None | Some("gpt2") => Ok(ModelConfig::Gpt2(crate::hf::read_config(path)?)),
+            Some(other) => Err(ModelError::BadConfigFile {
+                path: path.to_owned(),
+                message: format!(
+                    "model_type = \"{other}\": lawa reads GPT-2 (\"gpt2\") and GPT-NeoX (\"gpt_neox\") checkpoints"
+                ),
+            }),
+        }
+    }
+
+    /// Values the model holds.
+    pub fn stored_values(&self) -> u128 {
+        match self {
+            ModelConfig::Gpt2(c) => c.stored_values(),
+            ModelConfig::GptNeoX(c) => c.stored_values(),
+        }
+    }
+
+    /// The longest sequence.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ModelConfig::Gpt2(c) => c.block_size,
+            ModelConfig::GptNeoX(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// Width of the logits.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Gpt2(c) => c.vocab_size,
+            ModelConfig::GptNeoX(c) => c.vocab_size,
+        }
+    }
+}
+
+/// A GPT-2 or a GPT-NeoX.
+#[derive(Debug)]
+pub enum Model {
+    /// A GPT-2.
+    Gpt2(Gpt),
+    /// A GPT-NeoX (Pythia).
+    GptNeoX(GptNeoX),
+}
+
+impl Model {
+    /// Builds the model `config` describes under `vs` (freshly initialized).
+    pub fn new<'a>(vs: impl Borrow<Path<'a>>, config: &ModelConfig) -> Result<Model, ModelError> {
+        Ok(match config {
+            ModelConfig::Gpt2(c) => Model::Gpt2(Gpt::new(vs, c)?),
+            ModelConfig::GptNeoX(c) => Model::GptNeoX(GptNeoX::new(vs, c)?),
+        })
+    }
+
+    /// Builds the model a checkpoint describes (folder or weights file with `config.json`
+    /// beside it; single, sharded, safetensors or `.bin`) and loads its weights.
+    pub fn from_pretrained<'a>(
+        vs: impl Borrow<Path<'a>>,
+        checkpoint: impl AsRef<FsPath>,
+    ) -> Result<Model, ModelError> {
+        let files = CheckpointFiles::locate(checkpoint.as_ref())?;
+        let config = ModelConfig::read(&files.config)?;
+        let model = Model::new(vs, &config)?;
+        model.load_weights(&files.open_weights()?)?;
+        Ok(model)
+    }
+
+    /// Loads weights from `source` (a checkpoint, or the mean of several).
+    pub fn load_weights(&self, source: &dyn WeightSource) -> Result<(), ModelError> {
+        match self {
+            Model::Gpt2(m) => m.load_weights(source),
+            Model::GptNeoX(m) => m.load_weights(source),
+        }
+    }
+
+    /// The compute precision of the forward pass (weights stay fp32).
+    pub fn set_precision(&mut self, precision: Precision) {
+        match self {
+            Model::Gpt2(m) => m.set_precision(precision),
+            Model::GptNeoX(m) => m.set_precision(precision),
+        }
+    }
+
+    /// The model as a [`CausalLm`].
+    pub fn lm(&self) -> &dyn CausalLm {
+        match self {
+            Model::Gpt2(m) => m,
+            Model::GptNeoX(m) => m,
+        }
+    }
+
+    /// Saves the model as a Hugging Face checkpoint folder.
+    pub fn save_pretrained(&self, dir: impl AsRef<FsPath>) -> Result<(), ModelError> {
+        match self {
+            Model::Gpt2(m) => m.save_pretrained(dir),
+            Model::GptNeoX(m) => m.save_pretrained(dir),
+        }
+    }
+}
+
+impl CausalLm for Model {
+    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.lm().forward(idx, train)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.lm().max_positions()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.lm().vocab_size()
+    }
+
+    fn device(&self) -> Device {
+        self.lm().device()
+    }
+}
