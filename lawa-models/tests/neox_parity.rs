@@ -14,7 +14,9 @@ use tch::{nn, Device, Kind, Tensor};
 const TOLERANCE: f64 = 2e-6;
 
 /// (hidden, heads, layers, intermediate, rotary_pct, parallel, vocab, positions)
-const SHAPES: [(usize, usize, usize, usize, f64, bool, usize, usize); 3] = [
+type Shape = (usize, usize, usize, usize, f64, bool, usize, usize);
+
+const SHAPES: [Shape; 3] = [
     (64, 4, 2, 256, 0.25, true, 128, 32),
     // Head size 20, 25 %: 5 rotary dims, an odd number (3 frequencies, 6 rotated dims).
     (60, 3, 2, 200, 0.25, false, 97, 24),
