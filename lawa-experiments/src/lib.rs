@@ -3,6 +3,7 @@
 //! - [`prepare`]: a text corpus into a tokenized dataset folder;
 //! - [`train`]: one training run, every averager evaluated along the way, resumable;
 //! - [`sweep`]: grids of runs gathered into a results folder;
+//! - [`posthoc`]: LAWA over a series of saved checkpoints (Pythia's, or a run's);
 //! - [`results`]: the CSV schema, summaries and metrics (no libtorch);
 //! - [`figures`]: the paper's figures from a results folder (no libtorch);
 //! - [`commands`]: one module per subcommand, each parsing arguments and calling the above.
@@ -10,6 +11,7 @@
 pub mod assets;
 pub mod commands;
 pub mod figures;
+pub mod posthoc;
 pub mod prepare;
 pub mod progress;
 pub mod results;

@@ -30,6 +30,8 @@ enum Command {
     Sweep(commands::sweep::SweepArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.
     Train(commands::train::TrainArgs),
+    /// LAWA over a series of saved checkpoints, scored along training; re-running continues.
+    Posthoc(commands::posthoc::PosthocArgs),
     /// Regenerate a sweep's figures (PNG and SVG) from its CSVs into RESULTS/figures/.
     Figures(commands::figures::FiguresArgs),
 }
@@ -61,6 +63,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args).map(|_| ()),
         Command::Sweep(args) => commands::sweep::run(args).map(|r| println!("{}", r.dir.display())),
         Command::Figures(args) => commands::figures::run(args).map(|_| ()),
+        Command::Posthoc(args) => {
+            commands::posthoc::run(args).map(|r| println!("{}", r.dir.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

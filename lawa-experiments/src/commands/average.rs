@@ -4,13 +4,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lawa_core::checkpoint::{average_safetensors, AverageReport};
+use lawa_core::checkpoint::{average_checkpoints, AverageReport, TensorFiles};
+
+use crate::posthoc::series::step_in_name;
 
 /// Which checkpoints to average, and where to write the mean.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AverageArgs {
-    /// Checkpoints: safetensors files, or checkpoint folders holding `model.safetensors`.
-    /// With --last: one folder of step-numbered checkpoints.
+    /// Checkpoints: checkpoint folders (GPT-2 or GPT-NeoX; `model.safetensors`, safetensors
+    /// shards with an index, or `pytorch_model.bin`, single or sharded), or weights files
+    /// (`.safetensors`, `.bin`). With --last: one folder of step-numbered checkpoints.
     #[arg(required = true)]
     pub checkpoints: Vec<PathBuf>,
     /// Output: a `.safetensors` file, or a folder (gets `model.safetensors`, plus the newest
@@ -25,14 +28,17 @@ pub struct AverageArgs {
     pub every: Option<u64>,
 }
 
-fn model_file(path: &Path) -> Result<PathBuf> {
-    if path.is_dir() {
-        let file = path.join("model.safetensors");
-        if !file.is_file() {
-            bail!("{}: folder holds no model.safetensors", path.display());
-        }
-        Ok(file)
-    } else if path.is_file() {
+/// Whether a checkpoint tensor is a buffer rather than a weight (attention masks and rotary
+/// tables of older GPT-2 and Pythia checkpoints): left out of the average.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias")
+        || lawa_models::neox::is_ignored_buffer(name)
+}
+
+/// The weights of a checkpoint given as a folder or a file.
+fn weights_of(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() || path.is_file() {
         Ok(path.to_owned())
     } else {
         bail!("{}: checkpoint not found", path.display())
@@ -51,7 +57,7 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
         None => args
             .checkpoints
             .iter()
-            .map(|p| model_file(p))
+            .map(|p| weights_of(p))
             .collect::<Result<_>>()?,
     };
     let to_folder = args.out.extension().is_none_or(|e| e != "safetensors");
@@ -60,8 +66,12 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
     } else {
         args.out.clone()
     };
-    for input in &inputs {
-        if input.canonicalize().ok() == out_file.canonicalize().ok() && out_file.exists() {
+    let opened = inputs
+        .iter()
+        .map(|p| TensorFiles::open(p))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for input in &opened {
+        if input.path.canonicalize().ok() == out_file.canonicalize().ok() && out_file.exists() {
             bail!(
                 "{}: the output would overwrite an input",
                 out_file.display()
@@ -83,17 +93,25 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
             .join(", ")
     );
     let bar = crate::progress::bar(0, "averaging", "bytes");
-    let report = average_safetensors(&inputs, &out_file, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
+    let report = average_checkpoints(
+        &opened,
+        &out_file,
+        |n| !is_buffer(n),
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    );
     bar.finish_and_clear();
     let report = report?;
     if to_folder {
-        let newest = inputs
-            .last()
-            .and_then(|p| p.parent())
-            .map(|d| d.join("config.json"));
+        let newest = inputs.last().map(|p| {
+            if p.is_dir() {
+                p.join("config.json")
+            } else {
+                p.parent().unwrap_or(Path::new(".")).join("config.json")
+            }
+        });
         if let Some(config) = newest.filter(|c| c.is_file()) {
             let text = std::fs::read(&config)
                 .with_context(|| format!("{}: cannot read", config.display()))?;
@@ -111,20 +129,8 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
     Ok(report)
 }
 
-/// The step number in a checkpoint's file or folder name: the last run of digits
-/// (`ckpt_1000.safetensors`, `step-1000/`, `model_step00500.safetensors`).
-pub fn step_in_name(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_string_lossy();
-    let name = name.strip_suffix(".safetensors").unwrap_or(&name);
-    let end = name.rfind(|c: char| c.is_ascii_digit())? + 1;
-    let start = name[..end]
-        .rfind(|c: char| !c.is_ascii_digit())
-        .map_or(0, |i| i + 1);
-    name[start..end].parse().ok()
-}
-
-/// From a folder of step-numbered checkpoints (safetensors files, or folders holding
-/// `model.safetensors`), the latest `k`, spaced `every` steps apart when given (counting back
+/// From a folder of step-numbered checkpoints (checkpoint folders, or `.safetensors` / `.bin`
+/// files), the latest `k`, spaced `every` steps apart when given (counting back
 /// from the newest), oldest first. Errors name the missing step.
 pub fn select_latest(dir: &Path, k: usize, every: Option<u64>) -> Result<Vec<PathBuf>> {
     if k == 0 {
@@ -140,15 +146,14 @@ pub fn select_latest(dir: &Path, k: usize, every: Option<u64>) -> Result<Vec<Pat
         let path = entry
             .with_context(|| format!("{}: cannot read", dir.display()))?
             .path();
-        let file = if path.is_dir() {
-            path.join("model.safetensors")
-        } else if path.extension().is_some_and(|e| e == "safetensors") {
-            path.clone()
+        let usable = if path.is_dir() {
+            path.join("config.json").is_file() || path.join("model.safetensors").is_file()
         } else {
-            continue;
+            path.extension()
+                .is_some_and(|e| e == "safetensors" || e == "bin")
         };
-        if let (Some(step), true) = (step_in_name(&path), file.is_file()) {
-            found.insert(step, file);
+        if let (Some(step), true) = (step_in_name(&path), usable) {
+            found.insert(step, path);
         }
     }
     let Some((&newest, _)) = found.iter().next_back() else {

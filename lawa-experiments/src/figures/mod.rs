@@ -9,6 +9,7 @@ pub mod gap;
 pub mod lines;
 pub mod loss;
 pub mod plot;
+pub mod posthoc;
 pub mod steps_saved;
 pub mod sweep;
 
@@ -16,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::results::{read_rows, CurveRow, Strategy, SummaryRow, CURVES_FILE, SUMMARY_FILE};
+use crate::results::{
+    read_rows, ComputeRow, CurveRow, Strategy, SummaryRow, COMPUTE_FILE, CURVES_FILE, SUMMARY_FILE,
+};
 use plot::Figure;
 use sweep::{Sweep, WeightsSpec};
 
@@ -165,8 +168,22 @@ pub fn render_all(results_dir: &Path) -> Result<Vec<PathBuf>> {
         None
     };
     let sweep = Sweep::from_rows(&rows, summary.as_deref());
+    let compute_path = results_dir.join(COMPUTE_FILE);
+    let mut outcomes = build_all(&sweep);
+    if compute_path.exists() {
+        let compute: Vec<ComputeRow> = read_rows(&compute_path)?;
+        for model in sweep.models() {
+            let scope = Scope {
+                sweep: &sweep,
+                model: &model,
+                several_models: sweep.models().len() > 1,
+            };
+            outcomes.push(posthoc::perplexity(&scope));
+            outcomes.push(posthoc::compute_saved(&scope, &compute));
+        }
+    }
     let mut figures = Vec::new();
-    for outcome in build_all(&sweep) {
+    for outcome in outcomes {
         match outcome {
             Outcome::Drawn(figure) => figures.push(figure),
             Outcome::Skipped { name, reason } => tracing::info!("skipping {name}: {reason}"),

@@ -185,6 +185,10 @@ pub struct CheckpointSpec {
     /// Write a checkpoint every this many steps [default: at each evaluation]; always at the end.
     #[serde(default)]
     pub every: Option<u64>,
+    /// Also keep the model alone, as a Hugging Face checkpoint, in `series/step<N>/` every this
+    /// many steps: a checkpoint series for `lawa posthoc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series_every: Option<u64>,
 }
 
 impl RunConfig {
@@ -251,6 +255,9 @@ impl RunConfig {
         }
         if self.checkpoint.every == Some(0) {
             bail!("checkpoint.every = 0 is invalid: must be at least 1");
+        }
+        if self.checkpoint.series_every == Some(0) {
+            bail!("checkpoint.series_every = 0 is invalid: must be at least 1");
         }
         if let Some(h) = t.horizon {
             if h < t.steps {

@@ -68,7 +68,7 @@ pub fn is_temporary(name: &str) -> bool {
 pub fn run_owns(name: &str) -> bool {
     matches!(
         name,
-        CONFIG_FILE | LOCK_FILE | "curves.csv" | "status.json" | "checkpoint"
+        CONFIG_FILE | LOCK_FILE | "curves.csv" | "status.json" | "checkpoint" | "series"
     ) || is_temporary(name)
 }
 
@@ -136,12 +136,14 @@ pub fn claim_folder(
 /// Claims the run folder of `plan` (see [`claim_folder`]).
 pub fn claim(plan: &RunPlan) -> Result<Claim> {
     let text = serde_yaml::to_string(&plan.config)?;
-    claim_folder(
+    let claim = claim_folder(
         &plan.dir,
         CONFIG_FILE,
         &text,
         run_owns,
         "run",
         "choose another `out`/`name`",
-    )
+    )?;
+    lawa_core::checkpoint::remove_stale_staging(&plan.dir.join("series"))?;
+    Ok(claim)
 }

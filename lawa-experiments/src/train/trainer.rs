@@ -310,6 +310,21 @@ impl<'a> Trainer<'a> {
         )
     }
 
+    /// Keeps the model alone as a Hugging Face checkpoint in `series/step<N>/` (published whole,
+    /// like a checkpoint), for `lawa posthoc`.
+    pub fn save_series(&self) -> Result<()> {
+        let target = self
+            .plan
+            .dir
+            .join("series")
+            .join(format!("step{}", self.state.step));
+        std::fs::create_dir_all(target.parent().unwrap_or(&self.plan.dir))?;
+        let staging = lawa_core::checkpoint::staging_dir(&target)?;
+        self.gpt.save_pretrained(&staging)?;
+        lawa_core::checkpoint::publish_dir(&staging, &target)
+            .with_context(|| format!("{}: cannot write", target.display()))
+    }
+
     /// Tokens per second over this process's steps.
     pub fn tokens_per_second(&self) -> f64 {
         let steps = self.state.step - self.session.first_step;
@@ -419,6 +434,13 @@ pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<Ru
         if step.is_multiple_of(cfg.eval.every) || step == steps {
             let rows = trainer.evaluate()?;
             log_evaluation(&cfg.name, &rows);
+        }
+        if cfg
+            .checkpoint
+            .series_every
+            .is_some_and(|n| step.is_multiple_of(n))
+        {
+            trainer.save_series()?;
         }
         if step.is_multiple_of(checkpoint_every) || step == steps {
             trainer.checkpoint()?;

@@ -1,0 +1,334 @@
+//! `lawa posthoc`: LAWA applied after the fact to a series of saved checkpoints, as the paper did
+//! with Pythia's published ones. At each evaluated step `t` the raw checkpoint and LAWA(k, nu),
+//! the mean of the checkpoints at `t, t - nu, ..., t - (k-1) nu`, are scored on the same fixed
+//! windows. The mean is computed a tensor at a time into one model (peak memory: one model and a
+//! couple of tensors), each checkpoint read once per window it belongs to. Results use the sweep
+//! schema (`curves.csv`, `summary.csv`, `gains.csv`), so `lawa figures` draws them, plus
+//! `compute_saved.csv` (steps and GPU-hours saved). Resumable: a re-run scores only what is
+//! missing.
+
+pub mod config;
+pub mod series;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use lawa_core::checkpoint::{MeanOf, TensorFiles, WeightSource};
+use lawa_core::data::{Dataset, Split, ValidationWindows};
+use lawa_models::hf::CheckpointFiles;
+use lawa_models::{Model, ModelConfig, Precision};
+use tch::nn::VarStore;
+
+use crate::results::schema::{parse_rows, rows_without_header, to_csv};
+use crate::results::{
+    compute_saved, seed_gains, summarize, write_rows, CurveRow, Strategy, COMPUTE_FILE,
+    CURVES_FILE, GAINS_FILE, SUMMARY_FILE,
+};
+use crate::train::evaluate::{evaluate, WindowLosses};
+use crate::train::run_dir::{claim_folder, is_temporary, LOCK_FILE};
+pub use config::PosthocConfig;
+use series::Series;
+
+/// The copy of the study's config in its results folder.
+pub const POSTHOC_FILE: &str = "posthoc.yaml";
+
+/// What a study did.
+#[derive(Debug, Clone)]
+pub struct PosthocReport {
+    /// The results folder.
+    pub dir: PathBuf,
+    /// Evaluations made in this call.
+    pub evaluated: usize,
+    /// Evaluations in all.
+    pub total: usize,
+}
+
+/// One evaluation: a set of weights at a step.
+#[derive(Debug, Clone)]
+struct Planned {
+    step: u64,
+    /// `None` for the raw checkpoint.
+    lawa: Option<(usize, u64)>,
+    /// Checkpoint steps averaged, oldest first.
+    members: Vec<u64>,
+}
+
+impl Planned {
+    fn label(&self) -> String {
+        match self.lawa {
+            None => "raw".into(),
+            Some((k, nu)) => format!("lawa_k{k}_nu{nu}"),
+        }
+    }
+}
+
+/// Every evaluation of the study, in step order (raw first at each step).
+fn plan(cfg: &PosthocConfig, series: &Series) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    for &t in series.steps.keys().filter(|&&t| cfg.steps.contains(t)) {
+        out.push(Planned {
+            step: t,
+            lawa: None,
+            members: vec![t],
+        });
+        for &nu in &cfg.lawa.nu {
+            for &k in &cfg.lawa.k {
+                out.push(Planned {
+                    step: t,
+                    lawa: Some((k, nu)),
+                    members: series.window(t, k, nu)?,
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: no checkpoint step lies in the study's steps",
+            series.dir.display()
+        );
+    }
+    Ok(out)
+}
+
+/// The checkpoints' shared configuration: every one must describe the same model.
+fn model_config(series: &Series) -> Result<ModelConfig> {
+    let mut first: Option<(u64, ModelConfig)> = None;
+    for (&step, dir) in &series.steps {
+        let files = CheckpointFiles::locate(dir)?;
+        let cfg = ModelConfig::read(&files.config)?;
+        match &first {
+            None => first = Some((step, cfg)),
+            Some((s0, c0)) if *c0 != cfg => bail!(
+                "{}: describes another model than the checkpoint of step {s0}",
+                files.config.display()
+            ),
+            Some(_) => {}
+        }
+    }
+    first
+        .map(|(_, c)| c)
+        .context("the series holds no checkpoint")
+}
+
+/// Runs the study in `path` (or continues it).
+pub fn run(path: &Path) -> Result<PosthocReport> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let cfg = PosthocConfig::load(path)?;
+    let series = Series::discover(&cfg.checkpoints)?;
+    let planned = plan(&cfg, &series).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    let model_cfg = model_config(&series)?;
+    let device = crate::train::config::parse_device(&cfg.device)?;
+    crate::train::config::ensure_available(device)?;
+    let data = Dataset::open(&cfg.data)?;
+    if data.meta().vocab_size as usize > model_cfg.vocab_size() {
+        bail!(
+            "{}: a vocabulary of {} ({}) is larger than the model's {}; prepare the data with the model's tokenizer",
+            cfg.data.display(),
+            data.meta().vocab_size,
+            data.meta().tokenizer,
+            model_cfg.vocab_size()
+        );
+    }
+    let block = cfg.eval.block_size.unwrap_or(model_cfg.max_positions());
+    if block > model_cfg.max_positions() {
+        bail!(
+            "eval.block_size = {block} is longer than the model's {}",
+            model_cfg.max_positions()
+        );
+    }
+    let windows = ValidationWindows::new(data.split(Split::Val), block, cfg.eval.windows)?;
+    let dir = cfg.results_dir();
+    let _claim = claim_folder(
+        &dir,
+        POSTHOC_FILE,
+        &text,
+        posthoc_owns,
+        "post-hoc study",
+        "give the study another name",
+    )?;
+    let curves_path = dir.join(CURVES_FILE);
+    let mut rows: Vec<CurveRow> = match std::fs::read(&curves_path) {
+        Ok(bytes) => parse_rows(&curves_path, &bytes)?,
+        Err(_) => Vec::new(),
+    };
+    let done: BTreeSet<(u64, String)> = rows.iter().map(|r| (r.step, r.weights.clone())).collect();
+    let todo: Vec<&Planned> = planned
+        .iter()
+        .filter(|p| !done.contains(&(p.step, p.label())))
+        .collect();
+    tracing::info!(
+        "post-hoc study {}: {} checkpoints, {} evaluations ({} done before), {} windows of {block} tokens",
+        cfg.name,
+        series.steps.len(),
+        planned.len(),
+        planned.len() - todo.len(),
+        windows.len()
+    );
+    let vs = VarStore::new(device);
+    let mut model = Model::new(vs.root(), &model_cfg)?;
+    model.set_precision(
+        cfg.precision
+            .parse::<Precision>()
+            .map_err(anyhow::Error::msg)?,
+    );
+    let mut scorer = Scorer {
+        cfg: &cfg,
+        series: &series,
+        model: &model,
+        windows: &windows,
+        raw: BTreeMap::new(),
+    };
+    if !curves_path.exists() {
+        lawa_core::checkpoint::write_atomic(&curves_path, &to_csv::<CurveRow>(&[])?)?;
+    }
+    let bar = crate::progress::bar(todo.len() as u64, &cfg.name, "evaluations");
+    let started = Instant::now();
+    for (i, p) in todo.iter().enumerate() {
+        let row = scorer
+            .score(p, started.elapsed().as_secs_f64())
+            .with_context(|| format!("{} at step {}", p.label(), p.step))?;
+        append(&curves_path, &row)?;
+        rows.push(row);
+        bar.set_position(i as u64 + 1);
+        if !crate::progress::interactive() && (i + 1) % 10 == 0 {
+            tracing::info!("{}: {} of {} evaluations", cfg.name, i + 1, todo.len());
+        }
+    }
+    bar.finish_and_clear();
+    finish(&dir, &cfg, &mut rows)?;
+    Ok(PosthocReport {
+        dir,
+        evaluated: todo.len(),
+        total: planned.len(),
+    })
+}
+
+/// Sorts the rows, writes the summaries and draws the figures.
+fn finish(dir: &Path, cfg: &PosthocConfig, rows: &mut [CurveRow]) -> Result<()> {
+    rows.sort_by(|a, b| {
+        (a.step, a.strategy != Strategy::Raw, &a.weights).cmp(&(
+            b.step,
+            b.strategy != Strategy::Raw,
+            &b.weights,
+        ))
+    });
+    write_rows(&dir.join(CURVES_FILE), rows)?;
+    write_rows(&dir.join(SUMMARY_FILE), &summarize(rows, &[]))?;
+    write_rows(&dir.join(GAINS_FILE), &seed_gains(rows, &[]))?;
+    write_rows(
+        &dir.join(COMPUTE_FILE),
+        &compute_saved(rows, cfg.gpu_hours_per_step),
+    )?;
+    let figures = crate::figures::render_all(dir).context("drawing the figures")?;
+    tracing::info!(
+        "post-hoc study {}: {} figure files; results in {}",
+        cfg.name,
+        figures.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn append(path: &Path, row: &CurveRow) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    file.write_all(&rows_without_header(std::slice::from_ref(row))?)
+        .and_then(|_| file.sync_data())
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// What a post-hoc results folder holds.
+fn posthoc_owns(name: &str) -> bool {
+    matches!(
+        name,
+        POSTHOC_FILE
+            | LOCK_FILE
+            | CURVES_FILE
+            | SUMMARY_FILE
+            | GAINS_FILE
+            | COMPUTE_FILE
+            | crate::figures::FIGURES_DIR
+    ) || is_temporary(name)
+}
+
+/// Loads checkpoints (or their means) into one model and scores them.
+struct Scorer<'a> {
+    cfg: &'a PosthocConfig,
+    series: &'a Series,
+    model: &'a Model,
+    windows: &'a ValidationWindows,
+    /// The raw checkpoint's per-window losses by step, for paired errors.
+    raw: BTreeMap<u64, WindowLosses>,
+}
+
+impl Scorer<'_> {
+    fn open(&self, step: u64) -> Result<TensorFiles> {
+        let files = CheckpointFiles::locate(&self.series.steps[&step])?;
+        Ok(files.open_weights()?)
+    }
+
+    fn losses(&self, source: &dyn WeightSource) -> Result<WindowLosses> {
+        self.model.load_weights(source)?;
+        evaluate(self.model, self.windows, self.cfg.eval.batch_size)
+    }
+
+    /// The raw checkpoint's losses at `step` (scored once per run).
+    fn raw_losses(&mut self, step: u64) -> Result<&WindowLosses> {
+        if !self.raw.contains_key(&step) {
+            let losses = self.losses(&self.open(step)?)?;
+            self.raw.insert(step, losses);
+        }
+        Ok(&self.raw[&step])
+    }
+
+    fn score(&mut self, p: &Planned, wall: f64) -> Result<CurveRow> {
+        let raw = self.raw_losses(p.step)?.clone();
+        let (losses, gain_se) = match p.lawa {
+            None => (raw, None),
+            Some(_) => {
+                let inputs = p
+                    .members
+                    .iter()
+                    .map(|&s| self.open(s))
+                    .collect::<Result<Vec<_>>>()?;
+                let mean = MeanOf::new(inputs.iter().collect())?;
+                let losses = self.losses(&mean)?;
+                let se = crate::results::metrics::paired_se(&raw.per_window, &losses.per_window);
+                (losses, se)
+            }
+        };
+        let (k, nu) = p
+            .lawa
+            .map_or((None, None), |(k, nu)| (Some(k as u64), Some(nu)));
+        Ok(CurveRow {
+            run: self.cfg.name.clone(),
+            model: self.cfg.model_label(),
+            lr: self.cfg.lr,
+            seed: 0,
+            weights: p.label(),
+            strategy: if p.lawa.is_some() {
+                Strategy::Lawa
+            } else {
+                Strategy::Raw
+            },
+            k,
+            nu,
+            decay: None,
+            start: p.lawa.map(|_| 0.0),
+            every: nu,
+            step: p.step,
+            tokens: p.step * self.cfg.tokens_per_step,
+            val_loss: losses.mean,
+            val_loss_se: losses.se(),
+            gain_se,
+            train_loss: None,
+            wall_time_s: wall,
+        })
+    }
+}
