@@ -5,7 +5,11 @@ AveragedModel.update_parameters timings for the averaging benchmark.
 
 usage: python bench_gpt.py '<json config>'   -> prints one JSON line of results
 config: {n_layer, n_head, n_embd, block_size, vocab_size, batch_size, steps, warmup, device,
-         precision: "f32"|"bf16", compile: bool, averaging: bool}
+         precision: "f32"|"bf16", compile: bool, averaging: bool, tasks: int (requests)}
+
+With "tasks", it scores that many log-likelihood requests instead of training: the lengths
+that `lawa bench tasks` draws (request_lengths), sorted longest first, right-padded batches,
+log_softmax and gather as lm-evaluation-harness scores them.
 """
 import json
 import math
@@ -50,12 +54,15 @@ class GPT(nn.Module):
             if p.dim() == 2:
                 nn.init.normal_(p, 0.0, 0.02)
 
-    def forward(self, idx, targets):
+    def logits(self, idx):
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for b in self.h:
             x = b(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight)
+        return F.linear(self.ln_f(x), self.wte.weight)
+
+    def forward(self, idx, targets):
+        logits = self.logits(idx)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
@@ -105,6 +112,35 @@ def averaging_seconds(model, device, calls=50):
     return (time.perf_counter() - t0) / calls
 
 
+def request_lengths(n, block):
+    """(context, continuation) lengths of request i: the same formula as `lawa bench tasks`."""
+    return [(1 + (i * 37) % (block - 8), 1 + i % 6) for i in range(n)]
+
+
+def scored_requests_per_s(c, model, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    reqs = [torch.randint(c["vocab_size"], (a + b,), generator=g) for a, b in request_lengths(c["tasks"], c["block_size"])]
+    conts = [b for _, b in request_lengths(c["tasks"], c["block_size"])]
+    order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i]))
+    total = 0.0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for at in range(0, len(order), c["batch_size"]):
+            chunk = order[at:at + c["batch_size"]]
+            width = max(len(reqs[i]) - 1 for i in chunk)
+            x = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                x[r, :len(reqs[i]) - 1] = reqs[i][:-1]
+            logp = F.log_softmax(model.logits(x.to(device)).float(), dim=-1).cpu()
+            for r, i in enumerate(chunk):
+                n, L = conts[i], len(reqs[i]) - 1
+                rows = logp[r, L - n:L]
+                total += rows.gather(1, reqs[i][-n:].unsqueeze(1)).sum().item()
+                _ = (rows.argmax(-1) == reqs[i][-n:]).all().item()
+    sync(device)
+    return len(reqs) / (time.perf_counter() - t0), total
+
+
 def main():
     c = json.loads(sys.argv[1])
     device = c["device"]
@@ -112,6 +148,12 @@ def main():
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     model = GPT(c).to(device)
     out["params"] = sum(p.numel() for p in model.parameters())
+    if c.get("tasks"):
+        model.eval()
+        scored_requests_per_s(c, model, device)  # warm-up
+        out["requests_per_s"], out["loglik_sum"] = scored_requests_per_s(c, model, device)
+        print(json.dumps(out))
+        return
     if c.get("averaging"):
         out["ema_update_s"] = averaging_seconds(model, device)
     out["eager_tokens_per_s"] = train_tokens_per_s(c, model, device)

@@ -6,6 +6,7 @@
 //! - [`posthoc`]: LAWA over a series of saved checkpoints (Pythia's, or a run's);
 //! - [`results`]: the CSV schema, summaries and metrics (no libtorch);
 //! - [`figures`]: the paper's figures from a results folder (no libtorch);
+//! - [`tasks`]: zero-shot downstream tasks scored as lm-evaluation-harness scores them;
 //! - [`commands`]: one module per subcommand, each parsing arguments and calling the above.
 
 pub mod assets;
@@ -16,4 +17,5 @@ pub mod prepare;
 pub mod progress;
 pub mod results;
 pub mod sweep;
+pub mod tasks;
 pub mod train;

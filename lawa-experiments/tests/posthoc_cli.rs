@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::lawa;
-use lawa_experiments::results::{read_rows, ComputeRow, CurveRow};
+use lawa_experiments::results::{read_rows, ComputeRow, CurveRow, TaskRow};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -56,10 +56,22 @@ fn post_hoc_lawa_equals_the_online_lawa_of_the_same_run() {
     let (data, run) = trained_run(dir.path());
     let series: Vec<_> = std::fs::read_dir(run.join("series")).unwrap().collect();
     assert_eq!(series.len(), 10, "steps 4, 8, ..., 40");
+    let task = write(
+        dir.path(),
+        "hand.jsonl",
+        "{\"context\": \"The President\", \"choices\": [\" said\", \" zzzqx\"], \"gold\": 0}\n\
+         {\"context\": \"We the\", \"choices\": [\" people\", \" q\"], \"gold\": 0}\n\
+         {\"context\": \"The state of the\", \"target\": \" Union\"}\n",
+    );
     write(
         dir.path(),
         "study.yaml",
-        &study(dir.path(), &data, &run, ""),
+        &study(
+            dir.path(),
+            &data,
+            &run,
+            &format!("tasks: [{}]\n", task.display()),
+        ),
     );
     let o = lawa(&["posthoc", "study.yaml"], dir.path());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -104,6 +116,39 @@ fn post_hoc_lawa_equals_the_online_lawa_of_the_same_run() {
     ] {
         assert!(results.join(format!("figures/{f}.png")).is_file(), "{f}");
     }
+    // Tasks: every evaluated weights scored (acc, acc_norm and LAMBADA's perplexity); the raw
+    // rows equal `lawa eval --task` on the same checkpoint.
+    let tasks: Vec<TaskRow> = read_rows(&results.join("tasks.csv")).unwrap();
+    assert_eq!(tasks.len(), posthoc.len() * 3);
+    for step in [8, 40] {
+        let o = lawa(
+            &[
+                "eval",
+                "--checkpoint",
+                run.join(format!("series/step{step}")).to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--task",
+                task.to_str().unwrap(),
+                "--batch-size",
+                "4",
+                "--json",
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let raw = |metric: &str| {
+            tasks
+                .iter()
+                .find(|t| t.step == step && t.weights == "raw" && t.metric == metric)
+                .unwrap()
+                .value
+        };
+        assert_eq!(raw("acc"), json[0]["acc"].as_f64().unwrap());
+        assert_eq!(raw("perplexity"), json[0]["perplexity"].as_f64().unwrap());
+    }
+    assert!(results.join("figures/task_accuracy.png").is_file());
     // A re-run has nothing left to score.
     let before = std::fs::read(results.join("curves.csv")).unwrap();
     let o = lawa(&["posthoc", "study.yaml"], dir.path());

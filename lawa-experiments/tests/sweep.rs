@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lawa_experiments::posthoc::PosthocConfig;
 use lawa_experiments::results::{read_rows, SummaryRow};
 use lawa_experiments::sweep::SweepConfig;
 
@@ -34,6 +35,18 @@ fn every_config_in_configs_is_valid() {
             );
         }
     }
+    let mut posthoc = 0;
+    for entry in std::fs::read_dir(root.join("posthoc")).unwrap() {
+        let file = entry.unwrap().path();
+        let cfg = PosthocConfig::load(&file).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            cfg.gpu_hours_per_step.is_some() && cfg.tasks.len() == 7,
+            "{}: GPU-hours and the seven zero-shot tasks",
+            file.display()
+        );
+        posthoc += 1;
+    }
+    assert_eq!(posthoc, 7, "Pythia 160M to 12B");
     let lr = SweepConfig::load(&root.join("lr.yaml")).unwrap();
     let lrs = &lr.lrs;
     let (lo, hi) = (
@@ -41,9 +54,10 @@ fn every_config_in_configs_is_valid() {
         lrs.iter().cloned().fold(0.0, f64::max),
     );
     assert!(
-        lrs.len() >= 3 && (hi / lo - 10.0).abs() < 1e-9,
+        lrs.len() >= 2 && (hi / lo - 10.0).abs() < 1e-9,
         "a low lr and one 10x higher: {lrs:?}"
     );
+    assert!(lr.seeds.len() >= 2, "at least two seeds");
 }
 
 /// A byte-level dataset of a few SOTU addresses.

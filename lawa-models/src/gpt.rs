@@ -147,6 +147,13 @@ impl Gpt {
     /// [`Precision::Bf16`]). `train` turns dropout on. Padding rows of the vocabulary are left
     /// out of the logits, so a softmax over them is exactly GPT-2's.
     pub fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Ok(self.head(&self.hidden(idx, train)?))
+    }
+
+    /// The final hidden states `[B, T, n_embd]` (after the last LayerNorm, in the compute
+    /// dtype): [`Gpt::forward`] without the LM head, for callers that need the logits of a few
+    /// positions only.
+    pub fn hidden(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let (_, t) = self.check_ids(idx, "token ids")?;
         let pos = Tensor::arange(t, (Kind::Int64, idx.device()));
         let tok = Tensor::f_embedding(&self.wte, idx, -1, false, false)?;
@@ -155,14 +162,18 @@ impl Gpt {
         for b in &self.blocks {
             x = b.forward(&x, train, self.precision);
         }
-        let x = self.precision.cast(&self.ln_f.forward(&x));
-        let logits = x.linear(&self.precision.cast(&self.wte), None::<Tensor>);
+        Ok(self.precision.cast(&self.ln_f.forward(&x)))
+    }
+
+    /// The LM head: logits `[..., vocab_size]` of hidden states `[..., n_embd]`.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        let logits = hidden.linear(&self.precision.cast(&self.wte), None::<Tensor>);
         let vocab = self.cfg.vocab_size as i64;
-        Ok(if self.cfg.padded_vocab_size() as i64 == vocab {
+        if self.cfg.padded_vocab_size() as i64 == vocab {
             logits
         } else {
             logits.narrow(-1, 0, vocab)
-        })
+        }
     }
 
     /// Every variable under its Hugging Face name, in Hugging Face's order.

@@ -18,8 +18,17 @@ use crate::{Gpt, GptConfig, ModelError, Precision};
 /// them (one definition for every architecture: log-softmax and negative log-likelihood in
 /// fp32).
 pub trait CausalLm {
+    /// The final hidden states `[B, T, width]` for token ids `[B, T]` (after the last
+    /// LayerNorm, in the compute dtype); `train` turns dropout on.
+    fn hidden(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError>;
+
+    /// Logits `[..., vocab]` of hidden states `[..., width]`.
+    fn head(&self, hidden: &Tensor) -> Tensor;
+
     /// Next-token logits `[B, T, vocab]` for token ids `[B, T]`; `train` turns dropout on.
-    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError>;
+    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Ok(self.head(&self.hidden(idx, train)?))
+    }
 
     /// The longest sequence the model takes.
     fn max_positions(&self) -> usize;
@@ -79,8 +88,12 @@ pub trait CausalLm {
 }
 
 impl CausalLm for Gpt {
-    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        Gpt::forward(self, idx, train)
+    fn hidden(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Gpt::hidden(self, idx, train)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        Gpt::head(self, hidden)
     }
 
     fn max_positions(&self) -> usize {
@@ -97,8 +110,12 @@ impl CausalLm for Gpt {
 }
 
 impl CausalLm for GptNeoX {
-    fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        GptNeoX::forward(self, idx, train)
+    fn hidden(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        GptNeoX::hidden(self, idx, train)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        GptNeoX::head(self, hidden)
     }
 
     fn max_positions(&self) -> usize {
@@ -238,6 +255,14 @@ impl Model {
 }
 
 impl CausalLm for Model {
+    fn hidden(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.lm().hidden(idx, train)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        self.lm().head(hidden)
+    }
+
     fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         self.lm().forward(idx, train)
     }

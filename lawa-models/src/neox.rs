@@ -550,6 +550,12 @@ impl GptNeoX {
     /// Next-token logits `[B, T, vocab_size]` for token ids `idx` (`[B, T]`, `T` at most
     /// `max_position_embeddings`).
     pub fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Ok(self.head(&self.hidden(idx, train)?))
+    }
+
+    /// The final hidden states `[B, T, hidden_size]` (after the final LayerNorm, in the
+    /// compute dtype): [`GptNeoX::forward`] without the output projection.
+    pub fn hidden(&self, idx: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let size = idx.size();
         let [_, t] = size[..] else {
             return Err(ModelError::BadInput(format!(
@@ -571,8 +577,12 @@ impl GptNeoX {
         for b in &self.blocks {
             x = b.forward(&x, &self.rotary, &cos_sin, train, self.precision);
         }
-        let x = self.precision.cast(&self.final_layer_norm.forward(&x));
-        Ok(x.linear(&self.precision.cast(&self.embed_out), None::<Tensor>))
+        Ok(self.precision.cast(&self.final_layer_norm.forward(&x)))
+    }
+
+    /// The output projection: logits `[..., vocab_size]` of hidden states `[..., hidden_size]`.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear(&self.precision.cast(&self.embed_out), None::<Tensor>)
     }
 
     /// Every variable under its Hugging Face name.

@@ -12,6 +12,7 @@ use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use lawa_models::{CausalLm, Gpt, GptConfig, Precision};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::tasks::{score, Request};
 use crate::train::trainer::decays;
 
 /// What to measure.
@@ -22,6 +23,9 @@ pub enum BenchKind {
     /// Per-step cost of EMA and LAWA as a fraction of a training step, against
     /// `torch.optim.swa_utils.AveragedModel`.
     Averaging,
+    /// Zero-shot scoring: log-likelihood requests per second, one at a time and batched,
+    /// against PyTorch scoring the same requests the harness's way.
+    Tasks,
 }
 
 /// Model shape, batch and device of the benchmark.
@@ -63,6 +67,9 @@ pub struct BenchArgs {
     /// auto (bf16 on CUDA, f32 on CPU), f32, bf16.
     #[arg(long, default_value = "auto")]
     pub precision: String,
+    /// Requests scored by `bench tasks`.
+    #[arg(long, default_value_t = 512)]
+    pub requests: usize,
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
@@ -174,7 +181,15 @@ impl Trainer {
     }
 }
 
-fn reference(s: &Setup, args: &BenchArgs, averaging: bool) -> Result<serde_json::Value> {
+/// What the PyTorch reference measures besides training.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    Averaging,
+    Tasks,
+}
+
+fn reference(s: &Setup, args: &BenchArgs, extra: Extra) -> Result<serde_json::Value> {
     let python = crate::assets::reference_python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/bench_gpt.py");
     let config = serde_json::json!({
@@ -182,7 +197,8 @@ fn reference(s: &Setup, args: &BenchArgs, averaging: bool) -> Result<serde_json:
         "block_size": s.block, "vocab_size": s.cfg.vocab_size, "batch_size": args.batch_size,
         "steps": args.steps, "warmup": args.warmup,
         "device": if s.device.is_cuda() { "cuda" } else { "cpu" },
-        "precision": s.precision.to_string(), "compile": s.device.is_cuda(), "averaging": averaging,
+        "precision": s.precision.to_string(), "compile": s.device.is_cuda(), "averaging": extra == Extra::Averaging,
+        "tasks": if extra == Extra::Tasks { args.requests } else { 0 },
     });
     let out = Command::new(&python)
         .arg(&script)
@@ -246,6 +262,7 @@ pub fn run(args: &BenchArgs) -> Result<Option<f64>> {
     match args.what {
         BenchKind::Train => bench_train(&s, args),
         BenchKind::Averaging => bench_averaging(&s, args),
+        BenchKind::Tasks => bench_tasks(&s, args),
     }
 }
 
@@ -277,7 +294,7 @@ fn bench_train(s: &Setup, args: &BenchArgs) -> Result<Option<f64>> {
     if args.no_reference {
         return Ok(None);
     }
-    let r = reference(s, args, false)?;
+    let r = reference(s, args, Extra::None)?;
     let eager = r["eager_tokens_per_s"].as_f64().context("eager tokens/s")?;
     println!(
         "{:<28} {:>12.0} {:>8}",
@@ -364,7 +381,7 @@ fn bench_averaging(s: &Setup, args: &BenchArgs) -> Result<Option<f64>> {
     if args.no_reference {
         return Ok(None);
     }
-    let r = reference(s, args, true)?;
+    let r = reference(s, args, Extra::Averaging)?;
     let torch_ema = r["ema_update_s"].as_f64().context("ema_update_s")?;
     println!(
         "{:<46} {:>10.3} {:>12.2}",
@@ -374,5 +391,75 @@ fn bench_averaging(s: &Setup, args: &BenchArgs) -> Result<Option<f64>> {
     );
     let ratio = torch_ema / ema_s;
     println!("ema_speedup_vs_pytorch={ratio:.3}");
+    Ok(Some(ratio))
+}
+
+/// `(context, continuation)` lengths of request `i`: the same formula as the PyTorch reference's
+/// `request_lengths`, contexts spread over the block, continuations of 1 to 6 tokens.
+fn request_lengths(i: usize, block: usize) -> (usize, usize) {
+    (1 + (i * 37) % (block - 8), 1 + i % 6)
+}
+
+fn bench_tasks(s: &Setup, args: &BenchArgs) -> Result<Option<f64>> {
+    if s.block < 16 {
+        bail!("bench tasks needs --block-size of at least 16");
+    }
+    tch::manual_seed(0);
+    let vs = VarStore::new(s.device);
+    let gpt = Gpt::new(vs.root(), &s.cfg)?.with_precision(s.precision);
+    let vocab = s.cfg.vocab_size as i64;
+    let requests: Vec<Request> = (0..args.requests)
+        .map(|i| {
+            let (c, n) = request_lengths(i, s.block);
+            let t = Vec::<i64>::try_from(Tensor::randint(
+                vocab,
+                [(c + n) as i64],
+                (Kind::Int64, Device::Cpu),
+            ))?;
+            Ok(Request {
+                context: t[..c].to_vec(),
+                continuation: t[c..].to_vec(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let rate = |batch: usize| -> Result<f64> {
+        score(&gpt, &requests, batch, s.block)?; // warm-up
+        sync(s.device);
+        let start = Instant::now();
+        score(&gpt, &requests, batch, s.block)?;
+        sync(s.device);
+        Ok(requests.len() as f64 / start.elapsed().as_secs_f64())
+    };
+    let one = rate(1)?;
+    let batched = rate(args.batch_size)?;
+    println!(
+        "{} requests, contexts of 1 to {} tokens",
+        requests.len(),
+        s.block - 8
+    );
+    println!("{:<36} {:>14}", "implementation", "requests/s");
+    println!("{:<36} {:>14.1}", "lawa, one request at a time", one);
+    println!(
+        "{:<36} {:>14.1}",
+        format!("lawa, batches of {}", args.batch_size),
+        batched
+    );
+    println!("batching_speedup={:.3}", batched / one);
+    if args.no_reference {
+        return Ok(None);
+    }
+    let r = reference(s, args, Extra::Tasks)?;
+    let torch = r["requests_per_s"].as_f64().context("requests_per_s")?;
+    println!(
+        "{:<36} {:>14.1}",
+        format!(
+            "PyTorch {}, batches of {}",
+            r["torch"].as_str().unwrap_or("?"),
+            args.batch_size
+        ),
+        torch
+    );
+    let ratio = batched / torch;
+    println!("speedup_vs_pytorch={ratio:.3}");
     Ok(Some(ratio))
 }

@@ -1,4 +1,6 @@
-//! `lawa eval`: mean next-token loss of a checkpoint over every window of a dataset split.
+//! `lawa eval`: mean next-token loss of a checkpoint (GPT-2 or GPT-NeoX) over every window of a
+//! dataset split, or its zero-shot accuracy on task files, scored as lm-evaluation-harness
+//! scores them.
 
 use std::path::PathBuf;
 
@@ -8,18 +10,29 @@ use lawa_models::{CausalLm, Model, Precision};
 use serde::Serialize;
 use tch::{nn, Device};
 
+use crate::prepare::tokenizer::{TextTokenizer, TokenizerSpec};
+use crate::tasks::{run_task, TaskResult, TaskSpec};
 use crate::train::evaluate::evaluate;
 
 /// What to evaluate, on what.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// A checkpoint folder (config.json + model.safetensors) or a .safetensors file with
-    /// config.json beside it.
+    /// A checkpoint folder (config.json beside model.safetensors, safetensors shards or
+    /// pytorch_model.bin) or a weights file with config.json beside it.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// A dataset folder made by `lawa prepare` (or nanoGPT's train.bin / val.bin).
+    /// A dataset folder made by `lawa prepare` (or nanoGPT's train.bin / val.bin): scored for
+    /// its loss, or, with --task, the source of the tokenizer.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// A task file to score instead of the loss, `[layout:]file.jsonl` (layouts: lawa,
+    /// hellaswag, piqa, arc, winogrande, sciq, lambada); repeat for several.
+    #[arg(long = "task")]
+    pub tasks: Vec<TaskSpec>,
+    /// With --task and without --data: the model's tokenizer (`gpt2`, `byte`, or a
+    /// tokenizer.json).
+    #[arg(long, conflicts_with = "data")]
+    pub tokenizer: Option<TokenizerSpec>,
     /// Which split to score.
     #[arg(long, default_value = "val")]
     pub split: Split,
@@ -83,12 +96,94 @@ impl EvalReport {
     }
 }
 
+/// What `lawa eval` reports: a loss, or task scores.
+#[derive(Debug, Clone)]
+pub enum EvalOutput {
+    /// The loss over a split.
+    Loss(EvalReport),
+    /// Zero-shot task scores.
+    Tasks(Vec<TaskResult>),
+}
+
+impl EvalOutput {
+    /// The report as printed: JSON, or lines of text.
+    pub fn render(&self, json: bool) -> String {
+        match self {
+            EvalOutput::Loss(r) => r.render(json),
+            EvalOutput::Tasks(results) if json => {
+                // Strings and numbers only: serde_json cannot fail on them.
+                serde_json::to_string(results).expect("the report serializes")
+            }
+            EvalOutput::Tasks(results) => results
+                .iter()
+                .map(|r| {
+                    let mut line = format!(
+                        "{}: {} examples, acc {:.4} ± {:.4}",
+                        r.task, r.examples, r.acc, r.acc_se
+                    );
+                    if let (Some(n), Some(se)) = (r.acc_norm, r.acc_norm_se) {
+                        line.push_str(&format!(", acc_norm {n:.4} ± {se:.4}"));
+                    }
+                    if let Some(p) = r.perplexity {
+                        line.push_str(&format!(", perplexity {p:.3}"));
+                    }
+                    line
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
 /// Runs `lawa eval`.
-pub fn run(args: &EvalArgs) -> Result<EvalReport> {
+pub fn run(args: &EvalArgs) -> Result<EvalOutput> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let data = Dataset::open(&args.data)?;
+    if !args.tasks.is_empty() {
+        return run_tasks(args).map(EvalOutput::Tasks);
+    }
+    let Some(data_dir) = &args.data else {
+        bail!("give --data (a dataset to score the loss on) or --task (a task file)");
+    };
+    run_loss(args, data_dir).map(EvalOutput::Loss)
+}
+
+/// Scores every task file of `args`.
+fn run_tasks(args: &EvalArgs) -> Result<Vec<TaskResult>> {
+    for t in &args.tasks {
+        crate::tasks::format::check(&t.path)?;
+    }
+    let tokenizer = match (&args.data, &args.tokenizer) {
+        (Some(dir), _) => {
+            let data = Dataset::open(dir)?;
+            TextTokenizer::for_dataset(dir, data.meta())?
+        }
+        (None, Some(spec)) => TextTokenizer::ready_made(spec)?,
+        (None, None) => bail!("--task needs the model's tokenizer: give --data or --tokenizer"),
+    };
+    let vs = nn::VarStore::new(Device::cuda_if_available());
+    let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
+    model.set_precision(args.precision);
+    if tokenizer.vocab_size() as usize > model.vocab_size() {
+        bail!(
+            "the tokenizer has {} tokens, the model {}: not the model's tokenizer",
+            tokenizer.vocab_size(),
+            model.vocab_size()
+        );
+    }
+    let max_length = args
+        .block_size
+        .unwrap_or(model.max_positions())
+        .min(model.max_positions());
+    args.tasks
+        .iter()
+        .map(|t| run_task(t, &model, &tokenizer, args.batch_size, max_length))
+        .collect()
+}
+
+fn run_loss(args: &EvalArgs, data_dir: &std::path::Path) -> Result<EvalReport> {
+    let data = Dataset::open(data_dir)?;
     let device = Device::cuda_if_available();
     let vs = nn::VarStore::new(device);
     let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
@@ -97,7 +192,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     if vocab > model.vocab_size() {
         bail!(
             "{}: vocabulary of {vocab} tokens ({}) exceeds the model's vocab_size {} ({})",
-            args.data.display(),
+            data_dir.display(),
             data.meta().tokenizer,
             model.vocab_size(),
             args.checkpoint.display()
@@ -115,12 +210,12 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         format!(
             "evaluating {} on {}",
             args.checkpoint.display(),
-            args.data.display()
+            data_dir.display()
         )
     })?;
     Ok(EvalReport {
         checkpoint: args.checkpoint.display().to_string(),
-        data: args.data.display().to_string(),
+        data: data_dir.display().to_string(),
         split: args.split.name().to_string(),
         loss: losses.mean,
         perplexity: losses.mean.exp(),

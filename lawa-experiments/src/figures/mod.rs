@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::results::{
-    read_rows, ComputeRow, CurveRow, Strategy, SummaryRow, COMPUTE_FILE, CURVES_FILE, SUMMARY_FILE,
+    read_rows, ComputeRow, CurveRow, Strategy, SummaryRow, TaskRow, COMPUTE_FILE, CURVES_FILE,
+    SUMMARY_FILE, TASKS_FILE,
 };
 use plot::Figure;
 use sweep::{Sweep, WeightsSpec};
@@ -180,6 +181,18 @@ pub fn render_all(results_dir: &Path) -> Result<Vec<PathBuf>> {
             };
             outcomes.push(posthoc::perplexity(&scope));
             outcomes.push(posthoc::compute_saved(&scope, &compute));
+        }
+    }
+    let tasks_path = results_dir.join(TASKS_FILE);
+    if tasks_path.exists() {
+        let tasks: Vec<TaskRow> = read_rows(&tasks_path)?;
+        for model in sweep.models() {
+            let scope = Scope {
+                sweep: &sweep,
+                model: &model,
+                several_models: sweep.models().len() > 1,
+            };
+            outcomes.push(posthoc::task_accuracy(&scope, &tasks));
         }
     }
     let mut figures = Vec::new();

@@ -1,13 +1,14 @@
 //! The figures of a post-hoc study (drawn when `compute_saved.csv` is present): validation
 //! perplexity along training, raw against every LAWA configuration (`posthoc_perplexity`), and
 //! the training compute each saves, in GPU-hours when the study gives a step's cost, else in
-//! steps (`compute_saved`).
+//! steps (`compute_saved`); with zero-shot tasks (`tasks.csv`), accuracy along training
+//! (`task_accuracy`).
 
 use std::collections::BTreeMap;
 
 use super::plot::{category_color, Dash, Figure, Panel, Series};
 use super::{describe_label, Outcome, Scope};
-use crate::results::{ComputeRow, Strategy};
+use crate::results::{ComputeRow, Strategy, TaskRow};
 
 /// `posthoc_perplexity`: exp(validation loss) of the raw checkpoints and each LAWA average.
 pub fn perplexity(scope: &Scope) -> Outcome {
@@ -105,5 +106,70 @@ pub fn compute_saved(scope: &Scope, rows: &[ComputeRow]) -> Outcome {
             scope.model
         ),
         panels: vec![panel],
+    })
+}
+
+/// `task_accuracy`: zero-shot accuracy along training, the raw weights against each LAWA
+/// average, one panel per task (band: ± standard error over examples).
+pub fn task_accuracy(scope: &Scope, rows: &[TaskRow]) -> Outcome {
+    const BASE: &str = "task_accuracy";
+    let mine: Vec<&TaskRow> = rows
+        .iter()
+        .filter(|r| r.model == scope.model && r.metric == "acc")
+        .collect();
+    let mut tasks: Vec<&str> = mine.iter().map(|r| r.task.as_str()).collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    if tasks.is_empty() {
+        return scope.skip(BASE, "no task accuracy measured");
+    }
+    let panels = tasks
+        .iter()
+        .map(|&task| {
+            let mut by_weights: BTreeMap<&str, Vec<&TaskRow>> = BTreeMap::new();
+            for r in mine.iter().filter(|r| r.task == task) {
+                by_weights.entry(&r.weights).or_default().push(r);
+            }
+            let series = by_weights
+                .into_iter()
+                .enumerate()
+                .map(|(i, (label, mut points))| {
+                    points.sort_by_key(|r| r.step);
+                    let raw = label == "raw";
+                    let color = if raw {
+                        plotters::style::RGBColor(40, 40, 40)
+                    } else {
+                        category_color(i + 1)
+                    };
+                    let mut s = Series::line(
+                        describe_label(scope.sweep, label),
+                        color,
+                        points.iter().map(|r| (r.step as f64, r.value)).collect(),
+                    )
+                    .dashed(if raw { Dash::Solid } else { Dash::Dashed });
+                    s.markers = true;
+                    s.band = points
+                        .iter()
+                        .map(|r| {
+                            let se = r.se.unwrap_or(0.0);
+                            (r.step as f64, r.value - se, r.value + se)
+                        })
+                        .collect();
+                    s
+                })
+                .collect();
+            let mut panel = Panel::steps("accuracy", series);
+            panel.title = Some(task.to_string());
+            panel.y_from_x_fraction = 0.0;
+            panel
+        })
+        .collect();
+    Outcome::Drawn(Figure {
+        name: scope.name(BASE),
+        title: format!(
+            "Zero-shot accuracy along training, {}: raw vs post-hoc LAWA (band: ± standard error)",
+            scope.model
+        ),
+        panels,
     })
 }

@@ -35,6 +35,10 @@ pub struct PosthocConfig {
     /// Which steps of the series to evaluate [default: all].
     #[serde(default)]
     pub steps: StepRange,
+    /// Zero-shot task files scored at every evaluation too (`[layout:]file.jsonl`; see
+    /// `lawa eval --task`), with the dataset's tokenizer.
+    #[serde(default)]
+    pub tasks: Vec<crate::tasks::TaskSpec>,
     /// GPU-hours one training step cost (Pythia's totals over 143,000 steps), to express the
     /// compute saved in GPU-hours.
     #[serde(default)]

@@ -21,10 +21,11 @@ use lawa_models::hf::CheckpointFiles;
 use lawa_models::{Model, ModelConfig, Precision};
 use tch::nn::VarStore;
 
+use crate::prepare::tokenizer::TextTokenizer;
 use crate::results::schema::{parse_rows, rows_without_header, to_csv};
 use crate::results::{
-    compute_saved, seed_gains, summarize, write_rows, CurveRow, Strategy, COMPUTE_FILE,
-    CURVES_FILE, GAINS_FILE, SUMMARY_FILE,
+    compute_saved, read_rows, seed_gains, summarize, write_rows, CurveRow, Strategy, TaskRow,
+    COMPUTE_FILE, CURVES_FILE, GAINS_FILE, SUMMARY_FILE, TASKS_FILE,
 };
 use crate::train::evaluate::{evaluate, WindowLosses};
 use crate::train::run_dir::{claim_folder, is_temporary, LOCK_FILE};
@@ -140,6 +141,14 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
         );
     }
     let windows = ValidationWindows::new(data.split(Split::Val), block, cfg.eval.windows)?;
+    for t in &cfg.tasks {
+        crate::tasks::format::check(&t.path)?;
+    }
+    let tokenizer = if cfg.tasks.is_empty() {
+        None
+    } else {
+        Some(TextTokenizer::for_dataset(&cfg.data, data.meta())?)
+    };
     let dir = cfg.results_dir();
     let _claim = claim_folder(
         &dir,
@@ -179,6 +188,8 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
         series: &series,
         model: &model,
         windows: &windows,
+        tokenizer: tokenizer.as_ref(),
+        max_length: block,
         raw: BTreeMap::new(),
     };
     if !curves_path.exists() {
@@ -186,11 +197,19 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
     }
     let bar = crate::progress::bar(todo.len() as u64, &cfg.name, "evaluations");
     let started = Instant::now();
+    let tasks_path = dir.join(TASKS_FILE);
+    if !cfg.tasks.is_empty() && !tasks_path.exists() {
+        lawa_core::checkpoint::write_atomic(&tasks_path, &to_csv::<TaskRow>(&[])?)?;
+    }
     for (i, p) in todo.iter().enumerate() {
-        let row = scorer
+        let (row, task_rows) = scorer
             .score(p, started.elapsed().as_secs_f64())
             .with_context(|| format!("{} at step {}", p.label(), p.step))?;
-        append(&curves_path, &row)?;
+        // Task rows first: the curve row marks the evaluation done.
+        if !task_rows.is_empty() {
+            append(&tasks_path, &task_rows)?;
+        }
+        append(&curves_path, std::slice::from_ref(&row))?;
         rows.push(row);
         bar.set_position(i as u64 + 1);
         if !crate::progress::interactive() && (i + 1) % 10 == 0 {
@@ -218,6 +237,7 @@ fn finish(dir: &Path, cfg: &PosthocConfig, rows: &mut [CurveRow]) -> Result<()> 
     write_rows(&dir.join(CURVES_FILE), rows)?;
     write_rows(&dir.join(SUMMARY_FILE), &summarize(rows, &[]))?;
     write_rows(&dir.join(GAINS_FILE), &seed_gains(rows, &[]))?;
+    dedupe_tasks(&dir.join(TASKS_FILE))?;
     write_rows(
         &dir.join(COMPUTE_FILE),
         &compute_saved(rows, cfg.gpu_hours_per_step),
@@ -232,13 +252,30 @@ fn finish(dir: &Path, cfg: &PosthocConfig, rows: &mut [CurveRow]) -> Result<()> 
     Ok(())
 }
 
-fn append(path: &Path, row: &CurveRow) -> Result<()> {
+/// Keeps the last row of each (step, weights, task, metric) of `tasks.csv`, sorted: a kill
+/// between a step's task rows and its curve row scored them twice.
+fn dedupe_tasks(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut tasks: Vec<TaskRow> = read_rows(path)?;
+    tasks.reverse();
+    let mut seen = BTreeSet::new();
+    tasks.retain(|t| seen.insert((t.step, t.weights.clone(), t.task.clone(), t.metric.clone())));
+    tasks.sort_by(|a, b| {
+        (a.step, &a.weights, &a.task, &a.metric).cmp(&(b.step, &b.weights, &b.task, &b.metric))
+    });
+    write_rows(path, &tasks)?;
+    Ok(())
+}
+
+fn append<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?;
-    file.write_all(&rows_without_header(std::slice::from_ref(row))?)
+    file.write_all(&rows_without_header(rows)?)
         .and_then(|_| file.sync_data())
         .with_context(|| format!("{}: cannot write", path.display()))
 }
@@ -253,6 +290,7 @@ fn posthoc_owns(name: &str) -> bool {
             | SUMMARY_FILE
             | GAINS_FILE
             | COMPUTE_FILE
+            | TASKS_FILE
             | crate::figures::FIGURES_DIR
     ) || is_temporary(name)
 }
@@ -263,6 +301,10 @@ struct Scorer<'a> {
     series: &'a Series,
     model: &'a Model,
     windows: &'a ValidationWindows,
+    /// The tokenizer of the zero-shot tasks, when there are tasks.
+    tokenizer: Option<&'a TextTokenizer>,
+    /// The longest input fed to the model.
+    max_length: usize,
     /// The raw checkpoint's per-window losses by step, for paired errors.
     raw: BTreeMap<u64, WindowLosses>,
 }
@@ -287,11 +329,15 @@ impl Scorer<'_> {
         Ok(&self.raw[&step])
     }
 
-    fn score(&mut self, p: &Planned, wall: f64) -> Result<CurveRow> {
-        let raw = self.raw_losses(p.step)?.clone();
+    fn score(&mut self, p: &Planned, wall: f64) -> Result<(CurveRow, Vec<TaskRow>)> {
         let (losses, gain_se) = match p.lawa {
-            None => (raw, None),
+            None => {
+                let losses = self.losses(&self.open(p.step)?)?;
+                self.raw.insert(p.step, losses.clone());
+                (losses, None)
+            }
             Some(_) => {
+                let raw = self.raw_losses(p.step)?.clone();
                 let inputs = p
                     .members
                     .iter()
@@ -303,10 +349,23 @@ impl Scorer<'_> {
                 (losses, se)
             }
         };
+        // The model holds these weights now: score the tasks with them.
+        let mut task_results = Vec::new();
+        if let Some(tokenizer) = self.tokenizer {
+            for spec in &self.cfg.tasks {
+                task_results.push(crate::tasks::run_task(
+                    spec,
+                    self.model,
+                    tokenizer,
+                    self.cfg.eval.batch_size,
+                    self.max_length,
+                )?);
+            }
+        }
         let (k, nu) = p
             .lawa
             .map_or((None, None), |(k, nu)| (Some(k as u64), Some(nu)));
-        Ok(CurveRow {
+        let row = CurveRow {
             run: self.cfg.name.clone(),
             model: self.cfg.model_label(),
             lr: self.cfg.lr,
@@ -329,6 +388,44 @@ impl Scorer<'_> {
             gain_se,
             train_loss: None,
             wall_time_s: wall,
-        })
+        };
+        let tasks = task_results
+            .iter()
+            .flat_map(|r| task_rows(&row, r))
+            .collect();
+        Ok((row, tasks))
     }
+}
+
+/// The rows of one task's result for the weights of `row`.
+fn task_rows(row: &CurveRow, r: &crate::tasks::TaskResult) -> Vec<TaskRow> {
+    let metrics = [
+        Some(("acc", r.acc, Some(r.acc_se))),
+        r.acc_norm.map(|v| ("acc_norm", v, r.acc_norm_se)),
+        r.perplexity.map(|v| ("perplexity", v, None)),
+    ];
+    metrics
+        .into_iter()
+        .flatten()
+        .map(|(metric, value, se)| TaskRow {
+            run: row.run.clone(),
+            model: row.model.clone(),
+            lr: row.lr,
+            seed: row.seed,
+            weights: row.weights.clone(),
+            strategy: row.strategy,
+            k: row.k,
+            nu: row.nu,
+            decay: row.decay,
+            start: row.start,
+            every: row.every,
+            step: row.step,
+            tokens: row.tokens,
+            task: r.task.clone(),
+            metric: metric.into(),
+            value,
+            se,
+            examples: r.examples as u64,
+        })
+        .collect()
 }

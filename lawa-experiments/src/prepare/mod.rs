@@ -165,6 +165,14 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
         let built = DatasetMeta::load(&staging.join(META_FILE))?;
         if same_settings(m, args) && m.source_sha256 == built.source_sha256 {
             let _ = std::fs::remove_dir_all(&staging);
+            if m.source_fingerprint != built.source_fingerprint || m.settings != built.settings {
+                // The same dataset, made before lawa recorded these (or from moved files):
+                // record them, so the next run recognizes it without reading the corpus.
+                let mut updated = m.clone();
+                updated.source_fingerprint = built.source_fingerprint.clone();
+                updated.settings = built.settings.clone();
+                updated.save(&out)?;
+            }
             return Ok(already(out, m));
         }
         if !args.force {
@@ -205,11 +213,12 @@ fn existing_meta(out: &Path) -> Result<Option<DatasetMeta>> {
     Ok(Dataset::open(out).ok().map(|d| d.meta().clone()))
 }
 
-/// Whether an earlier preparation used the same tokenizer, split and reading settings.
+/// Whether an earlier preparation used the same tokenizer, split and reading settings (one made
+/// before lawa recorded its settings counts as the same when its content turns out to be).
 fn same_settings(m: &DatasetMeta, args: &PrepareOptions) -> bool {
     m.tokenizer == args.tokenizer.to_string()
         && m.val_fraction == args.val_fraction
-        && m.settings == args.settings()
+        && (m.settings == args.settings() || m.settings.is_empty())
 }
 
 /// Reads, tokenizes and writes the corpus into a staging folder beside `out`; returns it.

@@ -11,7 +11,7 @@ pub mod summary;
 pub use compute::{compute_saved, ComputeRow, COMPUTE_FILE};
 pub use gains::{seed_gains, GainRow, GAINS_FILE};
 pub use schema::{
-    read_rows, write_rows, CurveRow, ResultsError, Strategy, StrategyColumns, SummaryRow,
-    CURVES_FILE, SUMMARY_FILE,
+    read_rows, write_rows, CurveRow, ResultsError, Strategy, StrategyColumns, SummaryRow, TaskRow,
+    CURVES_FILE, SUMMARY_FILE, TASKS_FILE,
 };
 pub use summary::summarize;

@@ -141,6 +141,30 @@ row_type! {
     }
 }
 
+row_type! {
+    /// One row of `tasks.csv`: one metric of one zero-shot task for one set of weights at one
+    /// step (scored as lm-evaluation-harness scores it).
+    TaskRow {
+        /// Optimizer step.
+        step: u64,
+        /// Training tokens seen.
+        tokens: u64,
+        /// The task's name.
+        task: String,
+        /// `acc`, `acc_norm` or `perplexity`.
+        metric: String,
+        /// Its value.
+        value: f64,
+        /// Its standard error (none for perplexity).
+        se: Option<f64>,
+        /// Examples scored.
+        examples: u64,
+    }
+}
+
+/// File name of zero-shot task scores.
+pub const TASKS_FILE: &str = "tasks.csv";
+
 /// A problem reading a results CSV: the file, the line, and for a bad value the column.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
