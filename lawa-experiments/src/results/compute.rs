@@ -54,6 +54,18 @@ pub fn step_reaching(raw: &[(u64, f64)], loss: f64, from: u64) -> Option<f64> {
     None
 }
 
+/// The step at which the raw run has the loss `loss` of averaged weights taken at `step`: when
+/// the raw run is still above it at `step` (its last point at or before `step`), the first later
+/// step that reaches it (averaging is ahead); otherwise the first step of the whole run that
+/// reached it, at or before `step` (averaging is behind or level).
+fn raw_step_for(raw: &[(u64, f64)], loss: f64, step: u64) -> Option<f64> {
+    let raw_now = raw.iter().rev().find(|&&(s, _)| s <= step).map(|p| p.1);
+    match raw_now {
+        Some(v) if v <= loss => step_reaching(raw, loss, 0).map(|s| s.min(step as f64)),
+        _ => step_reaching(raw, loss, step),
+    }
+}
+
 /// The compute each averaged set of weights of `rows` (one post-hoc study) saves at each step.
 pub fn compute_saved(rows: &[CurveRow], gpu_hours_per_step: Option<f64>) -> Vec<ComputeRow> {
     let mut raw: Vec<(u64, f64)> = rows
@@ -65,8 +77,7 @@ pub fn compute_saved(rows: &[CurveRow], gpu_hours_per_step: Option<f64>) -> Vec<
     rows.iter()
         .filter(|r| r.strategy != Strategy::Raw && r.val_loss.is_finite())
         .map(|r| {
-            let raw_step = step_reaching(&raw, r.val_loss, r.step)
-                .or_else(|| step_reaching(&raw, r.val_loss, 0).filter(|&s| s < r.step as f64));
+            let raw_step = raw_step_for(&raw, r.val_loss, r.step);
             let steps_saved = raw_step.map(|s| s - r.step as f64);
             ComputeRow {
                 model: r.model.clone(),
