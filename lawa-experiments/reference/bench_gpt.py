@@ -4,8 +4,18 @@ batch, torch.optim.AdamW and clip_grad_norm_, eager and (on CUDA) torch.compile;
 AveragedModel.update_parameters timings for the averaging benchmark.
 
 usage: python bench_gpt.py '<json config>'   -> prints one JSON line of results
-config: {n_layer, n_head, n_embd, block_size, vocab_size, batch_size, steps, warmup, device,
-         precision: "f32"|"bf16", compile: bool, averaging: bool, tasks: int (requests)}
+config: {n_layer, n_head, n_embd, block_size, vocab_size, batch_size, accumulation, steps, warmup,
+         device, precision: "f32"|"bf16", compile: bool, averaging: bool, tasks: int (requests),
+         parity: {init, batches, lr, beta1, beta2, eps, weight_decay, clip} (optional)}
+
+Training reports tokens/s and, on CUDA, the device memory the run took: nvidia-smi's memory.used
+after the timed steps minus before the model was built (as `lawa bench` measures itself), and
+torch.cuda.max_memory_allocated.
+
+With "parity", it trains Hugging Face transformers' GPT2LMHeadModel loaded from the folder
+`init` (written by lawa's save_pretrained) on the batches in `batches` (safetensors x, y:
+[steps, batch, block]) with torch.optim.AdamW, clip_grad_norm_ and, for bf16, torch.autocast,
+and prints the loss of every step.
 
 With "tasks", it scores that many log-likelihood requests instead of training: the lengths
 that `lawa bench tasks` draws (request_lengths), sorted longest first, right-padded batches,
@@ -71,20 +81,47 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def memory_used_mib():
+    """GPU 0's memory in use as nvidia-smi reports it, or None."""
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=True).stdout
+        return float(out.splitlines()[0])
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return None
+
+
+def decays(name, p):
+    """lawa's weight-decay rule: matrices, except the token and position embeddings."""
+    return p.dim() == 2 and "wte" not in name and "wpe" not in name
+
+
+def adamw(model, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def autocast(c):
+    return torch.autocast(device_type=c["device"].split(":")[0], dtype=torch.bfloat16,
+                          enabled=c["precision"] == "bf16")
+
+
 def train_tokens_per_s(c, model, device):
-    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "wte" not in n and "wpe" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=6e-4, betas=(0.9, 0.95))
+    opt = adamw(model)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(c["vocab_size"], (c["batch_size"], c["block_size"]), generator=g).to(device)
     y = torch.randint(c["vocab_size"], (c["batch_size"], c["block_size"]), generator=g).to(device)
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=c["precision"] == "bf16")
+    amp = autocast(c)
+    accumulation = max(1, c.get("accumulation", 1))
 
     def step():
-        with amp:
-            loss = model(x, y)
-        loss.backward()
+        for _ in range(accumulation):
+            with amp:
+                loss = model(x, y)
+            (loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -96,7 +133,47 @@ def train_tokens_per_s(c, model, device):
     for _ in range(c["steps"]):
         step()
     sync(device)
-    return c["steps"] * c["batch_size"] * c["block_size"] / (time.perf_counter() - t0)
+    return c["steps"] * accumulation * c["batch_size"] * c["block_size"] / (time.perf_counter() - t0)
+
+
+def timed_training(c, build, device, out, prefix):
+    """Tokens/s of the model `build()` makes and, on CUDA, the memory its training took."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    before = memory_used_mib() if device.startswith("cuda") else None
+    torch.manual_seed(0)
+    model = build()
+    out[prefix + "_tokens_per_s"] = train_tokens_per_s(c, model, device)
+    if device.startswith("cuda"):
+        after = memory_used_mib()
+        out[prefix + "_memory_mib"] = after - before if after is not None and before is not None else None
+        out[prefix + "_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    del model
+
+
+def parity_losses(c):
+    """The losses of training transformers' GPT-2 from lawa's initial weights on lawa's batches."""
+    import transformers
+    from safetensors.torch import load_file
+    from transformers import GPT2LMHeadModel
+    p, device = c["parity"], c["device"]
+    model = GPT2LMHeadModel.from_pretrained(p["init"], attn_implementation="sdpa", dtype=torch.float32)
+    model = model.to(device).train()
+    opt = adamw(model, p["lr"], (p["beta1"], p["beta2"]), p["eps"], p["weight_decay"])
+    batches = load_file(p["batches"])
+    losses = []
+    for x, y in zip(batches["x"], batches["y"]):
+        x, y = x.to(device), y.to(device)
+        with autocast(c):
+            logits = model(x).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        losses.append(loss.item())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return {"losses": losses, "transformers": transformers.__version__}
 
 
 def averaging_seconds(model, device, calls=50):
@@ -146,6 +223,12 @@ def main():
     device = c["device"]
     torch.manual_seed(0)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if c.get("parity"):
+        out.update(parity_losses(c))
+        print(json.dumps(out))
+        return
+    if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # the CUDA context, before any memory is measured
     model = GPT(c).to(device)
     out["params"] = sum(p.numel() for p in model.parameters())
     if c.get("tasks"):
@@ -156,11 +239,10 @@ def main():
         return
     if c.get("averaging"):
         out["ema_update_s"] = averaging_seconds(model, device)
-    out["eager_tokens_per_s"] = train_tokens_per_s(c, model, device)
+    del model
+    timed_training(c, lambda: GPT(c).to(device), device, out, "eager")
     if c.get("compile") and device.startswith("cuda"):
-        torch.manual_seed(0)
-        compiled = torch.compile(GPT(c).to(device))
-        out["compile_tokens_per_s"] = train_tokens_per_s(c, compiled, device)
+        timed_training(c, lambda: torch.compile(GPT(c).to(device)), device, out, "compile")
     print(json.dumps(out))
 
 

@@ -10,6 +10,7 @@
 //! - [`commands`]: one module per subcommand, each parsing arguments and calling the above.
 
 pub mod assets;
+pub mod bench;
 pub mod commands;
 pub mod figures;
 pub mod posthoc;

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::{DataError, TokenFile};
 
@@ -33,9 +33,22 @@ fn gather(
     }
     let shape = [starts.len() as i64, block as i64];
     Ok(Batch {
-        x: Tensor::from_slice(&x).reshape(shape).to(device),
-        y: Tensor::from_slice(&y).reshape(shape).to(device),
+        x: to_device(Tensor::from_slice(&x).reshape(shape), device),
+        y: to_device(Tensor::from_slice(&y).reshape(shape), device),
     })
+}
+
+/// `t` (int64, on the host) on `device`. To CUDA it goes through pinned memory with an
+/// asynchronous copy, so the host does not wait for the copy and the copy overlaps the work
+/// already queued (libtorch's caching host allocator keeps the pinned block until the copy is
+/// done). On the CPU it is `t` itself.
+fn to_device(t: Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        t.pin_memory(device)
+            .to_device_(device, Kind::Int64, true, false)
+    } else {
+        t.to(device)
+    }
 }
 
 /// Where a [`BatchSampler`] is in its random stream: enough to resume it exactly.

@@ -1,0 +1,113 @@
+//! The averagers' cost as a fraction of a training step: EMA every step, a LAWA snapshot every
+//! `nu` steps (amortized), writing a LAWA average into an evaluation model, each with the
+//! averager's storage on the training device and in host memory (`averager_storage: cpu`);
+//! beside PyTorch's `AveragedModel` EMA update on the same model.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use lawa_core::averaging::{Averager, AveragerSet, Ema, Lawa, Storage, Weights};
+use lawa_models::Gpt;
+use serde_json::{json, Value};
+use tch::nn::VarStore;
+
+use super::train::StepLoop;
+use super::{reference, sync, Bench};
+
+/// Spacing of the LAWA snapshots measured.
+const NU: u64 = 50;
+/// Timed calls per measurement.
+const CALLS: u64 = 50;
+
+/// Seconds per `observe` of `set`, after three untimed calls; `step_of(i)` is the i-th step.
+fn time_observe(
+    set: &mut AveragerSet,
+    weights: &Weights,
+    step_of: &dyn Fn(u64) -> u64,
+    device: tch::Device,
+) -> Result<f64> {
+    for i in 1..=3 {
+        set.observe(step_of(i), weights)?;
+    }
+    sync(device);
+    let start = Instant::now();
+    for i in 4..4 + CALLS {
+        set.observe(step_of(i), weights)?;
+    }
+    sync(device);
+    Ok(start.elapsed().as_secs_f64() / CALLS as f64)
+}
+
+/// One set holding one averager.
+fn set_of(averager: impl Averager + 'static) -> Result<AveragerSet> {
+    let mut set = AveragerSet::new();
+    set.push(averager)?;
+    Ok(set)
+}
+
+/// Measures the averagers; prints the table and returns the figures.
+pub fn run(b: &Bench) -> Result<Value> {
+    let mut steps = StepLoop::new(b)?;
+    let step_s = steps.time_steps(b.warmup, b.steps)?;
+    let weights = Weights::from_var_store(&steps.vs);
+    let eval_vs = VarStore::new(b.device);
+    let _eval = Gpt::new(eval_vs.root(), &b.cfg)?;
+    let target = Weights::from_var_store(&eval_vs);
+    let pct = |x: f64| 100.0 * x / step_s;
+    println!("training step: {:.2} ms", step_s * 1e3);
+    println!("{:<52} {:>10} {:>12}", "operation", "ms", "% of a step");
+    let row = |what: String, s: f64| {
+        println!("{what:<52} {:>10.3} {:>12.3}", s * 1e3, pct(s));
+        json!({"operation": what, "ms": s * 1e3, "percent_of_step": pct(s)})
+    };
+    let mut rows = Vec::new();
+    let mut ema_every_step = 0.0;
+    for storage in [Storage::Training, Storage::Cpu] {
+        let on = format!("{storage:?}").to_lowercase();
+        let mut ema = set_of(Ema::new(0.99)?.storage(storage))?;
+        let ema_s = time_observe(&mut ema, &weights, &|i| i, b.device)?;
+        if storage == Storage::Training {
+            ema_every_step = ema_s;
+        }
+        rows.push(row(format!("EMA update, every step ({on})"), ema_s));
+        let mut lawa = set_of(Lawa::new(5, NU)?.storage(storage))?;
+        let snap_s = time_observe(&mut lawa, &weights, &|i| i * NU, b.device)?;
+        rows.push(row(
+            format!("LAWA snapshot, every nu = {NU} steps ({on})"),
+            snap_s,
+        ));
+        rows.push(row(
+            format!("LAWA per step, amortized over nu = {NU} ({on})"),
+            snap_s / NU as f64,
+        ));
+        let start = Instant::now();
+        for a in lawa.iter() {
+            for _ in 0..10 {
+                a.write_average(&target)?;
+            }
+        }
+        sync(b.device);
+        let write_s = start.elapsed().as_secs_f64() / 10.0;
+        rows.push(row(
+            format!("LAWA k = 5 average into the eval model ({on})"),
+            write_s,
+        ));
+    }
+    let mut out = json!({"step_ms": step_s * 1e3, "rows": rows,
+                         "ema_percent_of_step": pct(ema_every_step)});
+    if !b.reference {
+        return Ok(out);
+    }
+    let mut config = b.reference_config();
+    config["averaging"] = json!(true);
+    let r = reference::run(&config)?;
+    let torch_ema = r["ema_update_s"].as_f64().context("ema_update_s")?;
+    let torch_row = row(
+        "PyTorch AveragedModel EMA update_parameters".into(),
+        torch_ema,
+    );
+    println!("ema_speedup_vs_pytorch={:.3}", torch_ema / ema_every_step);
+    out["pytorch"] = torch_row;
+    out["ema_speedup_vs_pytorch"] = json!(torch_ema / ema_every_step);
+    Ok(out)
+}

@@ -1,0 +1,159 @@
+//! Training throughput: tokens/s (and MFU on a known GPU) of lawa's training step beside
+//! PyTorch eager and, on CUDA, `torch.compile` of the same model, batch and optimizer.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use lawa_models::{CausalLm, Gpt, Precision};
+use serde_json::{json, Value};
+use tch::{nn::VarStore, Kind, Tensor};
+
+use super::{gpu_memory_used_mib, gpu_peak_flops, reference, sync, Bench};
+use crate::train::trainer::decays;
+
+/// A model, its optimizer and fixed random batches, ready to take steps.
+pub(crate) struct StepLoop {
+    pub(crate) vs: VarStore,
+    gpt: Gpt,
+    opt: AdamW,
+    params: Vec<Tensor>,
+    x: Tensor,
+    y: Tensor,
+    accumulation: usize,
+}
+
+impl StepLoop {
+    /// Seed-0 weights and one random micro-batch, reused for every micro-step.
+    pub(crate) fn new(b: &Bench) -> Result<Self> {
+        tch::manual_seed(0);
+        let vs = VarStore::new(b.device);
+        let gpt = Gpt::new(vs.root(), &b.cfg)?.with_precision(b.precision);
+        let opt = AdamW::new(vs.variables(), AdamWConfig::default(), decays)?;
+        let params = opt.parameters();
+        let shape = [b.batch_size as i64, b.block as i64];
+        let vocab = b.cfg.vocab_size as i64;
+        let x = Tensor::randint(vocab, shape, (Kind::Int64, b.device));
+        let y = Tensor::randint(vocab, shape, (Kind::Int64, b.device));
+        Ok(StepLoop {
+            vs,
+            gpt,
+            opt,
+            params,
+            x,
+            y,
+            accumulation: b.accumulation.max(1),
+        })
+    }
+
+    /// One optimizer step over `accumulation` micro-batches, as the trainer takes it.
+    pub(crate) fn step(&mut self) -> Result<()> {
+        for _ in 0..self.accumulation {
+            let loss = self.gpt.loss(&self.x, &self.y, true)?;
+            (loss / self.accumulation as f64).backward();
+        }
+        let _norm = clip_grad_norm(&self.params, 1.0);
+        self.opt.step(6e-4)?;
+        self.opt.zero_grad();
+        Ok(())
+    }
+
+    /// Seconds per step over `steps` steps after `warmup` untimed ones.
+    pub(crate) fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<f64> {
+        for _ in 0..warmup {
+            self.step()?;
+        }
+        sync(self.gpt.device());
+        let start = Instant::now();
+        for _ in 0..steps {
+            self.step()?;
+        }
+        sync(self.gpt.device());
+        Ok(start.elapsed().as_secs_f64() / steps.max(1) as f64)
+    }
+}
+
+/// Measures training throughput; prints the table and returns the figures.
+pub fn run(b: &Bench) -> Result<Value> {
+    let tokens = (b.batch_size * b.block * b.accumulation.max(1)) as f64;
+    // The CUDA context first, so that the memory measured is the run's own.
+    let _ = Tensor::zeros([1], (Kind::Float, b.device));
+    let before = gpu_memory_used_mib();
+    let mut steps = StepLoop::new(b)?;
+    let ours = tokens / steps.time_steps(b.warmup, b.steps)?;
+    let memory = gpu_memory_used_mib().zip(before).map(|(a, z)| a - z);
+    drop(steps);
+    let peak = (b.device.is_cuda() && b.precision == Precision::Bf16)
+        .then(gpu_peak_flops)
+        .flatten();
+    let flops = b.cfg.flops_per_token();
+    let mfu = |tok_s: f64| peak.as_ref().map(|(_, p)| 100.0 * flops * tok_s / p);
+    let show = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.1} %"));
+    let mib = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.0}"));
+    println!(
+        "FLOPs per token: {flops:.4e} = 6 N + 12 L H Q T (nanoGPT's count: N = {} non-embedding \
+         parameters with the padded head rows, L = {} layers, H = {} heads, Q = {} head width, \
+         T = {} block)",
+        b.cfg.num_params(true) + (b.cfg.padded_vocab_size() - b.cfg.vocab_size) * b.cfg.n_embd,
+        b.cfg.n_layer,
+        b.cfg.n_head,
+        b.cfg.head_dim(),
+        b.cfg.block_size
+    );
+    if let Some((name, p)) = &peak {
+        println!("device: {name}, bf16 dense peak {:.0} TFLOP/s", p / 1e12);
+    }
+    println!(
+        "{:<28} {:>12} {:>8} {:>14}",
+        "implementation", "tokens/s", "MFU", "memory MiB"
+    );
+    println!(
+        "{:<28} {:>12.0} {:>8} {:>14}",
+        "lawa (Rust, tch)",
+        ours,
+        show(mfu(ours)),
+        mib(memory)
+    );
+    let mut out = json!({
+        "model": {"n_layer": b.cfg.n_layer, "n_head": b.cfg.n_head, "n_embd": b.cfg.n_embd,
+                  "vocab_size": b.cfg.vocab_size, "block_size": b.block,
+                  "params": b.cfg.num_params(false)},
+        "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
+        "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
+        "flops_per_token": flops,
+        "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},
+    });
+    if !b.reference {
+        return Ok(out);
+    }
+    let r = reference::run(&b.reference_config())?;
+    let eager = r["eager_tokens_per_s"].as_f64().context("eager tokens/s")?;
+    let eager_mem = r["eager_memory_mib"].as_f64();
+    println!(
+        "{:<28} {:>12.0} {:>8} {:>14}",
+        format!("PyTorch {} eager", r["torch"].as_str().unwrap_or("?")),
+        eager,
+        show(mfu(eager)),
+        mib(eager_mem)
+    );
+    out["torch"] = r["torch"].clone();
+    out["eager"] = json!({"tokens_per_s": eager, "mfu_percent": mfu(eager), "memory_mib": eager_mem,
+                          "max_allocated_mib": r["eager_max_allocated_mib"]});
+    out["speedup_vs_eager"] = json!(ours / eager);
+    if let Some(compiled) = r["compile_tokens_per_s"].as_f64() {
+        let mem = r["compile_memory_mib"].as_f64();
+        println!(
+            "{:<28} {:>12.0} {:>8} {:>14}",
+            "PyTorch torch.compile",
+            compiled,
+            show(mfu(compiled)),
+            mib(mem)
+        );
+        println!("speedup_vs_compile={:.3}", ours / compiled);
+        out["compile"] = json!({"tokens_per_s": compiled, "mfu_percent": mfu(compiled), "memory_mib": mem,
+                                "max_allocated_mib": r["compile_max_allocated_mib"]});
+        out["speedup_vs_compile"] = json!(ours / compiled);
+    }
+    println!("speedup_vs_pytorch={:.3}", ours / eager);
+    Ok(out)
+}

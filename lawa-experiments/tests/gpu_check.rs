@@ -1,0 +1,103 @@
+//! The GPU check's dry run (`scripts/gpu-check.sh --cpu`): every section of the check that runs
+//! on a GPU machine, at toy sizes on the CPU with the bootstrap's PyTorch as the reference, so the
+//! script, the benchmarks it calls and the report it writes cannot rot between GPU sessions.
+//! The CUDA path itself is not exercised here (no GPU); `tch::Cuda::is_available()` says which.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_dry_run_passes_every_section_and_reports_real_figures() {
+    if tch::Cuda::is_available() {
+        eprintln!("a GPU is present: the dry run still runs on the CPU");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let status = Command::new("bash")
+        .arg(root.join("scripts/gpu-check.sh"))
+        .args(["--cpu", "--lawa", env!("CARGO_BIN_EXE_lawa"), "--out"])
+        .arg(out.path())
+        .env("LAWA_LOG", "warn")
+        .status()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    let names: Vec<&str> = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "averaging",
+            "env",
+            "parity_bf16",
+            "parity_f32",
+            "speed_large",
+            "speed_medium",
+            "speed_small",
+            "sweep"
+        ]
+    );
+    for s in report["sections"].as_array().unwrap() {
+        assert_eq!(s["status"], "passed", "{s}");
+    }
+    assert!(status.success());
+    assert_eq!(report["passed"], true);
+
+    let f = &report["figures"];
+    // fp32: lawa and transformers agree to float rounding at every step.
+    let f32 = &f["parity_f32"];
+    assert_eq!(f32["lawa"].as_array().unwrap().len(), 6);
+    assert!(f32["max_abs_diff"].as_f64().unwrap() <= 1e-5, "{f32}");
+    // The losses are real training losses: they start near ln(512) and fall.
+    let losses: Vec<f64> = serde_json::from_value(f32["lawa"].clone()).unwrap();
+    assert!((losses[0] - 512f64.ln()).abs() < 0.1, "{losses:?}");
+    assert!(losses[5] < losses[0], "{losses:?}");
+    let bf16 = &f["parity_bf16"];
+    assert!(bf16["max_abs_diff"].as_f64().unwrap() <= bf16["tolerance"].as_f64().unwrap());
+    assert!(
+        bf16["max_abs_diff"].as_f64().unwrap() > 0.0,
+        "bf16 cannot be exact: {bf16}"
+    );
+    for speed in ["speed_small", "speed_medium", "speed_large"] {
+        let s = &f[speed];
+        assert!(s["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["eager"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    assert_eq!(f["speed_small"]["accumulation"], 2);
+    assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
+    assert_eq!(f["averaging"]["rows"].as_array().unwrap().len(), 8);
+    assert!(f["averaging"]["pytorch"]["ms"].as_f64().unwrap() > 0.0);
+
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        md.starts_with("# lawa GPU check (CPU dry run): passed"),
+        "{md}"
+    );
+    for part in [
+        "### parity_f32",
+        "### parity_bf16",
+        "| PyTorch eager |",
+        "## Averaging cost",
+    ] {
+        assert!(md.contains(part), "{part} missing from {md}");
+    }
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(out.path().join("sweep.tar.gz"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in [
+        "gpu-check/curves.csv",
+        "gpu-check/summary.csv",
+        "gpu-check/figures/lr_comparison.png",
+    ] {
+        assert!(listing.contains(file), "{file} missing from {listing}");
+    }
+    assert!(!listing.contains("runs/"), "{listing}");
+}

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The GPU check: one command that proves lawa's CUDA path and measures it beside PyTorch, writing
+# report.json, report.md, check.log and sweep.tar.gz (the end-to-end sweep's CSVs and figures).
+#
+#   scripts/gpu-check.sh --prepare
+#       Here, on the development machine: builds the release binary (linked to libtorch_cuda)
+#       and fills .gpu/ (ignored by .gitignore) with it and the tokenizer and corpus assets, so that they
+#       travel beside the checkout: `run` with carry [".gpu"].
+#   scripts/gpu-check.sh [--out DIR] [--only a,b]
+#       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
+#       env, parity_f32, parity_bf16, speed_small, speed_medium, speed_large, averaging, sweep;
+#       about 5 minutes on an H100. DIR defaults to $OUT.
+#   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
+#       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
+#       reference: the test suite runs it, so the check cannot rot between GPU sessions.
+#
+# Each section runs under its own time limit; a failing section is reported and the others go
+# on. The exit status is 0 only when every section passed.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+mode=gpu
+out=${OUT:-}
+lawa=
+only=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --prepare) mode=prepare ;;
+        --cpu) mode=cpu ;;
+        --out) out=$2; shift ;;
+        --lawa) lawa=$2; shift ;;
+        --only) only=$2; shift ;;
+        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ $mode = prepare ]; then
+    set -e
+    "$root/lawa" --version >/dev/null # bootstrap and release build
+    if ! ldd "$root/target/release/lawa" | grep -q libtorch_cuda; then
+        echo "gpu-check: target/release/lawa does not link libtorch_cuda" >&2
+        exit 1
+    fi
+    rm -rf "$root/.gpu"
+    mkdir -p "$root/.gpu/assets"
+    cp "$root/target/release/lawa" "$root/.gpu/lawa"
+    cp -rL "$root/.lawa/assets/." "$root/.gpu/assets/"
+    git -C "$root" describe --always --dirty >"$root/.gpu/commit"
+    echo "gpu-check: .gpu/ ready ($(du -sh "$root/.gpu" | cut -f1)); on the GPU machine:"
+    echo "  run(command='bash scripts/gpu-check.sh', carry=['.gpu'], timeout_s=480)"
+    exit 0
+fi
+
+[ -n "$out" ] || { echo "gpu-check: no --out folder and no \$OUT" >&2; exit 2; }
+mkdir -p "$out"
+out=$(cd "$out" && pwd -P)
+work=$(mktemp -d "${TMPDIR:-/tmp}/lawa-gpu-check.XXXXXX")
+export LAWA_REFERENCE_DIR=$root/lawa-experiments/reference
+export LAWA_CACHE=$work/cache
+if [ $mode = gpu ]; then
+    lawa=${lawa:-$root/.gpu/lawa}
+    export LAWA_PYTHON=${LAWA_PYTHON:-python3}
+    export LAWA_ASSETS=${LAWA_ASSETS:-$root/.gpu/assets}
+    torch_lib=$("$LAWA_PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
+    export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    device=cuda
+else
+    lawa=${lawa:-$root/target/release/lawa}
+    export LAWA_PYTHON=${LAWA_PYTHON:-$root/.lawa/python}
+    export LAWA_ASSETS=${LAWA_ASSETS:-$root/.lawa/assets}
+    device=cpu
+fi
+[ -x "$lawa" ] || { echo "gpu-check: no lawa binary at $lawa (run --prepare first)" >&2; exit 2; }
+mkdir -p "$work/status"
+log=$out/check.log
+: >"$log"
+
+# section NAME SECONDS COMMAND...: runs one check, its output to the log, its status to status/.
+section() {
+    local name=$1 limit=$2
+    shift 2
+    if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then
+        return
+    fi
+    echo "== $name: $*" | tee -a "$log"
+    local start=$SECONDS rc
+    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    local state=passed
+    [ "$rc" = 0 ] || state=failed
+    [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="timed out after ${limit} s"
+    printf '{"name": "%s", "status": "%s", "exit": %s, "seconds": %s}\n' \
+        "$name" "$state" "$rc" $((SECONDS - start)) >"$work/status/$name.json"
+    echo "== $name: $state in $((SECONDS - start)) s" | tee -a "$log"
+}
+
+environment() {
+    echo "lawa: $lawa (commit $(cat "$root/.gpu/commit" 2>/dev/null || git -C "$root" rev-parse HEAD 2>/dev/null))"
+    ldd "$lawa" | grep -E 'torch|not found'
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
+    "$LAWA_PYTHON" - "$lawa" "$work/env.json" "$device" <<'EOF'
+import json, subprocess, sys
+import torch
+lawa, path, device = sys.argv[1:4]
+ldd = subprocess.run(["ldd", lawa], capture_output=True, text=True).stdout
+cuda = torch.cuda.is_available()
+env = {"torch": torch.__version__, "cuda_available": cuda, "cuda_version": torch.version.cuda,
+       "links_libtorch_cuda": "libtorch_cuda" in ldd, "unresolved_libraries": ldd.count("not found"),
+       "device_name": torch.cuda.get_device_name(0) if cuda else None,
+       "bf16_supported": torch.cuda.is_bf16_supported() if cuda else None}
+print(json.dumps(env, indent=1))
+json.dump(env, open(path, "w"))
+if device == "cuda" and not (cuda and env["links_libtorch_cuda"] and env["unresolved_libraries"] == 0):
+    sys.exit("no usable CUDA: see the fields above")
+EOF
+}
+
+bench() {
+    local what=$1 name=$2
+    shift 2
+    "$lawa" bench "$what" --device "$device" --json "$work/$name.json" "$@"
+}
+
+sweep_config() {
+    local steps=$1 model=$2 batch=$3 block=$4
+    cat >"$work/gpu-check.yaml" <<EOF
+name: gpu-check
+results: $work/results
+data:
+  prepare: {source: sotu, tokenizer: gpt2, val_fraction: 0.05, out: $work/data}
+models:
+  - {name: check, $model, block_size: $block}
+lrs: [6.0e-4, 6.0e-3]
+seeds: [0]
+train:
+  steps: $steps
+  horizon: $((steps * 10))
+  batch_size: $batch
+  block_size: $block
+  schedule: {kind: cosine, warmup: $((steps / 10)), min_lr_ratio: 0.1}
+  grad_clip: 1.0
+eval: {every: $((steps / 4)), windows: 16, train_windows: 4, batch_size: $batch}
+checkpoint: {every: $((steps / 2))}
+averagers:
+  lawa: {k: [2, 5], nu: [5, $((steps / 20))]}
+  ema: {decay: [0.99]}
+  swa: {start: [0.5], every: 5}
+device: $device
+EOF
+}
+
+sweep() {
+    "$lawa" sweep "$work/gpu-check.yaml" || return 1
+    tar -czf "$out/sweep.tar.gz" -C "$work/results" --exclude=runs --exclude=.lock gpu-check
+    tar -tzf "$out/sweep.tar.gz"
+}
+
+export lawa work out device root
+export -f environment bench sweep
+section env 60 environment
+if [ $mode = gpu ]; then
+    section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
+    section parity_bf16 90 bench parity parity_bf16 --preset small --precision bf16 --batch-size 4 --steps 20
+    section speed_small 150 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
+    section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
+    section speed_large 100 bench train speed_large --preset large --batch-size 4 --steps 8 --warmup 3 --no-compile
+    section averaging 60 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
+    sweep_config 200 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
+else
+    tiny=(--preset tiny --vocab-size 512 --block-size 32 --batch-size 4)
+    section parity_f32 120 bench parity parity_f32 "${tiny[@]}" --precision f32 --steps 6
+    section parity_bf16 120 bench parity parity_bf16 "${tiny[@]}" --precision bf16 --steps 6
+    section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
+    section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
+    section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1
+    section averaging 120 bench averaging averaging "${tiny[@]}" --steps 2 --warmup 1
+    sweep_config 40 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
+fi
+section sweep 240 sweep
+"$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
+rc=$?
+rm -rf "$work"
+exit $rc

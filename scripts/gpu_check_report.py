@@ -1,0 +1,96 @@
+"""Gathers the GPU check's sections (scripts/gpu-check.sh) into report.json and report.md.
+
+usage: gpu_check_report.py <work folder> <out folder> <mode: gpu|cpu>
+Exit status 0 when every section that ran passed, 1 otherwise.
+"""
+import datetime
+import json
+import pathlib
+import sys
+
+
+def load(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def num(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def parity_md(name, p):
+    lines = [f"### {name}: {p['precision']}, {p['steps']} steps, batch {p['batch_size']} x {p['block_size']}, "
+             f"{p['n_layer']} layers x {p['n_embd']}, vocab {p['vocab_size']}",
+             "",
+             f"max |loss difference| **{p['max_abs_diff']:.3e}** (tolerance {p['tolerance']:.0e}): "
+             f"**{'passed' if p['passed'] else 'FAILED'}**; reference: transformers {p.get('transformers')} "
+             f"on torch {p.get('torch')}",
+             "", "| step | lawa | transformers | abs diff |", "|---:|---:|---:|---:|"]
+    for i, (a, b) in enumerate(zip(p["lawa"], p["reference"]), 1):
+        lines.append(f"| {i} | {a:.7f} | {b:.7f} | {abs(a - b):.2e} |")
+    return lines + [""]
+
+
+def speed_md(speeds):
+    lines = ["| model | micro-batch x accumulation | implementation | tokens/s | MFU % | memory MiB | lawa / this |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for name, s in speeds:
+        m = s["model"]
+        shape = f"{name.removeprefix('speed_')} ({m['params'] / 1e6:.0f}M, {m['n_layer']}x{m['n_embd']})"
+        batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"
+        lawa = s["lawa"]["tokens_per_s"]
+        for impl, key in [("lawa", "lawa"), ("PyTorch eager", "eager"), ("torch.compile", "compile")]:
+            r = s.get(key)
+            if not r:
+                continue
+            ratio = lawa / r["tokens_per_s"]
+            lines.append(f"| {shape} | {batch} | {impl} | {r['tokens_per_s']:.0f} | {num(r.get('mfu_percent'), '.1f')} "
+                         f"| {num(r.get('memory_mib'), '.0f')} | {ratio:.3f} |")
+    flops = [f"{n}: {s['flops_per_token']:.4e}" for n, s in speeds]
+    return lines + ["", "FLOPs per token (nanoGPT's 6 N + 12 L H Q T): " + ", ".join(flops), ""]
+
+
+def averaging_md(a):
+    lines = [f"training step: {a['step_ms']:.2f} ms", "", "| operation | ms | % of a step |", "|---|---:|---:|"]
+    rows = a["rows"] + ([a["pytorch"]] if a.get("pytorch") else [])
+    for r in rows:
+        lines.append(f"| {r['operation']} | {r['ms']:.3f} | {r['percent_of_step']:.3f} |")
+    return lines + [""]
+
+
+def main():
+    work, out, mode = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+    sections = [load(p) for p in sorted((work / "status").glob("*.json"))]
+    sections = [s for s in sections if s]
+    figures = {s["name"]: load(work / f"{s['name']}.json") for s in sections}
+    env = load(work / "env.json") or {}
+    ok = bool(sections) and all(s["status"] == "passed" for s in sections)
+    report = {"mode": mode, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "passed": ok, "environment": env, "sections": sections,
+              "figures": {k: v for k, v in figures.items() if v is not None}}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+
+    md = [f"# lawa GPU check ({'CPU dry run' if mode == 'cpu' else 'GPU'}): {'passed' if ok else 'FAILED'}", "",
+          f"{report['date']}; device: {env.get('device_name') or 'CPU'}; torch {env.get('torch')} "
+          f"(CUDA {env.get('cuda_version')}); lawa links libtorch_cuda: {env.get('links_libtorch_cuda')}; "
+          f"bf16 supported: {env.get('bf16_supported')}", "",
+          "| section | status | seconds |", "|---|---|---:|"]
+    md += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in sections]
+    md.append("")
+    for name in ("parity_f32", "parity_bf16"):
+        if figures.get(name):
+            md += parity_md(name, figures[name])
+    speeds = [(n, figures[n]) for n in ("speed_small", "speed_medium", "speed_large") if figures.get(n)]
+    if speeds:
+        md += ["## Training speed (one card, one invocation)", ""] + speed_md(speeds)
+    if figures.get("averaging"):
+        md += ["## Averaging cost", ""] + averaging_md(figures["averaging"])
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
