@@ -545,10 +545,22 @@ fn legend_entries(figure: &Figure) -> Vec<Entry<'_>> {
     entries
 }
 
+/// The title's font size: [`TITLE_SIZE`], smaller for a title too long to fit the width.
+fn title_size<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str) -> f64 {
+    let room = f64::from(WIDTH - 40);
+    let style = TextStyle::from((FONT, TITLE_SIZE).into_font());
+    match root.estimate_text_size(title, &style) {
+        Ok((width, _)) if f64::from(width) > room => {
+            (TITLE_SIZE * room / f64::from(width)).max(16.0)
+        }
+        _ => TITLE_SIZE,
+    }
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> Result<()> {
     root.fill(&WHITE).map_err(drawing_error)?;
     let (title_area, body) = root.split_vertically(TITLE_HEIGHT);
-    let title_font = (FONT, TITLE_SIZE)
+    let title_font = (FONT, title_size(root, &figure.title))
         .into_font()
         .color(&BLACK)
         .pos(Pos::new(HPos::Center, VPos::Center));
