@@ -164,7 +164,9 @@ pub fn ordered_color(i: usize, n: usize) -> RGBColor {
 
 /// Distinct colours for unordered things (strategies), skipping black (kept for raw weights).
 pub fn category_color(i: usize) -> RGBColor {
-    const COLORS: [RGBColor; 8] = [
+    // Matplotlib's tab10 without its grey, then darker shades: 12 before one repeats (a full
+    // LAWA grid of 3 x 3 plus EMA and SWA fits).
+    const COLORS: [RGBColor; 12] = [
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
         RGBColor(255, 127, 14),
@@ -173,6 +175,10 @@ pub fn category_color(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(23, 190, 207),
+        RGBColor(188, 189, 34),
+        RGBColor(0, 0, 128),
+        RGBColor(128, 0, 0),
+        RGBColor(0, 100, 0),
     ];
     COLORS[i % COLORS.len()]
 }
