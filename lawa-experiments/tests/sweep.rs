@@ -54,7 +54,11 @@ fn every_config_in_configs_is_valid() {
         let file = entry.unwrap().path();
         // Planning checks everything that does not need the dataset.
         let plan = RunConfig::load(&file).unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(plan.config.checkpoint.series_every.is_some(), "{}", file.display());
+        assert!(
+            plan.config.checkpoint.series_every.is_some(),
+            "{}",
+            file.display()
+        );
     }
     let lr = SweepConfig::load(&root.join("lr.yaml")).unwrap();
     let lrs = &lr.lrs;

@@ -83,7 +83,7 @@ impl Gpt {
         self.device
     }
 
-    /// The compute precision of [`Gpt::forward`] and [`Gpt::loss`] (fp32 unless set).
+    /// The compute precision of [`Gpt::forward`] and [`CausalLm::loss`](crate::CausalLm::loss) (fp32 unless set).
     pub fn precision(&self) -> Precision {
         self.precision
     }

@@ -12,7 +12,7 @@
 //!
 //! They share their layers (LayerNorm, linear, MLP, causal attention through
 //! `scaled_dot_product_attention`, flash attention on CUDA), the loss ([`CausalLm`]), sampling
-//! ([`generate`]) and an optional bf16 compute path over fp32 master weights ([`Precision`]).
+//! ([`mod@generate`]) and an optional bf16 compute path over fp32 master weights ([`Precision`]).
 //! [`Model`] picks the architecture from a checkpoint's `config.json`. Checkpoints are Hugging
 //! Face folders both ways: `config.json` beside `model.safetensors`, safetensors shards with an
 //! index, or `pytorch_model.bin` (single or sharded; read as data, never executed).

@@ -2,7 +2,7 @@
 //! `train.bin`, `val.bin` (uint16 token ids, nanoGPT's format), `meta.json`, streamed.
 //!
 //! Documents are read one at a time ([`source`]), tokenized in batches on every core, and
-//! appended to the token files as they come ([`write`]), so memory does not grow with the corpus:
+//! appended to the token files as they come ([`mod@write`]), so memory does not grow with the corpus:
 //! the bound is one batch of documents ([`BATCH_BYTES`] of text and its tokens), the largest
 //! single document, and for `bpe:N` the vocabulary's training sample ([`sample`]). The split
 //! ([`split`]) is decided by document index, so it is the same however the corpus is read.

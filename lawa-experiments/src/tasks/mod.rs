@@ -1,6 +1,6 @@
 //! Zero-shot downstream tasks, scored as lm-evaluation-harness scores them (the paper's
-//! Table 2): task files ([`format`]) turned into log-likelihood requests and metrics
-//! ([`score`]).
+//! Table 2): task files ([`mod@format`]) turned into log-likelihood requests and metrics
+//! ([`mod@score`]).
 
 pub mod format;
 pub mod score;
