@@ -43,6 +43,7 @@
 
 mod block;
 pub mod config;
+mod config_json;
 mod error;
 pub mod generate;
 mod gpt;

@@ -144,16 +144,8 @@ impl ModelConfig {
     /// Reads a checkpoint's `config.json`, the architecture chosen by its `model_type`
     /// (`gpt2`, the default, or `gpt_neox`).
     pub fn read(path: &FsPath) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
-            path: path.to_owned(),
-            error: e,
-        })?;
-        let model_type = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-            v.get("model_type")
-                .and_then(Value::as_str)
-                .map(String::from)
-        });
-        match model_type.as_deref() {
+        let obj = crate::config_json::read_object(path)?;
+        match obj.get("model_type").and_then(Value::as_str) {
             Some("gpt_neox") => Ok(ModelConfig::GptNeoX(crate::neox::read_config(path)?)),
             None | Some("gpt2") => Ok(ModelConfig::Gpt2(crate::hf::read_config(path)?)),
             Some(other) => Err(ModelError::BadConfigFile {

@@ -154,15 +154,7 @@ pub fn read_config(path: &FsPath) -> Result<NeoxConfig, ModelError> {
         path: path.to_owned(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
-        path: path.to_owned(),
-        error: e,
-    })?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| bad("expected a JSON object".into()))?;
+    let obj = crate::config_json::read_object(path)?;
     let size = |field: &str| -> Result<usize, ModelError> {
         let v = obj
             .get(field)
