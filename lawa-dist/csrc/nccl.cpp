@@ -1,0 +1,47 @@
+// The NCCL (CUDA) process group, compiled when libtorch has CUDA and the CUDA headers are at
+// hand (build.rs defines LAWA_WITH_NCCL); otherwise a constructor that says why it is missing.
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#ifdef LAWA_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "shim.h"
+
+extern "C" {
+
+int lawa_has_nccl(void) {
+#ifdef LAWA_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+lawa_group* lawa_group_nccl(const lawa_rendezvous* r, char** error) {
+  try {
+#ifdef LAWA_WITH_NCCL
+    auto store = lawa_make_store(r);
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = std::chrono::milliseconds(r->timeout_ms);
+    auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, r->rank, r->world_size, options);
+    return new lawa_group{store, backend};
+#else
+    throw std::runtime_error(
+        "this lawa was built without NCCL (it needs a CUDA libtorch and the CUDA headers that "
+        "scripts/bootstrap.sh fetches; rebuild after running it)");
+#endif
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    *error = static_cast<char*>(std::malloc(m.size() + 1));
+    if (*error != nullptr) std::memcpy(*error, m.c_str(), m.size() + 1);
+  }
+  return nullptr;
+}
+
+}  // extern "C"
