@@ -42,6 +42,38 @@ fn ramp_dataset(dir: &Path, train: usize, val: usize, vocab: u32) -> Dataset {
     Dataset::open(dir).unwrap()
 }
 
+/// Shares of a batch, one per rank, are the rows of the batch a lone process draws, in order;
+/// every share advances the stream by a whole batch.
+#[test]
+fn batch_shares_are_the_whole_batch_split_by_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ramp_dataset(dir.path(), 5000, 500, 60_000);
+    let sampler = || BatchSampler::new(data.split(Split::Train), 6, 8, 3).unwrap();
+    let mut whole = sampler();
+    let mut shares: Vec<BatchSampler> = (0..3).map(|_| sampler()).collect();
+    for _ in 0..4 {
+        let batch = whole.next_batch(tch::Device::Cpu).unwrap();
+        for (part, s) in shares.iter_mut().enumerate() {
+            let share = s.next_batch_share(tch::Device::Cpu, part, 3).unwrap();
+            assert_eq!(share.x.size(), [2, 8]);
+            assert!(share.x.equal(&batch.x.narrow(0, 2 * part as i64, 2)));
+            assert!(share.y.equal(&batch.y.narrow(0, 2 * part as i64, 2)));
+        }
+    }
+    assert_eq!(
+        shares[2].state(),
+        whole.state(),
+        "the stream moved by whole batches"
+    );
+    let e = sampler()
+        .next_batch_share(tch::Device::Cpu, 0, 4)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "a batch of 6 sequences does not split into 4 equal shares"
+    );
+}
+
 #[test]
 fn batches_are_shifted_windows_and_seeded() {
     let dir = tempfile::tempdir().unwrap();

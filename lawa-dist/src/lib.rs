@@ -5,7 +5,8 @@
 //! * [`Launch`] reads where a process stands from torchrun's or Slurm's variables;
 //! * [`ProcessGroup`] joins the ranks and runs all-reduce, broadcast and barrier;
 //! * [`GradientReducer`] averages gradients in buckets, DDP's way;
-//! * [`ensure_identical`] checks, cheaply, that the ranks hold the same weights.
+//! * [`ensure_identical`] checks, cheaply, that the ranks hold the same weights;
+//! * [`run_local_ranks`] starts N ranks on this machine, like `torchrun --nproc-per-node N`.
 
 mod consistency;
 mod error;
@@ -13,9 +14,11 @@ mod ffi;
 mod group;
 mod launch;
 mod reducer;
+mod spawn;
 
 pub use consistency::ensure_identical;
 pub use error::DistError;
 pub use group::{Backend, ProcessGroup, ReduceOp};
 pub use launch::{Launch, DEFAULT_PORT, DEFAULT_TIMEOUT};
 pub use reducer::{GradientReducer, ReducePrecision, DEFAULT_BUCKET_BYTES};
+pub use spawn::{run_local_ranks, SpawnError, GRACE};

@@ -37,8 +37,14 @@ enum Command {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAWA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Ranks other than 0 of a data-parallel run report only warnings and errors.
+    let follower = ["RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .is_some_and(|r| r.trim() != "0");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAWA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if follower { "warn" } else { "info" })
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

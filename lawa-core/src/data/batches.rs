@@ -107,6 +107,31 @@ impl BatchSampler {
         gather(&self.file, &starts, self.block_size, device)
     }
 
+    /// Share `part` of `parts` of the next batch, on `device`: the stream advances by a whole
+    /// batch (every share of it drawn from the same starts a lone process would draw), and only
+    /// this share's windows are read. `parts` must divide the batch size.
+    pub fn next_batch_share(
+        &mut self,
+        device: Device,
+        part: usize,
+        parts: usize,
+    ) -> Result<Batch, DataError> {
+        if parts == 0 || !self.batch_size.is_multiple_of(parts) || part >= parts {
+            return Err(DataError::Uneven {
+                batch_size: self.batch_size,
+                parts,
+            });
+        }
+        let starts = self.next_starts();
+        let share = self.batch_size / parts;
+        gather(
+            &self.file,
+            &starts[part * share..(part + 1) * share],
+            self.block_size,
+            device,
+        )
+    }
+
     /// The stream position, for a checkpoint.
     pub fn state(&self) -> SamplerState {
         SamplerState {

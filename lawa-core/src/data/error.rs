@@ -95,6 +95,14 @@ pub enum DataError {
         /// The parameter's name.
         name: &'static str,
     },
+    /// A batch that does not split evenly into the requested shares.
+    #[error("a batch of {batch_size} sequences does not split into {parts} equal shares")]
+    Uneven {
+        /// Sequences per batch.
+        batch_size: usize,
+        /// Shares asked for.
+        parts: usize,
+    },
 }
 
 impl DataError {

@@ -286,6 +286,21 @@ impl AdamW {
         Ok(())
     }
 
+    /// The live moments, `exp_avg` then `exp_avg_sq` of each parameter in order, sharing storage
+    /// with the optimizer: writing into them (a broadcast from another rank) changes its state.
+    pub fn moments(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .flat_map(|p| [p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone()])
+            .collect()
+    }
+
+    /// Sets the number of steps taken (with [`moments`](Self::moments), for a rank that
+    /// receives its state from another).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// The moments and step count, as named tensors (`exp_avg.{name}`, `exp_avg_sq.{name}`,
     /// `step`), for a checkpoint.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {

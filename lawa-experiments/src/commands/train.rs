@@ -1,17 +1,22 @@
 //! `lawa train <run.yaml>`: train one model, evaluating every configured averager; re-running
-//! resumes from the last checkpoint, and a finished run is not redone.
+//! resumes from the last checkpoint, and a finished run is not redone. Under a launcher
+//! (`torchrun --no-python`, `srun`) or with `--nproc N` it is one rank of a data-parallel run.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use crate::train::{train, RunConfig, RunOutcome};
+use crate::train::{train_with, DataParallel, RunConfig, RunOutcome};
 
 /// The run file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
     /// A run YAML file (a bare name is looked up in configs/).
     pub config: PathBuf,
+    /// Train over N processes on this machine (data-parallel; for a CUDA run, one GPU each),
+    /// started as `torchrun --nproc-per-node N` would start them.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 /// A config path as given, or `configs/<name>[.yaml]` for a bare name.
@@ -31,10 +36,22 @@ pub fn resolve_config(path: &std::path::Path) -> PathBuf {
     }
 }
 
-/// Runs `lawa train`.
-pub fn run(args: &TrainArgs) -> Result<RunOutcome> {
-    let plan = RunConfig::load(&resolve_config(&args.config))?;
-    let outcome = train(&plan, |_, _| {})?;
+/// Runs `lawa train` (`None` from the process that started `--nproc` ranks).
+pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
+    if let Some(n) = args.nproc.filter(|&n| n > 1) {
+        start_ranks(n)?;
+        return Ok(None);
+    }
+    let mut plan = RunConfig::load(&resolve_config(&args.config))?;
+    let parallel = DataParallel::join(&mut plan)?;
+    let outcome =
+        train_with(&plan, parallel.as_ref(), |_, _| {}).with_context(|| match &parallel {
+            Some(p) => format!("rank {} of {}", p.rank(), p.world_size()),
+            None => plan.config.name.clone(),
+        })?;
+    if parallel.as_ref().is_some_and(|p| !p.is_leader()) {
+        return Ok(Some(outcome));
+    }
     tracing::info!(
         "{}: {:?} at step {}, final raw val loss {:.4}; results in {}",
         plan.config.name,
@@ -43,5 +60,22 @@ pub fn run(args: &TrainArgs) -> Result<RunOutcome> {
         outcome.final_val_loss,
         plan.dir.display()
     );
-    Ok(outcome)
+    Ok(Some(outcome))
+}
+
+/// Re-runs this command as `n` local ranks (its arguments less `--nproc`) and waits for them.
+fn start_ranks(n: usize) -> Result<()> {
+    let program = std::env::current_exe().context("cannot find this program to start its ranks")?;
+    let mut args = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            _ if skip => skip = false,
+            "--nproc" => skip = true,
+            a if a.starts_with("--nproc=") => {}
+            _ => args.push(arg),
+        }
+    }
+    tracing::info!("starting {n} ranks");
+    Ok(lawa_dist::run_local_ranks(&program, &args, n)?)
 }

@@ -366,6 +366,7 @@ impl SweepConfig {
                             grad_clip: r.grad_clip,
                             seed,
                             precision: r.precision.clone(),
+                            allreduce_fp32: false,
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),

@@ -140,6 +140,10 @@ pub struct TrainSpec {
     /// `auto` (bf16 on CUDA, f32 on CPU), `f32` or `bf16`.
     #[serde(default = "default_device")]
     pub precision: String,
+    /// In a data-parallel run, average gradients across ranks in fp32 instead of in their own
+    /// dtype (exact sums of bf16 gradients, at twice the traffic).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allreduce_fp32: bool,
 }
 
 fn one() -> usize {

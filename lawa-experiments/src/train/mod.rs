@@ -6,6 +6,7 @@ pub mod averagers;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;
+pub mod distributed;
 pub mod evaluate;
 pub mod run_dir;
 pub mod status;
@@ -13,5 +14,6 @@ pub mod trainer;
 
 pub use averagers::{AveragerSpec, SwaStart};
 pub use config::{RunConfig, RunPlan};
+pub use distributed::DataParallel;
 pub use status::{RunOutcome, RunStatus};
-pub use trainer::{train, Trainer};
+pub use trainer::{train, train_with, Trainer};

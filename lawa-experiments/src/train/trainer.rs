@@ -16,6 +16,7 @@ use tch::{Kind, Tensor};
 
 use super::checkpoint::{self, Expected, Parts, TrainerState};
 use super::curves::CurvesLog;
+use super::distributed::DataParallel;
 use super::evaluate::{evaluate, WindowLosses};
 use super::status::{self, RunOutcome, RunStatus};
 use super::RunPlan;
@@ -53,12 +54,16 @@ impl Windows {
     }
 }
 
-/// The run's averagers, and each one's CSV columns by label.
-fn build_averagers(plan: &RunPlan) -> Result<(AveragerSet, HashMap<String, StrategyColumns>)> {
+/// The run's averagers, and each one's CSV columns by label (none on a rank other than 0).
+fn build_averagers(
+    plan: &RunPlan,
+    leader: bool,
+) -> Result<(AveragerSet, HashMap<String, StrategyColumns>)> {
     let cfg = &plan.config;
     let mut averagers = AveragerSet::new();
     let mut columns = HashMap::new();
-    for spec in &cfg.averagers {
+    let specs = if leader { &cfg.averagers[..] } else { &[] };
+    for spec in specs {
         let averager = spec.build(cfg.train.steps, cfg.averager_storage)?;
         columns.insert(averager.label(), spec.columns());
         averagers.push_boxed(averager)?;
@@ -82,7 +87,10 @@ pub struct Trainer<'a> {
     eval_weights: Weights,
     sampler: BatchSampler,
     windows: Windows,
-    curves: CurvesLog,
+    /// The run's CSV (rank 0 only).
+    curves: Option<CurvesLog>,
+    /// The other ranks of a data-parallel run, and the reducer of this one's gradients.
+    parallel: Option<(&'a DataParallel, lawa_dist::GradientReducer)>,
     state: TrainerState,
     session: Session,
     last_val: f64,
@@ -112,6 +120,17 @@ impl<'a> Trainer<'a> {
     /// Builds the run's model, optimizer, averagers and data, resuming from the run folder's
     /// checkpoint when there is one. The folder must already be claimed for this config.
     pub fn new(plan: &'a RunPlan, data: &Dataset) -> Result<Self> {
+        Self::with_ranks(plan, data, None)
+    }
+
+    /// As [`new`](Self::new), as one rank of a data-parallel run: rank 0 builds or resumes the
+    /// run and every other rank takes its weights, optimizer state and position.
+    pub fn with_ranks(
+        plan: &'a RunPlan,
+        data: &Dataset,
+        parallel: Option<&'a DataParallel>,
+    ) -> Result<Self> {
+        let leader = parallel.is_none_or(|p| p.is_leader());
         let cfg = &plan.config;
         let t = &cfg.train;
         let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
@@ -127,7 +146,7 @@ impl<'a> Trainer<'a> {
         let eval_weights = Weights::from_var_store(&eval_vs);
         let mut optimizer = AdamW::new(vs.variables(), t.adamw, decays)?;
         let params = optimizer.parameters();
-        let (mut averagers, columns) = build_averagers(plan)?;
+        let (mut averagers, columns) = build_averagers(plan, leader)?;
         let mut state = TrainerState {
             step: 0,
             tokens: 0,
@@ -135,7 +154,7 @@ impl<'a> Trainer<'a> {
             wall_time: 0.0,
             dataset: data.identity(),
         };
-        let resumed = match checkpoint::find(&plan.dir) {
+        let resumed = match checkpoint::find(&plan.dir).filter(|_| leader) {
             Some(dir) => {
                 let expect = Expected {
                     steps: t.steps,
@@ -156,7 +175,15 @@ impl<'a> Trainer<'a> {
             }
             None => None,
         };
-        let curves = CurvesLog::open(&plan.dir.join(CURVES_FILE), resumed)?;
+        let curves = match leader {
+            true => Some(CurvesLog::open(&plan.dir.join(CURVES_FILE), resumed)?),
+            false => None,
+        };
+        if let Some(p) = parallel {
+            p.take_leaders_state(&params, &mut optimizer, &mut state)?;
+            sampler.restore(state.sampler);
+        }
+        let parallel = parallel.map(|p| (p, p.reducer(&params, t.allreduce_fp32)));
         Ok(Trainer {
             plan,
             gpt,
@@ -170,6 +197,7 @@ impl<'a> Trainer<'a> {
             sampler,
             windows,
             curves,
+            parallel,
             session: Session {
                 started: Instant::now(),
                 first_step: state.step,
@@ -200,11 +228,18 @@ impl<'a> Trainer<'a> {
         );
         let device = self.plan.device;
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let (part, parts) = self
+            .parallel
+            .as_ref()
+            .map_or((0, 1), |(p, _)| (p.rank(), p.world_size()));
         for _ in 0..t.grad_accum {
-            let batch = self.sampler.next_batch(device)?;
+            let batch = self.sampler.next_batch_share(device, part, parts)?;
             let loss = self.gpt.loss(&batch.x, &batch.y, true)?;
             (&loss / t.grad_accum as f64).backward();
             loss_sum += loss.detach();
+        }
+        if let Some((p, reducer)) = &self.parallel {
+            p.average(reducer, &loss_sum)?;
         }
         let norm = if t.grad_clip > 0.0 {
             clip_grad_norm(&self.params, t.grad_clip)
@@ -250,7 +285,9 @@ impl<'a> Trainer<'a> {
             let gain_se = paired_se(&raw.0.per_window, &val.per_window);
             rows.push(self.row(&label, columns, &(val, train), gain_se));
         }
-        self.curves.write(&rows)?;
+        if let Some(curves) = &mut self.curves {
+            curves.write(&rows)?;
+        }
         self.last_val = rows[0].val_loss;
         Ok(rows)
     }
@@ -296,8 +333,15 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Writes a checkpoint of the run as it is now.
+    /// Writes a checkpoint of the run as it is now (rank 0, after every rank has checked that
+    /// all hold the same weights).
     pub fn checkpoint(&mut self) -> Result<()> {
+        if let Some((p, _)) = &self.parallel {
+            p.ensure_same_weights(&self.params, self.state.step)?;
+            if !p.is_leader() {
+                return Ok(());
+            }
+        }
         self.state.sampler = self.sampler.state();
         checkpoint::save(
             &self.plan.dir,
@@ -332,7 +376,7 @@ impl<'a> Trainer<'a> {
             / self.session.started.elapsed().as_secs_f64().max(1e-9)
     }
 
-    /// Records how the run ended in `status.json`.
+    /// Records how the run ended in `status.json` (rank 0 of a data-parallel run).
     pub fn finish(&self, status: RunStatus) -> Result<RunOutcome> {
         let outcome = RunOutcome {
             status,
@@ -347,7 +391,9 @@ impl<'a> Trainer<'a> {
             },
             wall_time: self.session.wall_before + self.session.started.elapsed().as_secs_f64(),
         };
-        status::write(&self.plan.dir, &outcome)?;
+        if self.curves.is_some() {
+            status::write(&self.plan.dir, &outcome)?;
+        }
         Ok(outcome)
     }
 
@@ -369,15 +415,42 @@ impl<'a> Trainer<'a> {
 
 /// Runs (or resumes, or skips if it already ended) the training run `plan`.
 /// `on_progress(step, total)` is called after each step (for a sweep's overall progress).
-pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
+pub fn train(plan: &RunPlan, on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
+    train_with(plan, None, on_progress)
+}
+
+/// As [`train`], as one rank of a data-parallel run when `parallel` is given: rank 0 claims the
+/// run folder and decides whether the run goes on; every rank trains; rank 0 alone evaluates,
+/// checkpoints and records the outcome (the others return theirs without a loss).
+pub fn train_with(
+    plan: &RunPlan,
+    parallel: Option<&DataParallel>,
+    on_progress: impl FnMut(u64, u64),
+) -> Result<RunOutcome> {
     let cfg = &plan.config;
     // Everything that can be refused is checked before the run folder is touched.
     super::config::ensure_available(plan.device)?;
     let data = Dataset::open(&cfg.data)?;
     let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
     ensure_memory(plan, &model_cfg)?;
-    let _claim = super::run_dir::claim(plan)?;
-    if let Some(outcome) = status::read(&plan.dir)? {
+    let leader = parallel.is_none_or(|p| p.is_leader());
+    let (_claim, ended) = match leader {
+        true => (Some(super::run_dir::claim(plan)?), status::read(&plan.dir)?),
+        false => (None, None),
+    };
+    let go_on = match parallel {
+        Some(p) => p.agree(ended.is_none())?,
+        None => ended.is_none(),
+    };
+    if !go_on {
+        // A follower rank learns only that the run has ended; rank 0 reports how.
+        let outcome = ended.unwrap_or(RunOutcome {
+            status: RunStatus::Finished,
+            step: cfg.train.steps,
+            final_val_loss: f64::NAN,
+            tokens_per_second: 0.0,
+            wall_time: 0.0,
+        });
         tracing::info!(
             "{}: already {:?} at step {}; nothing to do",
             plan.dir.display(),
@@ -386,23 +459,38 @@ pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<Ru
         );
         return Ok(outcome);
     }
-    let mut trainer = Trainer::new(plan, &data)?;
-    let steps = cfg.train.steps;
+    let mut trainer = Trainer::with_ranks(plan, &data, parallel)?;
     tracing::info!(
-        "{}: {} on {:?} ({}), {} parameters, {} steps of {} tokens, {} averagers",
+        "{}: {} on {:?} ({}), {} parameters, {} steps of {} tokens{}, {} averagers",
         cfg.name,
         cfg.model.label(),
         plan.device,
         plan.precision,
         trainer.gpt.num_params(true),
-        steps,
+        cfg.train.steps,
         cfg.tokens_per_step(),
+        parallel.map_or(String::new(), |p| format!(" over {} ranks", p.world_size())),
         trainer.averagers.len()
     );
-    if trainer.steps_done() == 0 {
+    if trainer.steps_done() == 0 && leader {
         trainer.evaluate()?;
     }
-    let bar = crate::progress::bar(steps, &cfg.name, "steps");
+    train_loop(&mut trainer, leader, on_progress)
+}
+
+/// Steps until the run's end, evaluating, keeping series checkpoints and checkpointing on
+/// schedule (a follower rank only steps and checks its weights at checkpoints).
+fn train_loop(
+    trainer: &mut Trainer,
+    leader: bool,
+    mut on_progress: impl FnMut(u64, u64),
+) -> Result<RunOutcome> {
+    let cfg = &trainer.plan.config;
+    let steps = cfg.train.steps;
+    let bar = match leader {
+        true => crate::progress::bar(steps, &cfg.name, "steps"),
+        false => indicatif::ProgressBar::hidden(),
+    };
     bar.set_position(trainer.steps_done());
     let log_every = (steps / 20).max(1);
     let checkpoint_every = cfg.checkpoint.every.unwrap_or(cfg.eval.every);
@@ -428,28 +516,30 @@ pub fn train(plan: &RunPlan, mut on_progress: impl FnMut(u64, u64)) -> Result<Ru
             trainer.tokens_per_second()
         ));
         on_progress(step, steps);
-        if !crate::progress::interactive() && (step.is_multiple_of(log_every) || step == steps) {
+        let last = step == steps;
+        if leader && !crate::progress::interactive() && (step.is_multiple_of(log_every) || last) {
             trainer.log_step(&report);
         }
-        if step.is_multiple_of(cfg.eval.every) || step == steps {
+        if leader && (step.is_multiple_of(cfg.eval.every) || last) {
             let rows = trainer.evaluate()?;
             log_evaluation(&cfg.name, &rows);
         }
-        if cfg
-            .checkpoint
-            .series_every
-            .is_some_and(|n| step.is_multiple_of(n))
+        if leader
+            && cfg
+                .checkpoint
+                .series_every
+                .is_some_and(|n| step.is_multiple_of(n))
         {
             trainer.save_series()?;
         }
-        if step.is_multiple_of(checkpoint_every) || step == steps {
+        if step.is_multiple_of(checkpoint_every) || last {
             trainer.checkpoint()?;
         }
     }
     bar.finish_and_clear();
     trainer
         .finish(RunStatus::Finished)
-        .with_context(|| format!("{}: finishing", plan.dir.display()))
+        .with_context(|| format!("{}: finishing", trainer.plan.dir.display()))
 }
 
 /// Refuses a run whose model, gradients, AdamW moments, evaluation copy and averager copies

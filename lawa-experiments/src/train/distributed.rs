@@ -1,0 +1,141 @@
+//! One run over several processes (data parallelism, as PyTorch's DDP): every rank holds the
+//! model and optimizer, trains on its share of each global batch, and averages gradients with
+//! the others before the one optimizer step they all take; rank 0 alone evaluates, runs the
+//! averagers and writes the run folder.
+
+use anyhow::{bail, Context, Result};
+use lawa_core::optim::AdamW;
+use lawa_dist::{
+    ensure_identical, Backend, GradientReducer, Launch, ProcessGroup, ReducePrecision,
+    DEFAULT_BUCKET_BYTES,
+};
+use tch::{Kind, Tensor};
+
+use super::checkpoint::TrainerState;
+use super::RunPlan;
+
+/// This process's part in a data-parallel run.
+#[derive(Debug)]
+pub struct DataParallel {
+    group: ProcessGroup,
+    launch: Launch,
+}
+
+impl DataParallel {
+    /// Joins the process group the launcher's variables describe (`None` for a lone process):
+    /// Gloo for a CPU run, NCCL for CUDA, where the device becomes `cuda:LOCAL_RANK`. Refuses a
+    /// batch that does not split evenly over the ranks.
+    pub fn join(plan: &mut RunPlan) -> Result<Option<DataParallel>> {
+        let Some(launch) = Launch::from_env()? else {
+            return Ok(None);
+        };
+        let t = &plan.config.train;
+        if !t.batch_size.is_multiple_of(launch.world_size) {
+            bail!(
+                "train.batch_size: {} sequences do not split over {} ranks; the global batch must be a multiple of the world size",
+                t.batch_size,
+                launch.world_size
+            );
+        }
+        if plan.device.is_cuda() {
+            plan.device = tch::Device::Cuda(launch.local_rank);
+        }
+        let backend = Backend::for_device(plan.device);
+        let group = ProcessGroup::join(backend, &launch)?;
+        tracing::debug!(
+            "rank {} of {} joined ({backend:?})",
+            launch.rank,
+            launch.world_size
+        );
+        Ok(Some(DataParallel { group, launch }))
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.launch.rank
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.launch.world_size
+    }
+
+    /// Whether this rank evaluates and writes (rank 0).
+    pub fn is_leader(&self) -> bool {
+        self.launch.is_leader()
+    }
+
+    /// The gradient reducer for `params`.
+    pub fn reducer(&self, params: &[Tensor], fp32: bool) -> GradientReducer {
+        let precision = if fp32 {
+            ReducePrecision::Float32
+        } else {
+            ReducePrecision::Gradient
+        };
+        GradientReducer::new(params, DEFAULT_BUCKET_BYTES, precision)
+    }
+
+    /// Averages the gradients of `reducer`'s parameters and `loss` over the ranks.
+    pub fn average(&self, reducer: &GradientReducer, loss: &Tensor) -> Result<()> {
+        Ok(reducer.average(&self.group, &[loss])?)
+    }
+
+    /// Rank 0's `flag` on every rank (whether the run is to go on, say).
+    pub fn agree(&self, flag: bool) -> Result<bool> {
+        let t = Tensor::from_slice(&[i64::from(flag)]);
+        self.group.broadcast(&[&t], 0)?;
+        Ok(t.int64_value(&[0]) != 0)
+    }
+
+    /// Makes every rank's weights, AdamW moments and trainer state rank 0's (the model that
+    /// rank 0 built or resumed from its checkpoint).
+    pub fn take_leaders_state(
+        &self,
+        params: &[Tensor],
+        optimizer: &mut AdamW,
+        state: &mut TrainerState,
+    ) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut tensors: Vec<Tensor> = params.iter().map(Tensor::detach).collect();
+        tensors.extend(optimizer.moments());
+        let word_pos = state.sampler.word_pos;
+        let scalars = Tensor::from_slice(&[
+            state.step as i64,
+            state.tokens as i64,
+            state.sampler.seed as i64,
+            word_pos as u64 as i64,
+            (word_pos >> 64) as u64 as i64,
+            state.wall_time.to_bits() as i64,
+            optimizer.steps() as i64,
+        ]);
+        let on_device: Vec<Tensor> = tensors.iter().map(Tensor::shallow_clone).collect();
+        let mut all: Vec<&Tensor> = on_device.iter().collect();
+        // Gloo broadcasts host tensors; NCCL device tensors.
+        let scalars = scalars.to_device(params.first().map_or(tch::Device::Cpu, Tensor::device));
+        all.push(&scalars);
+        self.group
+            .broadcast(&all, 0)
+            .context("taking rank 0's state")?;
+        let s = Vec::<i64>::try_from(scalars.to_device(tch::Device::Cpu))?;
+        state.step = s[0] as u64;
+        state.tokens = s[1] as u64;
+        state.sampler.seed = s[2] as u64;
+        state.sampler.word_pos = (s[3] as u64 as u128) | ((s[4] as u64 as u128) << 64);
+        state.wall_time = f64::from_bits(s[5] as u64);
+        optimizer.set_steps(s[6] as u64);
+        Ok(())
+    }
+
+    /// Fails on every rank unless all hold the same weights (checked at each checkpoint).
+    pub fn ensure_same_weights(&self, params: &[Tensor], step: u64) -> Result<()> {
+        let detached: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.detach().to_kind(Kind::Float))
+            .collect();
+        Ok(ensure_identical(
+            &self.group,
+            &detached,
+            &format!("the weights at step {step}"),
+        )?)
+    }
+}
