@@ -1,5 +1,6 @@
 //! `lawa sweep`: configs in configs/ are valid; a killed sweep resumes to the same CSVs; a
-//! diverged run is recorded and the sweep goes on; bad input is refused with nothing overwritten.
+//! diverged run is recorded and the sweep goes on; bad input is refused with nothing overwritten;
+//! shards and device workers divide the runs and gather what one process gathers.
 
 mod common;
 
@@ -269,4 +270,81 @@ fn bad_sweeps_are_refused_and_nothing_is_overwritten() {
     let o = lawa(&["sweep", "good.yaml"], dir.path());
     assert!(o.status.success());
     assert_eq!(std::fs::read(results.join("s/curves.csv")).unwrap(), before);
+}
+
+/// `--shard 1/2` and `--shard 2/2` as two processes at once (as a Slurm job array would run
+/// them), then a final `lawa sweep`: the same curves.csv and summary.csv as one `lawa sweep`,
+/// apart from wall time. The shards gather nothing themselves.
+#[test]
+fn shards_and_a_final_sweep_equal_one_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let lrs = "[1.0e-3, 1.0e-2, 3.0e-3]";
+    std::fs::write(dir.path().join("a.yaml"), sweep_yaml(&data, &a, lrs, "")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), sweep_yaml(&data, &b, lrs, "")).unwrap();
+    let o = lawa(&["sweep", "a.yaml"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shards: Vec<_> = ["1/2", "2/2"]
+        .iter()
+        .map(|s| {
+            Command::new(env!("CARGO_BIN_EXE_lawa"))
+                .args(["sweep", "b.yaml", "--shard", s])
+                .current_dir(dir.path())
+                .env("LAWA_LOG", "warn")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for shard in shards {
+        let o = shard.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(!b.join("s/curves.csv").exists(), "a shard gathers nothing");
+    let runs: Vec<_> = std::fs::read_dir(b.join("s/runs")).unwrap().collect();
+    assert_eq!(runs.len(), 3, "the shards trained every run");
+    let o = lawa(&["sweep", "b.yaml"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        without_wall_time(&a.join("s/curves.csv")),
+        without_wall_time(&b.join("s/curves.csv"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.join("s/summary.csv")).unwrap(),
+        std::fs::read_to_string(b.join("s/summary.csv")).unwrap()
+    );
+    assert!(b.join("s/figures/loss_raw_vs_lawa.png").is_file());
+}
+
+/// `--devices cpu,cpu`: two workers take the runs between them, each run trained once, and the
+/// sweep gathers the same results as one process.
+#[test]
+fn devices_share_the_runs_and_gather_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let lrs = "[1.0e-3, 1.0e-2, 3.0e-3]";
+    std::fs::write(dir.path().join("a.yaml"), sweep_yaml(&data, &a, lrs, "")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), sweep_yaml(&data, &b, lrs, "")).unwrap();
+    let o = lawa(&["sweep", "a.yaml"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_lawa"))
+        .args(["sweep", "b.yaml", "--devices", "cpu,cpu"])
+        .current_dir(dir.path())
+        .env("LAWA_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    let starts = log.matches(": resuming").count() + log.matches(" steps of ").count();
+    assert_eq!(starts, 3, "each run started once: {log}");
+    assert_eq!(
+        without_wall_time(&a.join("s/curves.csv")),
+        without_wall_time(&b.join("s/curves.csv"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.join("s/summary.csv")).unwrap(),
+        std::fs::read_to_string(b.join("s/summary.csv")).unwrap()
+    );
 }

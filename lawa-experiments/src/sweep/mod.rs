@@ -2,6 +2,7 @@
 //! grid, results gathered into `results/<name>/` (curves.csv, summary.csv, sweep.yaml, figures).
 
 pub mod config;
+pub mod parallel;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,9 +13,10 @@ use crate::prepare::{prepare, PrepareOptions};
 use crate::results::{
     read_rows, seed_gains, summarize, write_rows, CurveRow, CURVES_FILE, GAINS_FILE, SUMMARY_FILE,
 };
-use crate::train::run_dir::{claim_folder, is_temporary, LOCK_FILE};
+use crate::train::run_dir::{claim_folder, is_temporary, Busy, LOCK_FILE};
 use crate::train::{status, train, RunStatus};
 pub use config::{PlannedRun, SweepConfig};
+pub use parallel::{Shard, SweepOptions};
 
 /// The copy of the sweep's config in its results folder.
 pub const SWEEP_FILE: &str = "sweep.yaml";
@@ -73,6 +75,19 @@ pub fn aggregate(dir: &Path, run_ids: &[String]) -> Result<()> {
 
 /// Runs the sweep in `path` (prepare data, train every run not yet finished, gather results).
 pub fn run(path: &Path) -> Result<SweepReport> {
+    run_with(path, &SweepOptions::default())
+}
+
+/// Runs the sweep in `path` as `options` say: the whole of it, one shard of its runs, or its
+/// runs spread over several devices (see [`SweepOptions`]).
+pub fn run_with(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
+    if !options.devices.is_empty() {
+        parallel::run_on_devices(path, &options.devices)?;
+        return run(path);
+    }
+    if options.shard.is_some() || options.worker.is_some() {
+        return parallel::run_part(path, options);
+    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let (cfg, runs) = plan_with_data(path)?;
@@ -86,7 +101,7 @@ pub fn run(path: &Path) -> Result<SweepReport> {
         "give the sweep another name",
     )?;
     let started = Instant::now();
-    let diverged = train_all(&cfg, &runs, &dir)?;
+    let diverged = train_all(&cfg, &runs, &dir, Gather::AfterEachRun)?;
     let figures = crate::figures::render_all(&dir).context("drawing the figures")?;
     tracing::info!(
         "sweep {}: {} runs ({} diverged) in {:.0} s; {} figure files; results in {}",
@@ -138,9 +153,25 @@ fn plan_with_data(path: &Path) -> Result<(SweepConfig, Vec<PlannedRun>)> {
     Ok((cfg, runs))
 }
 
-/// Trains every run not yet ended, one after the other, gathering the results after each;
-/// returns the ids of the runs that diverged.
-fn train_all(cfg: &SweepConfig, runs: &[PlannedRun], dir: &Path) -> Result<Vec<String>> {
+/// What [`train_all`] does besides training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    /// Gathers the sweep's results after each run (the whole sweep, holding its folder alone).
+    AfterEachRun,
+    /// Leaves the results to a final `lawa sweep` (a shard).
+    Never,
+    /// As `Never`, and passes over runs another process is training (a device worker).
+    NeverSkipBusy,
+}
+
+/// Trains every run not yet ended, one after the other; returns the ids of the runs that
+/// diverged.
+fn train_all(
+    cfg: &SweepConfig,
+    runs: &[PlannedRun],
+    dir: &Path,
+    gather: Gather,
+) -> Result<Vec<String>> {
     let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
     let total_steps: u64 = runs.iter().map(|r| r.plan.config.train.steps).sum();
     let started = Instant::now();
@@ -168,13 +199,21 @@ fn train_all(cfg: &SweepConfig, runs: &[PlannedRun], dir: &Path) -> Result<Vec<S
                     elapsed / done.max(1) as f64 * (total_steps - done) as f64
                 );
             }
-        })
-        .with_context(|| format!("run {}", planned.id))?;
+        });
+        done_steps += planned.plan.config.train.steps;
+        let outcome = match outcome {
+            Err(e) if gather == Gather::NeverSkipBusy && e.downcast_ref::<Busy>().is_some() => {
+                tracing::info!("run {}: another worker has it", planned.id);
+                continue;
+            }
+            other => other.with_context(|| format!("run {}", planned.id))?,
+        };
         if outcome.status == RunStatus::Diverged {
             diverged.push(planned.id.clone());
         }
-        done_steps += planned.plan.config.train.steps;
-        aggregate(dir, &ids)?;
+        if gather == Gather::AfterEachRun {
+            aggregate(dir, &ids)?;
+        }
     }
     Ok(diverged)
 }

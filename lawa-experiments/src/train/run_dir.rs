@@ -22,9 +22,38 @@ pub struct Claim {
     _lock: File,
 }
 
+/// How a folder is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// By this process alone (a run that trains, a sweep that gathers its results).
+    Exclusive,
+    /// Together with other processes that hold it shared, and no exclusive holder (the shards
+    /// and device workers of one sweep, each training its own runs).
+    Shared,
+}
+
+/// The folder is held by another process: the error [`lock`] returns, which callers can tell
+/// apart (`anyhow::Error::downcast_ref`) from other failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{dir}: another lawa process ({holder}) is working on this {what}; wait for it to end, or give this one another folder")]
+pub struct Busy {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// `pid N`, or `pid unknown`.
+    pub holder: String,
+    /// The folder's kind.
+    pub what: String,
+}
+
 /// Takes an exclusive lock on `dir` (which must exist) for this process, or says which process
 /// holds it. `what` names the folder's kind in the message.
 pub fn lock(dir: &Path, what: &str) -> Result<Claim> {
+    lock_as(dir, what, LockMode::Exclusive)
+}
+
+/// Takes a lock on `dir` in `mode`; fails with [`Busy`] when another process holds it in a way
+/// that excludes this one.
+pub fn lock_as(dir: &Path, what: &str, mode: LockMode) -> Result<Claim> {
     let path = dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -33,22 +62,31 @@ pub fn lock(dir: &Path, what: &str) -> Result<Claim> {
         .write(true)
         .open(&path)
         .with_context(|| format!("{}: cannot open", path.display()))?;
-    match file.try_lock() {
+    let locked = match mode {
+        LockMode::Exclusive => file.try_lock(),
+        LockMode::Shared => file.try_lock_shared(),
+    };
+    match locked {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "{}: another lawa process ({}) is working on this {what}; wait for it to end, or give this one another folder",
-                dir.display(),
-                match holder.trim() {
+            return Err(Busy {
+                dir: dir.to_owned(),
+                holder: match holder.trim() {
                     "" => "pid unknown".to_string(),
                     pid => format!("pid {pid}"),
-                }
-            );
+                },
+                what: what.to_string(),
+            }
+            .into());
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
         }
+    }
+    if mode == LockMode::Shared {
+        // Several holders: the file names none of them.
+        return Ok(Claim { _lock: file });
     }
     file.set_len(0)
         .and_then(|_| write!(file, "{}", std::process::id()))
@@ -101,6 +139,20 @@ pub fn claim_folder(
     what: &str,
     hint: &str,
 ) -> Result<Claim> {
+    claim_folder_as(dir, marker, text, owns, what, hint, LockMode::Exclusive)
+}
+
+/// As [`claim_folder`], holding the folder in `mode` (a shared holder leaves staging folders
+/// alone: another holder may be writing them).
+pub fn claim_folder_as(
+    dir: &Path,
+    marker: &str,
+    text: &str,
+    owns: fn(&str) -> bool,
+    what: &str,
+    hint: &str,
+    mode: LockMode,
+) -> Result<Claim> {
     let marker_path = dir.join(marker);
     let existing = match std::fs::read_to_string(&marker_path) {
         Ok(t) => Some(t),
@@ -120,7 +172,14 @@ pub fn claim_folder(
         None => {}
     }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let claim = lock(dir, what)?;
+    let claim = lock_as(dir, what, mode)?;
+    if mode == LockMode::Shared {
+        if existing.is_none() {
+            lawa_core::checkpoint::write_atomic(&marker_path, text.as_bytes())
+                .with_context(|| format!("{}: cannot write", marker_path.display()))?;
+        }
+        return Ok(claim);
+    }
     for stale in lawa_core::checkpoint::remove_stale_staging(dir)
         .with_context(|| format!("{}: cannot clear stale staging folders", dir.display()))?
     {
