@@ -19,6 +19,8 @@ use super::RunPlan;
 pub struct DataParallel {
     group: ProcessGroup,
     launch: Launch,
+    /// Seconds spent averaging gradients, and the number of averagings.
+    reducing: std::cell::Cell<(f64, u64)>,
 }
 
 impl DataParallel {
@@ -47,7 +49,11 @@ impl DataParallel {
             launch.rank,
             launch.world_size
         );
-        Ok(Some(DataParallel { group, launch }))
+        Ok(Some(DataParallel {
+            group,
+            launch,
+            reducing: Default::default(),
+        }))
     }
 
     /// This process's rank.
@@ -75,9 +81,26 @@ impl DataParallel {
         GradientReducer::new(params, DEFAULT_BUCKET_BYTES, precision)
     }
 
-    /// Averages the gradients of `reducer`'s parameters and `loss` over the ranks.
+    /// Averages the gradients of `reducer`'s parameters and `loss` over the ranks (timed:
+    /// see [`reduce_seconds`](Self::reduce_seconds)).
     pub fn average(&self, reducer: &GradientReducer, loss: &Tensor) -> Result<()> {
-        Ok(reducer.average(&self.group, &[loss])?)
+        let started = std::time::Instant::now();
+        reducer.average(&self.group, &[loss])?;
+        if self.group.backend() == Backend::Nccl {
+            if let tch::Device::Cuda(i) = loss.device() {
+                tch::Cuda::synchronize(i as i64);
+            }
+        }
+        let (seconds, count) = self.reducing.get();
+        self.reducing
+            .set((seconds + started.elapsed().as_secs_f64(), count + 1));
+        Ok(())
+    }
+
+    /// Seconds this process has spent averaging gradients (packing, all-reduce, unpacking),
+    /// and how many times.
+    pub fn reduce_seconds(&self) -> (f64, u64) {
+        self.reducing.get()
     }
 
     /// Rank 0's `flag` on every rank (whether the run is to go on, say).

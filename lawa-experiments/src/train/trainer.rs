@@ -475,7 +475,20 @@ pub fn train_with(
     if trainer.steps_done() == 0 && leader {
         trainer.evaluate()?;
     }
-    train_loop(&mut trainer, leader, on_progress)
+    let outcome = train_loop(&mut trainer, leader, on_progress)?;
+    if let Some(p) = parallel.filter(|p| p.is_leader()) {
+        let (seconds, steps) = p.reduce_seconds();
+        let session = trainer.session.started.elapsed().as_secs_f64();
+        tracing::info!(
+            "{}: gradient all-reduce {:.1} ms a step over {} ranks, {:.1} % of this session's {:.1} s",
+            cfg.name,
+            1e3 * seconds / steps.max(1) as f64,
+            p.world_size(),
+            100.0 * seconds / session.max(1e-9),
+            session
+        );
+    }
+    Ok(outcome)
 }
 
 /// Steps until the run's end, evaluating, keeping series checkpoints and checkpointing on
