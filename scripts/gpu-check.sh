@@ -8,7 +8,8 @@
 #       travel beside the checkout: `run` with carry [".gpu"].
 #   scripts/gpu-check.sh [--out DIR] [--only a,b]
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
-#       env, parity_f32, parity_bf16, speed_small, speed_medium, speed_large, averaging, sweep;
+#       env, parity_f32, parity_bf16, speed_small, speed_medium, speed_large, averaging, sweep,
+#       data_parallel (a process group of one on NCCL beside the lone run);
 #       about 5 minutes on an H100. DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
@@ -156,8 +157,41 @@ sweep() {
     tar -tzf "$out/sweep.tar.gz"
 }
 
+# One run alone and the same run as a process group of one (NCCL on CUDA, Gloo on the CPU):
+# the backend's path end to end, the curves compared.
+data_parallel() {
+    local steps=$1 model=$2 batch=$3 block=$4 name
+    for name in alone group; do
+        cat >"$work/dp-$name.yaml" <<EOF
+name: dp-$name
+data: $work/data
+out: $work/dp-$name
+device: $device
+model: {$model, block_size: $block}
+train: {steps: $steps, batch_size: $batch, block_size: $block, lr: 1.0e-3, schedule: {kind: constant}}
+eval: {every: $((steps / 2)), windows: 8}
+averagers: [{kind: lawa, k: 2, nu: 5}, {kind: ema, decay: 0.9}]
+EOF
+    done
+    "$lawa" train "$work/dp-alone.yaml" || return 1
+    WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) \
+        "$lawa" train "$work/dp-group.yaml" 2>&1 | tee "$work/dp-group.log" || return 1
+    grep -E "over 1 ranks \((Nccl|Gloo)\)" "$work/dp-group.log" || { echo "no process group was made"; return 1; }
+    "$LAWA_PYTHON" - "$work" <<'EOF'
+import csv, json, sys
+work = sys.argv[1]
+rows = [list(csv.DictReader(open(f"{work}/dp-{n}/curves.csv"))) for n in ("alone", "group")]
+diff = max(abs(float(a["val_loss"]) - float(b["val_loss"])) for a, b in zip(*rows))
+backend = "Nccl" if "(Nccl)" in open(f"{work}/dp-group.log").read() else "Gloo"
+out = {"backend": backend, "rows": len(rows[0]), "max_val_loss_difference": diff}
+print(json.dumps(out))
+json.dump(out, open(f"{work}/data_parallel.json", "w"))
+sys.exit(0 if len(rows[0]) == len(rows[1]) and diff < 1e-4 else 1)
+EOF
+}
+
 export lawa work out device root
-export -f environment bench sweep
+export -f environment bench sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ]; then
     section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
@@ -178,6 +212,11 @@ else
     sweep_config 40 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
 fi
 section sweep 240 sweep
+if [ $mode = gpu ]; then
+    section data_parallel 90 data_parallel 40 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
+else
+    section data_parallel 90 data_parallel 10 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
+fi
 "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
 rc=$?
 rm -rf "$work"

@@ -87,6 +87,11 @@ def main():
         md += ["## Training speed (one card, one invocation)", ""] + speed_md(speeds)
     if figures.get("averaging"):
         md += ["## Averaging cost", ""] + averaging_md(figures["averaging"])
+    dp = figures.get("data_parallel")
+    if dp:
+        md += ["## Data-parallel path", "",
+               f"A process group of one on {dp['backend']} beside the lone run: {dp['rows']} curve rows, "
+               f"largest validation-loss difference {dp['max_val_loss_difference']:.2e}.", ""]
     (out / "report.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0 if ok else 1

@@ -36,7 +36,7 @@ pub struct Launch {
 
 impl Launch {
     /// The launch described by the environment, or `None` for a lone process (no launcher
-    /// variables, or a world of one).
+    /// variables, or a Slurm step of one task).
     pub fn from_env() -> Result<Option<Launch>, DistError> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -52,7 +52,9 @@ impl Launch {
             return Ok(None);
         };
         let world_size = number(world_var, &world)?;
-        if world_size <= 1 {
+        // torchrun's WORLD_SIZE=1 still makes a group of one, as PyTorch does (it exercises
+        // the backend); a one-task Slurm step is a lone process.
+        if world_size == 0 || (world_size == 1 && world_var == "SLURM_NTASKS") {
             return Ok(None);
         }
         let (rank_var, rank) = pick("RANK", "SLURM_PROCID").ok_or_else(|| DistError::Env {
@@ -160,9 +162,17 @@ mod tests {
     #[test]
     fn lone_processes_and_bad_values() {
         assert!(launch(&[]).unwrap().is_none());
-        assert!(launch(&[("WORLD_SIZE", "1"), ("RANK", "0")])
+        assert!(launch(&[("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0")])
             .unwrap()
             .is_none());
+        let one = launch(&[("WORLD_SIZE", "1"), ("RANK", "0")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (one.rank, one.world_size),
+            (0, 1),
+            "torchrun's group of one"
+        );
         let e = launch(&[("WORLD_SIZE", "2"), ("RANK", "2")]).unwrap_err();
         assert_eq!(e.to_string(), "RANK=\"2\": not below the world size 2");
         let e = launch(&[("WORLD_SIZE", "two")]).unwrap_err();

@@ -66,6 +66,11 @@ impl DataParallel {
         self.launch.world_size
     }
 
+    /// The collective engine.
+    pub fn backend(&self) -> Backend {
+        self.group.backend()
+    }
+
     /// Whether this rank evaluates and writes (rank 0).
     pub fn is_leader(&self) -> bool {
         self.launch.is_leader()

@@ -469,7 +469,11 @@ pub fn train_with(
         trainer.gpt.num_params(true),
         cfg.train.steps,
         cfg.tokens_per_step(),
-        parallel.map_or(String::new(), |p| format!(" over {} ranks", p.world_size())),
+        parallel.map_or(String::new(), |p| format!(
+            " over {} ranks ({:?})",
+            p.world_size(),
+            p.backend()
+        )),
         trainer.averagers.len()
     );
     if trainer.steps_done() == 0 && leader {
