@@ -71,12 +71,15 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     }
     assert_eq!(f["speed_small"]["accumulation"], 2);
     assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
-    assert_eq!(f["averaging"]["rows"].as_array().unwrap().len(), 8);
+    assert_eq!(f["averaging"]["rows"].as_array().unwrap().len(), 11);
     assert!(f["averaging"]["pytorch"]["ms"].as_f64().unwrap() > 0.0);
     // A process group of one (Gloo here, NCCL on a GPU) trains as the lone process does.
     let dp = &f["data_parallel"];
     assert_eq!(dp["backend"], "Gloo", "{dp}");
-    assert!(dp["max_val_loss_difference"].as_f64().unwrap() < 1e-4, "{dp}");
+    assert!(
+        dp["max_val_loss_difference"].as_f64().unwrap() < 1e-4,
+        "{dp}"
+    );
 
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(

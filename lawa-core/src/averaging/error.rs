@@ -42,6 +42,9 @@ pub enum AveragingError {
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A multi-tensor kernel failed.
+    #[error(transparent)]
+    Kernel(#[from] lawa_ops::OpsError),
     /// A saved state that cannot be read or written.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),

@@ -36,20 +36,26 @@ impl RunningAverage {
             }
             Some(layout) => {
                 layout.check(&weights.layout(), label, true)?;
+                // Every averaged tensor in one multi-tensor lerp (a few kernels on a GPU, the
+                // single-tensor arithmetic on the CPU); integer tensors copied.
+                let (mut avgs, mut thetas) = (Vec::new(), Vec::new());
                 tch::no_grad(|| {
                     for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
                         let theta = theta.detach();
                         if !is_averaged(theta.kind()) {
                             avg.f_copy_(&theta)?;
-                        } else if theta.device() == avg.device() && theta.kind() == avg.kind() {
-                            let _ = avg.f_lerp_(&theta, weight)?;
+                            continue;
+                        }
+                        avgs.push(avg.shallow_clone());
+                        if theta.device() == avg.device() && theta.kind() == avg.kind() {
+                            thetas.push(theta);
                         } else {
-                            let theta = theta.to_device(avg.device()).to_kind(avg.kind());
-                            let _ = avg.f_lerp_(&theta, weight)?;
+                            thetas.push(theta.to_device(avg.device()).to_kind(avg.kind()));
                         }
                     }
                     Ok::<(), tch::TchError>(())
                 })?;
+                lawa_ops::foreach_lerp_(&avgs, &thetas, weight)?;
             }
         }
         self.updates += 1;

@@ -20,6 +20,34 @@ pub struct AdamWConfig {
     /// Decoupled weight decay, applied to the parameters chosen at construction.
     #[serde(default = "default_weight_decay")]
     pub weight_decay: f64,
+    /// How the update is computed (`auto` unless given).
+    #[serde(default, skip_serializing_if = "AdamWKernel::is_default")]
+    pub kernel: AdamWKernel,
+}
+
+/// How an AdamW step is computed. The three give the same update; they differ in how many
+/// kernels a step launches on a GPU and, for `fused`, in rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdamWKernel {
+    /// `foreach` when the parameters are on a GPU, `single` otherwise (the two are equal bit for
+    /// bit on the CPU, where `single` is faster): PyTorch's own default.
+    #[default]
+    Auto,
+    /// Tensor by tensor with tch's ops: `torch.optim.AdamW(foreach=False)`, bit for bit.
+    Single,
+    /// libtorch's multi-tensor `_foreach_` ops over all parameters at once (`foreach=True`): a
+    /// few kernels a step. Bit for bit `single` on the CPU.
+    Foreach,
+    /// libtorch's `_fused_adamw_` (`fused=True`): one pass over each tensor. Differs from
+    /// `single` by rounding (on the CPU, up to one ulp an update).
+    Fused,
+}
+
+impl AdamWKernel {
+    fn is_default(&self) -> bool {
+        *self == AdamWKernel::default()
+    }
 }
 
 fn default_beta1() -> f64 {
@@ -78,6 +106,7 @@ impl Default for AdamWConfig {
             beta2: default_beta2(),
             eps: default_eps(),
             weight_decay: default_weight_decay(),
+            kernel: AdamWKernel::default(),
         }
     }
 }
@@ -114,6 +143,9 @@ pub enum OptimError {
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A multi-tensor or fused kernel failed.
+    #[error(transparent)]
+    Kernel(#[from] lawa_ops::OpsError),
     /// A state file that cannot be read or written.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
@@ -248,6 +280,23 @@ impl AdamW {
         let bias_correction1 = 1.0 - c.beta1.powi(t);
         let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = lr / bias_correction1;
+        let on_gpu = self.params.iter().any(|p| p.tensor.device().is_cuda());
+        match c.kernel {
+            AdamWKernel::Single => {}
+            AdamWKernel::Auto if !on_gpu => {}
+            AdamWKernel::Auto | AdamWKernel::Foreach => {
+                let scalars = lawa_ops::AdamWScalars {
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    decay_factor: 1.0 - lr * c.weight_decay,
+                    step_size: -step_size,
+                    bias_correction2_sqrt,
+                };
+                return self.step_foreach(&scalars);
+            }
+            AdamWKernel::Fused => return self.step_fused(lr),
+        }
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.tensor.grad();
@@ -283,6 +332,64 @@ impl AdamW {
                 let _ = p.tensor.addcdiv_(&update, &denom);
             }
         });
+        Ok(())
+    }
+
+    /// The parameters that have a gradient: `(params, grads, exp_avgs, exp_avg_sqs, decay)`.
+    #[allow(clippy::type_complexity)]
+    fn with_gradients(
+        &self,
+    ) -> (
+        Vec<Tensor>,
+        Vec<Tensor>,
+        Vec<Tensor>,
+        Vec<Tensor>,
+        Vec<bool>,
+    ) {
+        let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in &self.params {
+            let grad = p.tensor.grad();
+            if grad.defined() {
+                out.0.push(p.tensor.shallow_clone());
+                out.1.push(grad);
+                out.2.push(p.exp_avg.shallow_clone());
+                out.3.push(p.exp_avg_sq.shallow_clone());
+                out.4.push(p.decay);
+            }
+        }
+        out
+    }
+
+    fn step_foreach(&mut self, scalars: &lawa_ops::AdamWScalars) -> Result<(), OptimError> {
+        let (p, g, m, v, decay) = self.with_gradients();
+        Ok(lawa_ops::foreach_adamw_step(
+            &p, &g, &m, &v, &decay, scalars,
+        )?)
+    }
+
+    fn step_fused(&mut self, lr: f64) -> Result<(), OptimError> {
+        let c = self.config;
+        let (p, g, m, v, decay) = self.with_gradients();
+        for (wanted, weight_decay) in [(true, c.weight_decay), (false, 0.0)] {
+            let pick = |list: &[Tensor]| -> Vec<Tensor> {
+                list.iter()
+                    .zip(&decay)
+                    .filter(|(_, d)| **d == wanted)
+                    .map(|(t, _)| t.shallow_clone())
+                    .collect()
+            };
+            lawa_ops::fused_adamw_step(
+                &pick(&p),
+                &pick(&g),
+                &pick(&m),
+                &pick(&v),
+                lr,
+                (c.beta1, c.beta2),
+                weight_decay,
+                c.eps,
+                self.steps,
+            )?;
+        }
         Ok(())
     }
 

@@ -5,6 +5,6 @@ mod adamw;
 mod clip;
 mod schedule;
 
-pub use adamw::{AdamW, AdamWConfig, OptimError};
+pub use adamw::{AdamW, AdamWConfig, AdamWKernel, OptimError};
 pub use clip::clip_grad_norm;
 pub use schedule::{Schedule, ScheduleError};

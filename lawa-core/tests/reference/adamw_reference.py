@@ -2,7 +2,7 @@
 
 usage: python adamw_reference.py <in.safetensors> <out.safetensors> <config.json>
 in: `init.{name}`, `grad.{t}.{name}` for t in 0..steps. config: {"steps", "lrs": [...],
-"max_norm", "betas", "eps", "weight_decay", "decay": [names]}.
+"max_norm", "betas", "eps", "weight_decay", "decay": [names], "kernel": single|foreach|fused}.
 out: `final.{name}` and `norms` (the pre-clip norm of each step).
 """
 import json
@@ -20,7 +20,9 @@ groups = [
     {"params": [params[n] for n in names if n in cfg["decay"]], "weight_decay": cfg["weight_decay"]},
     {"params": [params[n] for n in names if n not in cfg["decay"]], "weight_decay": 0.0},
 ]
-opt = torch.optim.AdamW(groups, lr=1.0, betas=tuple(cfg["betas"]), eps=cfg["eps"], foreach=False)
+kernel = cfg.get("kernel", "single")
+flags = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kernel]
+opt = torch.optim.AdamW(groups, lr=1.0, betas=tuple(cfg["betas"]), eps=cfg["eps"], **flags)
 norms = []
 for t in range(cfg["steps"]):
     for n in names:

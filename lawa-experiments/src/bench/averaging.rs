@@ -1,12 +1,14 @@
 //! The averagers' cost as a fraction of a training step: EMA every step, a LAWA snapshot every
 //! `nu` steps (amortized), writing a LAWA average into an evaluation model, each with the
 //! averager's storage on the training device and in host memory (`averager_storage: cpu`);
-//! beside PyTorch's `AveragedModel` EMA update on the same model.
+//! beside PyTorch's `AveragedModel` EMA update on the same model. Also an AdamW step with each
+//! of its kernels (single-tensor, `_foreach_`, fused).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lawa_core::averaging::{Averager, AveragerSet, Ema, Lawa, Storage, Weights};
+use lawa_core::optim::{AdamW, AdamWConfig, AdamWKernel};
 use lawa_models::Gpt;
 use serde_json::{json, Value};
 use tch::nn::VarStore;
@@ -33,6 +35,33 @@ fn time_observe(
     let start = Instant::now();
     for i in 4..4 + CALLS {
         set.observe(step_of(i), weights)?;
+    }
+    sync(device);
+    Ok(start.elapsed().as_secs_f64() / CALLS as f64)
+}
+
+/// Seconds per AdamW step with `kernel` over the variables of `vs` (gradients of ones), after
+/// three untimed steps.
+fn time_adamw(vs: &VarStore, kernel: AdamWKernel, device: tch::Device) -> Result<f64> {
+    let config = AdamWConfig {
+        kernel,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(vs.variables(), config, crate::train::trainer::decays)?;
+    let _guard = tch::no_grad_guard();
+    for p in opt.parameters() {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.fill_(1e-3);
+        }
+    }
+    for _ in 0..3 {
+        opt.step(1e-4)?;
+    }
+    sync(device);
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        opt.step(1e-4)?;
     }
     sync(device);
     Ok(start.elapsed().as_secs_f64() / CALLS as f64)
@@ -91,6 +120,20 @@ pub fn run(b: &Bench) -> Result<Value> {
         rows.push(row(
             format!("LAWA k = 5 average into the eval model ({on})"),
             write_s,
+        ));
+    }
+    for kernel in [
+        AdamWKernel::Single,
+        AdamWKernel::Foreach,
+        AdamWKernel::Fused,
+    ] {
+        let s = time_adamw(&steps.vs, kernel, b.device)?;
+        rows.push(row(
+            format!(
+                "AdamW step, {} kernel",
+                format!("{kernel:?}").to_lowercase()
+            ),
+            s,
         ));
     }
     let mut out = json!({"step_ms": step_s * 1e3, "rows": rows,

@@ -40,6 +40,8 @@ pub struct Bench {
     pub compile: bool,
     /// Whether to run the PyTorch reference at all.
     pub reference: bool,
+    /// How lawa's AdamW computes its step.
+    pub adamw_kernel: lawa_core::optim::AdamWKernel,
 }
 
 impl Bench {

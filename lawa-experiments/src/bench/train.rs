@@ -29,7 +29,11 @@ impl StepLoop {
         tch::manual_seed(0);
         let vs = VarStore::new(b.device);
         let gpt = Gpt::new(vs.root(), &b.cfg)?.with_precision(b.precision);
-        let opt = AdamW::new(vs.variables(), AdamWConfig::default(), decays)?;
+        let adamw = AdamWConfig {
+            kernel: b.adamw_kernel,
+            ..AdamWConfig::default()
+        };
+        let opt = AdamW::new(vs.variables(), adamw, decays)?;
         let params = opt.parameters();
         let shape = [b.batch_size as i64, b.block as i64];
         let vocab = b.cfg.vocab_size as i64;

@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// How lawa's AdamW computes its step: auto (foreach on CUDA, single on CPU), single,
+    /// foreach, fused.
+    #[arg(long, default_value = "auto")]
+    pub adamw_kernel: String,
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -135,6 +139,12 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
         requests: args.requests,
         compile: !args.no_compile,
         reference: !args.no_reference,
+        adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
+            anyhow::anyhow!(
+                "--adamw-kernel {:?}: expected auto, single, foreach or fused",
+                args.adamw_kernel
+            )
+        })?,
     })
 }
 

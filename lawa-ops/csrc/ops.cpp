@@ -1,0 +1,105 @@
+// libtorch operations tch does not expose, behind a C interface for Rust: AdamW through the
+// multi-tensor `_foreach_` ops (the arithmetic of torch.optim.AdamW(foreach=True)) and through
+// `_fused_adamw_` (fused=True), and the multi-tensor lerp an EMA needs. On CUDA each is a few
+// kernels over all tensors at once instead of several per tensor. Tensors arrive as the
+// `at::Tensor*` handles tch passes to torch-sys; C++ exceptions come back as messages.
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+namespace {
+
+std::vector<at::Tensor> list(at::Tensor* const* tensors, int count) {
+  std::vector<at::Tensor> out;
+  out.reserve(count);
+  for (int i = 0; i < count; ++i) out.push_back(*tensors[i]);
+  return out;
+}
+
+template <typename F>
+int guarded(char** error, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    *error = static_cast<char*>(std::malloc(m.size() + 1));
+    if (*error != nullptr) std::memcpy(*error, m.c_str(), m.size() + 1);
+  }
+  return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The scalars of one AdamW step, computed by the caller (so that every implementation uses the
+// same ones): `decay_factor` = 1 - lr * weight_decay, `step_size` = -lr / (1 - beta1^t),
+// `bias_correction2_sqrt` = sqrt(1 - beta2^t).
+struct lawa_adamw_scalars {
+  double beta1;
+  double beta2;
+  double eps;
+  double decay_factor;
+  double step_size;
+  double bias_correction2_sqrt;
+};
+
+// One AdamW step over `count` parameters with the `_foreach_` ops; `decay[i]` says whether
+// parameter i gets weight decay. The order of operations is torch's `_multi_tensor_adamw`.
+int lawa_foreach_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
+                       at::Tensor* const* exp_avg_sqs, const int* decay, int count,
+                       const lawa_adamw_scalars* s, char** error) {
+  return guarded(error, [&] {
+    c10::NoGradGuard no_grad;
+    auto p = list(params, count), g = list(grads, count);
+    auto m = list(exp_avgs, count), v = list(exp_avg_sqs, count);
+    std::vector<at::Tensor> decayed;
+    for (int i = 0; i < count; ++i)
+      if (decay[i] != 0) decayed.push_back(p[i]);
+    if (!decayed.empty() && s->decay_factor != 1.0) at::_foreach_mul_(decayed, s->decay_factor);
+    at::_foreach_lerp_(m, g, 1.0 - s->beta1);
+    at::_foreach_mul_(v, s->beta2);
+    at::_foreach_addcmul_(v, g, g, 1.0 - s->beta2);
+    auto denom = at::_foreach_sqrt(v);
+    at::_foreach_div_(denom, s->bias_correction2_sqrt);
+    at::_foreach_add_(denom, s->eps);
+    at::_foreach_addcdiv_(p, m, denom, s->step_size);
+  });
+}
+
+// One AdamW step with libtorch's fused kernel (one pass over each tensor). `step` is the step
+// number after this update (1 for the first).
+int lawa_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
+                     at::Tensor* const* exp_avg_sqs, int count, double lr, double beta1, double beta2,
+                     double weight_decay, double eps, double step, char** error) {
+  return guarded(error, [&] {
+    c10::NoGradGuard no_grad;
+    if (count == 0) return;
+    auto p = list(params, count);
+    auto steps_tensor = at::full({}, step, p[0].options().dtype(at::kFloat));
+    std::vector<at::Tensor> steps(count, steps_tensor);
+    at::_fused_adamw_(p, list(grads, count), list(exp_avgs, count), list(exp_avg_sqs, count), {},
+                      steps, lr, beta1, beta2, weight_decay, eps, false, false);
+  });
+}
+
+// selves[i] = lerp(selves[i], ends[i], weight), for every i at once.
+int lawa_foreach_lerp(at::Tensor* const* selves, at::Tensor* const* ends, int count, double weight,
+                      char** error) {
+  return guarded(error, [&] {
+    c10::NoGradGuard no_grad;
+    auto a = list(selves, count);
+    at::_foreach_lerp_(a, list(ends, count), weight);
+  });
+}
+
+void lawa_ops_error_free(char* error) { std::free(error); }
+
+}  // extern "C"
