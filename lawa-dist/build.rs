@@ -87,5 +87,10 @@ fn cuda_includes(torch: &Path, extra: Option<&Path>, lib: &Path) -> Option<Vec<P
     let found = dirs[0].join("nccl.h").exists()
         && dirs[1].join("cuda_runtime_api.h").exists()
         && headers.join("crt").exists();
+    if !found {
+        println!(
+            "cargo:warning=libtorch has CUDA but the NCCL/CUDA headers were not found (the wheel's nvidia/{{nccl,cu13}}/include and LAWA_C10D_INCLUDE/cuda); building without NCCL"
+        );
+    }
     found.then_some(dirs)
 }

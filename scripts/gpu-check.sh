@@ -174,7 +174,7 @@ averagers: [{kind: lawa, k: 2, nu: 5}, {kind: ema, decay: 0.9}]
 EOF
     done
     "$lawa" train "$work/dp-alone.yaml" || return 1
-    WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) \
+    LAWA_LOG=info WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) \
         "$lawa" train "$work/dp-group.yaml" 2>&1 | tee "$work/dp-group.log" || return 1
     grep -E "over 1 ranks \((Nccl|Gloo)\)" "$work/dp-group.log" || { echo "no process group was made"; return 1; }
     "$LAWA_PYTHON" - "$work" <<'EOF'

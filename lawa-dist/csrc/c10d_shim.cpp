@@ -59,8 +59,8 @@ c10::intrusive_ptr<c10d::Store> lawa_make_store(const lawa_rendezvous* r) {
   options.waitWorkers = false;
   options.timeout = std::chrono::milliseconds(r->timeout_ms);
   auto store = c10::make_intrusive<c10d::TCPStore>(std::string(r->host), options);
-  // lawa's keys apart from a torchrun agent's own.
-  return c10::make_intrusive<c10d::PrefixStore>("lawa/", store);
+  // lawa's keys apart from a torchrun agent's own and from earlier restarts' rounds.
+  return c10::make_intrusive<c10d::PrefixStore>(std::string(r->prefix), store);
 }
 
 extern "C" {
@@ -129,7 +129,12 @@ int lawa_barrier(lawa_group* group, char** error) {
   return guarded(error, [&] { group->backend->barrier()->wait(); });
 }
 
-void lawa_group_free(lawa_group* group) { delete group; }
+void lawa_group_free(lawa_group* group) {
+  try {
+    delete group;
+  } catch (...) {
+  }
+}
 
 void lawa_error_free(char* error) { std::free(error); }
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #ifdef LAWA_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -40,8 +41,25 @@ lawa_group* lawa_group_nccl(const lawa_rendezvous* r, char** error) {
     std::string m = e.what();
     *error = static_cast<char*>(std::malloc(m.size() + 1));
     if (*error != nullptr) std::memcpy(*error, m.c_str(), m.size() + 1);
+  } catch (...) {
+    const char m[] = "unknown C++ exception";
+    *error = static_cast<char*>(std::malloc(sizeof m));
+    if (*error != nullptr) std::memcpy(*error, m, sizeof m);
   }
   return nullptr;
+}
+
+// Makes `index` this process's current CUDA device (NCCL and pinned copies use it); a no-op
+// without CUDA.
+void lawa_cuda_set_device(int index) {
+#ifdef LAWA_WITH_NCCL
+  try {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+  } catch (...) {
+  }
+#else
+  (void)index;
+#endif
 }
 
 }  // extern "C"

@@ -18,6 +18,7 @@ struct lawa_rendezvous {
   int world_size;
   int is_server;
   std::int64_t timeout_ms;
+  const char* prefix;  // keys of this group in the store, apart from other groups' and rounds'
 };
 
 struct lawa_group {
@@ -36,5 +37,6 @@ int lawa_allreduce(lawa_group* group, at::Tensor* const* tensors, int count, int
 int lawa_broadcast(lawa_group* group, at::Tensor* const* tensors, int count, int root, char** error);
 int lawa_barrier(lawa_group* group, char** error);
 void lawa_group_free(lawa_group* group);
+void lawa_cuda_set_device(int index);
 void lawa_error_free(char* error);
 }

@@ -28,10 +28,20 @@ pub fn ensure_identical(
     let low = high.copy();
     group.all_reduce(&[&high], ReduceOp::Max)?;
     group.all_reduce(&[&low], ReduceOp::Min)?;
-    let differ = Vec::<f64>::try_from((&high - &low).abs().to_device(tch::Device::Cpu))
-        .unwrap_or_default()
-        .iter()
-        .position(|d| *d != 0.0);
+    let read = |t: &Tensor| {
+        Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).map_err(|e| DistError::Diverged {
+            rank: group.rank(),
+            message: format!("{what}: cannot read the checksums: {e}"),
+        })
+    };
+    let (high_v, low_v) = (read(&high)?, read(&low)?);
+    if let Some(i) = high_v.iter().position(|x| !x.is_finite()) {
+        return Err(DistError::Diverged {
+            rank: group.rank(),
+            message: format!("{what}: tensor {} is not finite", i / 2),
+        });
+    }
+    let differ = high_v.iter().zip(&low_v).position(|(h, l)| h != l);
     match differ {
         None => Ok(()),
         Some(i) => Err(DistError::Diverged {
@@ -39,7 +49,7 @@ pub fn ensure_identical(
             message: format!(
                 "{what}: tensor {} differs between ranks (checksums {} apart)",
                 i / 2,
-                f64::try_from(high.get(i as i64) - low.get(i as i64)).unwrap_or(f64::NAN)
+                high_v[i] - low_v[i]
             ),
         }),
     }

@@ -17,6 +17,7 @@ pub struct Rendezvous {
     pub world_size: c_int,
     pub is_server: c_int,
     pub timeout_ms: i64,
+    pub prefix: *const c_char,
 }
 
 /// An opaque `lawa_group`.
@@ -53,5 +54,6 @@ extern "C" {
     ) -> c_int;
     pub fn lawa_barrier(group: *mut Group, error: *mut *mut c_char) -> c_int;
     pub fn lawa_group_free(group: *mut Group);
+    pub fn lawa_cuda_set_device(index: c_int);
     pub fn lawa_error_free(error: *mut c_char);
 }

@@ -40,6 +40,13 @@ impl Backend {
     }
 }
 
+/// Makes `cuda:index` this process's current CUDA device, so that NCCL and pinned-memory
+/// copies use it rather than device 0 (does nothing in a build without NCCL).
+pub fn set_cuda_device(index: usize) {
+    // SAFETY: takes a plain integer; the shim catches any C++ exception.
+    unsafe { ffi::lawa_cuda_set_device(index as c_int) }
+}
+
 /// How a collective combines the ranks' tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -89,6 +96,8 @@ impl ProcessGroup {
             .map_err(|_| setup("MASTER_ADDR holds a NUL byte".into()))?;
         let interface = CString::new(launch.interface.clone().unwrap_or_default())
             .map_err(|_| setup("GLOO_SOCKET_IFNAME holds a NUL byte".into()))?;
+        let prefix = CString::new(format!("lawa/{}/", launch.restart))
+            .map_err(|_| setup("bad store prefix".into()))?;
         let rendezvous = ffi::Rendezvous {
             host: host.as_ptr(),
             port: c_int::from(launch.master_port),
@@ -96,6 +105,7 @@ impl ProcessGroup {
             world_size: launch.world_size as c_int,
             is_server: c_int::from(launch.is_leader() && !launch.agent_store),
             timeout_ms: launch.timeout.as_millis().min(i64::MAX as u128) as i64,
+            prefix: prefix.as_ptr(),
         };
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: the pointers live across the call; the shim copies what it keeps.

@@ -1,7 +1,9 @@
 //! Where a process stands among its peers, read from the variables launchers set: torchrun's
 //! (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`,
-//! `TORCHELASTIC_USE_AGENT_STORE`) or Slurm's `srun` (`SLURM_PROCID`, `SLURM_NTASKS`,
-//! `SLURM_LOCALID`, with `MASTER_ADDR`/`MASTER_PORT` from the job script).
+//! `TORCHELASTIC_USE_AGENT_STORE`, `TORCHELASTIC_RESTART_COUNT`) or Slurm's `srun`
+//! (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`, `SLURM_LOCALID`, with `MASTER_ADDR`/`MASTER_PORT`
+//! from the job script). Only an srun step counts: a batch script's own shell (which has
+//! `SLURM_NTASKS` but no step) is a lone process.
 
 use std::time::Duration;
 
@@ -32,6 +34,9 @@ pub struct Launch {
     pub timeout: Duration,
     /// The network interface Gloo binds to (`GLOO_SOCKET_IFNAME`), if named.
     pub interface: Option<String>,
+    /// Which restart of an elastic launch this is (`TORCHELASTIC_RESTART_COUNT`): each round
+    /// meets under its own keys in the store.
+    pub restart: u64,
 }
 
 impl Launch {
@@ -48,13 +53,13 @@ impl Launch {
                 .map(|v| (torchrun, v))
                 .or_else(|| var(slurm).map(|v| (slurm, v)))
         };
-        let Some((world_var, world)) = pick("WORLD_SIZE", "SLURM_NTASKS") else {
+        let Some((world_var, world)) = pick("WORLD_SIZE", "SLURM_STEP_NUM_TASKS") else {
             return Ok(None);
         };
         let world_size = number(world_var, &world)?;
         // torchrun's WORLD_SIZE=1 still makes a group of one, as PyTorch does (it exercises
         // the backend); a one-task Slurm step is a lone process.
-        if world_size == 0 || (world_size == 1 && world_var == "SLURM_NTASKS") {
+        if world_size == 0 || (world_size == 1 && world_var == "SLURM_STEP_NUM_TASKS") {
             return Ok(None);
         }
         let (rank_var, rank) = pick("RANK", "SLURM_PROCID").ok_or_else(|| DistError::Env {
@@ -95,6 +100,10 @@ impl Launch {
             agent_store: var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True"),
             timeout,
             interface: var("GLOO_SOCKET_IFNAME").filter(|s| !s.is_empty()),
+            restart: match var("TORCHELASTIC_RESTART_COUNT") {
+                Some(s) => number("TORCHELASTIC_RESTART_COUNT", &s)? as u64,
+                None => 0,
+            },
         }))
     }
 
@@ -133,9 +142,11 @@ mod tests {
             ("MASTER_ADDR", "node7"),
             ("MASTER_PORT", "1234"),
             ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
         ])
         .unwrap()
         .unwrap();
+        assert_eq!(l.restart, 2);
         assert_eq!(
             (l.rank, l.world_size, l.local_rank, l.master_port),
             (3, 8, 1, 1234)
@@ -149,6 +160,7 @@ mod tests {
         let l = launch(&[
             ("SLURM_PROCID", "0"),
             ("SLURM_NTASKS", "4"),
+            ("SLURM_STEP_NUM_TASKS", "4"),
             ("SLURM_LOCALID", "0"),
         ])
         .unwrap()
@@ -162,7 +174,13 @@ mod tests {
     #[test]
     fn lone_processes_and_bad_values() {
         assert!(launch(&[]).unwrap().is_none());
-        assert!(launch(&[("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0")])
+        assert!(
+            launch(&[("SLURM_STEP_NUM_TASKS", "1"), ("SLURM_PROCID", "0")])
+                .unwrap()
+                .is_none()
+        );
+        // A batch script's shell: tasks allotted, but no srun step.
+        assert!(launch(&[("SLURM_NTASKS", "8"), ("SLURM_PROCID", "0")])
             .unwrap()
             .is_none());
         let one = launch(&[("WORLD_SIZE", "1"), ("RANK", "0")])

@@ -4,7 +4,8 @@
 //!
 //! * [`Launch`] reads where a process stands from torchrun's or Slurm's variables;
 //! * [`ProcessGroup`] joins the ranks and runs all-reduce, broadcast and barrier;
-//! * [`GradientReducer`] averages gradients in buckets, DDP's way;
+//! * [`GradientReducer`] averages gradients in buckets as DDP does (after the backward pass:
+//!   no overlap with it);
 //! * [`ensure_identical`] checks, cheaply, that the ranks hold the same weights;
 //! * [`run_local_ranks`] starts N ranks on this machine, like `torchrun --nproc-per-node N`.
 
@@ -18,7 +19,7 @@ mod spawn;
 
 pub use consistency::ensure_identical;
 pub use error::DistError;
-pub use group::{Backend, ProcessGroup, ReduceOp};
+pub use group::{set_cuda_device, Backend, ProcessGroup, ReduceOp};
 pub use launch::{Launch, DEFAULT_PORT, DEFAULT_TIMEOUT};
 pub use reducer::{GradientReducer, ReducePrecision, DEFAULT_BUCKET_BYTES};
 pub use spawn::{run_local_ranks, SpawnError, GRACE};

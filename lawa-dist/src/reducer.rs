@@ -1,5 +1,6 @@
-//! Averaging gradients across ranks, DDP's way: the parameters' gradients packed into a few
-//! flat buckets, every bucket's all-reduce started at once, then unpacked.
+//! Averaging gradients across ranks in buckets, as DDP does: the parameters' gradients packed
+//! into a few flat buckets, every bucket's all-reduce started at once, then unpacked. Unlike
+//! DDP it runs after the backward pass, not overlapped with it.
 
 use tch::{Kind, Tensor};
 
@@ -8,7 +9,7 @@ use crate::{DistError, ProcessGroup, ReduceOp};
 /// In what precision gradients travel between ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReducePrecision {
-    /// The gradients' own dtype (bf16 gradients travel as bf16), as DDP does.
+    /// The gradients' own dtype (bf16 parameters' gradients travel as bf16), as DDP does.
     #[default]
     Gradient,
     /// Always fp32: exact sums of bf16 gradients, at twice the traffic.

@@ -85,10 +85,22 @@ fn watch(mut children: Vec<Option<Child>>) -> Result<(), SpawnError> {
     while children.iter().any(Option::is_some) {
         for (rank, slot) in children.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
-            if let Ok(Some(status)) = child.try_wait() {
-                *slot = None;
-                if !status.success() && failed.is_none() {
-                    failed = Some((rank, status, Instant::now()));
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    *slot = None;
+                    if !status.success() && failed.is_none() {
+                        failed = Some((rank, status, Instant::now()));
+                    }
+                }
+                Err(_) => {
+                    // The child cannot be waited on: stop it, and count it as failed.
+                    let _ = child.kill();
+                    let status = child.wait().unwrap_or_else(|_| failed_status());
+                    *slot = None;
+                    if failed.is_none() {
+                        failed = Some((rank, status, Instant::now()));
+                    }
                 }
             }
         }
@@ -105,6 +117,12 @@ fn watch(mut children: Vec<Option<Child>>) -> Result<(), SpawnError> {
             stopped,
         }),
     }
+}
+
+/// An exit status that reads as a failure (for a child that could not be waited on).
+fn failed_status() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus::from_raw(1 << 8)
 }
 
 /// Kills and reaps the children still running; returns how many.

@@ -23,6 +23,7 @@ fn launch(rank: usize, world_size: usize, port: u16) -> Launch {
         agent_store: false,
         timeout: Duration::from_secs(60),
         interface: None,
+        restart: 0,
     }
 }
 

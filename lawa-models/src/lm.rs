@@ -61,6 +61,50 @@ pub trait CausalLm {
         Ok((mean, per_window))
     }
 
+    /// Forward and backward of the mean next-token loss times `scale` (1 / the accumulation
+    /// steps), with the LM head and the softmax run `chunk` tokens at a time, so that the logits
+    /// of one chunk only exist at once (with a 50K vocabulary, the fp32 logits of a whole batch
+    /// and their gradient are the largest tensors of a step). The gradients accumulate into the
+    /// variables as `(self.loss(..) * scale).backward()` puts them there, up to summation
+    /// order. Returns the loss (fp32, unscaled, detached).
+    fn chunked_loss_backward(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+        train: bool,
+        scale: f64,
+        chunk: usize,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t) = check_targets(idx, targets)?;
+        let n = b * t;
+        let hidden = self.hidden(idx, train)?;
+        let width = hidden.size()[2];
+        let flat = hidden.reshape([n, width]);
+        // The head's input as a leaf: each chunk's backward stops there (and reaches the head's
+        // weights directly); the rest of the model gets the gathered gradient afterwards.
+        let leaf = flat.detach().set_requires_grad(true);
+        let targets = targets.reshape([n]).to_kind(Kind::Int64);
+        let mut total = Tensor::zeros([], (Kind::Float, idx.device()));
+        let chunk = chunk.max(1) as i64;
+        for start in (0..n).step_by(chunk as usize) {
+            let len = chunk.min(n - start);
+            let logp = self
+                .head(&leaf.narrow(0, start, len))
+                .log_softmax(-1, Kind::Float);
+            let sum = logp.f_nll_loss(
+                &targets.narrow(0, start, len),
+                None::<Tensor>,
+                tch::Reduction::Sum,
+                -100,
+            )?;
+            (&sum * (scale / n as f64)).backward();
+            total += sum.detach();
+        }
+        // d/dflat of sum(flat * g) is g, exactly.
+        (flat * leaf.grad()).sum(Kind::Float).backward();
+        Ok(total / n as f64)
+    }
+
     /// Log-probabilities `[B T, vocab]` (fp32) and the flattened int64 targets.
     fn log_probs(
         &self,
@@ -68,23 +112,29 @@ pub trait CausalLm {
         targets: &Tensor,
         train: bool,
     ) -> Result<(Tensor, Tensor), ModelError> {
-        let size = idx.size();
-        let [b, t] = size[..] else {
-            return Err(ModelError::BadInput(format!(
-                "token ids must be a [batch, time] tensor, got shape {size:?}"
-            )));
-        };
-        if targets.size() != [b, t] {
-            return Err(ModelError::BadInput(format!(
-                "targets have shape {:?}, token ids [{b}, {t}]",
-                targets.size()
-            )));
-        }
+        let (b, t) = check_targets(idx, targets)?;
         let logits = self.forward(idx, train)?;
         let vocab = logits.size()[2];
         let logp = logits.reshape([b * t, vocab]).log_softmax(-1, Kind::Float);
         Ok((logp, targets.reshape([b * t]).to_kind(Kind::Int64)))
     }
+}
+
+/// `(batch, time)` of token ids `[B, T]` with targets of the same shape.
+fn check_targets(idx: &Tensor, targets: &Tensor) -> Result<(i64, i64), ModelError> {
+    let size = idx.size();
+    let [b, t] = size[..] else {
+        return Err(ModelError::BadInput(format!(
+            "token ids must be a [batch, time] tensor, got shape {size:?}"
+        )));
+    };
+    if targets.size() != [b, t] {
+        return Err(ModelError::BadInput(format!(
+            "targets have shape {:?}, token ids [{b}, {t}]",
+            targets.size()
+        )));
+    }
+    Ok((b, t))
 }
 
 impl CausalLm for Gpt {

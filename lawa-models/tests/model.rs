@@ -276,3 +276,54 @@ fn vocabulary_padding_rows_start_at_zero_like_a_reloaded_model() {
         "real rows keep N(0, 0.02)"
     );
 }
+
+/// The chunked loss (head and softmax a few tokens at a time) against the plain one on the same
+/// model and batch, in fp32 and bf16: the loss and every variable's gradient, with a scale (as
+/// under gradient accumulation) and a chunk that does not divide the tokens.
+#[test]
+fn chunked_loss_gives_the_plain_loss_and_gradients() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let gpt = Gpt::new(vs.root(), &tiny(300))
+            .unwrap()
+            .with_precision(precision);
+        let (x, y) = (ids(3, 20, 300, 4), ids(3, 20, 300, 5));
+        let grads = |vs: &nn::VarStore| -> Vec<Tensor> {
+            let mut named: Vec<_> = vs.variables().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.iter().map(|(_, t)| t.grad().copy()).collect()
+        };
+        let plain = gpt.loss(&x, &y, false).unwrap();
+        (&plain * 0.5).backward();
+        let want = grads(&vs);
+        vs.variables().values_mut().for_each(|t| t.zero_grad());
+        let chunked = gpt.chunked_loss_backward(&x, &y, false, 0.5, 7).unwrap();
+        let got = grads(&vs);
+        let loss_diff = (plain.double_value(&[]) - chunked.double_value(&[])).abs();
+        let grad_diff = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        let scale = want
+            .iter()
+            .map(|g| g.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        println!("{precision}: loss {loss_diff:.1e} apart, gradients {grad_diff:.1e} (largest {scale:.1e})");
+        let tolerance = if precision == Precision::F32 {
+            1e-6
+        } else {
+            2e-2
+        };
+        let loss = plain.double_value(&[]);
+        assert!(
+            loss_diff < tolerance * loss,
+            "{precision} loss {loss_diff} of {loss}"
+        );
+        assert!(
+            grad_diff < tolerance * scale,
+            "{precision} gradients {grad_diff} of {scale}"
+        );
+        assert!(!chunked.requires_grad());
+    }
+}

@@ -31,6 +31,10 @@ int guarded(char** error, F&& body) {
     std::string m = e.what();
     *error = static_cast<char*>(std::malloc(m.size() + 1));
     if (*error != nullptr) std::memcpy(*error, m.c_str(), m.size() + 1);
+  } catch (...) {
+    const char m[] = "unknown C++ exception";
+    *error = static_cast<char*>(std::malloc(sizeof m));
+    if (*error != nullptr) std::memcpy(*error, m, sizeof m);
   }
   return 1;
 }
@@ -58,6 +62,7 @@ int lawa_foreach_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::
                        const lawa_adamw_scalars* s, char** error) {
   return guarded(error, [&] {
     c10::NoGradGuard no_grad;
+    if (count == 0) return;  // the _foreach_ ops refuse empty lists
     auto p = list(params, count), g = list(grads, count);
     auto m = list(exp_avgs, count), v = list(exp_avg_sqs, count);
     std::vector<at::Tensor> decayed;
@@ -95,6 +100,7 @@ int lawa_foreach_lerp(at::Tensor* const* selves, at::Tensor* const* ends, int co
                       char** error) {
   return guarded(error, [&] {
     c10::NoGradGuard no_grad;
+    if (count == 0) return;
     auto a = list(selves, count);
     at::_foreach_lerp_(a, list(ends, count), weight);
   });

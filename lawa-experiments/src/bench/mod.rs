@@ -42,6 +42,8 @@ pub struct Bench {
     pub reference: bool,
     /// How lawa's AdamW computes its step.
     pub adamw_kernel: lawa_core::optim::AdamWKernel,
+    /// Tokens per chunk of the chunked loss, or the whole micro-batch at once.
+    pub loss_chunk: Option<usize>,
 }
 
 impl Bench {

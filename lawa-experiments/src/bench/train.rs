@@ -21,6 +21,7 @@ pub(crate) struct StepLoop {
     x: Tensor,
     y: Tensor,
     accumulation: usize,
+    loss_chunk: Option<usize>,
 }
 
 impl StepLoop {
@@ -47,14 +48,25 @@ impl StepLoop {
             x,
             y,
             accumulation: b.accumulation.max(1),
+            loss_chunk: b.loss_chunk,
         })
     }
 
     /// One optimizer step over `accumulation` micro-batches, as the trainer takes it.
     pub(crate) fn step(&mut self) -> Result<()> {
         for _ in 0..self.accumulation {
-            let loss = self.gpt.loss(&self.x, &self.y, true)?;
-            (loss / self.accumulation as f64).backward();
+            match self.loss_chunk {
+                Some(chunk) => {
+                    let scale = 1.0 / self.accumulation as f64;
+                    let _loss = self
+                        .gpt
+                        .chunked_loss_backward(&self.x, &self.y, true, scale, chunk)?;
+                }
+                None => {
+                    let loss = self.gpt.loss(&self.x, &self.y, true)?;
+                    (loss / self.accumulation as f64).backward();
+                }
+            }
         }
         let _norm = clip_grad_norm(&self.params, 1.0);
         self.opt.step(6e-4)?;

@@ -85,6 +85,9 @@ pub struct BenchArgs {
     /// foreach, fused.
     #[arg(long, default_value = "auto")]
     pub adamw_kernel: String,
+    /// Run lawa's LM head and loss this many tokens at a time (`train.loss_chunk`).
+    #[arg(long, value_name = "TOKENS")]
+    pub loss_chunk: Option<usize>,
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -139,6 +142,7 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
         requests: args.requests,
         compile: !args.no_compile,
         reference: !args.no_reference,
+        loss_chunk: args.loss_chunk.filter(|&c| c > 0),
         adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
             anyhow::anyhow!(
                 "--adamw-kernel {:?}: expected auto, single, foreach or fused",

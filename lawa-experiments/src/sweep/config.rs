@@ -367,6 +367,7 @@ impl SweepConfig {
                             seed,
                             precision: r.precision.clone(),
                             allreduce_fp32: false,
+                            loss_chunk: None,
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),

@@ -90,7 +90,7 @@ pub fn run_with(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let (cfg, runs) = plan_with_data(path)?;
+    let (cfg, runs) = plan_with_data(path, true)?;
     let dir = cfg.results_dir();
     let _claim = claim_folder(
         &dir,
@@ -122,7 +122,7 @@ pub fn run_with(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
 /// Reads and plans the sweep in `path`, checks its devices, prepares its data when asked, and
 /// checks the data against every run: everything that can be refused, before the results folder
 /// is touched.
-fn plan_with_data(path: &Path) -> Result<(SweepConfig, Vec<PlannedRun>)> {
+fn plan_with_data(path: &Path, may_prepare: bool) -> Result<(SweepConfig, Vec<PlannedRun>)> {
     let cfg = SweepConfig::load(path)?;
     let data_dir = cfg.data_dir()?;
     let runs = cfg
@@ -131,7 +131,7 @@ fn plan_with_data(path: &Path) -> Result<(SweepConfig, Vec<PlannedRun>)> {
     for r in &runs {
         crate::train::config::ensure_available(r.plan.device)?;
     }
-    if let Some(p) = &cfg.data.prepare {
+    if let Some(p) = cfg.data.prepare.as_ref().filter(|_| may_prepare) {
         let tokenizer = p
             .tokenizer
             .parse()
@@ -142,7 +142,13 @@ fn plan_with_data(path: &Path) -> Result<(SweepConfig, Vec<PlannedRun>)> {
             ..PrepareOptions::new(p.source.clone(), tokenizer)
         })?;
     }
-    let data = lawa_core::data::Dataset::open(&data_dir)?;
+    let data = lawa_core::data::Dataset::open(&data_dir).with_context(|| match may_prepare {
+        true => String::new(),
+        false => format!(
+            "the sweep's data must be prepared before its shards start (`lawa prepare`, or `lawa sweep {}` once)",
+            path.display()
+        ),
+    })?;
     for r in &runs {
         r.plan
             .config

@@ -71,7 +71,8 @@ impl std::fmt::Display for Shard {
 pub fn run_part(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let (cfg, mut runs) = plan_with_data(path)?;
+    // Shards and workers never prepare data: several at once on a shared filesystem would race.
+    let (cfg, mut runs) = plan_with_data(path, false)?;
     let dir = cfg.results_dir();
     let _claim = claim_folder_as(
         &dir,
@@ -119,7 +120,7 @@ pub fn run_on_devices(path: &Path, devices: &[String]) -> Result<()> {
         ensure_available(parse_device(d)?)?;
     }
     // Data preparation, once, before the workers start.
-    plan_with_data(path)?;
+    plan_with_data(path, true)?;
     let program = std::env::current_exe().context("cannot find this program to start workers")?;
     let mut workers = Vec::new();
     for device in devices {

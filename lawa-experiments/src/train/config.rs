@@ -141,9 +141,15 @@ pub struct TrainSpec {
     #[serde(default = "default_device")]
     pub precision: String,
     /// In a data-parallel run, average gradients across ranks in fp32 instead of in their own
-    /// dtype (exact sums of bf16 gradients, at twice the traffic).
+    /// dtype. lawa's GPT-2 keeps fp32 master weights (bf16 is a compute precision), so its
+    /// gradients are fp32 already and this changes nothing for it; it matters for bf16 variables.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allreduce_fp32: bool,
+    /// Run the LM head and the loss this many tokens at a time, so that only one chunk's
+    /// logits exist at once (memory for a larger micro-batch with a 50K vocabulary); the same
+    /// loss and gradients up to summation order [default: the whole micro-batch at once].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_chunk: Option<usize>,
 }
 
 fn one() -> usize {
@@ -233,6 +239,7 @@ impl RunConfig {
             ("train.batch_size", t.batch_size as f64),
             ("train.block_size", t.block_size as f64),
             ("train.grad_accum", t.grad_accum as f64),
+            ("train.loss_chunk", t.loss_chunk.unwrap_or(1) as f64),
             ("eval.every", self.eval.every as f64),
             ("eval.windows", self.eval.windows as f64),
         ];

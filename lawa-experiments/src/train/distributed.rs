@@ -19,6 +19,8 @@ use super::RunPlan;
 pub struct DataParallel {
     group: ProcessGroup,
     launch: Launch,
+    /// Where this rank's tensors live (NCCL collectives take CUDA tensors only).
+    device: tch::Device,
     /// Seconds spent averaging gradients, and the number of averagings.
     reducing: std::cell::Cell<(f64, u64)>,
 }
@@ -40,7 +42,19 @@ impl DataParallel {
             );
         }
         if plan.device.is_cuda() {
-            plan.device = tch::Device::Cuda(launch.local_rank);
+            // One GPU visible (srun --gpus-per-task 1, CUDA_VISIBLE_DEVICES per rank): it is
+            // this rank's. Otherwise the local rank picks it.
+            let visible = if tch::Cuda::is_available() {
+                tch::Cuda::device_count() as usize
+            } else {
+                0
+            };
+            let index = if visible == 1 { 0 } else { launch.local_rank };
+            plan.device = tch::Device::Cuda(index);
+            super::config::ensure_available(plan.device).with_context(|| {
+                format!("rank {} (local rank {})", launch.rank, launch.local_rank)
+            })?;
+            lawa_dist::set_cuda_device(index);
         }
         let backend = Backend::for_device(plan.device);
         let group = ProcessGroup::join(backend, &launch)?;
@@ -52,6 +66,7 @@ impl DataParallel {
         Ok(Some(DataParallel {
             group,
             launch,
+            device: plan.device,
             reducing: Default::default(),
         }))
     }
@@ -110,7 +125,7 @@ impl DataParallel {
 
     /// Rank 0's `flag` on every rank (whether the run is to go on, say).
     pub fn agree(&self, flag: bool) -> Result<bool> {
-        let t = Tensor::from_slice(&[i64::from(flag)]);
+        let t = Tensor::from_slice(&[i64::from(flag)]).to_device(self.device);
         self.group.broadcast(&[&t], 0)?;
         Ok(t.int64_value(&[0]) != 0)
     }
@@ -139,7 +154,7 @@ impl DataParallel {
         let on_device: Vec<Tensor> = tensors.iter().map(Tensor::shallow_clone).collect();
         let mut all: Vec<&Tensor> = on_device.iter().collect();
         // Gloo broadcasts host tensors; NCCL device tensors.
-        let scalars = scalars.to_device(params.first().map_or(tch::Device::Cpu, Tensor::device));
+        let scalars = scalars.to_device(self.device);
         all.push(&scalars);
         self.group
             .broadcast(&all, 0)

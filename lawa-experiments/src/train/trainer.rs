@@ -220,11 +220,14 @@ impl<'a> Trainer<'a> {
     /// from the device once.
     pub fn step(&mut self) -> Result<StepReport> {
         let t = &self.plan.config.train;
-        // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
+        // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones,
+        // and the ranks of a data-parallel run draw different ones (rank 0's are a lone run's).
+        let rank = self.parallel.as_ref().map_or(0, |(p, _)| p.rank()) as i64;
         tch::manual_seed(
             (t.seed as i64)
                 .wrapping_mul(1_000_003)
-                .wrapping_add(self.state.step as i64),
+                .wrapping_add(self.state.step as i64)
+                .wrapping_add(rank.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)),
         );
         let device = self.plan.device;
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
@@ -234,9 +237,17 @@ impl<'a> Trainer<'a> {
             .map_or((0, 1), |(p, _)| (p.rank(), p.world_size()));
         for _ in 0..t.grad_accum {
             let batch = self.sampler.next_batch_share(device, part, parts)?;
-            let loss = self.gpt.loss(&batch.x, &batch.y, true)?;
-            (&loss / t.grad_accum as f64).backward();
-            loss_sum += loss.detach();
+            let scale = 1.0 / t.grad_accum as f64;
+            loss_sum += match t.loss_chunk {
+                Some(chunk) => self
+                    .gpt
+                    .chunked_loss_backward(&batch.x, &batch.y, true, scale, chunk)?,
+                None => {
+                    let loss = self.gpt.loss(&batch.x, &batch.y, true)?;
+                    (&loss / t.grad_accum as f64).backward();
+                    loss.detach()
+                }
+            };
         }
         if let Some((p, reducer)) = &self.parallel {
             p.average(reducer, &loss_sum)?;
