@@ -22,25 +22,6 @@
 
 namespace {
 
-char* copy_message(const std::string& message) {
-  char* out = static_cast<char*>(std::malloc(message.size() + 1));
-  if (out != nullptr) std::memcpy(out, message.c_str(), message.size() + 1);
-  return out;
-}
-
-template <typename F>
-int guarded(char** error, F&& body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-  }
-  return 1;
-}
-
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
     case LAWA_REDUCE_MAX: return c10d::ReduceOp(c10d::ReduceOp::MAX);
@@ -75,7 +56,7 @@ int lawa_has_gloo(void) {
 
 lawa_group* lawa_group_gloo(const lawa_rendezvous* r, const char* interface, char** error) {
   lawa_group* group = nullptr;
-  guarded(error, [&] {
+  lawa_guarded(error, [&] {
 #ifdef USE_C10D_GLOO
     auto store = lawa_make_store(r);
     auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(r->timeout_ms));
@@ -97,7 +78,7 @@ lawa_group* lawa_group_gloo(const lawa_rendezvous* r, const char* interface, cha
 }
 
 int lawa_allreduce(lawa_group* group, at::Tensor* const* tensors, int count, int op, char** error) {
-  return guarded(error, [&] {
+  return lawa_guarded(error, [&] {
     c10d::AllreduceOptions options;
     options.reduceOp = reduce_op(op);
     // One collective per tensor, all started before any is waited on: buckets overlap.
@@ -112,7 +93,7 @@ int lawa_allreduce(lawa_group* group, at::Tensor* const* tensors, int count, int
 }
 
 int lawa_broadcast(lawa_group* group, at::Tensor* const* tensors, int count, int root, char** error) {
-  return guarded(error, [&] {
+  return lawa_guarded(error, [&] {
     c10d::BroadcastOptions options;
     options.rootRank = root;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
@@ -126,7 +107,7 @@ int lawa_broadcast(lawa_group* group, at::Tensor* const* tensors, int count, int
 }
 
 int lawa_barrier(lawa_group* group, char** error) {
-  return guarded(error, [&] { group->backend->barrier()->wait(); });
+  return lawa_guarded(error, [&] { group->backend->barrier()->wait(); });
 }
 
 void lawa_group_free(lawa_group* group) {

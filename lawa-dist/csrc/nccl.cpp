@@ -25,28 +25,21 @@ int lawa_has_nccl(void) {
 }
 
 lawa_group* lawa_group_nccl(const lawa_rendezvous* r, char** error) {
-  try {
+  lawa_group* group = nullptr;
+  lawa_guarded(error, [&] {
 #ifdef LAWA_WITH_NCCL
     auto store = lawa_make_store(r);
     auto options = c10d::ProcessGroupNCCL::Options::create();
     options->timeout = std::chrono::milliseconds(r->timeout_ms);
     auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, r->rank, r->world_size, options);
-    return new lawa_group{store, backend};
+    group = new lawa_group{store, backend};
 #else
     throw std::runtime_error(
         "this lawa was built without NCCL (it needs a CUDA libtorch and the CUDA headers that "
         "scripts/bootstrap.sh fetches; rebuild after running it)");
 #endif
-  } catch (const std::exception& e) {
-    std::string m = e.what();
-    *error = static_cast<char*>(std::malloc(m.size() + 1));
-    if (*error != nullptr) std::memcpy(*error, m.c_str(), m.size() + 1);
-  } catch (...) {
-    const char m[] = "unknown C++ exception";
-    *error = static_cast<char*>(std::malloc(sizeof m));
-    if (*error != nullptr) std::memcpy(*error, m, sizeof m);
-  }
-  return nullptr;
+  });
+  return group;
 }
 
 // Makes `index` this process's current CUDA device (NCCL and pinned copies use it); a no-op

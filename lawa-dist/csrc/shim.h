@@ -2,6 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -27,6 +30,26 @@ struct lawa_group {
 };
 
 c10::intrusive_ptr<c10d::Store> lawa_make_store(const lawa_rendezvous* r);
+
+// Runs `body`; returns 0, or 1 with a malloc'ed copy of the C++ exception's message in *error
+// (freed by lawa_error_free): no exception crosses the C interface.
+template <typename F>
+int lawa_guarded(char** error, F&& body) {
+  auto copy = [](const std::string& message) {
+    char* out = static_cast<char*>(std::malloc(message.size() + 1));
+    if (out != nullptr) std::memcpy(out, message.c_str(), message.size() + 1);
+    return out;
+  };
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    *error = copy(e.what());
+  } catch (...) {
+    *error = copy("unknown C++ exception");
+  }
+  return 1;
+}
 
 extern "C" {
 int lawa_has_gloo(void);

@@ -151,6 +151,16 @@ pub enum OptimError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
+/// The tensors one multi-tensor step takes, parameter by parameter.
+#[derive(Default)]
+struct StepLists {
+    params: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    exp_avgs: Vec<Tensor>,
+    exp_avg_sqs: Vec<Tensor>,
+    decay: Vec<bool>,
+}
+
 struct Param {
     name: String,
     tensor: Tensor,
@@ -335,54 +345,49 @@ impl AdamW {
         Ok(())
     }
 
-    /// The parameters that have a gradient: `(params, grads, exp_avgs, exp_avg_sqs, decay)`.
-    #[allow(clippy::type_complexity)]
-    fn with_gradients(
-        &self,
-    ) -> (
-        Vec<Tensor>,
-        Vec<Tensor>,
-        Vec<Tensor>,
-        Vec<Tensor>,
-        Vec<bool>,
-    ) {
-        let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for p in &self.params {
+    /// The parameters that have a gradient, in order, with their moments; only those whose
+    /// decay flag is `only` when given.
+    fn with_gradients(&self, only: Option<bool>) -> StepLists {
+        let mut out = StepLists::default();
+        for p in self
+            .params
+            .iter()
+            .filter(|p| only.is_none_or(|d| p.decay == d))
+        {
             let grad = p.tensor.grad();
             if grad.defined() {
-                out.0.push(p.tensor.shallow_clone());
-                out.1.push(grad);
-                out.2.push(p.exp_avg.shallow_clone());
-                out.3.push(p.exp_avg_sq.shallow_clone());
-                out.4.push(p.decay);
+                out.params.push(p.tensor.shallow_clone());
+                out.grads.push(grad);
+                out.exp_avgs.push(p.exp_avg.shallow_clone());
+                out.exp_avg_sqs.push(p.exp_avg_sq.shallow_clone());
+                out.decay.push(p.decay);
             }
         }
         out
     }
 
     fn step_foreach(&mut self, scalars: &lawa_ops::AdamWScalars) -> Result<(), OptimError> {
-        let (p, g, m, v, decay) = self.with_gradients();
+        let l = self.with_gradients(None);
         Ok(lawa_ops::foreach_adamw_step(
-            &p, &g, &m, &v, &decay, scalars,
+            &l.params,
+            &l.grads,
+            &l.exp_avgs,
+            &l.exp_avg_sqs,
+            &l.decay,
+            scalars,
         )?)
     }
 
+    /// The fused kernel takes one weight decay per call: decayed parameters, then the others.
     fn step_fused(&mut self, lr: f64) -> Result<(), OptimError> {
         let c = self.config;
-        let (p, g, m, v, decay) = self.with_gradients();
-        for (wanted, weight_decay) in [(true, c.weight_decay), (false, 0.0)] {
-            let pick = |list: &[Tensor]| -> Vec<Tensor> {
-                list.iter()
-                    .zip(&decay)
-                    .filter(|(_, d)| **d == wanted)
-                    .map(|(t, _)| t.shallow_clone())
-                    .collect()
-            };
+        for (decayed, weight_decay) in [(true, c.weight_decay), (false, 0.0)] {
+            let l = self.with_gradients(Some(decayed));
             lawa_ops::fused_adamw_step(
-                &pick(&p),
-                &pick(&g),
-                &pick(&m),
-                &pick(&v),
+                &l.params,
+                &l.grads,
+                &l.exp_avgs,
+                &l.exp_avg_sqs,
                 lr,
                 (c.beta1, c.beta2),
                 weight_decay,

@@ -13,7 +13,7 @@ use crate::prepare::{prepare, PrepareOptions};
 use crate::results::{
     read_rows, seed_gains, summarize, write_rows, CurveRow, CURVES_FILE, GAINS_FILE, SUMMARY_FILE,
 };
-use crate::train::run_dir::{claim_folder, is_temporary, Busy, LOCK_FILE};
+use crate::train::run_dir::{claim_folder_as, is_temporary, Busy, Claim, LockMode, LOCK_FILE};
 use crate::train::{status, train, RunStatus};
 pub use config::{PlannedRun, SweepConfig};
 pub use parallel::{Shard, SweepOptions};
@@ -88,18 +88,7 @@ pub fn run_with(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
     if options.shard.is_some() || options.worker.is_some() {
         return parallel::run_part(path, options);
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let (cfg, runs) = plan_with_data(path, true)?;
-    let dir = cfg.results_dir();
-    let _claim = claim_folder(
-        &dir,
-        SWEEP_FILE,
-        &text,
-        sweep_owns,
-        "sweep",
-        "give the sweep another name",
-    )?;
+    let (cfg, runs, dir, _claim) = open(path, true, LockMode::Exclusive)?;
     let started = Instant::now();
     let diverged = train_all(&cfg, &runs, &dir, Gather::AfterEachRun)?;
     let figures = crate::figures::render_all(&dir).context("drawing the figures")?;
@@ -117,6 +106,29 @@ pub fn run_with(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
         runs: runs.len(),
         diverged,
     })
+}
+
+/// Plans the sweep in `path` (see [`plan_with_data`]; `may_prepare` lets it prepare the data)
+/// and claims its results folder in `mode`: the config, its runs, the folder and the claim.
+fn open(
+    path: &Path,
+    may_prepare: bool,
+    mode: LockMode,
+) -> Result<(SweepConfig, Vec<PlannedRun>, PathBuf, Claim)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let (cfg, runs) = plan_with_data(path, may_prepare)?;
+    let dir = cfg.results_dir();
+    let claim = claim_folder_as(
+        &dir,
+        SWEEP_FILE,
+        &text,
+        sweep_owns,
+        "sweep",
+        "give the sweep another name",
+        mode,
+    )?;
+    Ok((cfg, runs, dir, claim))
 }
 
 /// Reads and plans the sweep in `path`, checks its devices, prepares its data when asked, and

@@ -10,9 +10,9 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 
-use super::{plan_with_data, sweep_owns, train_all, Gather, SweepReport, SWEEP_FILE};
+use super::{open, plan_with_data, train_all, Gather, SweepReport};
 use crate::train::config::{ensure_available, parse_device};
-use crate::train::run_dir::{claim_folder_as, LockMode};
+use crate::train::run_dir::LockMode;
 
 /// How a sweep is divided between processes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,20 +69,8 @@ impl std::fmt::Display for Shard {
 /// Trains a shard's runs, or a device worker's, holding the sweep's folder shared with the other
 /// shards and workers.
 pub fn run_part(path: &Path, options: &SweepOptions) -> Result<SweepReport> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
     // Shards and workers never prepare data: several at once on a shared filesystem would race.
-    let (cfg, mut runs) = plan_with_data(path, false)?;
-    let dir = cfg.results_dir();
-    let _claim = claim_folder_as(
-        &dir,
-        SWEEP_FILE,
-        &text,
-        sweep_owns,
-        "sweep",
-        "give the sweep another name",
-        LockMode::Shared,
-    )?;
+    let (cfg, mut runs, dir, _claim) = open(path, false, LockMode::Shared)?;
     let (gather, part) = match (&options.shard, &options.worker) {
         (Some(shard), _) => {
             let mut position = 0..;

@@ -173,17 +173,13 @@ pub fn claim_folder_as(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let claim = lock_as(dir, what, mode)?;
-    if mode == LockMode::Shared {
-        if existing.is_none() {
-            lawa_core::checkpoint::write_atomic(&marker_path, text.as_bytes())
-                .with_context(|| format!("{}: cannot write", marker_path.display()))?;
+    // A shared holder leaves staging folders alone: another holder may be writing them.
+    if mode == LockMode::Exclusive {
+        for stale in lawa_core::checkpoint::remove_stale_staging(dir)
+            .with_context(|| format!("{}: cannot clear stale staging folders", dir.display()))?
+        {
+            tracing::info!("removed {}, left by a process that ended", stale.display());
         }
-        return Ok(claim);
-    }
-    for stale in lawa_core::checkpoint::remove_stale_staging(dir)
-        .with_context(|| format!("{}: cannot clear stale staging folders", dir.display()))?
-    {
-        tracing::info!("removed {}, left by a process that ended", stale.display());
     }
     if existing.is_none() {
         lawa_core::checkpoint::write_atomic(&marker_path, text.as_bytes())

@@ -209,6 +209,11 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Whether this process evaluates and writes: a lone run, or rank 0 of a data-parallel one.
+    pub fn is_leader(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|(p, _)| p.is_leader())
+    }
+
     /// Optimizer steps done.
     pub fn steps_done(&self) -> u64 {
         self.state.step
@@ -222,7 +227,11 @@ impl<'a> Trainer<'a> {
         let t = &self.plan.config.train;
         // Dropout masks depend only on (seed, step, rank): a resumed run draws the same ones,
         // and the ranks of a data-parallel run draw different ones (rank 0's are a lone run's).
-        let rank = self.parallel.as_ref().map_or(0, |(p, _)| p.rank()) as i64;
+        let (part, parts) = self
+            .parallel
+            .as_ref()
+            .map_or((0, 1), |(p, _)| (p.rank(), p.world_size()));
+        let rank = part as i64;
         tch::manual_seed(
             (t.seed as i64)
                 .wrapping_mul(1_000_003)
@@ -231,13 +240,9 @@ impl<'a> Trainer<'a> {
         );
         let device = self.plan.device;
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let (part, parts) = self
-            .parallel
-            .as_ref()
-            .map_or((0, 1), |(p, _)| (p.rank(), p.world_size()));
+        let scale = 1.0 / t.grad_accum as f64;
         for _ in 0..t.grad_accum {
             let batch = self.sampler.next_batch_share(device, part, parts)?;
-            let scale = 1.0 / t.grad_accum as f64;
             loss_sum += match t.loss_chunk {
                 Some(chunk) => self
                     .gpt
@@ -349,9 +354,9 @@ impl<'a> Trainer<'a> {
     pub fn checkpoint(&mut self) -> Result<()> {
         if let Some((p, _)) = &self.parallel {
             p.ensure_same_weights(&self.params, self.state.step)?;
-            if !p.is_leader() {
-                return Ok(());
-            }
+        }
+        if !self.is_leader() {
+            return Ok(());
         }
         self.state.sampler = self.sampler.state();
         checkpoint::save(
@@ -402,7 +407,7 @@ impl<'a> Trainer<'a> {
             },
             wall_time: self.session.wall_before + self.session.started.elapsed().as_secs_f64(),
         };
-        if self.curves.is_some() {
+        if self.is_leader() {
             status::write(&self.plan.dir, &outcome)?;
         }
         Ok(outcome)
@@ -490,7 +495,7 @@ pub fn train_with(
     if trainer.steps_done() == 0 && leader {
         trainer.evaluate()?;
     }
-    let outcome = train_loop(&mut trainer, leader, on_progress)?;
+    let outcome = train_loop(&mut trainer, on_progress)?;
     if let Some(p) = parallel.filter(|p| p.is_leader()) {
         let (seconds, steps) = p.reduce_seconds();
         let session = trainer.session.started.elapsed().as_secs_f64();
@@ -508,12 +513,9 @@ pub fn train_with(
 
 /// Steps until the run's end, evaluating, keeping series checkpoints and checkpointing on
 /// schedule (a follower rank only steps and checks its weights at checkpoints).
-fn train_loop(
-    trainer: &mut Trainer,
-    leader: bool,
-    mut on_progress: impl FnMut(u64, u64),
-) -> Result<RunOutcome> {
+fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
     let cfg = &trainer.plan.config;
+    let leader = trainer.is_leader();
     let steps = cfg.train.steps;
     let bar = match leader {
         true => crate::progress::bar(steps, &cfg.name, "steps"),
