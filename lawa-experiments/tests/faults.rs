@@ -96,6 +96,11 @@ fn curves(run: &Path) -> Vec<CurveRow> {
         .collect()
 }
 
+/// Lines in the run's curves.csv so far (0 before it exists); a cheap measure of progress.
+fn row_count(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("curves.csv")).map_or(0, |t| t.lines().count())
+}
+
 /// Names in `dir` that look like staging or temporary files.
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -127,16 +132,30 @@ fn runs_killed_at_random_moments_resume_to_the_uninterrupted_results() {
     let killed = dir.path().join("killed");
     write(dir.path(), "a.yaml", &run_yaml(&data, &straight, 40, 1));
     write(dir.path(), "b.yaml", &run_yaml(&data, &killed, 40, 1));
+    let timer = Instant::now();
     let o = lawa(&["train", "a.yaml"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
+    // A generous bound on one step (start-up included), so that kill moments span a few steps
+    // whatever the speed of the machine and the build.
+    let step_ms = (timer.elapsed().as_millis() as u64 / 40).max(5);
 
     let mut moments = Moments(7);
     let mut kills = 0;
     let started = Instant::now();
-    // Kill, restart, kill again, at seeded random moments, until a re-run finishes alone.
+    // Kill, restart, kill again, until a re-run finishes alone. Each kill comes at a seeded
+    // random moment within a few steps after the run has written a new row, so every restart
+    // makes progress and lands its kill anywhere in training, evaluation or checkpoint writes.
     while kills < 12 && started.elapsed() < Duration::from_secs(240) {
+        let rows_before = row_count(&killed);
         let mut child = spawn(&["train", "b.yaml"], dir.path());
-        std::thread::sleep(Duration::from_millis(400 + moments.next_ms(1500)));
+        let progressed = Instant::now();
+        while row_count(&killed) <= rows_before
+            && child.try_wait().unwrap().is_none()
+            && progressed.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(moments.next_ms(4 * step_ms)));
         if child.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }
