@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checks;
 use crate::ModelError;
 
 /// Default multiple the vocabulary is padded to (nanoGPT pads 50,257 to 50,304).
@@ -100,50 +101,24 @@ impl GptConfig {
     /// Checks that the model can be built: non-zero sizes, `n_head` divides `n_embd`, a dropout
     /// probability in `[0, 1)`.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |field: &str, value: String, reason: &str| ModelError::BadConfig {
-            field: field.to_string(),
-            value,
-            reason: reason.to_string(),
-        };
-        for (field, value) in [
+        checks::sizes(&[
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
             ("n_embd", self.n_embd),
             ("block_size", self.block_size),
             ("vocab_size", self.vocab_size),
             ("vocab_multiple", self.vocab_multiple),
-        ] {
-            if value == 0 {
-                return Err(bad(field, "0".into(), "must be at least 1"));
-            }
-        }
-        if !self.n_embd.is_multiple_of(self.n_head) {
-            return Err(bad(
-                "n_embd",
-                self.n_embd.to_string(),
-                &format!("must be a multiple of n_head = {}", self.n_head),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(bad(
-                "dropout",
-                self.dropout.to_string(),
-                "must be in [0, 1)",
-            ));
-        }
-        if self.stored_values() > MAX_VALUES {
-            return Err(bad(
-                "n_embd",
-                self.n_embd.to_string(),
-                &format!(
-                    "with n_layer = {}, vocab_size = {} and block_size = {}, the model would hold {:.3e} values; lawa builds models of at most {MAX_VALUES:.0e}",
-                    self.n_layer,
-                    self.vocab_size,
-                    self.block_size,
-                    self.stored_values() as f64
-                ),
-            ));
-        }
+        ])?;
+        checks::multiple(("n_embd", self.n_embd), ("n_head", self.n_head))?;
+        checks::dropouts(&[("dropout", self.dropout)])?;
+        checks::stored_values(
+            self.stored_values(),
+            ("n_embd", self.n_embd),
+            &format!(
+                "with n_layer = {}, vocab_size = {} and block_size = {}, ",
+                self.n_layer, self.vocab_size, self.block_size
+            ),
+        )?;
         Ok(())
     }
 

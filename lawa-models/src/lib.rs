@@ -42,6 +42,7 @@
 //! ```
 
 mod block;
+mod checks;
 pub mod config;
 mod config_json;
 mod error;

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tch::nn::{Init, Path};
 use tch::{Device, Kind, Tensor};
 
+use crate::checks;
 use crate::layers::{
     causal_attention, dropout_if, push, Activation, LayerNorm, Linear, Mlp, Param,
 };
@@ -81,66 +82,37 @@ impl NeoxConfig {
 
     /// Checks that the model can be built.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |field: &str, value: String, reason: &str| ModelError::BadConfig {
-            field: field.to_string(),
-            value,
-            reason: reason.to_string(),
-        };
-        for (field, value) in [
+        checks::sizes(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if value == 0 {
-                return Err(bad(field, "0".into(), "must be at least 1"));
-            }
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(bad(
-                "hidden_size",
-                self.hidden_size.to_string(),
-                &format!(
-                    "must be a multiple of num_attention_heads = {}",
-                    self.num_attention_heads
-                ),
-            ));
-        }
+        ])?;
+        checks::multiple(
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+        )?;
         if !(0.0..=1.0).contains(&self.rotary_pct) {
-            return Err(bad(
+            return Err(checks::bad(
                 "rotary_pct",
-                self.rotary_pct.to_string(),
+                self.rotary_pct,
                 "must be in [0, 1]",
             ));
         }
         if !(self.rotary_emb_base > 0.0 && self.rotary_emb_base.is_finite()) {
-            return Err(bad(
+            return Err(checks::bad(
                 "rotary_emb_base",
-                self.rotary_emb_base.to_string(),
+                self.rotary_emb_base,
                 "must be positive",
             ));
         }
-        for (field, p) in [
+        checks::dropouts(&[
             ("hidden_dropout", self.hidden_dropout),
             ("attention_dropout", self.attention_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(bad(field, p.to_string(), "must be in [0, 1)"));
-            }
-        }
-        if self.stored_values() > crate::config::MAX_VALUES {
-            return Err(bad(
-                "hidden_size",
-                self.hidden_size.to_string(),
-                &format!(
-                    "the model would hold {:.3e} values; lawa builds models of at most {:.0e}",
-                    self.stored_values() as f64,
-                    crate::config::MAX_VALUES as f64
-                ),
-            ));
-        }
+        ])?;
+        checks::stored_values(self.stored_values(), ("hidden_size", self.hidden_size), "")?;
         Ok(())
     }
 }

@@ -327,3 +327,95 @@ fn chunked_loss_gives_the_plain_loss_and_gradients() {
         assert!(!chunked.requires_grad());
     }
 }
+
+#[test]
+fn configs_that_cannot_be_built_are_refused_naming_the_field_and_the_rule() {
+    let refused = |result: Result<(), lawa_models::ModelError>, needles: &[&str]| {
+        let msg = result.unwrap_err().to_string();
+        for needle in needles {
+            assert!(msg.contains(needle), "{needle:?} not in: {msg}");
+        }
+    };
+    let gpt = tiny(300);
+    assert!(gpt.validate().is_ok());
+    refused(
+        GptConfig {
+            n_head: 0,
+            ..gpt.clone()
+        }
+        .validate(),
+        &["n_head", "at least 1"],
+    );
+    refused(
+        GptConfig {
+            n_head: 3,
+            ..gpt.clone()
+        }
+        .validate(),
+        &["n_embd", "256", "multiple of n_head = 3"],
+    );
+    refused(
+        GptConfig {
+            dropout: 1.0,
+            ..gpt.clone()
+        }
+        .validate(),
+        &["dropout", "[0, 1)"],
+    );
+    refused(
+        GptConfig {
+            n_embd: 1 << 24,
+            n_head: 1,
+            ..gpt.clone()
+        }
+        .validate(),
+        &[
+            "n_embd",
+            "with n_layer = 4",
+            "values; lawa builds models of at most 1e13",
+        ],
+    );
+
+    let neox = lawa_models::NeoxConfig {
+        vocab_size: 300,
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 256,
+        max_position_embeddings: 128,
+        rotary_pct: 0.25,
+        rotary_emb_base: 10000.0,
+        layer_norm_eps: 1e-5,
+        use_parallel_residual: true,
+        attention_bias: true,
+        hidden_dropout: 0.0,
+        attention_dropout: 0.0,
+    };
+    assert!(neox.validate().is_ok());
+    let with = |f: &dyn Fn(&mut lawa_models::NeoxConfig)| {
+        let mut c = neox.clone();
+        f(&mut c);
+        c.validate()
+    };
+    refused(
+        with(&|c| c.intermediate_size = 0),
+        &["intermediate_size", "at least 1"],
+    );
+    refused(
+        with(&|c| c.num_attention_heads = 5),
+        &["hidden_size", "multiple of num_attention_heads = 5"],
+    );
+    refused(with(&|c| c.rotary_pct = 1.5), &["rotary_pct", "[0, 1]"]);
+    refused(
+        with(&|c| c.rotary_emb_base = 0.0),
+        &["rotary_emb_base", "positive"],
+    );
+    refused(
+        with(&|c| c.attention_dropout = -0.1),
+        &["attention_dropout", "[0, 1)"],
+    );
+    refused(
+        with(&|c| c.vocab_size = 1 << 40),
+        &["hidden_size", "the model would hold", "at most 1e13"],
+    );
+}
