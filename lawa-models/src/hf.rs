@@ -534,11 +534,6 @@ impl Gpt {
     /// is tied, zero biases for a bias-free model, vocabulary padding rows left out). Each file is
     /// written atomically.
     pub fn save_pretrained(&self, dir: impl AsRef<FsPath>) -> Result<(), ModelError> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_owned(),
-            error: source,
-        })?;
         let cfg = self.config();
         let _guard = tch::no_grad_guard();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -559,20 +554,28 @@ impl Gpt {
             };
             tensors.push((format!("transformer.{key}"), value));
         }
-        let weights = dir.join(WEIGHTS_FILE);
-        write_safetensors(&weights, &tensors)?;
-        let config = dir.join(CONFIG_FILE);
-        lawa_core::checkpoint::write_atomic(&config, config_json(cfg).as_bytes()).map_err(
-            |source| ModelError::Io {
-                path: config,
-                error: source,
-            },
-        )
+        write_pretrained(dir.as_ref(), &tensors, &config_json(cfg))
     }
 }
 
-/// Writes fp32 tensors as a safetensors file (metadata `format: pt`, a checksum), streaming
-/// each tensor into a temporary file that is then renamed over `path`.
-fn write_safetensors(path: &FsPath, tensors: &[(String, Tensor)]) -> Result<(), ModelError> {
-    Ok(lawa_core::checkpoint::write_safetensors(path, tensors)?)
+/// Writes a Hugging Face checkpoint folder `dir` (created if needed): `model.safetensors` from
+/// `tensors` (metadata `format: pt`, a checksum), then `config.json`, each streamed into a
+/// temporary file that is renamed over the final one.
+pub(crate) fn write_pretrained(
+    dir: &FsPath,
+    tensors: &[(String, Tensor)],
+    config_json: &str,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|error| ModelError::Io {
+        path: dir.to_owned(),
+        error,
+    })?;
+    lawa_core::checkpoint::write_safetensors(&dir.join(WEIGHTS_FILE), tensors)?;
+    let config = dir.join(CONFIG_FILE);
+    lawa_core::checkpoint::write_atomic(&config, config_json.as_bytes()).map_err(|error| {
+        ModelError::Io {
+            path: config,
+            error,
+        }
+    })
 }

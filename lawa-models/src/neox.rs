@@ -631,24 +631,12 @@ impl GptNeoX {
     /// Saves the model as a Hugging Face GPT-NeoX checkpoint in `dir`: `config.json` and
     /// `model.safetensors` (fp32), each written atomically.
     pub fn save_pretrained(&self, dir: impl AsRef<FsPath>) -> Result<(), ModelError> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::Io {
-            path: dir.to_owned(),
-            error: e,
-        })?;
         let _guard = tch::no_grad_guard();
         let tensors: Vec<(String, Tensor)> = self
             .params()
             .into_iter()
             .map(|p| (p.name, p.tensor.to_device(Device::Cpu).contiguous()))
             .collect();
-        lawa_core::checkpoint::write_safetensors(&dir.join(crate::hf::WEIGHTS_FILE), &tensors)?;
-        let config = dir.join(crate::hf::CONFIG_FILE);
-        lawa_core::checkpoint::write_atomic(&config, config_json(&self.cfg).as_bytes()).map_err(
-            |e| ModelError::Io {
-                path: config,
-                error: e,
-            },
-        )
+        crate::hf::write_pretrained(dir.as_ref(), &tensors, &config_json(&self.cfg))
     }
 }
