@@ -1,6 +1,7 @@
 //! Throughput of data-parallel training on Gloo, on this machine: one process with 1 and with
 //! all threads, beside 2 ranks of 1 thread each, on the same run (the default sweep's model
-//! shape on byte-level SOTU), with the share of a step the gradient all-reduce takes.
+//! shape on byte-level SOTU), with the share of a step the gradient all-reduce takes; then the
+//! time of one evaluation (raw weights and two averages on 256 windows), the same three ways.
 //!
 //! `cargo bench -p lawa-experiments --bench data_parallel` (after ./test or ./lawa ran the
 //! bootstrap). `LAWA_BENCH_STEPS` sets the steps per run (default 60).
@@ -13,7 +14,24 @@ use lawa_experiments::assets;
 
 const LAWA: &str = env!("CARGO_BIN_EXE_lawa");
 
-fn run_yaml(out: &str, steps: u64) -> String {
+/// What a run spends its time on.
+#[derive(Clone, Copy)]
+enum Load {
+    /// Training steps, evaluated once at the end on 4 windows.
+    Steps(u64),
+    /// 10 steps, evaluated every 2 on 256 windows, with two averagers.
+    Evaluations,
+}
+
+fn run_yaml(out: &str, load: Load) -> String {
+    let (steps, eval, averagers) = match load {
+        Load::Steps(steps) => (steps, format!("{{every: {steps}, windows: 4}}"), "[]"),
+        Load::Evaluations => (
+            10,
+            "{every: 2, windows: 256, batch_size: 16}".to_string(),
+            "[{kind: ema, decay: 0.9}, {kind: lawa, k: 2, nu: 1}]",
+        ),
+    };
     format!(
         r#"name: {out}
 data: data
@@ -26,22 +44,24 @@ train:
   block_size: 128
   lr: 2.0e-3
   schedule: {{kind: constant}}
-eval: {{every: {steps}, windows: 4}}
-averagers: []
+eval: {eval}
+averagers: {averagers}
 "#
     )
 }
 
-/// Runs `lawa train` with `args` and `threads` intra-op threads a process; returns the
-/// tokens/s recorded in the run's status.json and the all-reduce log line, if any.
-fn train(
-    dir: &Path,
-    name: &str,
-    steps: u64,
-    threads: usize,
-    nproc: usize,
-) -> Result<(f64, String)> {
-    std::fs::write(dir.join(format!("{name}.yaml")), run_yaml(name, steps))?;
+/// What one run measured.
+struct Measured {
+    tokens_per_second: f64,
+    /// The log's all-reduce line (after "gradient all-reduce "), if any.
+    reduce: String,
+    /// Seconds per evaluation, from the log.
+    evaluation: f64,
+}
+
+/// Runs `lawa train` on `load` with `threads` intra-op threads in each of `nproc` processes.
+fn train(dir: &Path, name: &str, load: Load, threads: usize, nproc: usize) -> Result<Measured> {
+    std::fs::write(dir.join(format!("{name}.yaml")), run_yaml(name, load))?;
     let mut command = Command::new(LAWA);
     command
         .args(["train", &format!("{name}.yaml")])
@@ -58,17 +78,22 @@ fn train(
     }
     let status: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(name).join("status.json"))?)?;
-    let tps = status["tokens_per_second"]
-        .as_f64()
-        .context("tokens_per_second")?;
-    let reduce = log
-        .lines()
-        .find_map(|l| {
-            l.split_once("gradient all-reduce ")
-                .map(|(_, r)| r.to_string())
-        })
-        .unwrap_or_default();
-    Ok((tps, reduce))
+    let after = |marker: &str| {
+        log.lines()
+            .find_map(|l| l.split_once(marker).map(|(_, r)| r.to_string()))
+            .unwrap_or_default()
+    };
+    let evaluation = after("evaluations, ")
+        .split_once(" s each")
+        .and_then(|(s, _)| s.parse().ok())
+        .context("no evaluation time in the log")?;
+    Ok(Measured {
+        tokens_per_second: status["tokens_per_second"]
+            .as_f64()
+            .context("tokens_per_second")?,
+        reduce: after("gradient all-reduce "),
+        evaluation,
+    })
 }
 
 fn main() -> Result<()> {
@@ -89,23 +114,44 @@ fn main() -> Result<()> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!("data-parallel training on Gloo, {cores} cores, d128-l4, 16 x 128 tokens a step, {steps} steps");
-    let (one, _) = train(dir.path(), "one-thread", steps, 1, 1)?;
-    let (all, _) = train(dir.path(), "all-threads", steps, cores, 1)?;
-    let (two, reduce) = train(dir.path(), "two-ranks", steps, (cores / 2).max(1), 2)?;
-    println!("{:<34} {:>10} {:>8}", "", "tokens/s", "ratio");
-    println!("{:<34} {:>10.0} {:>8.2}", "1 process, 1 thread", one, 1.0);
+    let half = (cores / 2).max(1);
+    let ways = [
+        ("1 process, 1 thread".to_string(), 1, 1),
+        (format!("1 process, {cores} threads"), cores, 1),
+        (format!("2 ranks, {half} thread(s) each"), half, 2),
+    ];
+    let mut rows = Vec::new();
+    for (i, (_, threads, nproc)) in ways.iter().enumerate() {
+        let steps = train(
+            dir.path(),
+            &format!("s{i}"),
+            Load::Steps(steps),
+            *threads,
+            *nproc,
+        )?;
+        let evals = train(
+            dir.path(),
+            &format!("e{i}"),
+            Load::Evaluations,
+            *threads,
+            *nproc,
+        )?;
+        rows.push((steps, evals));
+    }
     println!(
-        "{:<34} {:>10.0} {:>8.2}",
-        format!("1 process, {cores} threads"),
-        all,
-        all / one
+        "{:<34} {:>10} {:>8} {:>14} {:>8}",
+        "", "tokens/s", "ratio", "s/evaluation", "ratio"
     );
-    println!(
-        "{:<34} {:>10.0} {:>8.2}",
-        format!("2 ranks, {} thread(s) each", (cores / 2).max(1)),
-        two,
-        two / one
-    );
-    println!("all-reduce (rank 0): {reduce}");
+    for ((label, _, _), (steps, evals)) in ways.iter().zip(&rows) {
+        println!(
+            "{label:<34} {:>10.0} {:>8.2} {:>14.3} {:>8.2}",
+            steps.tokens_per_second,
+            steps.tokens_per_second / rows[0].0.tokens_per_second,
+            evals.evaluation,
+            rows[0].1.evaluation / evals.evaluation,
+        );
+    }
+    println!("all-reduce (rank 0): {}", rows[2].0.reduce);
+    println!("evaluation: raw weights and 2 averages, 256 windows of 128 tokens in batches of 16");
     Ok(())
 }

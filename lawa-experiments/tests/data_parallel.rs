@@ -24,7 +24,7 @@ train:
   lr: 3.0e-3
   schedule: {{kind: cosine, warmup: 5, min_lr: 3.0e-4}}
   seed: 5
-eval: {{every: {every}, windows: 8, train_windows: 4}}
+eval: {{every: {every}, windows: 8, train_windows: 4, batch_size: 3}}
 checkpoint: {{every: {every}}}
 averagers:
   - {{kind: lawa, k: 3, nu: 4}}
@@ -130,6 +130,17 @@ fn two_ranks_equal_one_process() {
     let weights_apart = weights_difference(&one, &two);
     println!("2 ranks vs 1 process over 60 steps: curves {curves_apart:.2e} apart, weights {weights_apart:.2e}");
     assert!(curves_apart < 1e-5, "curves {curves_apart}");
+    // The same weights at step 0: the ranks' shares of the evaluation (batches of 3 windows,
+    // 2 of 3 validation batches on rank 0, 1 on rank 1) combine to one process's numbers.
+    let first = |rows: Vec<CurveRow>| {
+        let r = rows.into_iter().find(|r| r.step == 0).unwrap();
+        (r.val_loss, r.val_loss_se, r.train_loss)
+    };
+    assert_eq!(
+        first(curves(&one)),
+        first(curves(&two)),
+        "step 0, bit for bit"
+    );
     // AdamW divides by the root of the second moment: where a gradient is near zero, rounding
     // moves a weight by a fraction of the learning rate (3e-3), so weights are held to less.
     assert!(weights_apart < 3e-4, "weights {weights_apart}");

@@ -211,14 +211,36 @@ impl ValidationWindows {
         self.starts.is_empty()
     }
 
+    /// Tokens in each window.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
     /// The windows in batches of at most `batch_size`, on `device`.
     pub fn batches(
         &self,
         batch_size: usize,
         device: Device,
     ) -> impl Iterator<Item = Result<Batch, DataError>> + '_ {
+        self.batches_share(batch_size, device, 0, 1)
+            .map(|(_, batch)| batch)
+    }
+
+    /// Part `part` of `parts` of [`batches`](Self::batches): the batches whose index is
+    /// `part` modulo `parts`, each with its index (for a rank of a data-parallel evaluation;
+    /// the others' batches are not read).
+    pub fn batches_share(
+        &self,
+        batch_size: usize,
+        device: Device,
+        part: usize,
+        parts: usize,
+    ) -> impl Iterator<Item = (usize, Result<Batch, DataError>)> + '_ {
         self.starts
             .chunks(batch_size.max(1))
-            .map(move |starts| gather(&self.file, starts, self.block_size, device))
+            .enumerate()
+            .skip(part)
+            .step_by(parts.max(1))
+            .map(move |(i, starts)| (i, gather(&self.file, starts, self.block_size, device)))
     }
 }

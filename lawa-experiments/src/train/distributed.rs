@@ -1,15 +1,21 @@
 //! One run over several processes (data parallelism, as PyTorch's DDP): every rank holds the
 //! model and optimizer, trains on its share of each global batch, and averages gradients with
-//! the others before the one optimizer step they all take; rank 0 alone evaluates, runs the
-//! averagers and writes the run folder.
+//! the others before the one optimizer step they all take. Rank 0 alone runs the averagers and
+//! writes the run folder; every rank scores its share of the evaluation windows, each average
+//! sent from rank 0, and the shares are combined into the numbers one process would give.
 
 use anyhow::{bail, Context, Result};
+use lawa_core::averaging::Weights;
+use lawa_core::data::ValidationWindows;
 use lawa_core::optim::AdamW;
 use lawa_dist::{
-    ensure_identical, Backend, GradientReducer, Launch, ProcessGroup, ReducePrecision,
+    ensure_identical, Backend, GradientReducer, Launch, ProcessGroup, ReduceOp, ReducePrecision,
     DEFAULT_BUCKET_BYTES,
 };
+use lawa_models::CausalLm;
 use tch::{Kind, Tensor};
+
+use super::evaluate::{combine, score_share, BatchScore, WindowLosses};
 
 use super::checkpoint::TrainerState;
 use super::RunPlan;
@@ -125,9 +131,62 @@ impl DataParallel {
 
     /// Rank 0's `flag` on every rank (whether the run is to go on, say).
     pub fn agree(&self, flag: bool) -> Result<bool> {
-        let t = Tensor::from_slice(&[i64::from(flag)]).to_device(self.device);
+        Ok(self.agree_all(&[flag])?[0])
+    }
+
+    /// Rank 0's `flags` on every rank, which pass as many (and whatever values they hold).
+    pub fn agree_all(&self, flags: &[bool]) -> Result<Vec<bool>> {
+        let values: Vec<i64> = flags.iter().map(|&f| i64::from(f)).collect();
+        let t = Tensor::from_slice(&values).to_device(self.device);
         self.group.broadcast(&[&t], 0)?;
-        Ok(t.int64_value(&[0]) != 0)
+        let values = Vec::<i64>::try_from(t.to_device(tch::Device::Cpu))?;
+        Ok(values.into_iter().map(|v| v != 0).collect())
+    }
+
+    /// Makes every rank's `weights` rank 0's (an average, which rank 0 alone computes).
+    pub fn take_leaders_weights(&self, weights: &Weights) -> Result<()> {
+        let tensors: Vec<&Tensor> = weights.iter().map(|(_, t)| t).collect();
+        self.group
+            .broadcast(&tensors, 0)
+            .context("taking rank 0's average")?;
+        Ok(())
+    }
+
+    /// The losses of `model` (the same weights on every rank) on `windows` in batches of
+    /// `batch_size`, each rank scoring every `world_size`-th batch: equal, bit for bit, to
+    /// [`evaluate`](super::evaluate::evaluate) in one process, on every rank.
+    pub fn evaluate(
+        &self,
+        model: &dyn CausalLm,
+        windows: &ValidationWindows,
+        batch_size: usize,
+    ) -> Result<WindowLosses> {
+        let size = batch_size.max(1);
+        let (count, batches) = (windows.len(), windows.len().div_ceil(size));
+        let mine = score_share(model, windows, size, self.rank(), self.world_size())?;
+        // Each batch's mean, then each window's loss; zeros where another rank scored, so the
+        // sum over ranks is every number exactly.
+        let mut packed = vec![0f64; batches + count];
+        for (i, score) in &mine {
+            packed[*i] = score.mean;
+            let first = batches + i * size;
+            packed[first..first + score.per_window.len()].copy_from_slice(&score.per_window);
+        }
+        let t = Tensor::from_slice(&packed).to_device(self.device);
+        self.group
+            .all_reduce(&[&t], ReduceOp::Sum)
+            .context("gathering the evaluation's shares")?;
+        let all = Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?;
+        let block = windows.block_size() as u64;
+        combine((0..batches).map(|i| {
+            let per_window =
+                all[batches + i * size..batches + ((i + 1) * size).min(count)].to_vec();
+            BatchScore {
+                mean: all[i],
+                tokens: per_window.len() as u64 * block,
+                per_window,
+            }
+        }))
     }
 
     /// Makes every rank's weights, AdamW moments and trainer state rank 0's (the model that

@@ -1,6 +1,10 @@
 //! Scoring a model on a fixed set of windows (used by training and `lawa eval`): the mean
 //! next-token loss, and each window's mean loss so that two sets of weights scored on the same
 //! windows can be compared pair by pair.
+//!
+//! The windows are scored batch by batch ([`score_share`]) and the batches' numbers combined in
+//! window order ([`combine`]), so a data-parallel evaluation, where each rank scores some of the
+//! batches, gives the very numbers of one process scoring them all.
 
 use anyhow::{bail, Result};
 use lawa_core::data::ValidationWindows;
@@ -25,6 +29,17 @@ impl WindowLosses {
     }
 }
 
+/// One batch of windows scored: its mean loss, its predictions, each window's mean loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchScore {
+    /// Mean next-token loss over the batch's predictions.
+    pub mean: f64,
+    /// Number of predictions in the batch.
+    pub tokens: u64,
+    /// Each window's mean loss, in window order.
+    pub per_window: Vec<f64>,
+}
+
 /// The losses of `model` on `windows`, in batches of `batch_size`, without gradients and in eval
 /// mode. Reads each batch's numbers once, after its forward pass.
 pub fn evaluate(
@@ -32,17 +47,46 @@ pub fn evaluate(
     windows: &ValidationWindows,
     batch_size: usize,
 ) -> Result<WindowLosses> {
+    let scores = score_share(model, windows, batch_size, 0, 1)?;
+    combine(scores.into_iter().map(|(_, score)| score))
+}
+
+/// Scores part `part` of `parts` of the batches of `windows` (see
+/// [`ValidationWindows::batches_share`]), each with its batch index.
+pub fn score_share(
+    model: &dyn CausalLm,
+    windows: &ValidationWindows,
+    batch_size: usize,
+    part: usize,
+    parts: usize,
+) -> Result<Vec<(usize, BatchScore)>> {
     let _guard = tch::no_grad_guard();
+    let mut scores = Vec::new();
+    for (index, batch) in windows.batches_share(batch_size, model.device(), part, parts) {
+        let batch = batch?;
+        let (mean, per_window) = model.window_losses(&batch.x, &batch.y)?;
+        scores.push((
+            index,
+            BatchScore {
+                mean: mean.to_kind(Kind::Double).double_value(&[]),
+                tokens: batch.y.numel() as u64,
+                per_window: Vec::<f64>::try_from(per_window.to_kind(Kind::Double))?,
+            },
+        ));
+    }
+    Ok(scores)
+}
+
+/// The losses over every window from all the batches' scores, given in batch order (the mean
+/// is summed in that order, whoever scored each batch).
+pub fn combine(batches: impl IntoIterator<Item = BatchScore>) -> Result<WindowLosses> {
     let mut total = 0.0f64;
     let mut tokens = 0u64;
-    let mut per_window = Vec::with_capacity(windows.len());
-    for batch in windows.batches(batch_size, model.device()) {
-        let batch = batch?;
-        let n = batch.y.numel() as u64;
-        let (mean, windows) = model.window_losses(&batch.x, &batch.y)?;
-        total += mean.to_kind(Kind::Double).double_value(&[]) * n as f64;
-        per_window.extend(Vec::<f64>::try_from(windows.to_kind(Kind::Double))?);
-        tokens += n;
+    let mut per_window = Vec::new();
+    for batch in batches {
+        total += batch.mean * batch.tokens as f64;
+        tokens += batch.tokens;
+        per_window.extend(batch.per_window);
     }
     if tokens == 0 {
         bail!("no windows to evaluate");

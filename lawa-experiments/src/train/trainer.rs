@@ -103,6 +103,8 @@ struct Session {
     started: Instant,
     first_step: u64,
     wall_before: f64,
+    /// Seconds spent in evaluations, and their number.
+    evaluating: (f64, u64),
 }
 
 /// One optimizer step's numbers, read from the device once.
@@ -202,6 +204,7 @@ impl<'a> Trainer<'a> {
                 started: Instant::now(),
                 first_step: state.step,
                 wall_before: state.wall_time,
+                evaluating: (0.0, 0),
             },
             state,
             last_val: f64::NAN,
@@ -286,34 +289,69 @@ impl<'a> Trainer<'a> {
     }
 
     /// Scores the raw weights and every averager that has an average on the run's fixed
-    /// windows, appends the rows to `curves.csv`, and returns them (raw first).
+    /// windows, appends the rows to `curves.csv`, and returns them (raw first). In a
+    /// data-parallel run every rank takes part, each average sent from rank 0, and a rank other
+    /// than 0 returns the raw row alone.
     pub fn evaluate(&mut self) -> Result<Vec<CurveRow>> {
-        let raw = self.score(&self.gpt)?;
-        let mut rows = vec![self.row("raw", StrategyColumns::default(), &raw, None)];
-        for averager in self.averagers.iter() {
-            if !averager.is_ready() {
-                continue;
-            }
-            averager.write_average(&self.eval_weights)?;
-            let (val, train) = self.score(&self.eval_gpt)?;
-            let label = averager.label();
-            let columns = self.columns.get(&label).copied().unwrap_or_default();
-            let gain_se = paired_se(&raw.0.per_window, &val.per_window);
-            rows.push(self.row(&label, columns, &(val, train), gain_se));
-        }
+        let started = Instant::now();
+        let rows = self.score_all()?;
         if let Some(curves) = &mut self.curves {
             curves.write(&rows)?;
         }
         self.last_val = rows[0].val_loss;
+        let (seconds, count) = self.session.evaluating;
+        self.session.evaluating = (seconds + started.elapsed().as_secs_f64(), count + 1);
         Ok(rows)
     }
 
-    /// Validation (and, when configured, training-window) losses of `model`.
+    /// The rows of [`evaluate`](Self::evaluate), not yet written.
+    fn score_all(&self) -> Result<Vec<CurveRow>> {
+        let raw = self.score(&self.gpt)?;
+        let mut rows = vec![self.row("raw", StrategyColumns::default(), &raw, None)];
+        for (i, ready) in self.ready_averagers()?.into_iter().enumerate() {
+            if !ready {
+                continue;
+            }
+            let averager = self.averagers.iter().nth(i);
+            if let Some(averager) = &averager {
+                averager.write_average(&self.eval_weights)?;
+            }
+            if let Some((p, _)) = &self.parallel {
+                p.take_leaders_weights(&self.eval_weights)?;
+            }
+            let scores = self.score(&self.eval_gpt)?;
+            let Some(averager) = averager else { continue };
+            let label = averager.label();
+            let columns = self.columns.get(&label).copied().unwrap_or_default();
+            let gain_se = paired_se(&raw.0.per_window, &scores.0.per_window);
+            rows.push(self.row(&label, columns, &scores, gain_se));
+        }
+        Ok(rows)
+    }
+
+    /// Which of the run's averagers (in config order) have an average, as rank 0 sees it.
+    fn ready_averagers(&self) -> Result<Vec<bool>> {
+        let ready: Vec<bool> = match self.is_leader() {
+            true => self.averagers.iter().map(|a| a.is_ready()).collect(),
+            false => vec![false; self.plan.config.averagers.len()],
+        };
+        match &self.parallel {
+            Some((p, _)) => p.agree_all(&ready),
+            None => Ok(ready),
+        }
+    }
+
+    /// Validation (and, when configured, training-window) losses of `model`, scored by every
+    /// rank of a data-parallel run together.
     fn score(&self, model: &Gpt) -> Result<(WindowLosses, Option<f64>)> {
         let w = &self.windows;
-        let val = evaluate(model, &w.val, w.batch)?;
+        let losses = |windows: &ValidationWindows| match &self.parallel {
+            Some((p, _)) => p.evaluate(model, windows, w.batch),
+            None => evaluate(model, windows, w.batch),
+        };
+        let val = losses(&w.val)?;
         let train = match &w.train {
-            Some(windows) => Some(evaluate(model, windows, w.batch)?.mean),
+            Some(windows) => Some(losses(windows)?.mean),
             None => None,
         };
         Ok((val, train))
@@ -436,8 +474,8 @@ pub fn train(plan: &RunPlan, on_progress: impl FnMut(u64, u64)) -> Result<RunOut
 }
 
 /// As [`train`], as one rank of a data-parallel run when `parallel` is given: rank 0 claims the
-/// run folder and decides whether the run goes on; every rank trains; rank 0 alone evaluates,
-/// checkpoints and records the outcome (the others return theirs without a loss).
+/// run folder and decides whether the run goes on; every rank trains and scores its share of
+/// each evaluation; rank 0 alone writes the curves, checkpoints and records the outcome.
 pub fn train_with(
     plan: &RunPlan,
     parallel: Option<&DataParallel>,
@@ -492,27 +530,19 @@ pub fn train_with(
         )),
         trainer.averagers.len()
     );
-    if trainer.steps_done() == 0 && leader {
+    if trainer.steps_done() == 0 {
         trainer.evaluate()?;
     }
     let outcome = train_loop(&mut trainer, on_progress)?;
-    if let Some(p) = parallel.filter(|p| p.is_leader()) {
-        let (seconds, steps) = p.reduce_seconds();
-        let session = trainer.session.started.elapsed().as_secs_f64();
-        tracing::info!(
-            "{}: gradient all-reduce {:.1} ms a step over {} ranks, {:.1} % of this session's {:.1} s",
-            cfg.name,
-            1e3 * seconds / steps.max(1) as f64,
-            p.world_size(),
-            100.0 * seconds / session.max(1e-9),
-            session
-        );
+    if leader {
+        log_session(&trainer, parallel);
     }
     Ok(outcome)
 }
 
 /// Steps until the run's end, evaluating, keeping series checkpoints and checkpointing on
-/// schedule (a follower rank only steps and checks its weights at checkpoints).
+/// schedule (a follower rank steps, scores its share of each evaluation and checks its weights
+/// at checkpoints).
 fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
     let cfg = &trainer.plan.config;
     let leader = trainer.is_leader();
@@ -550,9 +580,11 @@ fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> R
         if leader && !crate::progress::interactive() && (step.is_multiple_of(log_every) || last) {
             trainer.log_step(&report);
         }
-        if leader && (step.is_multiple_of(cfg.eval.every) || last) {
+        if step.is_multiple_of(cfg.eval.every) || last {
             let rows = trainer.evaluate()?;
-            log_evaluation(&cfg.name, &rows);
+            if leader {
+                log_evaluation(&cfg.name, &rows);
+            }
         }
         if leader
             && cfg
@@ -607,6 +639,28 @@ fn ensure_memory(plan: &RunPlan, model: &lawa_models::GptConfig) -> Result<()> {
         tch::Device::Cpu,
     )?;
     Ok(())
+}
+
+/// Where this session's time went: evaluations and, over several ranks, the gradient
+/// all-reduce.
+fn log_session(trainer: &Trainer, parallel: Option<&DataParallel>) {
+    let name = &trainer.plan.config.name;
+    let session = trainer.session.started.elapsed().as_secs_f64().max(1e-9);
+    let (seconds, count) = trainer.session.evaluating;
+    tracing::info!(
+        "{name}: {count} evaluations, {:.3} s each, {:.1} % of this session's {session:.1} s",
+        seconds / count.max(1) as f64,
+        100.0 * seconds / session,
+    );
+    if let Some(p) = parallel {
+        let (seconds, steps) = p.reduce_seconds();
+        tracing::info!(
+            "{name}: gradient all-reduce {:.1} ms a step over {} ranks, {:.1} % of this session's {session:.1} s",
+            1e3 * seconds / steps.max(1) as f64,
+            p.world_size(),
+            100.0 * seconds / session,
+        );
+    }
 }
 
 fn log_evaluation(name: &str, rows: &[CurveRow]) {
