@@ -117,6 +117,4 @@ void lawa_group_free(lawa_group* group) {
   }
 }
 
-void lawa_error_free(char* error) { std::free(error); }
-
 }  // extern "C"

@@ -2,13 +2,12 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <string>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include "lawa_guarded.h"
 
 enum { LAWA_REDUCE_SUM = 0, LAWA_REDUCE_MAX = 1, LAWA_REDUCE_MIN = 2 };
 
@@ -31,26 +30,6 @@ struct lawa_group {
 
 c10::intrusive_ptr<c10d::Store> lawa_make_store(const lawa_rendezvous* r);
 
-// Runs `body`; returns 0, or 1 with a malloc'ed copy of the C++ exception's message in *error
-// (freed by lawa_error_free): no exception crosses the C interface.
-template <typename F>
-int lawa_guarded(char** error, F&& body) {
-  auto copy = [](const std::string& message) {
-    char* out = static_cast<char*>(std::malloc(message.size() + 1));
-    if (out != nullptr) std::memcpy(out, message.c_str(), message.size() + 1);
-    return out;
-  };
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy(e.what());
-  } catch (...) {
-    *error = copy("unknown C++ exception");
-  }
-  return 1;
-}
-
 extern "C" {
 int lawa_has_gloo(void);
 int lawa_has_nccl(void);
@@ -61,5 +40,4 @@ int lawa_broadcast(lawa_group* group, at::Tensor* const* tensors, int count, int
 int lawa_barrier(lawa_group* group, char** error);
 void lawa_group_free(lawa_group* group);
 void lawa_cuda_set_device(int index);
-void lawa_error_free(char* error);
 }

@@ -55,5 +55,4 @@ extern "C" {
     pub fn lawa_barrier(group: *mut Group, error: *mut *mut c_char) -> c_int;
     pub fn lawa_group_free(group: *mut Group);
     pub fn lawa_cuda_set_device(index: c_int);
-    pub fn lawa_error_free(error: *mut c_char);
 }

@@ -1,7 +1,7 @@
 //! A process group: the ranks of one run, joined through a TCPStore rendezvous, and the three
 //! collectives lawa needs, on libtorch's own Gloo (CPU tensors) or NCCL (CUDA tensors).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
 
 use tch::Tensor;
@@ -223,19 +223,6 @@ fn handles(tensors: &[&Tensor]) -> Vec<ffi::TensorHandle> {
 
 /// The shim's message (freed here), on one line.
 fn take_error(error: *mut c_char) -> String {
-    if error.is_null() {
-        return "no message".into();
-    }
-    // SAFETY: a NUL-terminated string the shim allocated with malloc.
-    let message = unsafe { CStr::from_ptr(error) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: freed once, by the shim's allocator.
-    unsafe { ffi::lawa_error_free(error) };
-    // libtorch appends a C++ stack trace after the first line ("Exception raised from ...").
-    let first = message
-        .split("\nException raised from")
-        .next()
-        .unwrap_or(&message);
-    first.split_whitespace().collect::<Vec<_>>().join(" ")
+    // SAFETY: null or the message lawa_guarded allocated, not used again.
+    unsafe { lawa_cxx::take_error(error) }
 }

@@ -4,14 +4,14 @@
 // kernels over all tensors at once instead of several per tensor. Tensors arrive as the
 // `at::Tensor*` handles tch passes to torch-sys; C++ exceptions come back as messages.
 
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+
+#include "lawa_guarded.h"
 
 namespace {
 
@@ -20,23 +20,6 @@ std::vector<at::Tensor> list(at::Tensor* const* tensors, int count) {
   out.reserve(count);
   for (int i = 0; i < count; ++i) out.push_back(*tensors[i]);
   return out;
-}
-
-template <typename F>
-int guarded(char** error, F&& body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    std::string m = e.what();
-    *error = static_cast<char*>(std::malloc(m.size() + 1));
-    if (*error != nullptr) std::memcpy(*error, m.c_str(), m.size() + 1);
-  } catch (...) {
-    const char m[] = "unknown C++ exception";
-    *error = static_cast<char*>(std::malloc(sizeof m));
-    if (*error != nullptr) std::memcpy(*error, m, sizeof m);
-  }
-  return 1;
 }
 
 }  // namespace
@@ -60,7 +43,7 @@ struct lawa_adamw_scalars {
 int lawa_foreach_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
                        at::Tensor* const* exp_avg_sqs, const int* decay, int count,
                        const lawa_adamw_scalars* s, char** error) {
-  return guarded(error, [&] {
+  return lawa_guarded(error, [&] {
     c10::NoGradGuard no_grad;
     if (count == 0) return;  // the _foreach_ ops refuse empty lists
     auto p = list(params, count), g = list(grads, count);
@@ -84,7 +67,7 @@ int lawa_foreach_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::
 int lawa_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
                      at::Tensor* const* exp_avg_sqs, int count, double lr, double beta1, double beta2,
                      double weight_decay, double eps, double step, char** error) {
-  return guarded(error, [&] {
+  return lawa_guarded(error, [&] {
     c10::NoGradGuard no_grad;
     if (count == 0) return;
     auto p = list(params, count);
@@ -98,14 +81,12 @@ int lawa_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Te
 // selves[i] = lerp(selves[i], ends[i], weight), for every i at once.
 int lawa_foreach_lerp(at::Tensor* const* selves, at::Tensor* const* ends, int count, double weight,
                       char** error) {
-  return guarded(error, [&] {
+  return lawa_guarded(error, [&] {
     c10::NoGradGuard no_grad;
     if (count == 0) return;
     auto a = list(selves, count);
     at::_foreach_lerp_(a, list(ends, count), weight);
   });
 }
-
-void lawa_ops_error_free(char* error) { std::free(error); }
 
 }  // extern "C"

@@ -11,7 +11,6 @@
 //! assert_eq!(Vec::<f32>::try_from(&ema[0]).unwrap(), [0.25, 0.25, 0.25]);
 //! ```
 
-use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
 
 use tch::Tensor;
@@ -80,7 +79,6 @@ extern "C" {
         weight: f64,
         error: *mut *mut c_char,
     ) -> c_int;
-    fn lawa_ops_error_free(error: *mut c_char);
 }
 
 fn handles(tensors: &[Tensor]) -> Vec<Handle> {
@@ -104,18 +102,9 @@ fn call(op: &'static str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<(
     if f(&mut error) == 0 {
         return Ok(());
     }
-    let message = if error.is_null() {
-        "no message".to_string()
-    } else {
-        // SAFETY: a NUL-terminated string the shim allocated with malloc, freed once here.
-        let m = unsafe { CStr::from_ptr(error) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { lawa_ops_error_free(error) };
-        m
-    };
-    let first = message.lines().next().unwrap_or_default().to_string();
-    Err(OpsError { op, message: first })
+    // SAFETY: the shim's message, allocated by lawa_guarded and not used again.
+    let message = unsafe { lawa_cxx::take_error(error) };
+    Err(OpsError { op, message })
 }
 
 /// One AdamW step over every parameter with libtorch's `_foreach_` ops, in the order of
