@@ -61,6 +61,31 @@ pub trait CausalLm {
         Ok((mean, per_window))
     }
 
+    /// One micro-batch of a step of `accumulation` micro-batches: forward and backward of the
+    /// mean next-token loss divided by `accumulation`, the whole micro-batch at once or, with
+    /// `chunk`, through [`chunked_loss_backward`](CausalLm::chunked_loss_backward). Returns the
+    /// loss (fp32, unscaled, detached).
+    fn loss_backward(
+        &self,
+        idx: &Tensor,
+        targets: &Tensor,
+        train: bool,
+        accumulation: usize,
+        chunk: Option<usize>,
+    ) -> Result<Tensor, ModelError> {
+        match chunk {
+            Some(chunk) => {
+                let scale = 1.0 / accumulation as f64;
+                self.chunked_loss_backward(idx, targets, train, scale, chunk)
+            }
+            None => {
+                let loss = self.loss(idx, targets, train)?;
+                (&loss / accumulation as f64).backward();
+                Ok(loss.detach())
+            }
+        }
+    }
+
     /// Forward and backward of the mean next-token loss times `scale` (1 / the accumulation
     /// steps), with the LM head and the softmax run `chunk` tokens at a time, so that the logits
     /// of one chunk only exist at once (with a 50K vocabulary, the fp32 logits of a whole batch

@@ -55,18 +55,13 @@ impl StepLoop {
     /// One optimizer step over `accumulation` micro-batches, as the trainer takes it.
     pub(crate) fn step(&mut self) -> Result<()> {
         for _ in 0..self.accumulation {
-            match self.loss_chunk {
-                Some(chunk) => {
-                    let scale = 1.0 / self.accumulation as f64;
-                    let _loss = self
-                        .gpt
-                        .chunked_loss_backward(&self.x, &self.y, true, scale, chunk)?;
-                }
-                None => {
-                    let loss = self.gpt.loss(&self.x, &self.y, true)?;
-                    (loss / self.accumulation as f64).backward();
-                }
-            }
+            let _loss = self.gpt.loss_backward(
+                &self.x,
+                &self.y,
+                true,
+                self.accumulation,
+                self.loss_chunk,
+            )?;
         }
         let _norm = clip_grad_norm(&self.params, 1.0);
         self.opt.step(6e-4)?;

@@ -15,9 +15,8 @@ use lawa_dist::{
 use lawa_models::CausalLm;
 use tch::{Kind, Tensor};
 
-use super::evaluate::{combine, score_share, BatchScore, WindowLosses};
-
 use super::checkpoint::TrainerState;
+use super::evaluate::{combine, score_share, BatchScore, WindowLosses};
 use super::RunPlan;
 
 /// This process's part in a data-parallel run.

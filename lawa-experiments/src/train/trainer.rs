@@ -243,19 +243,11 @@ impl<'a> Trainer<'a> {
         );
         let device = self.plan.device;
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let scale = 1.0 / t.grad_accum as f64;
         for _ in 0..t.grad_accum {
             let batch = self.sampler.next_batch_share(device, part, parts)?;
-            loss_sum += match t.loss_chunk {
-                Some(chunk) => self
-                    .gpt
-                    .chunked_loss_backward(&batch.x, &batch.y, true, scale, chunk)?,
-                None => {
-                    let loss = self.gpt.loss(&batch.x, &batch.y, true)?;
-                    (&loss / t.grad_accum as f64).backward();
-                    loss.detach()
-                }
-            };
+            loss_sum +=
+                self.gpt
+                    .loss_backward(&batch.x, &batch.y, true, t.grad_accum, t.loss_chunk)?;
         }
         if let Some((p, reducer)) = &self.parallel {
             p.average(reducer, &loss_sum)?;
@@ -308,11 +300,13 @@ impl<'a> Trainer<'a> {
     fn score_all(&self) -> Result<Vec<CurveRow>> {
         let raw = self.score(&self.gpt)?;
         let mut rows = vec![self.row("raw", StrategyColumns::default(), &raw, None)];
-        for (i, ready) in self.ready_averagers()?.into_iter().enumerate() {
+        // A rank other than 0 holds no averagers: `members` is empty there.
+        let mut members = self.averagers.iter();
+        for ready in self.ready_averagers()? {
+            let averager = members.next();
             if !ready {
                 continue;
             }
-            let averager = self.averagers.iter().nth(i);
             if let Some(averager) = &averager {
                 averager.write_average(&self.eval_weights)?;
             }
@@ -535,7 +529,7 @@ pub fn train_with(
     }
     let outcome = train_loop(&mut trainer, on_progress)?;
     if leader {
-        log_session(&trainer, parallel);
+        log_session(&trainer);
     }
     Ok(outcome)
 }
@@ -643,7 +637,7 @@ fn ensure_memory(plan: &RunPlan, model: &lawa_models::GptConfig) -> Result<()> {
 
 /// Where this session's time went: evaluations and, over several ranks, the gradient
 /// all-reduce.
-fn log_session(trainer: &Trainer, parallel: Option<&DataParallel>) {
+fn log_session(trainer: &Trainer) {
     let name = &trainer.plan.config.name;
     let session = trainer.session.started.elapsed().as_secs_f64().max(1e-9);
     let (seconds, count) = trainer.session.evaluating;
@@ -652,7 +646,7 @@ fn log_session(trainer: &Trainer, parallel: Option<&DataParallel>) {
         seconds / count.max(1) as f64,
         100.0 * seconds / session,
     );
-    if let Some(p) = parallel {
+    if let Some((p, _)) = &trainer.parallel {
         let (seconds, steps) = p.reduce_seconds();
         tracing::info!(
             "{name}: gradient all-reduce {:.1} ms a step over {} ranks, {:.1} % of this session's {session:.1} s",
