@@ -8,6 +8,7 @@ pub mod config;
 pub mod curves;
 pub mod distributed;
 pub mod evaluate;
+pub mod memory;
 pub mod run_dir;
 pub mod status;
 pub mod trainer;

@@ -480,7 +480,7 @@ pub fn train_with(
     super::config::ensure_available(plan.device)?;
     let data = Dataset::open(&cfg.data)?;
     let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
-    ensure_memory(plan, &model_cfg)?;
+    super::memory::ensure_fits(plan, &model_cfg, parallel.map(|p| p.is_leader()))?;
     let leader = parallel.is_none_or(|p| p.is_leader());
     let (_claim, ended) = match leader {
         true => (Some(super::run_dir::claim(plan)?), status::read(&plan.dir)?),
@@ -596,43 +596,6 @@ fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> R
     trainer
         .finish(RunStatus::Finished)
         .with_context(|| format!("{}: finishing", trainer.plan.dir.display()))
-}
-
-/// Refuses a run whose model, gradients, AdamW moments, evaluation copy and averager copies
-/// cannot fit in the memory available (checked for host memory; libtorch does not say how much
-/// a GPU has free), with the figure.
-fn ensure_memory(plan: &RunPlan, model: &lawa_models::GptConfig) -> Result<()> {
-    use lawa_core::averaging::Storage;
-    let cfg = &plan.config;
-    let (mut on_device, mut on_host) = (5u128, 0u128);
-    for spec in &cfg.averagers {
-        let (copies, storage) = spec.copies_held();
-        match storage.unwrap_or(cfg.averager_storage) {
-            Storage::Training => on_device += copies,
-            Storage::Cpu => on_host += copies,
-        }
-    }
-    if plan.device == tch::Device::Cpu {
-        (on_device, on_host) = (on_device + on_host, 0);
-    }
-    let bytes = |copies: u128| model.stored_values() * 4 * copies;
-    lawa_models::memory::ensure_fits(
-        &format!(
-            "training a GPT-2 of {} ({on_device} copies of its weights: the weights, gradients, two AdamW moments, an evaluation copy and the averagers')",
-            model.describe()
-        ),
-        bytes(on_device),
-        plan.device,
-    )?;
-    lawa_models::memory::ensure_fits(
-        &format!(
-            "the averagers kept in host memory ({on_host} copies of a GPT-2 of {})",
-            model.describe()
-        ),
-        bytes(on_host),
-        tch::Device::Cpu,
-    )?;
-    Ok(())
 }
 
 /// Where this session's time went: evaluations and, over several ranks, the gradient

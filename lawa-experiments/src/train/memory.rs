@@ -1,0 +1,101 @@
+//! Whether a run fits in memory, checked before its folder is touched: how many copies of the
+//! model's weights a process holds, and where.
+
+use anyhow::Result;
+use lawa_core::averaging::Storage;
+use lawa_models::GptConfig;
+
+use super::{RunConfig, RunPlan};
+
+/// Copies of the model's weights (fp32 values) one process holds while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightCopies {
+    /// On the training device: the weights, gradients, two AdamW moments, an evaluation copy,
+    /// the all-reduce's buckets on a rank of a data-parallel run, and the averagers kept there.
+    pub on_device: u128,
+    /// In host memory: the averagers with `storage: cpu` when training on a GPU.
+    pub on_host: u128,
+}
+
+impl WeightCopies {
+    /// The copies a process of a run holds. `rank_leads` is `None` for a lone run and, for a rank
+    /// of a data-parallel one, whether it is rank 0 (which alone keeps the averagers).
+    pub fn of(config: &RunConfig, on_cpu: bool, rank_leads: Option<bool>) -> WeightCopies {
+        let buckets = u128::from(rank_leads.is_some());
+        let mut copies = WeightCopies {
+            on_device: 5 + buckets,
+            on_host: 0,
+        };
+        if rank_leads.unwrap_or(true) {
+            for spec in &config.averagers {
+                let (n, storage) = spec.copies_held();
+                match storage.unwrap_or(config.averager_storage) {
+                    Storage::Training => copies.on_device += n,
+                    Storage::Cpu => copies.on_host += n,
+                }
+            }
+        }
+        if on_cpu {
+            copies.on_device += std::mem::take(&mut copies.on_host);
+        }
+        copies
+    }
+}
+
+/// Refuses a run whose copies of the weights ([`WeightCopies`]) cannot fit in the memory
+/// available, with the figure (checked for host memory; libtorch does not say how much a GPU
+/// has free). Each process checks its own share: ranks started on one host (`--nproc`) share
+/// its memory.
+pub fn ensure_fits(plan: &RunPlan, model: &GptConfig, rank_leads: Option<bool>) -> Result<()> {
+    let on_cpu = plan.device == tch::Device::Cpu;
+    let copies = WeightCopies::of(&plan.config, on_cpu, rank_leads);
+    let bytes = |n: u128| model.stored_values() * 4 * n;
+    let held = match rank_leads {
+        Some(true) => "the weights, gradients, the all-reduce's buckets, two AdamW moments, an evaluation copy and the averagers'",
+        Some(false) => "the weights, gradients, the all-reduce's buckets, two AdamW moments and an evaluation copy",
+        None => "the weights, gradients, two AdamW moments, an evaluation copy and the averagers'",
+    };
+    let what = format!(
+        "training a GPT-2 of {} ({} copies of its weights: {held})",
+        model.describe(),
+        copies.on_device
+    );
+    lawa_models::memory::ensure_fits(&what, bytes(copies.on_device), plan.device)?;
+    let what = format!(
+        "the averagers kept in host memory ({} copies of a GPT-2 of {})",
+        copies.on_host,
+        model.describe()
+    );
+    lawa_models::memory::ensure_fits(&what, bytes(copies.on_host), tch::Device::Cpu)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RunConfig {
+        // LAWA k = 4 with the default storage, EMA on the host.
+        serde_yaml::from_str(
+            "name: m\ndata: d\nmodel: {preset: tiny}\ntrain: {steps: 10, batch_size: 2, block_size: 8, lr: 1.0, schedule: {kind: constant}}\neval: {every: 5, windows: 4}\ndevice: cpu\naverager_storage: training\naveragers: [{kind: lawa, k: 4, nu: 2}, {kind: ema, decay: 0.9, storage: cpu}]\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn copies_count_the_averagers_where_they_live_and_the_ranks_buckets() {
+        let c = config();
+        let copies = |on_cpu, leads| {
+            let w = WeightCopies::of(&c, on_cpu, leads);
+            (w.on_device, w.on_host)
+        };
+        // A lone run on a GPU: 5 + LAWA's 4 on the device, EMA's 1 on the host.
+        assert_eq!(copies(false, None), (9, 1));
+        // On the CPU everything is host memory.
+        assert_eq!(copies(true, None), (10, 0));
+        // Rank 0 of a data-parallel run adds the buckets; another rank holds no averager.
+        assert_eq!(copies(false, Some(true)), (10, 1));
+        assert_eq!(copies(false, Some(false)), (6, 0));
+        assert_eq!(copies(true, Some(false)), (6, 0));
+    }
+}
