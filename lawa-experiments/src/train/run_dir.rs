@@ -69,13 +69,9 @@ pub fn lock_as(dir: &Path, what: &str, mode: LockMode) -> Result<Claim> {
     match locked {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
             return Err(Busy {
                 dir: dir.to_owned(),
-                holder: match holder.trim() {
-                    "" => "pid unknown".to_string(),
-                    pid => format!("pid {pid}"),
-                },
+                holder: holder(&file, &path, mode),
                 what: what.to_string(),
             }
             .into());
@@ -84,15 +80,28 @@ pub fn lock_as(dir: &Path, what: &str, mode: LockMode) -> Result<Claim> {
             return Err(e).with_context(|| format!("{}: cannot lock", path.display()))
         }
     }
-    if mode == LockMode::Shared {
-        // Several holders: the file names none of them.
-        return Ok(Claim { _lock: file });
-    }
+    // An exclusive holder writes its PID; shared holders (several) clear the last one's.
     file.set_len(0)
-        .and_then(|_| write!(file, "{}", std::process::id()))
+        .and_then(|_| match mode {
+            LockMode::Exclusive => write!(file, "{}", std::process::id()),
+            LockMode::Shared => Ok(()),
+        })
         .and_then(|_| file.flush())
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(Claim { _lock: file })
+}
+
+/// Who holds the lock this process could not take in `mode`: the PID an exclusive holder wrote,
+/// or, when a shared lock can still be had, the processes that share the folder.
+fn holder(file: &File, path: &Path, mode: LockMode) -> String {
+    if mode == LockMode::Exclusive && file.try_lock_shared().is_ok() {
+        let _ = file.unlock();
+        return "or several, sharing it: a sweep's shards or device workers".into();
+    }
+    match std::fs::read_to_string(path).unwrap_or_default().trim() {
+        "" => "pid unknown".to_string(),
+        pid => format!("pid {pid}"),
+    }
 }
 
 /// Whether `name` is one of lawa's temporary names: a staging folder `.NAME.partial-PID`, a
@@ -201,4 +210,41 @@ pub fn claim(plan: &RunPlan) -> Result<Claim> {
     )?;
     lawa_core::checkpoint::remove_stale_staging(&plan.dir.join("series"))?;
     Ok(claim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy(result: Result<Claim>) -> String {
+        let err = result.expect_err("the folder is held");
+        err.downcast_ref::<Busy>()
+            .expect("a Busy error")
+            .holder
+            .clone()
+    }
+
+    #[test]
+    fn a_busy_folder_names_its_holder_and_no_stale_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = format!("pid {}", std::process::id());
+        // flock locks belong to open files, so one process can stand for two.
+        let first = lock(dir.path(), "sweep").unwrap();
+        assert_eq!(busy(lock(dir.path(), "sweep")), pid);
+        assert_eq!(busy(lock_as(dir.path(), "sweep", LockMode::Shared)), pid);
+        drop(first);
+        // Shared holders clear the PID the exclusive holder left behind.
+        let shards = [
+            lock_as(dir.path(), "sweep", LockMode::Shared).unwrap(),
+            lock_as(dir.path(), "sweep", LockMode::Shared).unwrap(),
+        ];
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap(),
+            ""
+        );
+        let holder = busy(lock(dir.path(), "sweep"));
+        assert!(holder.contains("shards or device workers"), "{holder}");
+        drop(shards);
+        lock(dir.path(), "sweep").unwrap();
+    }
 }
