@@ -290,7 +290,12 @@ impl SweepConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of the sweep file `path` (named in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// The results folder of this sweep.

@@ -117,7 +117,8 @@ fn open(
 ) -> Result<(SweepConfig, Vec<PlannedRun>, PathBuf, Claim)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let (cfg, runs) = plan_with_data(path, may_prepare)?;
+    // One read: the folder records the very text that was planned.
+    let (cfg, runs) = plan_with_data(path, &text, may_prepare)?;
     let dir = cfg.results_dir();
     let claim = claim_folder_as(
         &dir,
@@ -131,11 +132,15 @@ fn open(
     Ok((cfg, runs, dir, claim))
 }
 
-/// Reads and plans the sweep in `path`, checks its devices, prepares its data when asked, and
-/// checks the data against every run: everything that can be refused, before the results folder
-/// is touched.
-fn plan_with_data(path: &Path, may_prepare: bool) -> Result<(SweepConfig, Vec<PlannedRun>)> {
-    let cfg = SweepConfig::load(path)?;
+/// Plans the sweep `text` read from `path`, checks its devices, prepares its data when asked,
+/// and checks the data against every run: everything that can be refused, before the results
+/// folder is touched.
+fn plan_with_data(
+    path: &Path,
+    text: &str,
+    may_prepare: bool,
+) -> Result<(SweepConfig, Vec<PlannedRun>)> {
+    let cfg = SweepConfig::parse(text, path)?;
     let data_dir = cfg.data_dir()?;
     let runs = cfg
         .plan(&data_dir)
