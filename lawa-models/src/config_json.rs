@@ -23,3 +23,86 @@ pub(crate) fn read_object(path: &FsPath) -> Result<Map<String, Value>, ModelErro
         _ => Err(bad("expected a JSON object".into())),
     }
 }
+
+/// The fields of a `config.json`, read with errors that name the file, the field and its value.
+pub(crate) struct ConfigFields<'a> {
+    path: &'a FsPath,
+    obj: Map<String, Value>,
+}
+
+impl<'a> ConfigFields<'a> {
+    /// Reads `path` (see [`read_object`]).
+    pub(crate) fn read(path: &'a FsPath) -> Result<Self, ModelError> {
+        Ok(ConfigFields {
+            path,
+            obj: read_object(path)?,
+        })
+    }
+
+    /// The raw value of `field`.
+    pub(crate) fn get(&self, field: &str) -> Option<&Value> {
+        self.obj.get(field)
+    }
+
+    /// An error about this file.
+    pub(crate) fn bad(&self, message: String) -> ModelError {
+        ModelError::BadConfigFile {
+            path: self.path.to_owned(),
+            message,
+        }
+    }
+
+    /// A whole number, `None` when the field is missing or null.
+    pub(crate) fn size(&self, field: &str) -> Result<Option<usize>, ModelError> {
+        match self.obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| self.bad(format!("{field} = {v}: expected a whole number"))),
+        }
+    }
+
+    /// A whole number that must be there.
+    pub(crate) fn required(&self, field: &str) -> Result<usize, ModelError> {
+        self.size(field)?
+            .ok_or_else(|| self.bad(format!("field {field} is missing")))
+    }
+
+    /// A number, `default` when the field is missing or null.
+    pub(crate) fn number(&self, field: &str, default: f64) -> Result<f64, ModelError> {
+        self.number_at(self.obj.get(field), field, default)
+    }
+
+    /// The number `value` found at `field` (a nested one, e.g. `rope_parameters.rope_theta`),
+    /// `default` when missing or null.
+    pub(crate) fn number_at(
+        &self,
+        value: Option<&Value>,
+        field: &str,
+        default: f64,
+    ) -> Result<f64, ModelError> {
+        match value {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.bad(format!("{field} = {v}: expected a number"))),
+        }
+    }
+
+    /// `true` or `false`, `default` when the field is missing or null.
+    pub(crate) fn flag(&self, field: &str, default: bool) -> Result<bool, ModelError> {
+        match self.obj.get(field) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.bad(format!("{field} = {v}: expected true or false"))),
+        }
+    }
+
+    /// A string field, `None` when missing or not a string.
+    pub(crate) fn text(&self, field: &str) -> Option<&str> {
+        self.obj.get(field).and_then(Value::as_str)
+    }
+}

@@ -13,7 +13,6 @@ use std::path::{Path as FsPath, PathBuf};
 
 use lawa_core::checkpoint::{TensorFiles, WeightSource};
 use serde::Serialize;
-use serde_json::Value;
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
@@ -103,43 +102,14 @@ impl CheckpointFiles {
 /// LayerNorm epsilon, `n_inner` other than 4 n_embd, unscaled attention, cross-attention) are
 /// errors naming the field.
 pub fn read_config(path: &FsPath) -> Result<GptConfig, ModelError> {
-    let bad = |message: String| ModelError::BadConfigFile {
-        path: path.to_owned(),
-        message,
-    };
-    let obj = crate::config_json::read_object(path)?;
-    let size = |field: &str| -> Result<Option<usize>, ModelError> {
-        match obj.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| bad(format!("{field} = {v}: expected a whole number"))),
-        }
-    };
-    let required = |field: &str| -> Result<usize, ModelError> {
-        size(field)?.ok_or_else(|| bad(format!("field {field} is missing")))
-    };
-    let float = |field: &str, default: f64| -> Result<f64, ModelError> {
-        match obj.get(field) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad(format!("{field} = {v}: expected a number"))),
-        }
-    };
-    let flag = |field: &str, default: bool| -> Result<bool, ModelError> {
-        match obj.get(field) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| bad(format!("{field} = {v}: expected true or false"))),
-        }
-    };
-    let text_field = |field: &str| -> Option<&str> { obj.get(field).and_then(Value::as_str) };
+    let fields = crate::config_json::ConfigFields::read(path)?;
+    let bad = |message: String| fields.bad(message);
+    let size = |field: &str| fields.size(field);
+    let required = |field: &str| fields.required(field);
+    let float = |field: &str, default: f64| fields.number(field, default);
+    let flag = |field: &str, default: bool| fields.flag(field, default);
 
-    if let Some(model_type) = obj.get("model_type") {
+    if let Some(model_type) = fields.get("model_type") {
         if model_type != "gpt2" {
             return Err(bad(format!(
                 "model_type = {model_type}: lawa reads GPT-2 checkpoints (\"gpt2\")"
@@ -154,7 +124,7 @@ pub fn read_config(path: &FsPath) -> Result<GptConfig, ModelError> {
         Some(n) => n,
         None => required("n_ctx")?,
     };
-    if let Some(act) = text_field("activation_function") {
+    if let Some(act) = fields.text("activation_function") {
         if act != "gelu_new" && act != "gelu_pytorch_tanh" {
             return Err(bad(format!(
                 "activation_function = \"{act}\": lawa's GPT-2 uses the tanh GELU (\"gelu_new\")"
@@ -185,7 +155,7 @@ pub fn read_config(path: &FsPath) -> Result<GptConfig, ModelError> {
             "add_cross_attention = true: lawa's GPT-2 has no cross-attention".into(),
         ));
     }
-    let dropout = match obj.get("lawa_dropout") {
+    let dropout = match fields.get("lawa_dropout") {
         Some(_) => float("lawa_dropout", 0.0)?,
         None => {
             let rates = [

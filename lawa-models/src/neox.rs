@@ -122,39 +122,15 @@ impl NeoxConfig {
 /// both are there, as in transformers. Options lawa does not implement (another activation,
 /// scaled rotary embeddings, tied embeddings) are errors naming the field.
 pub fn read_config(path: &FsPath) -> Result<NeoxConfig, ModelError> {
-    let bad = |message: String| ModelError::BadConfigFile {
-        path: path.to_owned(),
-        message,
-    };
-    let obj = crate::config_json::read_object(path)?;
-    let size = |field: &str| -> Result<usize, ModelError> {
-        let v = obj
-            .get(field)
-            .ok_or_else(|| bad(format!("field {field} is missing")))?;
-        v.as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| bad(format!("{field} = {v}: expected a whole number")))
-    };
-    let number = |v: Option<&Value>, field: &str, default: f64| -> Result<f64, ModelError> {
-        match v {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad(format!("{field} = {v}: expected a number"))),
-        }
-    };
-    let flag = |field: &str, default: bool| -> Result<bool, ModelError> {
-        match obj.get(field) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| bad(format!("{field} = {v}: expected true or false"))),
-        }
-    };
-    let rope = obj.get("rope_parameters").and_then(Value::as_object);
+    let fields = crate::config_json::ConfigFields::read(path)?;
+    let bad = |message: String| fields.bad(message);
+    let size = |field: &str| fields.required(field);
+    let number = |v: Option<&Value>, field: &str, default: f64| fields.number_at(v, field, default);
+    let flag = |field: &str, default: bool| fields.flag(field, default);
+    let rope = fields.get("rope_parameters").and_then(Value::as_object);
     let rope_type = rope
         .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-        .or_else(|| obj.get("rope_scaling").and_then(|s| s.get("type")))
+        .or_else(|| fields.get("rope_scaling").and_then(|s| s.get("type")))
         .and_then(Value::as_str)
         .unwrap_or("default");
     if rope_type != "default" {
@@ -164,13 +140,13 @@ pub fn read_config(path: &FsPath) -> Result<NeoxConfig, ModelError> {
     }
     let rotary_pct = match rope.and_then(|r| r.get("partial_rotary_factor")) {
         Some(v) => number(Some(v), "rope_parameters.partial_rotary_factor", 0.25)?,
-        None => number(obj.get("rotary_pct"), "rotary_pct", 0.25)?,
+        None => fields.number("rotary_pct", 0.25)?,
     };
     let rotary_emb_base = match rope.and_then(|r| r.get("rope_theta")) {
         Some(v) => number(Some(v), "rope_parameters.rope_theta", 10_000.0)?,
-        None => number(obj.get("rotary_emb_base"), "rotary_emb_base", 10_000.0)?,
+        None => fields.number("rotary_emb_base", 10_000.0)?,
     };
-    if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
+    if let Some(act) = fields.text("hidden_act") {
         if act != "gelu" {
             return Err(bad(format!(
                 "hidden_act = \"{act}\": lawa's GPT-NeoX uses the exact GELU (\"gelu\")"
@@ -188,18 +164,15 @@ pub fn read_config(path: &FsPath) -> Result<NeoxConfig, ModelError> {
         hidden_size,
         num_hidden_layers: size("num_hidden_layers")?,
         num_attention_heads: size("num_attention_heads")?,
-        intermediate_size: match obj.get("intermediate_size") {
-            Some(_) => size("intermediate_size")?,
-            None => 4 * hidden_size,
-        },
+        intermediate_size: fields.size("intermediate_size")?.unwrap_or(4 * hidden_size),
         max_position_embeddings: size("max_position_embeddings")?,
         rotary_pct,
         rotary_emb_base,
-        layer_norm_eps: number(obj.get("layer_norm_eps"), "layer_norm_eps", 1e-5)?,
+        layer_norm_eps: fields.number("layer_norm_eps", 1e-5)?,
         use_parallel_residual: flag("use_parallel_residual", true)?,
         attention_bias: flag("attention_bias", true)?,
-        hidden_dropout: number(obj.get("hidden_dropout"), "hidden_dropout", 0.0)?,
-        attention_dropout: number(obj.get("attention_dropout"), "attention_dropout", 0.0)?,
+        hidden_dropout: fields.number("hidden_dropout", 0.0)?,
+        attention_dropout: fields.number("attention_dropout", 0.0)?,
     };
     cfg.validate().map_err(|e| bad(e.to_string()))?;
     Ok(cfg)
