@@ -1,6 +1,7 @@
 // libtorch operations tch does not expose, behind a C interface for Rust: AdamW through the
 // multi-tensor `_foreach_` ops (the arithmetic of torch.optim.AdamW(foreach=True)) and through
-// `_fused_adamw_` (fused=True), and the multi-tensor lerp an EMA needs. On CUDA each is a few
+// `_fused_adamw_` (fused=True), the multi-tensor lerp an EMA needs, and pinning host memory
+// without libtorch's deprecation warnings. On CUDA each is a few
 // kernels over all tensors at once instead of several per tensor. Tensors arrive as the
 // `at::Tensor*` handles tch passes to torch-sys; C++ exceptions come back as messages.
 
@@ -87,6 +88,13 @@ int lawa_foreach_lerp(at::Tensor* const* selves, at::Tensor* const* ends, int co
     auto a = list(selves, count);
     at::_foreach_lerp_(a, list(ends, count), weight);
   });
+}
+
+// `*out` = a copy of `tensor` in pinned (page-locked) host memory, for an asynchronous copy to
+// the GPU. tch's pin_memory always passes a device, which libtorch 2.11 deprecates with two
+// warnings on every call.
+int lawa_pin_memory(const at::Tensor* tensor, at::Tensor** out, char** error) {
+  return lawa_guarded(error, [&] { *out = new at::Tensor(tensor->pin_memory()); });
 }
 
 }  // extern "C"

@@ -1,6 +1,7 @@
 //! libtorch operations that tch does not expose, reached through a small C++ shim (`csrc/`)
 //! compiled against the headers torch-sys uses: AdamW over all parameters at once with the
-//! multi-tensor `_foreach_` ops or with `_fused_adamw_`, and a multi-tensor lerp (an EMA update).
+//! multi-tensor `_foreach_` ops or with `_fused_adamw_`, a multi-tensor lerp (an EMA update), and
+//! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11.
 //! On CUDA each is a handful of kernels for the whole model instead of several per tensor.
 //!
 //! ```
@@ -79,6 +80,7 @@ extern "C" {
         weight: f64,
         error: *mut *mut c_char,
     ) -> c_int;
+    fn lawa_pin_memory(tensor: Handle, out: *mut Handle, error: *mut *mut c_char) -> c_int;
 }
 
 fn handles(tensors: &[Tensor]) -> Vec<Handle> {
@@ -211,4 +213,44 @@ pub fn foreach_lerp_(selves: &[Tensor], ends: &[Tensor], weight: f64) -> Result<
         // SAFETY: every handle is a live tensor borrowed for the call; lengths checked above.
         unsafe { lawa_foreach_lerp(a.as_ptr(), b.as_ptr(), a.len() as c_int, weight, error) }
     })
+}
+
+/// A copy of the host tensor `t` in pinned (page-locked) memory, from which a copy to the GPU
+/// can run asynchronously. Unlike tch's `pin_memory(device)` it passes no device, which
+/// libtorch 2.11 deprecates with two warnings on every call. An error where no GPU is present.
+pub fn pin_memory(t: &Tensor) -> Result<Tensor, OpsError> {
+    let mut out: Handle = std::ptr::null_mut();
+    call("pin_memory", |error| {
+        // SAFETY: `t` is a live tensor borrowed for the call; `out` receives a new one.
+        unsafe { lawa_pin_memory(t.as_ptr() as Handle, &mut out, error) }
+    })?;
+    // SAFETY: the shim allocated `out` with `new at::Tensor`, as torch-sys does for the
+    // tensors tch owns (and frees with `delete`); it is handed over once.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Cuda, Device, Kind};
+
+    #[test]
+    fn pinned_copies_equal_their_source_or_the_error_says_why() {
+        let t = Tensor::arange(12, (Kind::Int64, Device::Cpu)).reshape([3, 4]);
+        match pin_memory(&t) {
+            Ok(pinned) => {
+                assert!(Cuda::is_available(), "pinning succeeded without a GPU");
+                assert_eq!(pinned, t);
+                assert_eq!(pinned.device(), Device::Cpu);
+                let on_gpu = pinned.to_device_(Device::Cuda(0), Kind::Int64, true, false);
+                assert_eq!(on_gpu.to(Device::Cpu), t);
+            }
+            Err(e) => {
+                assert!(!Cuda::is_available(), "pinning failed with a GPU: {e}");
+                assert_eq!(e.op, "pin_memory");
+                assert!(!e.message.is_empty());
+                eprintln!("no GPU here: only the refusal was tested ({e})");
+            }
+        }
+    }
 }

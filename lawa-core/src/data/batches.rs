@@ -33,8 +33,8 @@ fn gather(
     }
     let shape = [starts.len() as i64, block as i64];
     Ok(Batch {
-        x: to_device(Tensor::from_slice(&x).reshape(shape), device),
-        y: to_device(Tensor::from_slice(&y).reshape(shape), device),
+        x: to_device(Tensor::from_slice(&x).reshape(shape), device)?,
+        y: to_device(Tensor::from_slice(&y).reshape(shape), device)?,
     })
 }
 
@@ -42,12 +42,12 @@ fn gather(
 /// asynchronous copy, so the host does not wait for the copy and the copy overlaps the work
 /// already queued (libtorch's caching host allocator keeps the pinned block until the copy is
 /// done). On the CPU it is `t` itself.
-fn to_device(t: Tensor, device: Device) -> Tensor {
+fn to_device(t: Tensor, device: Device) -> Result<Tensor, DataError> {
     if device.is_cuda() {
-        t.pin_memory(device)
-            .to_device_(device, Kind::Int64, true, false)
+        let pinned = lawa_ops::pin_memory(&t).map_err(|e| DataError::Pin(e.to_string()))?;
+        Ok(pinned.to_device_(device, Kind::Int64, true, false))
     } else {
-        t.to(device)
+        Ok(t.to(device))
     }
 }
 

@@ -3,6 +3,9 @@ use std::path::PathBuf;
 /// Everything that can be wrong with a dataset on disk or a request made of it.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// Host memory for a batch's copy to the GPU could not be pinned.
+    #[error("cannot pin host memory for a batch: {0}")]
+    Pin(String),
     /// A file the dataset needs is not there.
     #[error("{}: file not found{hint}", .path.display())]
     Missing {
