@@ -10,13 +10,15 @@
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
 #       env, parity_f32, parity_bf16, speed_small, speed_medium, speed_large, averaging, sweep,
 #       data_parallel (a process group of one on NCCL beside the lone run);
-#       about 5 minutes on an H100. DIR defaults to $OUT.
+#       at most GPU_CHECK_BUDGET seconds (default 350) on an H100. DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
 #       reference: the test suite runs it, so the check cannot rot between GPU sessions.
 #
-# Each section runs under its own time limit; a failing section is reported and the others go
-# on. The exit status is 0 only when every section passed.
+# Each section runs under its own time limit, cut to what is left of the budget (a section that
+# would get under 20 s is skipped); a failing section is reported and the others go on. The
+# report is rewritten after every section, so a check stopped from outside still leaves one.
+# The exit status is 0 only when every section passed.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 mode=gpu
@@ -43,6 +45,11 @@ if [ $mode = prepare ]; then
         echo "gpu-check: target/release/lawa does not link libtorch_cuda" >&2
         exit 1
     fi
+    # lawa-dist builds without NCCL (a cargo warning only) when its headers are missing.
+    if ! nm -D --undefined-only "$root/target/release/lawa" | grep -q ProcessGroupNCCL; then
+        echo "gpu-check: target/release/lawa was built without NCCL (run scripts/bootstrap.sh for the headers)" >&2
+        exit 1
+    fi
     rm -rf "$root/.gpu"
     mkdir -p "$root/.gpu/assets"
     cp "$root/target/release/lawa" "$root/.gpu/lawa"
@@ -56,11 +63,20 @@ fi
 [ -n "$out" ] || { echo "gpu-check: no --out folder and no \$OUT" >&2; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd -P)
+# give_up REASON: a report that says why nothing ran.
+give_up() {
+    echo "gpu-check: $1" >&2
+    printf '# lawa GPU check: FAILED before any section\n\n%s\n' "$1" >"$out/report.md"
+    printf '{"passed": false, "error": "%s"}\n' "$1" >"$out/report.json"
+    exit 2
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/lawa-gpu-check.XXXXXX")
 export LAWA_REFERENCE_DIR=$root/lawa-experiments/reference
 export LAWA_CACHE=$work/cache
 if [ $mode = gpu ]; then
     lawa=${lawa:-$root/.gpu/lawa}
+    chmod +x "$lawa" 2>/dev/null # in case the transfer dropped the mode
+    budget=${GPU_CHECK_BUDGET:-350}
     export LAWA_PYTHON=${LAWA_PYTHON:-python3}
     export LAWA_ASSETS=${LAWA_ASSETS:-$root/.gpu/assets}
     torch_lib=$("$LAWA_PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
@@ -71,8 +87,10 @@ else
     export LAWA_PYTHON=${LAWA_PYTHON:-$root/.lawa/python}
     export LAWA_ASSETS=${LAWA_ASSETS:-$root/.lawa/assets}
     device=cpu
+    budget=${GPU_CHECK_BUDGET:-3600}
 fi
-[ -x "$lawa" ] || { echo "gpu-check: no lawa binary at $lawa (run --prepare first)" >&2; exit 2; }
+[ -x "$lawa" ] || give_up "no lawa binary at $lawa (run scripts/gpu-check.sh --prepare first)"
+deadline=$((SECONDS + budget))
 mkdir -p "$work/status"
 log=$out/check.log
 : >"$log"
@@ -84,22 +102,29 @@ section() {
     if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then
         return
     fi
-    echo "== $name: $*" | tee -a "$log"
-    local start=$SECONDS rc
-    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" 2>&1 | tee -a "$log"
-    rc=${PIPESTATUS[0]}
-    local state=passed
-    [ "$rc" = 0 ] || state=failed
-    [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="timed out after ${limit} s"
+    local left=$((deadline - SECONDS - 12)) start=$SECONDS rc state=passed
+    if [ "$left" -lt 20 ]; then
+        state="skipped: ${budget} s budget spent"
+        rc=-1
+    else
+        [ "$limit" -le "$left" ] || limit=$left
+        echo "== $name (limit ${limit} s): $*" | tee -a "$log"
+        timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" 2>&1 |
+            grep --line-buffered -v 'is deprecated. Please do not pass' | tee -a "$log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || state=failed
+        [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="timed out after ${limit} s"
+    fi
     printf '{"name": "%s", "status": "%s", "exit": %s, "seconds": %s}\n' \
         "$name" "$state" "$rc" $((SECONDS - start)) >"$work/status/$name.json"
     echo "== $name: $state in $((SECONDS - start)) s" | tee -a "$log"
+    "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode" >/dev/null 2>&1
 }
 
 environment() {
     echo "lawa: $lawa (commit $(cat "$root/.gpu/commit" 2>/dev/null || git -C "$root" rev-parse HEAD 2>/dev/null))"
     ldd "$lawa" | grep -E 'torch|not found'
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
+    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv 2>&1 || true
     "$LAWA_PYTHON" - "$lawa" "$work/env.json" "$device" <<'EOF'
 import json, subprocess, sys
 import torch
@@ -160,7 +185,11 @@ sweep() {
 # One run alone and the same run as a process group of one (NCCL on CUDA, Gloo on the CPU):
 # the backend's path end to end, the curves compared.
 data_parallel() {
+    set -o pipefail
     local steps=$1 model=$2 batch=$3 block=$4 name
+    if [ ! -f "$work/data/meta.json" ]; then # the sweep section prepares it, unless it failed
+        "$lawa" prepare sotu --tokenizer gpt2 --out "$work/data" || return 1
+    fi
     for name in alone group; do
         cat >"$work/dp-$name.yaml" <<EOF
 name: dp-$name
@@ -193,13 +222,18 @@ EOF
 export lawa work out device root
 export -f environment bench sweep data_parallel
 section env 60 environment
+if [ $mode = gpu ] && [ -f "$work/status/env.json" ] && ! grep -q '"status": "passed"' "$work/status/env.json"; then
+    "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
+    rm -rf "$work"
+    exit 1 # no usable CUDA: the other sections cannot pass
+fi
 if [ $mode = gpu ]; then
     section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
     section parity_bf16 90 bench parity parity_bf16 --preset small --precision bf16 --batch-size 4 --steps 20
-    section speed_small 150 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
+    section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
     section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
     section speed_large 100 bench train speed_large --preset large --batch-size 4 --steps 8 --warmup 3 --no-compile
-    section averaging 60 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
+    section averaging 100 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
     sweep_config 200 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
 else
     tiny=(--preset tiny --vocab-size 512 --block-size 32 --batch-size 4)
@@ -211,7 +245,7 @@ else
     section averaging 120 bench averaging averaging "${tiny[@]}" --steps 2 --warmup 1
     sweep_config 40 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
 fi
-section sweep 240 sweep
+section sweep $([ $mode = gpu ] && echo 120 || echo 240) sweep
 if [ $mode = gpu ]; then
     section data_parallel 90 data_parallel 40 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
 else

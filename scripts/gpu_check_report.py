@@ -24,7 +24,8 @@ def parity_md(name, p):
     lines = [f"### {name}: {p['precision']}, {p['steps']} steps, batch {p['batch_size']} x {p['block_size']}, "
              f"{p['n_layer']} layers x {p['n_embd']}, vocab {p['vocab_size']}",
              "",
-             f"max |loss difference| **{p['max_abs_diff']:.3e}** (tolerance {p['tolerance']:.0e}): "
+             f"max |loss difference| **{p['max_abs_diff']:.3e}**, at the first step (same weights, same batch) "
+             f"{p.get('first_step_abs_diff', float('nan')):.3e} (tolerance {p['tolerance']:.0e}): "
              f"**{'passed' if p['passed'] else 'FAILED'}**; reference: transformers {p.get('transformers')} "
              f"on torch {p.get('torch')}",
              "", "| step | lawa | transformers | abs diff |", "|---:|---:|---:|---:|"]
@@ -34,8 +35,10 @@ def parity_md(name, p):
 
 
 def speed_md(speeds):
-    lines = ["| model | micro-batch x accumulation | implementation | tokens/s | MFU % | memory MiB | lawa / this |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | micro-batch x accumulation | implementation | tokens/s | MFU % | memory MiB (nvidia-smi delta) "
+             "| peak allocated MiB (PyTorch) | lawa / this |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    errors = []
     for name, s in speeds:
         m = s["model"]
         shape = f"{name.removeprefix('speed_')} ({m['params'] / 1e6:.0f}M, {m['n_layer']}x{m['n_embd']})"
@@ -47,9 +50,11 @@ def speed_md(speeds):
                 continue
             ratio = lawa / r["tokens_per_s"]
             lines.append(f"| {shape} | {batch} | {impl} | {r['tokens_per_s']:.0f} | {num(r.get('mfu_percent'), '.1f')} "
-                         f"| {num(r.get('memory_mib'), '.0f')} | {ratio:.3f} |")
+                         f"| {num(r.get('memory_mib'), '.0f')} | {num(r.get('max_allocated_mib'), '.0f')} | {ratio:.3f} |")
+        if s.get("compile_error"):
+            errors.append(f"torch.compile failed on {name}: {s['compile_error']}")
     flops = [f"{n}: {s['flops_per_token']:.4e}" for n, s in speeds]
-    return lines + ["", "FLOPs per token (nanoGPT's 6 N + 12 L H Q T): " + ", ".join(flops), ""]
+    return lines + ["", "FLOPs per token (nanoGPT's 6 N + 12 L H Q T): " + ", ".join(flops), ""] + errors
 
 
 def averaging_md(a):

@@ -4,7 +4,9 @@
 //! time of one evaluation (raw weights and two averages on 256 windows), the same three ways.
 //!
 //! `cargo bench -p lawa-experiments --bench data_parallel` (after ./test or ./lawa ran the
-//! bootstrap). `LAWA_BENCH_STEPS` sets the steps per run (default 60).
+//! bootstrap). `LAWA_BENCH_STEPS` sets the steps per run (default 60), `LAWA_BENCH_REPEATS` how
+//! many times each configuration runs (default 3, taken in turn so that drift in the machine's
+//! speed falls on all of them); the table gives the mean and the range.
 
 use std::path::Path;
 use std::process::Command;
@@ -96,11 +98,28 @@ fn train(dir: &Path, name: &str, load: Load, threads: usize, nproc: usize) -> Re
     })
 }
 
-fn main() -> Result<()> {
-    let steps: u64 = std::env::var("LAWA_BENCH_STEPS")
+/// The mean and the range of `values`, as `mean (min-max)` with `digits` decimals.
+fn spread(values: &[f64], digits: usize) -> String {
+    let mean = mean(values);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{mean:.digits$} ({min:.digits$}-{max:.digits$})")
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    let steps = env_number("LAWA_BENCH_STEPS", 60);
+    let repeats = env_number("LAWA_BENCH_REPEATS", 3).max(1);
     let dir = tempfile::tempdir()?;
     let o = Command::new(LAWA)
         .args(["prepare"])
@@ -113,45 +132,42 @@ fn main() -> Result<()> {
         bail!("prepare: {}", String::from_utf8_lossy(&o.stderr));
     }
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!("data-parallel training on Gloo, {cores} cores, d128-l4, 16 x 128 tokens a step, {steps} steps");
+    println!("data-parallel training on Gloo, {cores} cores, d128-l4, 16 x 128 tokens a step, {steps} steps, {repeats} repeats");
     let half = (cores / 2).max(1);
     let ways = [
         ("1 process, 1 thread".to_string(), 1, 1),
         (format!("1 process, {cores} threads"), cores, 1),
         (format!("2 ranks, {half} thread(s) each"), half, 2),
     ];
-    let mut rows = Vec::new();
-    for (i, (_, threads, nproc)) in ways.iter().enumerate() {
-        let steps = train(
-            dir.path(),
-            &format!("s{i}"),
-            Load::Steps(steps),
-            *threads,
-            *nproc,
-        )?;
-        let evals = train(
-            dir.path(),
-            &format!("e{i}"),
-            Load::Evaluations,
-            *threads,
-            *nproc,
-        )?;
-        rows.push((steps, evals));
+    // rows[way] = (tokens/s, s per evaluation, all-reduce lines), one entry per repeat.
+    let mut rows: Vec<(Vec<f64>, Vec<f64>, Vec<String>)> = vec![Default::default(); ways.len()];
+    for r in 0..repeats {
+        for (i, (_, threads, nproc)) in ways.iter().enumerate() {
+            let load = Load::Steps(steps);
+            let trained = train(dir.path(), &format!("s{i}r{r}"), load, *threads, *nproc)?;
+            let load = Load::Evaluations;
+            let evals = train(dir.path(), &format!("e{i}r{r}"), load, *threads, *nproc)?;
+            rows[i].0.push(trained.tokens_per_second);
+            rows[i].1.push(evals.evaluation);
+            rows[i].2.push(trained.reduce);
+        }
     }
     println!(
-        "{:<34} {:>10} {:>8} {:>14} {:>8}",
-        "", "tokens/s", "ratio", "s/evaluation", "ratio"
+        "{:<30} {:>24} {:>6} {:>22} {:>6}",
+        "", "tokens/s mean (range)", "ratio", "s/evaluation (range)", "ratio"
     );
-    for ((label, _, _), (steps, evals)) in ways.iter().zip(&rows) {
+    for ((label, _, _), (tokens, evals, _)) in ways.iter().zip(&rows) {
         println!(
-            "{label:<34} {:>10.0} {:>8.2} {:>14.3} {:>8.2}",
-            steps.tokens_per_second,
-            steps.tokens_per_second / rows[0].0.tokens_per_second,
-            evals.evaluation,
-            rows[0].1.evaluation / evals.evaluation,
+            "{label:<30} {:>24} {:>6.2} {:>22} {:>6.2}",
+            spread(tokens, 0),
+            mean(tokens) / mean(&rows[0].0),
+            spread(evals, 3),
+            mean(&rows[0].1) / mean(evals),
         );
     }
-    println!("all-reduce (rank 0): {}", rows[2].0.reduce);
+    for line in &rows[2].2 {
+        println!("all-reduce (rank 0): {line}");
+    }
     println!("evaluation: raw weights and 2 averages, 256 windows of 128 tokens in batches of 16");
     Ok(())
 }

@@ -109,3 +109,41 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     }
     assert!(!listing.contains("runs/"), "{listing}");
 }
+
+/// The check's report when it cannot run: a spent budget skips sections (still reported), and a
+/// missing binary gives a report that says so, so that a GPU session never ends with nothing.
+#[test]
+fn a_spent_budget_or_a_missing_binary_still_leaves_a_report() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let check = |lawa: &str, budget: &str, out: &Path| {
+        Command::new("bash")
+            .arg(root.join("scripts/gpu-check.sh"))
+            .args(["--cpu", "--lawa", lawa, "--out"])
+            .arg(out)
+            .env("GPU_CHECK_BUDGET", budget)
+            .status()
+            .unwrap()
+    };
+    let out = tempfile::tempdir().unwrap();
+    // 25 s of budget leaves under 20 s for the first section once 12 s are kept for the report.
+    let status = check(env!("CARGO_BIN_EXE_lawa"), "25", out.path());
+    assert_eq!(status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["passed"], false);
+    let sections = report["sections"].as_array().unwrap();
+    assert_eq!(sections.len(), 9, "{report}");
+    for s in sections {
+        assert_eq!(s["status"], "skipped: 25 s budget spent", "{s}");
+    }
+
+    let out = tempfile::tempdir().unwrap();
+    let status = check("/nonexistent/lawa", "100", out.path());
+    assert_eq!(status.code(), Some(2));
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("no lawa binary at /nonexistent/lawa"), "{md}");
+    let report = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["passed"], false);
+}

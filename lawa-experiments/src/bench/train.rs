@@ -165,6 +165,10 @@ pub fn run(b: &Bench) -> Result<Value> {
                                 "max_allocated_mib": r["compile_max_allocated_mib"]});
         out["speedup_vs_compile"] = json!(ours / compiled);
     }
+    if let Some(error) = r["compile_error"].as_str() {
+        println!("torch.compile failed: {error}");
+        out["compile_error"] = json!(error);
+    }
     println!("speedup_vs_pytorch={:.3}", ours / eager);
     Ok(out)
 }
