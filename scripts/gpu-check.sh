@@ -16,9 +16,10 @@
 #       reference: the test suite runs it, so the check cannot rot between GPU sessions.
 #
 # Each section runs under its own time limit, cut to what is left of the budget (a section that
-# would get under 20 s is skipped); a failing section is reported and the others go on. The
-# report is rewritten after every section, so a check stopped from outside still leaves one.
-# The exit status is 0 only when every section passed.
+# would get under 20 s is skipped); a failing section is reported and the others go on, except
+# that on the GPU a failed env section (no usable CUDA) ends the check. The report is rewritten
+# after every section, so a check stopped from outside still leaves one. The exit status is 0
+# only when every section passed.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 mode=gpu
@@ -46,7 +47,8 @@ if [ $mode = prepare ]; then
         exit 1
     fi
     # lawa-dist builds without NCCL (a cargo warning only) when its headers are missing.
-    if ! nm -D --undefined-only "$root/target/release/lawa" | grep -q ProcessGroupNCCL; then
+    # (grep without -q reads all of nm's output: under pipefail, -q's early exit fails nm.)
+    if ! nm -D --undefined-only "$root/target/release/lawa" | grep ProcessGroupNCCL >/dev/null; then
         echo "gpu-check: target/release/lawa was built without NCCL (run scripts/bootstrap.sh for the headers)" >&2
         exit 1
     fi
@@ -65,9 +67,12 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd -P)
 # give_up REASON: a report that says why nothing ran.
 give_up() {
+    local json=${1//\\/\\\\}
+    json=${json//\"/\\\"}
     echo "gpu-check: $1" >&2
     printf '# lawa GPU check: FAILED before any section\n\n%s\n' "$1" >"$out/report.md"
-    printf '{"passed": false, "error": "%s"}\n' "$1" >"$out/report.json"
+    printf '{"passed": false, "error": "%s"}\n' "$json" >"$out/report.json"
+    [ -z "${work:-}" ] || rm -rf "$work"
     exit 2
 }
 work=$(mktemp -d "${TMPDIR:-/tmp}/lawa-gpu-check.XXXXXX")
@@ -222,7 +227,7 @@ EOF
 export lawa work out device root
 export -f environment bench sweep data_parallel
 section env 60 environment
-if [ $mode = gpu ] && [ -f "$work/status/env.json" ] && ! grep -q '"status": "passed"' "$work/status/env.json"; then
+if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work/status/env.json" 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
     rm -rf "$work"
     exit 1 # no usable CUDA: the other sections cannot pass

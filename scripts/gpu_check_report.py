@@ -25,7 +25,7 @@ def parity_md(name, p):
              f"{p['n_layer']} layers x {p['n_embd']}, vocab {p['vocab_size']}",
              "",
              f"max |loss difference| **{p['max_abs_diff']:.3e}**, at the first step (same weights, same batch) "
-             f"{p.get('first_step_abs_diff', float('nan')):.3e} (tolerance {p['tolerance']:.0e}): "
+             f"{num(p.get('first_step_abs_diff'), '.3e')} (tolerance {p['tolerance']:.0e}): "
              f"**{'passed' if p['passed'] else 'FAILED'}**; reference: transformers {p.get('transformers')} "
              f"on torch {p.get('torch')}",
              "", "| step | lawa | transformers | abs diff |", "|---:|---:|---:|---:|"]
