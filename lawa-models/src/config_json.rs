@@ -55,7 +55,16 @@ impl<'a> ConfigFields<'a> {
     /// A whole number, `None` when the field is missing or null.
     pub(crate) fn size(&self, field: &str) -> Result<Option<usize>, ModelError> {
         match self.obj.get(field) {
-            None | Some(Value::Null) => Ok(None),
+            Some(Value::Null) => Ok(None),
+            _ => self.whole_number(field),
+        }
+    }
+
+    /// A whole number, `None` when the field is missing; `null` is refused like any other
+    /// value that is not one.
+    pub(crate) fn whole_number(&self, field: &str) -> Result<Option<usize>, ModelError> {
+        match self.obj.get(field) {
+            None => Ok(None),
             Some(v) => v
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
@@ -64,9 +73,15 @@ impl<'a> ConfigFields<'a> {
         }
     }
 
-    /// A whole number that must be there.
+    /// A whole number that must be there (missing or null: missing).
     pub(crate) fn required(&self, field: &str) -> Result<usize, ModelError> {
         self.size(field)?
+            .ok_or_else(|| self.bad(format!("field {field} is missing")))
+    }
+
+    /// A whole number that must be there, `null` refused as not one.
+    pub(crate) fn required_strict(&self, field: &str) -> Result<usize, ModelError> {
+        self.whole_number(field)?
             .ok_or_else(|| self.bad(format!("field {field} is missing")))
     }
 
@@ -104,5 +119,42 @@ impl<'a> ConfigFields<'a> {
     /// A string field, `None` when missing or not a string.
     pub(crate) fn text(&self, field: &str) -> Option<&str> {
         self.obj.get(field).and_then(Value::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str, test: impl FnOnce(&ConfigFields)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        test(&ConfigFields::read(&path).unwrap());
+    }
+
+    #[test]
+    fn null_reads_as_missing_or_is_refused_as_asked() {
+        fields(r#"{"a": null, "b": 3, "c": 2.5, "f": null}"#, |f| {
+            assert_eq!(f.size("a").unwrap(), None);
+            assert_eq!(f.size("b").unwrap(), Some(3));
+            assert_eq!(f.size("z").unwrap(), None);
+            let e = f.whole_number("a").unwrap_err().to_string();
+            assert!(e.contains("a = null: expected a whole number"), "{e}");
+            let e = f.size("c").unwrap_err().to_string();
+            assert!(e.contains("c = 2.5: expected a whole number"), "{e}");
+            let e = f.required("a").unwrap_err().to_string();
+            assert!(e.contains("field a is missing"), "{e}");
+            let e = f.required_strict("a").unwrap_err().to_string();
+            assert!(e.contains("a = null"), "{e}");
+            assert_eq!(f.required_strict("b").unwrap(), 3);
+            assert_eq!(f.number("f", 0.5).unwrap(), 0.5);
+            assert_eq!(f.number("c", 0.5).unwrap(), 2.5);
+            assert!(f
+                .flag("b", true)
+                .unwrap_err()
+                .to_string()
+                .contains("expected true or false"));
+        });
     }
 }

@@ -124,7 +124,7 @@ impl NeoxConfig {
 pub fn read_config(path: &FsPath) -> Result<NeoxConfig, ModelError> {
     let fields = crate::config_json::ConfigFields::read(path)?;
     let bad = |message: String| fields.bad(message);
-    let size = |field: &str| fields.required(field);
+    let size = |field: &str| fields.required_strict(field);
     let number = |v: Option<&Value>, field: &str, default: f64| fields.number_at(v, field, default);
     let flag = |field: &str, default: bool| fields.flag(field, default);
     let rope = fields.get("rope_parameters").and_then(Value::as_object);
@@ -164,7 +164,9 @@ pub fn read_config(path: &FsPath) -> Result<NeoxConfig, ModelError> {
         hidden_size,
         num_hidden_layers: size("num_hidden_layers")?,
         num_attention_heads: size("num_attention_heads")?,
-        intermediate_size: fields.size("intermediate_size")?.unwrap_or(4 * hidden_size),
+        intermediate_size: fields
+            .whole_number("intermediate_size")?
+            .unwrap_or(4 * hidden_size),
         max_position_embeddings: size("max_position_embeddings")?,
         rotary_pct,
         rotary_emb_base,
