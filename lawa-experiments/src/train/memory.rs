@@ -44,8 +44,8 @@ impl WeightCopies {
 
 /// Refuses a run whose copies of the weights ([`WeightCopies`]) cannot fit in the memory
 /// available, with the figure (checked for host memory; libtorch does not say how much a GPU
-/// has free). Each process checks its own share: ranks started on one host (`--nproc`) share
-/// its memory.
+/// has free). The check is per process: ranks started on one host (`--nproc`) each compare
+/// their own copies with the host's free memory, and together need about N times that.
 pub fn ensure_fits(plan: &RunPlan, model: &GptConfig, rank_leads: Option<bool>) -> Result<()> {
     let on_cpu = plan.device == tch::Device::Cpu;
     let copies = WeightCopies::of(&plan.config, on_cpu, rank_leads);

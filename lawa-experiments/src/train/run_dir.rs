@@ -39,7 +39,7 @@ pub enum LockMode {
 pub struct Busy {
     /// The folder.
     pub dir: std::path::PathBuf,
-    /// `pid N`, or `pid unknown`.
+    /// `pid N`, `pid unknown`, or the shared holders of a sweep's folder.
     pub holder: String,
     /// The folder's kind.
     pub what: String,
@@ -92,13 +92,16 @@ pub fn lock_as(dir: &Path, what: &str, mode: LockMode) -> Result<Claim> {
 }
 
 /// Who holds the lock this process could not take in `mode`: the PID an exclusive holder wrote,
-/// or, when a shared lock can still be had, the processes that share the folder.
+/// or the processes that share the folder (they clear the PID, and a shared lock can still be
+/// had; an exclusive holder that ended in between leaves its PID, and is named).
 fn holder(file: &File, path: &Path, mode: LockMode) -> String {
-    if mode == LockMode::Exclusive && file.try_lock_shared().is_ok() {
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    let shared = mode == LockMode::Exclusive && file.try_lock_shared().is_ok();
+    if shared {
         let _ = file.unlock();
-        return "or several, sharing it: a sweep's shards or device workers".into();
     }
-    match std::fs::read_to_string(path).unwrap_or_default().trim() {
+    match written.trim() {
+        "" if shared => "or several, sharing it: a sweep's shards or device workers".into(),
         "" => "pid unknown".to_string(),
         pid => format!("pid {pid}"),
     }
