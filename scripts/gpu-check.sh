@@ -100,7 +100,9 @@ mkdir -p "$work/status"
 log=$out/check.log
 : >"$log"
 
-# section NAME SECONDS COMMAND...: runs one check, its output to the log, its status to status/.
+# section NAME SECONDS COMMAND...: runs one check, its output to the log, its status to
+# status/NN-NAME.json (NN: the order the sections ran in, which the report keeps).
+sections_run=0
 section() {
     local name=$1 limit=$2
     shift 2
@@ -121,7 +123,8 @@ section() {
         [ "$rc" = 124 ] || [ "$rc" = 137 ] && state="timed out after ${limit} s"
     fi
     printf '{"name": "%s", "status": "%s", "exit": %s, "seconds": %s}\n' \
-        "$name" "$state" "$rc" $((SECONDS - start)) >"$work/status/$name.json"
+        "$name" "$state" "$rc" $((SECONDS - start)) >"$work/status/$(printf %02d $sections_run)-$name.json"
+    sections_run=$((sections_run + 1))
     echo "== $name: $state in $((SECONDS - start)) s" | tee -a "$log"
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode" >/dev/null 2>&1
 }
@@ -227,7 +230,7 @@ EOF
 export lawa work out device root
 export -f environment bench sweep data_parallel
 section env 60 environment
-if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work/status/env.json" 2>/dev/null; then
+if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
     rm -rf "$work"
     exit 1 # no usable CUDA: the other sections cannot pass
