@@ -29,18 +29,19 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
+    // In the order they ran.
     assert_eq!(
         names,
         [
-            "averaging",
-            "data_parallel",
             "env",
-            "parity_bf16",
             "parity_f32",
-            "speed_large",
-            "speed_medium",
+            "parity_bf16",
             "speed_small",
-            "sweep"
+            "speed_medium",
+            "speed_large",
+            "averaging",
+            "sweep",
+            "data_parallel"
         ]
     );
     for s in report["sections"].as_array().unwrap() {
