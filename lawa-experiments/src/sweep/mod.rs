@@ -115,10 +115,8 @@ fn open(
     may_prepare: bool,
     mode: LockMode,
 ) -> Result<(SweepConfig, Vec<PlannedRun>, PathBuf, Claim)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
     // One read: the folder records the very text that was planned.
-    let (cfg, runs) = plan_with_data(path, &text, may_prepare)?;
+    let (text, cfg, runs) = plan_with_data(path, may_prepare)?;
     let dir = cfg.results_dir();
     let claim = claim_folder_as(
         &dir,
@@ -132,15 +130,16 @@ fn open(
     Ok((cfg, runs, dir, claim))
 }
 
-/// Plans the sweep `text` read from `path`, checks its devices, prepares its data when asked,
-/// and checks the data against every run: everything that can be refused, before the results
-/// folder is touched.
+/// Reads and plans the sweep in `path`, checks its devices, prepares its data when asked, and
+/// checks the data against every run: everything that can be refused, before the results folder
+/// is touched. Returns the file's text with its plan.
 fn plan_with_data(
     path: &Path,
-    text: &str,
     may_prepare: bool,
-) -> Result<(SweepConfig, Vec<PlannedRun>)> {
-    let cfg = SweepConfig::parse(text, path)?;
+) -> Result<(String, SweepConfig, Vec<PlannedRun>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let cfg = SweepConfig::parse(&text, path)?;
     let data_dir = cfg.data_dir()?;
     let runs = cfg
         .plan(&data_dir)
@@ -173,7 +172,7 @@ fn plan_with_data(
         data.split(lawa_core::data::Split::Val)
             .check_block(r.plan.config.train.block_size)?;
     }
-    Ok((cfg, runs))
+    Ok((text, cfg, runs))
 }
 
 /// What [`train_all`] does besides training.

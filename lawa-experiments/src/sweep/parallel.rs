@@ -108,9 +108,7 @@ pub fn run_on_devices(path: &Path, devices: &[String]) -> Result<()> {
         ensure_available(parse_device(d)?)?;
     }
     // Data preparation, once, before the workers start.
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    plan_with_data(path, &text, true)?;
+    plan_with_data(path, true)?;
     let program = std::env::current_exe().context("cannot find this program to start workers")?;
     let mut workers = Vec::new();
     for device in devices {
