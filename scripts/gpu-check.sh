@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: one command that proves lawa's CUDA path and measures it beside PyTorch, writing
-# report.json, report.md, check.log and sweep.tar.gz (the end-to-end sweep's CSVs and figures).
+# report.json, report.md, check.log, sweep.tar.gz (the end-to-end sweep's CSVs and figures) and
+# profiles.tar.gz (every event of the profiled training steps, lawa's and PyTorch's).
 #
 #   scripts/gpu-check.sh --prepare
 #       Here, on the development machine: builds the release binary (linked to libtorch_cuda)
@@ -238,7 +239,7 @@ fi
 if [ $mode = gpu ]; then
     section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
     section parity_bf16 90 bench parity parity_bf16 --preset small --precision bf16 --batch-size 4 --steps 20
-    section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
+    section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --profile "$work/profile"
     section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
     section speed_large 100 bench train speed_large --preset large --batch-size 4 --steps 8 --warmup 3 --no-compile
     section averaging 100 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
@@ -247,7 +248,7 @@ else
     tiny=(--preset tiny --vocab-size 512 --block-size 32 --batch-size 4)
     section parity_f32 120 bench parity parity_f32 "${tiny[@]}" --precision f32 --steps 6
     section parity_bf16 120 bench parity parity_bf16 "${tiny[@]}" --precision bf16 --steps 6
-    section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
+    section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --profile "$work/profile"
     section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
     section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1
     section averaging 120 bench averaging averaging "${tiny[@]}" --steps 2 --warmup 1
@@ -259,6 +260,8 @@ if [ $mode = gpu ]; then
 else
     section data_parallel 90 data_parallel 10 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
 fi
+# The profiled steps' events (bench train --profile), to read beside the report's tables.
+[ ! -d "$work/profile" ] || tar -czf "$out/profiles.tar.gz" -C "$work" profile
 "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
 rc=$?
 rm -rf "$work"

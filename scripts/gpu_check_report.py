@@ -21,17 +21,40 @@ def num(x, fmt):
 
 
 def parity_md(name, p):
+    spread = p.get("reference_spread")
+    math = p.get("reference_math_attention") or []
     lines = [f"### {name}: {p['precision']}, {p['steps']} steps, batch {p['batch_size']} x {p['block_size']}, "
              f"{p['n_layer']} layers x {p['n_embd']}, vocab {p['vocab_size']}",
              "",
-             f"max |loss difference| **{p['max_abs_diff']:.3e}**, at the first step (same weights, same batch) "
-             f"{num(p.get('first_step_abs_diff'), '.3e')} (tolerance {p['tolerance']:.0e}): "
-             f"**{'passed' if p['passed'] else 'FAILED'}**; reference: transformers {p.get('transformers')} "
-             f"on torch {p.get('torch')}",
-             "", "| step | lawa | transformers | abs diff |", "|---:|---:|---:|---:|"]
+             f"max |loss difference| **{p['max_abs_diff']:.3e}** (tolerance {p['tolerance']:.2e}), at the first step "
+             f"(same weights, same batch) {num(p.get('first_step_abs_diff'), '.3e')} (tolerance "
+             f"{num(p.get('first_step_tolerance'), '.0e')}): **{'passed' if p['passed'] else 'FAILED'}**; reference: "
+             f"transformers {p.get('transformers')} on torch {p.get('torch')}"]
+    if spread is not None:
+        lines += ["", f"The reference against itself with the math attention kernel (its own spread): "
+                      f"**{spread:.3e}**; the tolerance is the larger of the fixed one and twice that."]
+    head = "| step | lawa | transformers | abs diff |" + (" math attention |" if math else "")
+    lines += ["", head, "|---:|---:|---:|---:|" + ("---:|" if math else "")]
     for i, (a, b) in enumerate(zip(p["lawa"], p["reference"]), 1):
-        lines.append(f"| {i} | {a:.7f} | {b:.7f} | {abs(a - b):.2e} |")
+        extra = f" {math[i - 1]:.7f} |" if i <= len(math) else ""
+        lines.append(f"| {i} | {a:.7f} | {b:.7f} | {abs(a - b):.2e} |{extra}")
     return lines + [""]
+
+
+def profile_md(name, s, top=10):
+    """Where a step's time goes, per implementation (bench train --profile)."""
+    lines = []
+    for impl, key in [("lawa", "lawa"), ("PyTorch eager", "eager"), ("torch.compile", "compile")]:
+        p = (s.get("profile") or {}).get(key)
+        if not p:
+            continue
+        lines += [f"**{impl}** ({name}, {p['steps']} steps profiled): {p['wall_ms_per_step']:.2f} ms a step, "
+                  f"{p['device']} busy {p['busy_ms_per_step']:.2f} ms ({p['busy_percent']:.1f} %)", "",
+                  "| ms a step | calls a step | name |", "|---:|---:|---|"]
+        for r in p["top"][:top]:
+            lines.append(f"| {r['ms_per_step']:.3f} | {r['calls_per_step']:.1f} | `{r['name'][:120]}` |")
+        lines.append("")
+    return lines
 
 
 def speed_md(speeds):
@@ -90,6 +113,9 @@ def main():
     speeds = [(n, figures[n]) for n in ("speed_small", "speed_medium", "speed_large") if figures.get(n)]
     if speeds:
         md += ["## Training speed (one card, one invocation)", ""] + speed_md(speeds)
+        profiles = [line for n, sp in speeds for line in profile_md(n, sp)]
+        if profiles:
+            md += ["## Where a step's time goes (profiler)", ""] + profiles
     if figures.get("averaging"):
         md += ["## Averaging cost", ""] + averaging_md(figures["averaging"])
     dp = figures.get("data_parallel")

@@ -91,12 +91,24 @@ pub unsafe fn take_error(error: *mut c_char) -> String {
         return "no message".into();
     }
     // SAFETY: the caller's promise.
-    let message = unsafe { CStr::from_ptr(error) }
+    fold(&unsafe { take_text(error) })
+}
+
+/// The text a shim returned in a `malloc`ed string, unchanged (freed here); empty for null.
+///
+/// # Safety
+/// `text` is null or a NUL-terminated string from `malloc`, not used again after this call.
+pub unsafe fn take_text(text: *mut c_char) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller's promise.
+    let out = unsafe { CStr::from_ptr(text) }
         .to_string_lossy()
         .into_owned();
     // SAFETY: allocated by malloc, freed once.
-    unsafe { free(error.cast()) };
-    fold(&message)
+    unsafe { free(text.cast()) };
+    out
 }
 
 /// `message` up to libtorch's stack trace, its whitespace folded to single spaces.

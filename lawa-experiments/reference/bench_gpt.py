@@ -6,16 +6,22 @@ AveragedModel.update_parameters timings for the averaging benchmark.
 usage: python bench_gpt.py '<json config>'   -> prints one JSON line of results
 config: {n_layer, n_head, n_embd, block_size, vocab_size, batch_size, accumulation, steps, warmup,
          device, precision: "f32"|"bf16", compile: bool, averaging: bool, tasks: int (requests),
-         parity: {init, batches, lr, beta1, beta2, eps, weight_decay, clip} (optional)}
+         profile_steps: int, profile_dir: str (optional),
+         parity: {init, batches, lr, beta1, beta2, eps, weight_decay, clip, floor: bool} (optional)}
 
 Training reports tokens/s and, on CUDA, the device memory the run took: nvidia-smi's memory.used
 after the timed steps minus before the model was built (as `lawa bench` measures itself), and
-torch.cuda.max_memory_allocated.
+torch.cuda.max_memory_allocated. With "profile_dir", it then profiles "profile_steps" more steps
+of each implementation with torch.profiler and writes every event to `<dir>/eager.tsv` (and
+`compile.tsv`), one line each: device, start ns, duration ns, name (the lines lawa's profiler
+writes), returning the profiled steps' wall time.
 
 With "parity", it trains Hugging Face transformers' GPT2LMHeadModel loaded from the folder
 `init` (written by lawa's save_pretrained) on the batches in `batches` (safetensors x, y:
 [steps, batch, block]) with torch.optim.AdamW, clip_grad_norm_ and, for bf16, torch.autocast,
-and prints the loss of every step.
+and prints the loss of every step. With "floor", it trains the same model a second time with
+scaled_dot_product_attention's math backend instead of its fastest one: the spread between two
+valid PyTorch runs, against which lawa's difference is judged in bf16.
 
 With "tasks", it scores that many log-likelihood requests instead of training: the lengths
 that `lawa bench tasks` draws (request_lengths), sorted longest first, right-padded batches,
@@ -133,7 +139,29 @@ def train_tokens_per_s(c, model, device):
     for _ in range(c["steps"]):
         step()
     sync(device)
-    return c["steps"] * accumulation * c["batch_size"] * c["block_size"] / (time.perf_counter() - t0)
+    return c["steps"] * accumulation * c["batch_size"] * c["block_size"] / (time.perf_counter() - t0), step
+
+
+def profile_steps(c, step, device, path):
+    """Profiles c["profile_steps"] calls of `step` with torch.profiler (Kineto, as `lawa bench`
+    profiles its own step) and writes every event to `path`, one line each: device, start ns,
+    duration ns, name. Returns the wall seconds of the profiled steps."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(c["profile_steps"]):
+            step()
+        sync(device)
+        wall = time.perf_counter() - t0
+    with open(path, "w") as f:
+        for e in prof.profiler.kineto_results.events():
+            where = "cuda" if e.device_type() == DeviceType.CUDA else "cpu"
+            name = e.name().replace("\t", " ").replace("\n", " ").replace("\r", " ")
+            f.write(f"{where}\t{e.start_ns()}\t{e.duration_ns()}\t{name}\n")
+    return wall
 
 
 def timed_training(c, build, device, out, prefix):
@@ -144,17 +172,30 @@ def timed_training(c, build, device, out, prefix):
     before = memory_used_mib() if device.startswith("cuda") else None
     torch.manual_seed(0)
     model = build()
-    out[prefix + "_tokens_per_s"] = train_tokens_per_s(c, model, device)
+    out[prefix + "_tokens_per_s"], step = train_tokens_per_s(c, model, device)
     if device.startswith("cuda"):
         after = memory_used_mib()
         out[prefix + "_memory_mib"] = after - before if after is not None and before is not None else None
         out[prefix + "_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if c.get("profile_dir") and c.get("profile_steps"):
+        path = f"{c['profile_dir']}/{prefix}.tsv"
+        out[prefix + "_profile"] = {"events": path, "wall_s": profile_steps(c, step, device, path)}
     del model
 
 
 def parity_losses(c):
-    """The losses of training transformers' GPT-2 from lawa's initial weights on lawa's batches."""
+    """The losses of training transformers' GPT-2 from lawa's initial weights on lawa's batches
+    (and, with "floor", the same with the math attention backend)."""
     import transformers
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    out = {"losses": trained_losses(c), "transformers": transformers.__version__}
+    if c["parity"].get("floor"):
+        with sdpa_kernel(SDPBackend.MATH):
+            out["losses_math_attention"] = trained_losses(c)
+    return out
+
+
+def trained_losses(c):
     from safetensors.torch import load_file
     from transformers import GPT2LMHeadModel
     p, device = c["parity"], c["device"]
@@ -176,7 +217,7 @@ def parity_losses(c):
         torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {"losses": losses, "transformers": transformers.__version__}
+    return losses
 
 
 def averaging_seconds(model, device, calls=50):

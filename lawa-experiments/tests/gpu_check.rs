@@ -71,6 +71,30 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(s["eager"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
     }
     assert_eq!(f["speed_small"]["accumulation"], 2);
+    // bf16: the reference's own spread (math attention) was measured and sets the tolerance
+    // when it is larger than the fixed one.
+    let spread = bf16["reference_spread"].as_f64().unwrap();
+    assert!(spread > 0.0, "{bf16}");
+    assert_eq!(
+        bf16["tolerance"].as_f64().unwrap(),
+        (2.0 * spread).max(2e-2),
+        "{bf16}"
+    );
+    // The profiled steps: lawa's and eager's, each with a busy time inside its wall time and
+    // the matmuls among the largest operators.
+    for which in ["lawa", "eager"] {
+        let p = &f["speed_small"]["profile"][which];
+        let wall = p["wall_ms_per_step"].as_f64().unwrap();
+        let busy = p["busy_ms_per_step"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= wall * 1.01, "{p}");
+        let names: Vec<&str> = p["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"aten::mm"), "{which}: {names:?}");
+    }
     assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
     assert_eq!(f["averaging"]["rows"].as_array().unwrap().len(), 11);
     assert!(f["averaging"]["pytorch"]["ms"].as_f64().unwrap() > 0.0);
@@ -92,6 +116,8 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         "### parity_bf16",
         "| PyTorch eager |",
         "## Averaging cost",
+        "## Where a step's time goes (profiler)",
+        "math attention",
     ] {
         assert!(md.contains(part), "{part} missing from {md}");
     }
@@ -109,6 +135,15 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(listing.contains(file), "{file} missing from {listing}");
     }
     assert!(!listing.contains("runs/"), "{listing}");
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(out.path().join("profiles.tar.gz"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in ["profile/lawa.tsv", "profile/eager.tsv"] {
+        assert!(listing.contains(file), "{file} missing from {listing}");
+    }
 }
 
 /// The check's report when it cannot run: a spent budget skips sections (still reported), and a

@@ -1,7 +1,8 @@
 //! libtorch operations that tch does not expose, reached through a small C++ shim (`csrc/`)
 //! compiled against the headers torch-sys uses: AdamW over all parameters at once with the
 //! multi-tensor `_foreach_` ops or with `_fused_adamw_`, a multi-tensor lerp (an EMA update), and
-//! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11.
+//! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11, and
+//! libtorch's profiler ([`Profiler`]), to compare a step of lawa with one of PyTorch kernel by kernel.
 //! On CUDA each is a handful of kernels for the whole model instead of several per tensor.
 //!
 //! ```
@@ -15,6 +16,10 @@
 use std::os::raw::{c_char, c_int};
 
 use tch::Tensor;
+
+mod profiler;
+
+pub use profiler::{busy_ns, parse_events, totals_by_name, EventDevice, ProfiledEvent, Profiler};
 
 /// A libtorch error from one of the operations (a shape, dtype or device mismatch...).
 #[derive(Debug, thiserror::Error)]

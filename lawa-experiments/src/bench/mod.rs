@@ -6,6 +6,7 @@
 
 pub mod averaging;
 pub mod parity;
+pub mod profile;
 pub mod reference;
 pub mod tasks;
 pub mod train;
@@ -44,6 +45,9 @@ pub struct Bench {
     pub adamw_kernel: lawa_core::optim::AdamWKernel,
     /// Tokens per chunk of the chunked loss, or the whole micro-batch at once.
     pub loss_chunk: Option<usize>,
+    /// With a folder, `bench train` also profiles `profile_steps` steps of lawa and of the
+    /// reference and writes their events there.
+    pub profile: Option<(std::path::PathBuf, usize)>,
 }
 
 impl Bench {
@@ -65,6 +69,8 @@ impl Bench {
             "steps": self.steps, "warmup": self.warmup, "device": self.device_name(),
             "precision": self.precision.to_string(),
             "compile": self.compile && self.device.is_cuda(),
+            "profile_dir": self.profile.as_ref().map(|p| &p.0),
+            "profile_steps": self.profile.as_ref().map_or(0, |p| p.1),
         })
     }
 }

@@ -3,6 +3,13 @@
 //! `save_pretrained`) into Hugging Face transformers' `GPT2LMHeadModel` and trains it on the same
 //! batches with `torch.optim.AdamW` (the same parameter groups and hyperparameters),
 //! `clip_grad_norm_` and, for bf16, `torch.autocast`. The losses of every step are compared.
+//!
+//! In bf16 two correct implementations drift apart within a few steps: AdamW's first updates
+//! are close to `lr * sign(g)`, so a gradient that rounds to the other sign moves a weight by
+//! twice the learning rate, and the runs' differences grow from there. So in bf16 the
+//! reference also trains a second time with the math attention kernel instead of its fastest
+//! one (the same model, a different rounding), and lawa's difference is judged against that
+//! spread as well as against a fixed tolerance.
 
 use std::path::Path;
 
@@ -18,13 +25,23 @@ use crate::train::trainer::decays;
 /// Learning rate of the parity run (constant: the schedule is tested elsewhere).
 const LR: f64 = 6e-4;
 
-/// The largest |loss difference| the check accepts: fp32 agrees to float rounding; bf16 rounds
-/// every matmul input to 8 bits of mantissa, in orders that differ between the two
-/// implementations, so the runs drift apart by a few thousandths of a nat over 20 steps.
+/// The fixed part of the largest |loss difference| the check accepts: fp32 agrees to float
+/// rounding; bf16 rounds every matmul input to 8 bits of mantissa, in orders that differ
+/// between implementations, and the runs drift apart (in bf16 the check accepts up to twice the
+/// reference's own spread when that is larger; see the module's note).
 pub fn tolerance(precision: Precision) -> f64 {
     match precision {
         Precision::F32 => 1e-5,
         Precision::Bf16 => 2e-2,
+    }
+}
+
+/// The largest |loss difference| accepted at the first step, where both sides hold the same
+/// weights and see the same batch, so only the forward pass's rounding differs.
+pub fn first_step_tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 1e-5,
+        Precision::Bf16 => 1e-3,
     }
 }
 
@@ -78,30 +95,38 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
     config["parity"] = json!({
         "init": init, "batches": file, "lr": LR, "beta1": adamw.beta1, "beta2": adamw.beta2,
         "eps": adamw.eps, "weight_decay": adamw.weight_decay, "clip": 1.0,
+        "floor": b.precision == Precision::Bf16,
     });
     let r = reference::run(&config)?;
     let theirs: Vec<f64> =
         serde_json::from_value(r["losses"].clone()).context("the reference returned no losses")?;
-    let tol = tolerance(b.precision);
-    println!(
-        "{:>5} {:>14} {:>14} {:>12}",
-        "step", "lawa", "transformers", "|diff|"
-    );
-    let mut max = 0.0f64;
-    for (i, (a, t)) in ours.iter().zip(&theirs).enumerate() {
-        let d = (a - t).abs();
-        max = max.max(if d.is_nan() { f64::INFINITY } else { d });
-        println!("{:>5} {a:>14.7} {t:>14.7} {d:>12.2e}", i + 1);
-    }
-    let passed = ours.len() == theirs.len() && max <= tol;
+    // The spread between the reference and itself with math attention, in bf16.
+    let math: Option<Vec<f64>> = serde_json::from_value(r["losses_math_attention"].clone()).ok();
+    let floor = math.as_ref().map(|m| max_abs_diff(&theirs, m));
+    let tol = match floor {
+        Some(f) => tolerance(b.precision).max(2.0 * f),
+        None => tolerance(b.precision),
+    };
+    print_losses(&ours, &theirs, math.as_deref());
+    let max = max_abs_diff(&ours, &theirs);
     // The first step compares the same weights on the same batch (no training yet): a gap there
     // is the forward pass's, one that only grows later is the updates' rounding.
     let first = match (ours.first(), theirs.first()) {
         (Some(a), Some(t)) => (a - t).abs(),
         _ => f64::NAN,
     };
+    let first_tol = first_step_tolerance(b.precision);
+    let passed = ours.len() == theirs.len() && max <= tol && first <= first_tol;
+    let spread = floor.map_or(String::new(), |f| {
+        format!(
+            "; transformers vs itself with math attention {f:.3e}, so the tolerance is the larger \
+             of {:.0e} and twice that",
+            tolerance(b.precision)
+        )
+    });
     println!(
-        "parity_max_abs_diff={max:.3e} (first step {first:.3e}; tolerance {tol:.0e}, {}): {}",
+        "parity_max_abs_diff={max:.3e} (tolerance {tol:.2e}; first step {first:.3e}, tolerance \
+         {first_tol:.0e}; {}{spread}): {}",
         b.precision,
         if passed { "passed" } else { "FAILED" }
     );
@@ -110,6 +135,33 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
         "batch_size": b.batch_size, "block_size": b.block, "vocab_size": b.cfg.vocab_size,
         "n_layer": b.cfg.n_layer, "n_embd": b.cfg.n_embd, "torch": r["torch"],
         "transformers": r["transformers"], "lawa": ours, "reference": theirs,
-        "max_abs_diff": max, "first_step_abs_diff": first, "tolerance": tol, "passed": passed,
+        "max_abs_diff": max, "first_step_abs_diff": first, "tolerance": tol,
+        "first_step_tolerance": first_tol, "reference_math_attention": math,
+        "reference_spread": floor, "passed": passed,
     }))
+}
+
+/// The largest |a - b| over the steps both have (infinite where a loss is NaN).
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+        .fold(0.0, f64::max)
+}
+
+/// Both loss columns (and the reference's math-attention run), with their difference.
+fn print_losses(ours: &[f64], theirs: &[f64], math: Option<&[f64]>) {
+    let extra = if math.is_some() { "   math attn" } else { "" };
+    println!(
+        "{:>5} {:>14} {:>14} {:>12}{extra}",
+        "step", "lawa", "transformers", "|diff|"
+    );
+    for (i, (a, t)) in ours.iter().zip(theirs).enumerate() {
+        let d = (a - t).abs();
+        let m = math
+            .and_then(|m| m.get(i))
+            .map_or(String::new(), |m| format!(" {m:>14.7}"));
+        println!("{:>5} {a:>14.7} {t:>14.7} {d:>12.2e}{m}", i + 1);
+    }
 }

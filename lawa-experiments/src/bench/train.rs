@@ -9,7 +9,7 @@ use lawa_models::{CausalLm, Gpt, Precision};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Kind, Tensor};
 
-use super::{gpu_memory_used_mib, gpu_peak_flops, reference, sync, Bench};
+use super::{gpu_memory_used_mib, gpu_peak_flops, profile, reference, sync, Bench};
 use crate::train::trainer::decays;
 
 /// A model, its optimizer and fixed random batches, ready to take steps.
@@ -93,6 +93,10 @@ pub fn run(b: &Bench) -> Result<Value> {
     let mut steps = StepLoop::new(b)?;
     let ours = tokens / steps.time_steps(b.warmup, b.steps)?;
     let memory = gpu_memory_used_mib().zip(before).map(|(a, z)| a - z);
+    let profiled = match &b.profile {
+        Some((dir, n)) => Some(profile::profile_lawa(&mut steps, *n, b.device, dir)?),
+        None => None,
+    };
     drop(steps);
     let peak = (b.device.is_cuda() && b.precision == Precision::Bf16)
         .then(gpu_peak_flops)
@@ -134,10 +138,22 @@ pub fn run(b: &Bench) -> Result<Value> {
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},
     });
+    if let Some(p) = &profiled {
+        out["profile"] = json!({"lawa": p});
+    }
     if !b.reference {
+        print_profiles(&out);
         return Ok(out);
     }
     let r = reference::run(&b.reference_config())?;
+    if let Some((_, n)) = &b.profile {
+        for which in ["eager", "compile"] {
+            let key = format!("{which}_profile");
+            if r.get(&key).is_some() {
+                out["profile"][which] = profile::reference_summary(&r[&key], *n, b.device)?;
+            }
+        }
+    }
     let eager = r["eager_tokens_per_s"].as_f64().context("eager tokens/s")?;
     let eager_mem = r["eager_memory_mib"].as_f64();
     println!(
@@ -170,5 +186,22 @@ pub fn run(b: &Bench) -> Result<Value> {
         out["compile_error"] = json!(error);
     }
     println!("speedup_vs_pytorch={:.3}", ours / eager);
+    print_profiles(&out);
     Ok(out)
+}
+
+/// Prints the profiles in `out["profile"]`, lawa's first.
+fn print_profiles(out: &Value) {
+    let Some(profiles) = out.get("profile") else {
+        return;
+    };
+    for (which, label) in [
+        ("lawa", "lawa"),
+        ("eager", "PyTorch eager"),
+        ("compile", "torch.compile"),
+    ] {
+        if let Some(p) = profiles.get(which) {
+            profile::print(label, p);
+        }
+    }
 }

@@ -88,6 +88,13 @@ pub struct BenchArgs {
     /// Run lawa's LM head and loss this many tokens at a time (`train.loss_chunk`).
     #[arg(long, value_name = "TOKENS")]
     pub loss_chunk: Option<usize>,
+    /// `bench train`: also profile a few steps of lawa and of the reference with libtorch's
+    /// profiler, print where the time goes, and write every event to this folder.
+    #[arg(long, value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+    /// Steps profiled with --profile.
+    #[arg(long, default_value_t = 2)]
+    pub profile_steps: usize,
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -101,6 +108,22 @@ fn device(name: &str) -> Result<Device> {
         bail!("--device cuda: no CUDA device is available");
     }
     Ok(device)
+}
+
+/// `--profile`'s folder (created) and step count.
+fn profile(args: &BenchArgs) -> Result<Option<(PathBuf, usize)>> {
+    let Some(dir) = &args.profile else {
+        return Ok(None);
+    };
+    if args.profile_steps == 0 {
+        bail!("--profile-steps must be at least 1");
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--profile: cannot create {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--profile: cannot resolve {}", dir.display()))?;
+    Ok(Some((dir, args.profile_steps)))
 }
 
 /// The benchmark the flags describe.
@@ -143,6 +166,7 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
         compile: !args.no_compile,
         reference: !args.no_reference,
         loss_chunk: args.loss_chunk.filter(|&c| c > 0),
+        profile: profile(args)?,
         adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
             anyhow::anyhow!(
                 "--adamw-kernel {:?}: expected auto, single, foreach or fused",
