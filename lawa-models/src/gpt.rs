@@ -167,13 +167,19 @@ impl Gpt {
 
     /// The LM head: logits `[..., vocab_size]` of hidden states `[..., n_embd]`.
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        let logits = hidden.linear(&self.precision.cast(&self.wte), None::<Tensor>);
+        let logits = self.padded_head(hidden);
         let vocab = self.cfg.vocab_size as i64;
         if self.cfg.padded_vocab_size() as i64 == vocab {
             logits
         } else {
             logits.narrow(-1, 0, vocab)
         }
+    }
+
+    /// The LM head at the embedding's padded width: logits `[..., padded_vocab_size]`, the
+    /// columns past `vocab_size` those of the padding rows (zero weights).
+    pub fn padded_head(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear(&self.precision.cast(&self.wte), None::<Tensor>)
     }
 
     /// Every variable under its Hugging Face name, in Hugging Face's order.

@@ -144,6 +144,54 @@ fn loss_is_cross_entropy_over_the_real_vocabulary_and_padding_gets_no_gradient()
     assert_eq!(grad.narrow(0, 300, 20).abs().max().double_value(&[]), 0.0);
 }
 
+/// The loss runs its softmax over the head's padded width (padding columns at -inf, so that the
+/// logits stay contiguous); against the softmax of the narrowed logits (the path before), in
+/// fp32 and bf16: the same loss and gradients up to summation order.
+#[test]
+fn padded_log_probs_give_the_narrowed_softmax_loss_and_gradients() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        tch::manual_seed(6);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let gpt = Gpt::new(vs.root(), &tiny(300))
+            .unwrap()
+            .with_precision(precision);
+        let (x, y) = (ids(2, 24, 300, 7), ids(2, 24, 300, 8));
+        let grads = |vs: &nn::VarStore| -> Vec<Tensor> {
+            let mut named: Vec<_> = vs.variables().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.iter().map(|(_, t)| t.grad().copy()).collect()
+        };
+        let hidden = gpt.hidden(&x, false).unwrap().reshape([48, -1]);
+        let logp = gpt.head_log_probs(&hidden);
+        assert_eq!(logp.size(), [48, 320]);
+        assert_eq!(
+            logp.narrow(1, 300, 20).max().double_value(&[]),
+            f64::NEG_INFINITY
+        );
+        let narrowed = gpt
+            .head(&hidden)
+            .log_softmax(-1, Kind::Float)
+            .f_nll_loss(&y.reshape([48]), None::<Tensor>, tch::Reduction::Mean, -100)
+            .unwrap();
+        narrowed.backward();
+        let want = grads(&vs);
+        vs.variables().values_mut().for_each(|t| t.zero_grad());
+        let loss = gpt.loss(&x, &y, false).unwrap();
+        loss.backward();
+        let got = grads(&vs);
+        let (a, b) = (narrowed.double_value(&[]), loss.double_value(&[]));
+        assert!((a - b).abs() <= 1e-6 * a, "{precision}: {a} vs {b}");
+        for (w, g) in want.iter().zip(&got) {
+            let diff = (w - g).abs().max().double_value(&[]);
+            let scale = w.abs().max().double_value(&[]).max(1e-12);
+            assert!(
+                diff <= 1e-5 * scale,
+                "{precision}: gradient {diff} of {scale}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bf16_path_runs_on_cpu_close_to_f32_and_trains_fp32_master_weights() {
     let cfg = tiny(300);
