@@ -157,6 +157,18 @@ bench() {
     "$lawa" bench "$what" --device "$device" --json "$work/$name.json" "$@"
 }
 
+# speed_options ARGS... --loss-chunk N: lawa alone, once with the chunked loss and once with the
+# fused AdamW kernel, into speed_small_options.json (the report's speed table lists both).
+speed_options() {
+    local args=("$@") n=$#
+    local chunk=("${args[@]:n-2:2}") base=("${args[@]:0:n-2}")
+    "$lawa" bench train --device "$device" --no-reference --json "$work/speed_small_chunked_loss.json" \
+        "${base[@]}" "${chunk[@]}" || return 1
+    "$lawa" bench train --device "$device" --no-reference --json "$work/speed_small_fused_adamw.json" \
+        "${base[@]}" --adamw-kernel fused || return 1
+    printf '{"options": ["speed_small_chunked_loss", "speed_small_fused_adamw"]}\n' >"$work/speed_small_options.json"
+}
+
 sweep_config() {
     local steps=$1 model=$2 batch=$3 block=$4
     cat >"$work/gpu-check.yaml" <<EOF
@@ -229,7 +241,7 @@ EOF
 }
 
 export lawa work out device root
-export -f environment bench sweep data_parallel
+export -f environment bench speed_options sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
@@ -240,6 +252,8 @@ if [ $mode = gpu ]; then
     section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
     section parity_bf16 90 bench parity parity_bf16 --preset small --precision bf16 --batch-size 4 --steps 20
     section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --profile "$work/profile"
+    # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
+    section speed_small_options 90 speed_options --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --loss-chunk 4096
     section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
     section speed_large 100 bench train speed_large --preset large --batch-size 4 --steps 8 --warmup 3 --no-compile
     section averaging 100 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
@@ -249,6 +263,7 @@ else
     section parity_f32 120 bench parity parity_f32 "${tiny[@]}" --precision f32 --steps 6
     section parity_bf16 120 bench parity parity_bf16 "${tiny[@]}" --precision bf16 --steps 6
     section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --profile "$work/profile"
+    section speed_small_options 120 speed_options "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --loss-chunk 64
     section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
     section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1
     section averaging 120 bench averaging averaging "${tiny[@]}" --steps 2 --warmup 1

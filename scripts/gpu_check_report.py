@@ -65,6 +65,10 @@ def speed_md(speeds):
     for name, s in speeds:
         m = s["model"]
         shape = f"{name.removeprefix('speed_')} ({m['params'] / 1e6:.0f}M, {m['n_layer']}x{m['n_embd']})"
+        if s.get("loss_chunk"):
+            shape += f", loss in chunks of {s['loss_chunk']} tokens"
+        if s.get("adamw_kernel") not in (None, "auto"):
+            shape += f", AdamW {s['adamw_kernel']}"
         batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"
         lawa = s["lawa"]["tokens_per_s"]
         for impl, key in [("lawa", "lawa"), ("PyTorch eager", "eager"), ("torch.compile", "compile")]:
@@ -93,6 +97,8 @@ def main():
     sections = [load(p) for p in sorted((work / "status").glob("*.json"))]
     sections = [s for s in sections if s]
     figures = {s["name"]: load(work / f"{s['name']}.json") for s in sections}
+    for name in ("speed_small_chunked_loss", "speed_small_fused_adamw"):  # within speed_small_options
+        figures[name] = load(work / f"{name}.json")
     env = load(work / "env.json") or {}
     ok = bool(sections) and all(s["status"] == "passed" for s in sections)
     report = {"mode": mode, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -110,7 +116,8 @@ def main():
     for name in ("parity_f32", "parity_bf16"):
         if figures.get(name):
             md += parity_md(name, figures[name])
-    speeds = [(n, figures[n]) for n in ("speed_small", "speed_medium", "speed_large") if figures.get(n)]
+    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_chunked_loss", "speed_small_fused_adamw",
+                                        "speed_medium", "speed_large") if figures.get(n)]
     if speeds:
         md += ["## Training speed (one card, one invocation)", ""] + speed_md(speeds)
         profiles = [line for n, sp in speeds for line in profile_md(n, sp)]

@@ -83,7 +83,11 @@ fn adamw_against_torch(kernel: AdamWKernel) {
             loss += (p * &g).sum(Kind::Float);
         }
         loss.backward(); // each gradient is exactly g
-        norms.push(clip_grad_norm(&opt.parameters(), 1.0).double_value(&[]));
+        norms.push(
+            clip_grad_norm(&opt.parameters(), 1.0)
+                .unwrap()
+                .double_value(&[]),
+        );
         opt.step(*lr).unwrap();
     }
     assert_eq!(opt.steps(), steps as u64);

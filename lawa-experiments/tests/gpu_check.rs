@@ -37,6 +37,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
             "parity_f32",
             "parity_bf16",
             "speed_small",
+            "speed_small_options",
             "speed_medium",
             "speed_large",
             "averaging",
@@ -71,6 +72,12 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(s["eager"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
     }
     assert_eq!(f["speed_small"]["accumulation"], 2);
+    // lawa alone with its speed options, each under its own name.
+    let chunked = &f["speed_small_chunked_loss"];
+    assert_eq!(chunked["loss_chunk"], 64, "{chunked}");
+    assert!(chunked["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(chunked.get("eager").is_none(), "{chunked}");
+    assert_eq!(f["speed_small_fused_adamw"]["adamw_kernel"], "fused");
     // bf16: the reference's own spread (math attention) was measured and sets the tolerance
     // when it is larger than the fixed one.
     let spread = bf16["reference_spread"].as_f64().unwrap();
@@ -118,6 +125,8 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         "## Averaging cost",
         "## Where a step's time goes (profiler)",
         "math attention",
+        "small_chunked_loss",
+        "AdamW fused",
     ] {
         assert!(md.contains(part), "{part} missing from {md}");
     }
@@ -170,7 +179,7 @@ fn a_spent_budget_or_a_missing_binary_still_leaves_a_report() {
             .unwrap();
     assert_eq!(report["passed"], false);
     let sections = report["sections"].as_array().unwrap();
-    assert_eq!(sections.len(), 9, "{report}");
+    assert_eq!(sections.len(), 10, "{report}");
     for s in sections {
         assert_eq!(s["status"], "skipped: 25 s budget spent", "{s}");
     }

@@ -45,13 +45,19 @@ pub trait CausalLm {
         if padded <= vocab {
             return logits.log_softmax(-1, Kind::Float);
         }
-        // One kernel reads the (bf16) logits and writes them in fp32 with the padding at -inf,
-        // as the cast alone would; its backward is the cast's.
-        let mask = Tensor::zeros([padded], (Kind::Float, logits.device()));
-        let _ = mask
-            .narrow(0, vocab, padded - vocab)
-            .fill_(f64::NEG_INFINITY);
-        (logits + mask).log_softmax(-1, Kind::Float)
+        // The fp32 copy the softmax reads anyway (contiguous, so one vectorized cast), with the
+        // padding overwritten outside autograd: the cast saves nothing for its backward, and
+        // the softmax's gradient there is 0 whatever the inputs were. (Adding a -inf mask
+        // instead ran as one slow broadcast kernel: 15 ms of a step on an H200, against 9 ms
+        // for the cast.) In fp32 the cast is the logits themselves; the matmul that made them
+        // does not keep them for its backward either.
+        let logits = logits.to_kind(Kind::Float);
+        tch::no_grad(|| {
+            let _ = logits
+                .narrow(-1, vocab, padded - vocab)
+                .fill_(f64::NEG_INFINITY);
+        });
+        logits.log_softmax(-1, Kind::Float)
     }
 
     /// Next-token logits `[B, T, vocab]` for token ids `[B, T]`; `train` turns dropout on.

@@ -1,11 +1,13 @@
 // libtorch operations tch does not expose, behind a C interface for Rust: AdamW through the
 // multi-tensor `_foreach_` ops (the arithmetic of torch.optim.AdamW(foreach=True)) and through
-// `_fused_adamw_` (fused=True), the multi-tensor lerp an EMA needs, and pinning host memory
+// `_fused_adamw_` (fused=True), the multi-tensor lerp an EMA needs, gradient clipping over all
+// gradients at once, and pinning host memory
 // without libtorch's deprecation warnings. On CUDA each is a few
 // kernels over all tensors at once instead of several per tensor. Tensors arrive as the
 // `at::Tensor*` handles tch passes to torch-sys; C++ exceptions come back as messages.
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -87,6 +89,24 @@ int lawa_foreach_lerp(at::Tensor* const* selves, at::Tensor* const* ends, int co
     if (count == 0) return;
     auto a = list(selves, count);
     at::_foreach_lerp_(a, list(ends, count), weight);
+  });
+}
+
+// torch.nn.utils.clip_grad_norm_'s multi-tensor path (the one it takes on CUDA): the norm of
+// each gradient with `_foreach_norm`, their norm, and every gradient scaled in place by
+// min(1, max_norm / (total + 1e-6)) with `_foreach_mul_`, without reading anything back to the
+// host. `*total` = the norm before clipping (a 0-dim fp32 tensor on the gradients' device).
+int lawa_foreach_clip_grad_norm(at::Tensor* const* grads, int count, double max_norm, at::Tensor** total,
+                                char** error) {
+  return lawa_guarded(error, [&] {
+    c10::NoGradGuard no_grad;
+    if (count == 0) throw std::invalid_argument("no gradients to clip");
+    auto g = list(grads, count);
+    auto norms = at::_foreach_norm(g, 2.0);
+    auto norm = at::linalg_vector_norm(at::stack(norms), 2.0);
+    auto coef = at::clamp_max(max_norm / (norm + 1e-6), 1.0);
+    at::_foreach_mul_(g, coef);
+    *total = new at::Tensor(norm);
   });
 }
 

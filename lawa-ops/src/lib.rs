@@ -86,6 +86,13 @@ extern "C" {
         error: *mut *mut c_char,
     ) -> c_int;
     fn lawa_pin_memory(tensor: Handle, out: *mut Handle, error: *mut *mut c_char) -> c_int;
+    fn lawa_foreach_clip_grad_norm(
+        grads: *const Handle,
+        count: c_int,
+        max_norm: f64,
+        total: *mut Handle,
+        error: *mut *mut c_char,
+    ) -> c_int;
 }
 
 fn handles(tensors: &[Tensor]) -> Vec<Handle> {
@@ -220,6 +227,24 @@ pub fn foreach_lerp_(selves: &[Tensor], ends: &[Tensor], weight: f64) -> Result<
     })
 }
 
+/// Scales `grads` in place so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does on CUDA: `_foreach_norm`, the norm of the norms, then
+/// `_foreach_mul_` by `min(1, max_norm / (norm + 1e-6))`, a few kernels for all gradients and
+/// nothing read back to the host. Returns the norm before clipping (a 0-dim fp32 tensor on the
+/// gradients' device). An error for an empty list.
+pub fn foreach_clip_grad_norm_(grads: &[Tensor], max_norm: f64) -> Result<Tensor, OpsError> {
+    let g = handles(grads);
+    let mut total: Handle = std::ptr::null_mut();
+    call("_foreach_ clip_grad_norm", |error| {
+        // SAFETY: every handle is a live tensor borrowed for the call; `total` receives a new one.
+        unsafe {
+            lawa_foreach_clip_grad_norm(g.as_ptr(), g.len() as c_int, max_norm, &mut total, error)
+        }
+    })?;
+    // SAFETY: allocated by the shim with `new at::Tensor`, handed over once.
+    Ok(unsafe { Tensor::from_ptr(total) })
+}
+
 /// A copy of the host tensor `t` in pinned (page-locked) memory, from which a copy to the GPU
 /// can run asynchronously. Unlike tch's `pin_memory(device)` it passes no device, which
 /// libtorch 2.11 deprecates with two warnings on every call. An error where no GPU is present.
@@ -238,6 +263,34 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor, OpsError> {
 mod tests {
     use super::*;
     use tch::{Cuda, Device, Kind};
+
+    /// The multi-tensor clip against the per-tensor arithmetic (torch's CPU path), clipping and
+    /// not clipping.
+    #[test]
+    fn foreach_clipping_equals_the_per_tensor_arithmetic() {
+        for max_norm in [0.5f64, 1e3] {
+            tch::manual_seed(3);
+            let grads: Vec<Tensor> = [vec![7, 5], vec![11], vec![3, 4, 2]]
+                .iter()
+                .map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)))
+                .collect();
+            let copies: Vec<Tensor> = grads.iter().map(|g| g.copy()).collect();
+            let norms: Vec<Tensor> = copies.iter().map(|g| g.norm()).collect();
+            let want = Tensor::stack(&norms, 0).norm();
+            let coef = (max_norm / (&want + 1e-6)).clamp_max(1.0);
+            let total = foreach_clip_grad_norm_(&grads, max_norm).unwrap();
+            assert_eq!(total.size(), Vec::<i64>::new());
+            assert_eq!(total, want);
+            for (g, c) in grads.iter().zip(&copies) {
+                assert_eq!(*g, c * &coef);
+            }
+            let clipped =
+                Tensor::stack(&grads.iter().map(|g| g.norm()).collect::<Vec<_>>(), 0).norm();
+            let expected = want.double_value(&[]).min(max_norm);
+            assert!((clipped.double_value(&[]) - expected).abs() < 1e-5 * expected);
+        }
+        assert!(foreach_clip_grad_norm_(&[], 1.0).is_err());
+    }
 
     #[test]
     fn pinned_copies_equal_their_source_or_the_error_says_why() {

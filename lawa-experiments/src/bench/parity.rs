@@ -70,7 +70,7 @@ fn train_losses(b: &Bench, vs: &VarStore, gpt: &Gpt, x: &Tensor, y: &Tensor) -> 
         )?;
         losses.push(loss.double_value(&[]));
         loss.backward();
-        let _norm = clip_grad_norm(&params, 1.0);
+        let _norm = clip_grad_norm(&params, 1.0)?;
         opt.step(LR)?;
         opt.zero_grad();
     }

@@ -63,7 +63,7 @@ impl StepLoop {
                 self.loss_chunk,
             )?;
         }
-        let _norm = clip_grad_norm(&self.params, 1.0);
+        let _norm = clip_grad_norm(&self.params, 1.0)?;
         self.opt.step(6e-4)?;
         self.opt.zero_grad();
         Ok(())
@@ -134,6 +134,7 @@ pub fn run(b: &Bench) -> Result<Value> {
                   "vocab_size": b.cfg.vocab_size, "block_size": b.block,
                   "params": b.cfg.num_params(false)},
         "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
+        "loss_chunk": b.loss_chunk, "adamw_kernel": b.adamw_kernel,
         "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},

@@ -253,7 +253,7 @@ impl<'a> Trainer<'a> {
             p.average(reducer, &loss_sum)?;
         }
         let norm = if t.grad_clip > 0.0 {
-            clip_grad_norm(&self.params, t.grad_clip)
+            clip_grad_norm(&self.params, t.grad_clip)?
         } else {
             Tensor::zeros([], (Kind::Float, device))
         };
