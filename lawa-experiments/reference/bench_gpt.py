@@ -159,6 +159,8 @@ def profile_steps(c, step, device, path):
     with open(path, "w") as f:
         for e in prof.profiler.kineto_results.events():
             where = "cuda" if e.device_type() == DeviceType.CUDA else "cpu"
+            if where == "cuda" and e.is_user_annotation():
+                continue  # a range on the device's timeline (Optimizer.step...), not a kernel
             name = e.name().replace("\t", " ").replace("\n", " ").replace("\r", " ")
             f.write(f"{where}\t{e.start_ns()}\t{e.duration_ns()}\t{name}\n")
     return wall

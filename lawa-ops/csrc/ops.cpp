@@ -104,7 +104,8 @@ int lawa_foreach_clip_grad_norm(at::Tensor* const* grads, int count, double max_
     auto g = list(grads, count);
     auto norms = at::_foreach_norm(g, 2.0);
     auto norm = at::linalg_vector_norm(at::stack(norms), 2.0);
-    auto coef = at::clamp_max(max_norm / (norm + 1e-6), 1.0);
+    // Python's `max_norm / t` is `t.reciprocal() * max_norm` (Tensor.__rtruediv__).
+    auto coef = at::clamp_max(at::reciprocal(norm + 1e-6) * max_norm, 1.0);
     at::_foreach_mul_(g, coef);
     *total = new at::Tensor(norm);
   });

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include <kineto/ActivityType.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "lawa_guarded.h"
@@ -53,7 +54,8 @@ int lawa_profiler_start(int cuda, char** error) {
   });
 }
 
-// Stops the profiler; `*events` = one malloc'ed line per event, "device<TAB>start ns<TAB>
+// Stops the profiler; `*events` = one malloc'ed line per event (but the device's user
+// annotations), "device<TAB>start ns<TAB>
 // duration ns<TAB>name" (device: "cpu" or "cuda"), freed by the caller. With a non-empty
 // `trace_path`, also writes the Chrome trace there (as torch.profiler's export_chrome_trace).
 int lawa_profiler_stop(const char* trace_path, char** events, char** error) {
@@ -63,6 +65,12 @@ int lawa_profiler_stop(const char* trace_path, char** events, char** error) {
     std::string out;
     for (const auto& e : result->events()) {
       bool on_cuda = e.deviceType() == c10::DeviceType::CUDA;
+      // Ranges that code marks on the device's timeline (record_function) are not kernels: they
+      // span kernels and the gaps between them. (torch.profiler's is_user_annotation.)
+      auto activity = static_cast<libkineto::ActivityType>(e.activityType());
+      if (on_cuda && (activity == libkineto::ActivityType::USER_ANNOTATION ||
+                      activity == libkineto::ActivityType::GPU_USER_ANNOTATION))
+        continue;
       out += on_cuda ? "cuda\t" : "cpu\t";
       out += std::to_string(e.startNs()) + "\t" + std::to_string(e.durationNs()) + "\t";
       out += field(e.name()) + "\n";

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{call, OpsError};
 
@@ -40,8 +42,14 @@ pub struct ProfiledEvent {
     pub duration_ns: u64,
 }
 
+/// Whether a [`Profiler`] is running in this process (starting a second one would reset the
+/// first one's trace inside Kineto).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
 /// A running profiler; [`Profiler::stop`] ends it and returns what it saw. Dropped without
-/// `stop`, it stops and discards the events. One at a time per process.
+/// `stop`, it stops and discards the events. One at a time per process (a second `start` is an
+/// error), and it stays on the thread that started it (libtorch's profiler state is the
+/// thread's).
 ///
 /// ```
 /// use tch::{Device, Kind, Tensor};
@@ -54,32 +62,50 @@ pub struct ProfiledEvent {
 #[derive(Debug)]
 pub struct Profiler {
     running: bool,
+    /// Not `Send`: stopping it from another thread would fail and leave this one profiled.
+    _thread: PhantomData<*const ()>,
 }
 
 impl Profiler {
     /// Starts profiling this thread's operators and, with `cuda`, the device's kernels.
     pub fn start(cuda: bool) -> Result<Profiler, OpsError> {
-        call("profiler start", |error| {
+        if RUNNING.swap(true, Ordering::SeqCst) {
+            return Err(OpsError {
+                op: "profiler start",
+                message: "a profiler is already running in this process".into(),
+            });
+        }
+        let started = call("profiler start", |error| {
             // SAFETY: no pointers but the error slot.
             unsafe { lawa_profiler_start(c_int::from(cuda), error) }
-        })?;
-        Ok(Profiler { running: true })
+        });
+        if let Err(e) = started {
+            RUNNING.store(false, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(Profiler {
+            running: true,
+            _thread: PhantomData,
+        })
     }
 
     /// Stops profiling and returns the events; with `trace`, also writes a Chrome trace there
     /// (open it in Perfetto or chrome://tracing).
     pub fn stop(mut self, trace: Option<&Path>) -> Result<Vec<ProfiledEvent>, OpsError> {
-        self.running = false;
         let trace = trace.map(|p| p.to_string_lossy().into_owned());
+        // (On a bad path, Drop still stops the profiler.)
         let trace = CString::new(trace.unwrap_or_default()).map_err(|_| OpsError {
             op: "profiler stop",
             message: "the trace path holds a NUL byte".into(),
         })?;
+        self.running = false;
         let mut text: *mut c_char = std::ptr::null_mut();
-        call("profiler stop", |error| {
+        let stopped = call("profiler stop", |error| {
             // SAFETY: `trace` lives across the call; `text` receives a malloc'ed string.
             unsafe { lawa_profiler_stop(trace.as_ptr(), &mut text, error) }
-        })?;
+        });
+        RUNNING.store(false, Ordering::SeqCst);
+        stopped?;
         // SAFETY: the shim's malloc'ed string, handed over once.
         let text = unsafe { lawa_cxx::take_text(text) };
         parse_events(&text)
@@ -96,6 +122,7 @@ impl Drop for Profiler {
             });
             // SAFETY: null or the shim's malloc'ed string, freed once.
             drop(unsafe { lawa_cxx::take_text(text) });
+            RUNNING.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -240,9 +267,15 @@ mod tests {
             "the Chrome trace names the operators"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-        // After stop, a new profiler can start.
+        // One at a time; after stop (or drop, or a bad trace path) a new one can start.
         let again = Profiler::start(false).unwrap();
+        let second = Profiler::start(false).unwrap_err();
+        assert!(second.message.contains("already running"), "{second}");
         drop(again);
+        let bad = Profiler::start(false)
+            .unwrap()
+            .stop(Some(Path::new("a\0b")));
+        assert!(bad.unwrap_err().message.contains("NUL"));
         assert!(Profiler::start(false).unwrap().stop(None).is_ok());
     }
 }

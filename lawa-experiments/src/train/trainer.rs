@@ -64,6 +64,11 @@ fn build_averagers(
     let mut columns = HashMap::new();
     let specs = if leader { &cfg.averagers[..] } else { &[] };
     for spec in specs {
+        if plan.device.is_cuda() {
+            if let Some(warning) = spec.host_copy_warning(cfg.averager_storage) {
+                tracing::warn!("{}: {warning}", cfg.name);
+            }
+        }
         let averager = spec.build(cfg.train.steps, cfg.averager_storage)?;
         columns.insert(averager.label(), spec.columns());
         averagers.push_boxed(averager)?;
