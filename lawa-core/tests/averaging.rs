@@ -571,3 +571,41 @@ fn a_saved_state_with_missing_pieces_is_refused() {
     let err = load().unwrap_err().to_string();
     assert!(err.contains("CRC-32"), "{err}");
 }
+
+/// On a GPU, an EMA and an SWA kept in host memory (updated through pinned staging buffers)
+/// equal the same averagers kept on the device. Without a GPU it says it was skipped.
+#[test]
+fn host_averages_of_gpu_weights_equal_device_averages() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no GPU here (host averages of GPU weights go through pinned buffers)");
+        return;
+    }
+    let gpu = Device::Cuda(0);
+    let mut host = AveragerSet::new();
+    host.push(Ema::new(0.9).unwrap().storage(Storage::Cpu))
+        .unwrap();
+    host.push(Swa::new().storage(Storage::Cpu)).unwrap();
+    let mut device = AveragerSet::new();
+    device.push(Ema::new(0.9).unwrap()).unwrap();
+    device.push(Swa::new()).unwrap();
+    for step in 1..=12u64 {
+        let named: Named = random_weights(step as i64)
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(gpu)))
+            .collect();
+        host.observe(step, &weights_of(&named)).unwrap();
+        device.observe(step, &weights_of(&named)).unwrap();
+    }
+    for (h, d) in host.iter().zip(device.iter()) {
+        let (a, b) = (
+            written(|t| h.write_average(t)),
+            written(|t| d.write_average(t)),
+        );
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff <= 1e-6, "{}: {diff}", h.label());
+    }
+}

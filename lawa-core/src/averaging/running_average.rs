@@ -1,4 +1,4 @@
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use super::state::SavedAverager;
 use super::weights::{is_averaged, stored_copy, Layout};
@@ -12,6 +12,11 @@ pub(crate) struct RunningAverage {
     layout: Option<Layout>,
     tensors: Vec<Tensor>,
     updates: u64,
+    /// Pinned host buffers the weights are copied into when the average lives in host memory
+    /// and the weights on a GPU: a copy into pinned memory runs at the bus's speed, where a
+    /// copy into freshly allocated pageable memory was measured at 378-418 ms an EMA update of
+    /// GPT-2 small on an H200 (7-8 steps). Allocated on the first such update, then reused.
+    staging: Vec<Tensor>,
 }
 
 impl RunningAverage {
@@ -39,6 +44,8 @@ impl RunningAverage {
                 // Every averaged tensor in one multi-tensor lerp (a few kernels on a GPU, the
                 // single-tensor arithmetic on the CPU); integer tensors copied.
                 let (mut avgs, mut thetas) = (Vec::new(), Vec::new());
+                let staging = &mut self.staging;
+                let mut staged = 0;
                 tch::no_grad(|| {
                     for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
                         let theta = theta.detach();
@@ -49,11 +56,15 @@ impl RunningAverage {
                         avgs.push(avg.shallow_clone());
                         if theta.device() == avg.device() && theta.kind() == avg.kind() {
                             thetas.push(theta);
+                        } else if avg.device() == Device::Cpu && theta.device().is_cuda() {
+                            let host = staged_copy(staging, staged, &theta)?;
+                            thetas.push(host.to_kind(avg.kind()));
+                            staged += 1;
                         } else {
                             thetas.push(theta.to_device(avg.device()).to_kind(avg.kind()));
                         }
                     }
-                    Ok::<(), tch::TchError>(())
+                    Ok::<(), AveragingError>(())
                 })?;
                 lawa_ops::foreach_lerp_(&avgs, &thetas, weight)?;
             }
@@ -166,3 +177,26 @@ macro_rules! running_average_core {
     };
 }
 pub(crate) use running_average_core;
+
+/// `theta` (on a GPU) copied into the pinned host buffer `staging[i]`, which is made (or
+/// remade, if `theta`'s shape or dtype changed) as needed. The copy is synchronous: it returns
+/// once the data is on the host.
+fn staged_copy(
+    staging: &mut Vec<Tensor>,
+    i: usize,
+    theta: &Tensor,
+) -> Result<Tensor, AveragingError> {
+    let fits = |t: &Tensor| t.size() == theta.size() && t.kind() == theta.kind();
+    if staging.get(i).is_none_or(|t| !fits(t)) {
+        let empty = Tensor::empty(theta.size(), (theta.kind(), Device::Cpu));
+        let pinned = lawa_ops::pin_memory(&empty)?;
+        if i < staging.len() {
+            staging[i] = pinned;
+        } else {
+            staging.push(pinned);
+        }
+    }
+    let buffer = &mut staging[i];
+    buffer.f_copy_(theta)?;
+    Ok(buffer.shallow_clone())
+}

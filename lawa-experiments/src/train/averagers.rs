@@ -89,8 +89,9 @@ impl AveragerSpec {
     /// Builds the averager for a run of `total_steps` (which resolves fractional starts and
     /// refuses starts after the end), keeping its copies in its own storage or `default_storage`.
     /// The warning a GPU run deserves when this averager updates a copy in host memory
-    /// (`storage: cpu`) often: each update copies every weight to the host synchronously. On an
-    /// H200 one EMA update of GPT-2 small took 378 to 418 ms, seven to eight training steps.
+    /// (`storage: cpu`) often: each update copies every weight to the host and averages there
+    /// while training waits. On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven
+    /// to eight training steps (through pageable memory; pinned buffers since, not yet timed).
     /// Snapshots every `nu` steps (LAWA) and rare updates are not warned about.
     pub fn host_copy_warning(&self, default_storage: Storage) -> Option<String> {
         let (kind, every, storage) = match self {
@@ -103,8 +104,9 @@ impl AveragerSpec {
         }
         Some(format!(
             "{kind} (every {every} steps) keeps its average in host memory: on a GPU each update \
-             copies all weights to the host, synchronously (an EMA update of GPT-2 small took \
-             378-418 ms on an H200, 7 to 8 training steps); keep it on the device (storage: \
+             copies all weights to the host and averages them there while training waits (an \
+             EMA update of GPT-2 small took 378-418 ms on an H200, 7 to 8 training steps, \
+             before the copies went through pinned memory); keep it on the device (storage: \
              training) or update it every {HOST_UPDATE_EVERY} steps or more"
         ))
     }
@@ -176,6 +178,16 @@ impl AveragerSpec {
         match *self {
             AveragerSpec::Lawa { k, storage, .. } => (k as u128, storage),
             AveragerSpec::Ema { storage, .. } | AveragerSpec::Swa { storage, .. } => (1, storage),
+        }
+    }
+
+    /// Extra copies in host memory when the average is kept there and the weights are on a
+    /// GPU: EMA and SWA copy the weights through a pinned buffer of their own; LAWA's
+    /// snapshots are the copies.
+    pub fn host_staging_copies(&self) -> u128 {
+        match self {
+            AveragerSpec::Lawa { .. } => 0,
+            AveragerSpec::Ema { .. } | AveragerSpec::Swa { .. } => 1,
         }
     }
 

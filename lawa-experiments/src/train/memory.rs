@@ -13,7 +13,8 @@ pub struct WeightCopies {
     /// On the training device: the weights, gradients, two AdamW moments, an evaluation copy,
     /// the all-reduce's buckets on a rank of a data-parallel run, and the averagers kept there.
     pub on_device: u128,
-    /// In host memory: the averagers with `storage: cpu` when training on a GPU.
+    /// In host memory: the averagers with `storage: cpu` when training on a GPU, and for each
+    /// EMA or SWA among them the pinned buffer its updates copy the weights through.
     pub on_host: u128,
 }
 
@@ -31,7 +32,8 @@ impl WeightCopies {
                 let (n, storage) = spec.copies_held();
                 match storage.unwrap_or(config.averager_storage) {
                     Storage::Training => copies.on_device += n,
-                    Storage::Cpu => copies.on_host += n,
+                    Storage::Cpu if on_cpu => copies.on_host += n,
+                    Storage::Cpu => copies.on_host += n + spec.host_staging_copies(),
                 }
             }
         }
@@ -89,12 +91,13 @@ mod tests {
             let w = WeightCopies::of(&c, on_cpu, leads);
             (w.on_device, w.on_host)
         };
-        // A lone run on a GPU: 5 + LAWA's 4 on the device, EMA's 1 on the host.
-        assert_eq!(copies(false, None), (9, 1));
+        // A lone run on a GPU: 5 + LAWA's 4 on the device, EMA's average and its pinned
+        // staging buffer on the host.
+        assert_eq!(copies(false, None), (9, 2));
         // On the CPU everything is host memory.
         assert_eq!(copies(true, None), (10, 0));
         // Rank 0 of a data-parallel run adds the buckets; another rank holds no averager.
-        assert_eq!(copies(false, Some(true)), (10, 1));
+        assert_eq!(copies(false, Some(true)), (10, 2));
         assert_eq!(copies(false, Some(false)), (6, 0));
         assert_eq!(copies(true, Some(false)), (6, 0));
     }
