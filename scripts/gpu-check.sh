@@ -157,15 +157,13 @@ bench() {
     "$lawa" bench "$what" --device "$device" --json "$work/$name.json" "$@"
 }
 
-# speed_options ARGS... --loss-chunk N: lawa alone, once with the chunked loss and once with the
-# fused AdamW kernel, into speed_small_options.json (the report's speed table lists both).
+# speed_options CHUNK ARGS...: lawa alone, once with the loss in chunks of CHUNK tokens and once
+# with the fused AdamW kernel (the report's speed table lists both), then speed_small_options.json.
 speed_options() {
-    local args=("$@") n=$#
-    local chunk=("${args[@]:n-2:2}") base=("${args[@]:0:n-2}")
-    "$lawa" bench train --device "$device" --no-reference --json "$work/speed_small_chunked_loss.json" \
-        "${base[@]}" "${chunk[@]}" || return 1
-    "$lawa" bench train --device "$device" --no-reference --json "$work/speed_small_fused_adamw.json" \
-        "${base[@]}" --adamw-kernel fused || return 1
+    local chunk=$1
+    shift
+    bench train speed_small_chunked_loss --no-reference "$@" --loss-chunk "$chunk" || return 1
+    bench train speed_small_fused_adamw --no-reference "$@" --adamw-kernel fused || return 1
     printf '{"options": ["speed_small_chunked_loss", "speed_small_fused_adamw"]}\n' >"$work/speed_small_options.json"
 }
 
@@ -253,7 +251,7 @@ if [ $mode = gpu ]; then
     section parity_bf16 90 bench parity parity_bf16 --preset small --precision bf16 --batch-size 4 --steps 20
     section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --profile "$work/profile"
     # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
-    section speed_small_options 90 speed_options --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --loss-chunk 4096
+    section speed_small_options 90 speed_options 4096 --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
     section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
     section speed_large 100 bench train speed_large --preset large --batch-size 4 --steps 8 --warmup 3 --no-compile
     section averaging 100 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
@@ -263,7 +261,7 @@ else
     section parity_f32 120 bench parity parity_f32 "${tiny[@]}" --precision f32 --steps 6
     section parity_bf16 120 bench parity parity_bf16 "${tiny[@]}" --precision bf16 --steps 6
     section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --profile "$work/profile"
-    section speed_small_options 120 speed_options "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --loss-chunk 64
+    section speed_small_options 120 speed_options 64 "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
     section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
     section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1
     section averaging 120 bench averaging averaging "${tiny[@]}" --steps 2 --warmup 1

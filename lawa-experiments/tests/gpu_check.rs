@@ -6,6 +6,13 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The paths in the gzipped tarball `path`, one a line.
+fn tar_listing(path: &Path) -> String {
+    let out = Command::new("tar").arg("-tzf").arg(path).output().unwrap();
+    assert!(out.status.success(), "tar -tzf {}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn the_dry_run_passes_every_section_and_reports_real_figures() {
     if tch::Cuda::is_available() {
@@ -130,12 +137,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     ] {
         assert!(md.contains(part), "{part} missing from {md}");
     }
-    let listing = Command::new("tar")
-        .arg("-tzf")
-        .arg(out.path().join("sweep.tar.gz"))
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
+    let listing = tar_listing(&out.path().join("sweep.tar.gz"));
     for file in [
         "gpu-check/curves.csv",
         "gpu-check/summary.csv",
@@ -144,12 +146,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(listing.contains(file), "{file} missing from {listing}");
     }
     assert!(!listing.contains("runs/"), "{listing}");
-    let listing = Command::new("tar")
-        .arg("-tzf")
-        .arg(out.path().join("profiles.tar.gz"))
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
+    let listing = tar_listing(&out.path().join("profiles.tar.gz"));
     for file in ["profile/lawa.tsv", "profile/eager.tsv"] {
         assert!(listing.contains(file), "{file} missing from {listing}");
     }

@@ -144,6 +144,13 @@ fn loss_is_cross_entropy_over_the_real_vocabulary_and_padding_gets_no_gradient()
     assert_eq!(grad.narrow(0, 300, 20).abs().max().double_value(&[]), 0.0);
 }
 
+/// Every variable's gradient, copied, in name order.
+fn gradients(vs: &nn::VarStore) -> Vec<Tensor> {
+    let mut named: Vec<_> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.iter().map(|(_, t)| t.grad().copy()).collect()
+}
+
 /// The loss runs its softmax over the head's padded width (padding columns at -inf, so that the
 /// logits stay contiguous); against the softmax of the narrowed logits (the path before), in
 /// fp32 and bf16: the same loss and gradients up to summation order.
@@ -156,11 +163,6 @@ fn padded_log_probs_give_the_narrowed_softmax_loss_and_gradients() {
             .unwrap()
             .with_precision(precision);
         let (x, y) = (ids(2, 24, 300, 7), ids(2, 24, 300, 8));
-        let grads = |vs: &nn::VarStore| -> Vec<Tensor> {
-            let mut named: Vec<_> = vs.variables().into_iter().collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            named.iter().map(|(_, t)| t.grad().copy()).collect()
-        };
         let hidden = gpt.hidden(&x, false).unwrap().reshape([48, -1]);
         let logp = gpt.head_log_probs(&hidden);
         assert_eq!(logp.size(), [48, 320]);
@@ -174,11 +176,11 @@ fn padded_log_probs_give_the_narrowed_softmax_loss_and_gradients() {
             .f_nll_loss(&y.reshape([48]), None::<Tensor>, tch::Reduction::Mean, -100)
             .unwrap();
         narrowed.backward();
-        let want = grads(&vs);
+        let want = gradients(&vs);
         vs.variables().values_mut().for_each(|t| t.zero_grad());
         let loss = gpt.loss(&x, &y, false).unwrap();
         loss.backward();
-        let got = grads(&vs);
+        let got = gradients(&vs);
         let (a, b) = (narrowed.double_value(&[]), loss.double_value(&[]));
         assert!((a - b).abs() <= 1e-6 * a, "{precision}: {a} vs {b}");
         for (w, g) in want.iter().zip(&got) {
@@ -336,17 +338,12 @@ fn chunked_loss_gives_the_plain_loss_and_gradients() {
             .unwrap()
             .with_precision(precision);
         let (x, y) = (ids(3, 20, 300, 4), ids(3, 20, 300, 5));
-        let grads = |vs: &nn::VarStore| -> Vec<Tensor> {
-            let mut named: Vec<_> = vs.variables().into_iter().collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            named.iter().map(|(_, t)| t.grad().copy()).collect()
-        };
         let plain = gpt.loss(&x, &y, false).unwrap();
         (&plain * 0.5).backward();
-        let want = grads(&vs);
+        let want = gradients(&vs);
         vs.variables().values_mut().for_each(|t| t.zero_grad());
         let chunked = gpt.chunked_loss_backward(&x, &y, false, 0.5, 7).unwrap();
-        let got = grads(&vs);
+        let got = gradients(&vs);
         let loss_diff = (plain.double_value(&[]) - chunked.double_value(&[])).abs();
         let grad_diff = want
             .iter()

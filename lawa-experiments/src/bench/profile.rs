@@ -62,15 +62,16 @@ fn summary(events: &[ProfiledEvent], device: Device, n: usize, wall_s: f64, path
     } else {
         EventDevice::Cpu
     };
-    let per_step = |ns: u64| ns as f64 / 1e6 / n.max(1) as f64;
-    let wall_ms = wall_s * 1e3 / n.max(1) as f64;
+    let steps = n.max(1) as f64;
+    let per_step = |ns: u64| ns as f64 / 1e6 / steps;
+    let wall_ms = wall_s * 1e3 / steps;
     let busy_ms = per_step(busy_ns(events, on));
     let top: Vec<Value> = totals_by_name(events, on)
         .into_iter()
         .take(TOP)
         .map(|(name, ns, calls)| {
             json!({"name": name, "ms_per_step": per_step(ns),
-                   "calls_per_step": calls as f64 / n.max(1) as f64})
+                   "calls_per_step": calls as f64 / steps})
         })
         .collect();
     json!({"steps": n, "wall_ms_per_step": wall_ms, "busy_ms_per_step": busy_ms,

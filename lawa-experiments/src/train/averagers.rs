@@ -86,31 +86,33 @@ pub enum AveragerSpec {
 const HOST_UPDATE_EVERY: u64 = 10;
 
 impl AveragerSpec {
-    /// Builds the averager for a run of `total_steps` (which resolves fractional starts and
-    /// refuses starts after the end), keeping its copies in its own storage or `default_storage`.
     /// The warning a GPU run deserves when this averager updates a copy in host memory
     /// (`storage: cpu`) often: each update copies every weight to the host and averages there
     /// while training waits. On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven
     /// to eight training steps (through pageable memory; pinned buffers since, not yet timed).
     /// Snapshots every `nu` steps (LAWA) and rare updates are not warned about.
     pub fn host_copy_warning(&self, default_storage: Storage) -> Option<String> {
-        let (kind, every, storage) = match self {
-            AveragerSpec::Ema { every, storage, .. } => ("ema", *every, storage),
-            AveragerSpec::Swa { every, storage, .. } => ("swa", *every, storage),
+        let (every, storage) = match *self {
+            AveragerSpec::Ema { every, storage, .. } | AveragerSpec::Swa { every, storage, .. } => {
+                (every, storage)
+            }
             AveragerSpec::Lawa { .. } => return None,
         };
         if storage.unwrap_or(default_storage) != Storage::Cpu || every >= HOST_UPDATE_EVERY {
             return None;
         }
         Some(format!(
-            "{kind} (every {every} steps) keeps its average in host memory: on a GPU each update \
+            "{} (every {every} steps) keeps its average in host memory: on a GPU each update \
              copies all weights to the host and averages them there while training waits (an \
              EMA update of GPT-2 small took 378-418 ms on an H200, 7 to 8 training steps, \
              before the copies went through pinned memory); keep it on the device (storage: \
-             training) or update it every {HOST_UPDATE_EVERY} steps or more"
+             training) or update it every {HOST_UPDATE_EVERY} steps or more",
+            self.kind()
         ))
     }
 
+    /// Builds the averager for a run of `total_steps` (which resolves fractional starts and
+    /// refuses starts after the end), keeping its copies in its own storage or `default_storage`.
     pub fn build(
         &self,
         total_steps: u64,
