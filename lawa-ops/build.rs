@@ -1,14 +1,41 @@
-//! Compiles the operations shim (`csrc/ops.cpp`, `csrc/profiler.cpp`) against the libtorch headers torch-sys found,
-//! as torch-sys compiles its own wrapper (see `lawa-cxx`).
+//! Compiles the operations shim (`csrc/*.cpp`) against the libtorch headers torch-sys found,
+//! as torch-sys compiles its own wrapper (see `lawa-cxx`). The CUDA kernels in `csrc/kernels/`
+//! are not compiled here: their source is embedded as a string (`<name>_cu.inc` in `OUT_DIR`)
+//! for NVRTC to compile at run time, for the GPU it finds.
+
+use std::path::PathBuf;
 
 fn main() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    embed_kernel(
+        "csrc/kernels/cross_entropy.cu",
+        &out.join("cross_entropy_cu.inc"),
+    );
     let Some(torch) = lawa_cxx::Libtorch::from_torch_sys() else {
         return; // torch-sys built with `doc-only`
     };
     torch
         .cxx()
+        .include("csrc")
+        .include(&out)
         .file("csrc/ops.cpp")
         .file("csrc/profiler.cpp")
+        .file("csrc/nvrtc_module.cpp")
+        .file("csrc/cross_entropy.cpp")
         .compile("lawa_ops");
     torch.link(&["torch_cpu", "c10"]);
+    println!("cargo:rustc-link-lib=dylib=dl");
+}
+
+/// Writes `source` as a C++ raw string literal to `include`.
+fn embed_kernel(source: &str, include: &PathBuf) {
+    println!("cargo:rerun-if-changed={source}");
+    let text = std::fs::read_to_string(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+    let delimiter = "lawa_cu";
+    assert!(
+        !text.contains(&format!("){delimiter}\"")),
+        "{source} contains the raw string's delimiter"
+    );
+    std::fs::write(include, format!("R\"{delimiter}({text}){delimiter}\"\n"))
+        .unwrap_or_else(|e| panic!("{}: {e}", include.display()));
 }

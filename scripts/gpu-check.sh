@@ -9,8 +9,10 @@
 #       travel beside the checkout: `run` with carry [".gpu"].
 #   scripts/gpu-check.sh [--out DIR] [--only a,b]
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
-#       env, parity_f32, parity_bf16, speed_small, speed_medium, speed_large, averaging, sweep,
-#       data_parallel (a process group of one on NCCL beside the lone run);
+#       env, parity_f32, parity_bf16, speed_small, loss_kernel (lawa's cross-entropy kernels:
+#       their tests on the device, parity and speed), speed_small_options, speed_medium,
+#       speed_large, averaging, sweep, data_parallel (a process group of one on NCCL beside the
+#       lone run);
 #       at most GPU_CHECK_BUDGET seconds (default 350) on an H100. DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
@@ -56,6 +58,15 @@ if [ $mode = prepare ]; then
     rm -rf "$root/.gpu"
     mkdir -p "$root/.gpu/assets"
     cp "$root/target/release/lawa" "$root/.gpu/lawa"
+    # The cross-entropy kernels' tests, to run on the device (the GPU machine has no Rust).
+    tests=$(cd "$root" && cargo test --release -p lawa-ops --test cross_entropy --no-run --message-format=json 2>/dev/null |
+        "$root/.lawa/python" -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cross_entropy" and m.get("executable"):
+        print(m["executable"])')
+    [ -n "$tests" ] || { echo "gpu-check: could not build lawa-ops' cross_entropy tests" >&2; exit 1; }
+    cp "$tests" "$root/.gpu/cross_entropy_tests"
     cp -rL "$root/.lawa/assets/." "$root/.gpu/assets/"
     git -C "$root" describe --always --dirty >"$root/.gpu/commit"
     echo "gpu-check: .gpu/ ready ($(du -sh "$root/.gpu" | cut -f1)); on the GPU machine:"
@@ -167,6 +178,30 @@ speed_options() {
     printf '{"options": ["speed_small_chunked_loss", "speed_small_fused_adamw"]}\n' >"$work/speed_small_options.json"
 }
 
+# loss_kernel "PARITY_ARGS" SPEED_ARGS...: lawa's cross-entropy kernels (train.loss_kernel:
+# fused): their unit tests on the device against log_softmax + nll_loss (GPU only), parity with
+# transformers as parity_bf16 runs it (PARITY_ARGS, split at spaces), and lawa alone timed (and
+# profiled) with them, then with them and the fused AdamW, as speed_small runs it.
+loss_kernel() {
+    local parity=$1
+    shift
+    if [ "$device" = cuda ]; then
+        "$root/.gpu/cross_entropy_tests" --nocapture --test-threads 1 >"$work/kernel_tests.log" 2>&1
+        local status=$?
+        cat "$work/kernel_tests.log"
+        [ $status -eq 0 ] || return 1
+        if grep -q "skipped" "$work/kernel_tests.log"; then
+            echo "the kernels' GPU test was skipped" >&2
+            return 1
+        fi
+    fi
+    # shellcheck disable=SC2086 # split on purpose
+    bench parity parity_bf16_fused_loss $parity --loss-kernel fused || return 1
+    bench train speed_small_fused_loss --no-reference "$@" --loss-kernel fused --profile "$work/profile/fused_loss" || return 1
+    bench train speed_small_fused_all --no-reference "$@" --loss-kernel fused --adamw-kernel fused || return 1
+    printf '{"parts": ["parity_bf16_fused_loss", "speed_small_fused_loss", "speed_small_fused_all"]}\n' >"$work/loss_kernel.json"
+}
+
 sweep_config() {
     local steps=$1 model=$2 batch=$3 block=$4
     cat >"$work/gpu-check.yaml" <<EOF
@@ -239,7 +274,7 @@ EOF
 }
 
 export lawa work out device root
-export -f environment bench speed_options sweep data_parallel
+export -f environment bench speed_options loss_kernel sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
@@ -248,8 +283,11 @@ if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-
 fi
 if [ $mode = gpu ]; then
     section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
-    section parity_bf16 90 bench parity parity_bf16 --preset small --precision bf16 --batch-size 4 --steps 20
+    parity="--preset small --precision bf16 --batch-size 4 --steps 20"
+    # shellcheck disable=SC2086 # split on purpose
+    section parity_bf16 90 bench parity parity_bf16 $parity
     section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --profile "$work/profile"
+    section loss_kernel 120 loss_kernel "$parity" --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
     # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
     section speed_small_options 90 speed_options 4096 --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
     section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
@@ -259,8 +297,11 @@ if [ $mode = gpu ]; then
 else
     tiny=(--preset tiny --vocab-size 512 --block-size 32 --batch-size 4)
     section parity_f32 120 bench parity parity_f32 "${tiny[@]}" --precision f32 --steps 6
-    section parity_bf16 120 bench parity parity_bf16 "${tiny[@]}" --precision bf16 --steps 6
+    parity="${tiny[*]} --precision bf16 --steps 6"
+    # shellcheck disable=SC2086 # split on purpose
+    section parity_bf16 120 bench parity parity_bf16 $parity
     section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --profile "$work/profile"
+    section loss_kernel 120 loss_kernel "$parity" "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
     section speed_small_options 120 speed_options 64 "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
     section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
     section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1

@@ -64,17 +64,26 @@ def speed_md(speeds):
              "| peak allocated MiB (PyTorch) | lawa / this |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     errors = []
+    # The reference's figures a lawa-only run (--no-reference) is compared with: speed_small's,
+    # taken in the same invocation on the same card with the same model and batch.
+    base = dict(speeds).get("speed_small") or {}
     for name, s in speeds:
         m = s["model"]
         shape = f"{name.removeprefix('speed_')} ({m['params'] / 1e6:.0f}M, {m['n_layer']}x{m['n_embd']})"
         if s.get("loss_chunk"):
             shape += f", loss in chunks of {s['loss_chunk']} tokens"
+        if s.get("loss_kernel") not in (None, "aten"):
+            shape += f", loss kernel {s['loss_kernel']}"
         if s.get("adamw_kernel") not in (None, "auto"):
             shape += f", AdamW {s['adamw_kernel']}"
         batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"
         lawa = s["lawa"]["tokens_per_s"]
+        alone = not s.get("eager") and name != "speed_small" and base.get("model") == s["model"] \
+            and base.get("batch_size") == s["batch_size"] and base.get("accumulation") == s["accumulation"]
         for impl, key in [("lawa", "lawa"), ("PyTorch eager", "eager"), ("torch.compile", "compile")]:
             r = s.get(key)
+            if not r and alone and base.get(key):
+                r, impl = base[key], f"{impl} (speed_small's)"
             if not r:
                 continue
             ratio = lawa / r["tokens_per_s"]
@@ -99,7 +108,9 @@ def main():
     sections = [load(p) for p in sorted((work / "status").glob("*.json"))]
     sections = [s for s in sections if s]
     figures = {s["name"]: load(work / f"{s['name']}.json") for s in sections}
-    for name in ("speed_small_chunked_loss", "speed_small_fused_adamw"):  # within speed_small_options
+    # The parts of speed_small_options and loss_kernel.
+    for name in ("speed_small_chunked_loss", "speed_small_fused_adamw", "parity_bf16_fused_loss",
+                 "speed_small_fused_loss", "speed_small_fused_all"):
         figures[name] = load(work / f"{name}.json")
     env = load(work / "env.json") or {}
     ok = bool(sections) and all(s["status"] == "passed" for s in sections)
@@ -115,10 +126,11 @@ def main():
           "| section | status | seconds |", "|---|---|---:|"]
     md += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in sections]
     md.append("")
-    for name in ("parity_f32", "parity_bf16"):
+    for name in ("parity_f32", "parity_bf16", "parity_bf16_fused_loss"):
         if figures.get(name):
             md += parity_md(name, figures[name])
-    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_chunked_loss", "speed_small_fused_adamw",
+    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused_all",
+                                        "speed_small_chunked_loss", "speed_small_fused_adamw",
                                         "speed_medium", "speed_large") if figures.get(n)]
     if speeds:
         md += ["## Training speed (one card, one invocation)", ""] + speed_md(speeds)

@@ -44,6 +44,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
             "parity_f32",
             "parity_bf16",
             "speed_small",
+            "loss_kernel",
             "speed_small_options",
             "speed_medium",
             "speed_large",
@@ -85,6 +86,25 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     assert!(chunked["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(chunked.get("eager").is_none(), "{chunked}");
     assert_eq!(f["speed_small_fused_adamw"]["adamw_kernel"], "fused");
+    // lawa's cross-entropy op: parity with transformers as parity_bf16 runs it, and timed
+    // (profiled) alone and with the fused AdamW.
+    let fused = &f["parity_bf16_fused_loss"];
+    assert_eq!(fused["passed"], true, "{fused}");
+    assert_eq!(fused["lawa"].as_array().unwrap().len(), 6);
+    assert_eq!(fused["reference"], f["parity_bf16"]["reference"]);
+    let fused = &f["speed_small_fused_loss"];
+    assert_eq!(fused["loss_kernel"], "fused", "{fused}");
+    assert!(
+        fused["profile"]["lawa"]["busy_ms_per_step"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let all = &f["speed_small_fused_all"];
+    assert_eq!(
+        (&all["loss_kernel"], &all["adamw_kernel"]),
+        (&"fused".into(), &"fused".into())
+    );
     // bf16: the reference's own spread (math attention) was measured and sets the tolerance
     // when it is larger than the fixed one.
     let spread = bf16["reference_spread"].as_f64().unwrap();
@@ -134,6 +154,9 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         "math attention",
         "small_chunked_loss",
         "AdamW fused",
+        "### parity_bf16_fused_loss",
+        "loss kernel fused",
+        "PyTorch eager (speed_small's)",
     ] {
         assert!(md.contains(part), "{part} missing from {md}");
     }
@@ -147,7 +170,11 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     }
     assert!(!listing.contains("runs/"), "{listing}");
     let listing = tar_listing(&out.path().join("profiles.tar.gz"));
-    for file in ["profile/lawa.tsv", "profile/eager.tsv"] {
+    for file in [
+        "profile/lawa.tsv",
+        "profile/eager.tsv",
+        "profile/fused_loss/lawa.tsv",
+    ] {
         assert!(listing.contains(file), "{file} missing from {listing}");
     }
 }
@@ -176,7 +203,7 @@ fn a_spent_budget_or_a_missing_binary_still_leaves_a_report() {
             .unwrap();
     assert_eq!(report["passed"], false);
     let sections = report["sections"].as_array().unwrap();
-    assert_eq!(sections.len(), 10, "{report}");
+    assert_eq!(sections.len(), 11, "{report}");
     for s in sections {
         assert_eq!(s["status"], "skipped: 25 s budget spent", "{s}");
     }

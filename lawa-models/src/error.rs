@@ -46,6 +46,9 @@ pub enum ModelError {
         /// What is wrong, naming the field.
         message: String,
     },
+    /// One of lawa's own operations failed (e.g. its CUDA kernels could not be compiled).
+    #[error(transparent)]
+    Ops(#[from] lawa_ops::OpsError),
     /// A weights file that cannot be read (malformed header, corrupt data, I/O).
     #[error(transparent)]
     Checkpoint(#[from] lawa_core::checkpoint::CheckpointError),

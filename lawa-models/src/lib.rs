@@ -59,6 +59,6 @@ pub use config::GptConfig;
 pub use error::ModelError;
 pub use generate::{generate, Sampling};
 pub use gpt::Gpt;
-pub use lm::{CausalLm, Model, ModelConfig};
+pub use lm::{CausalLm, LossKernel, LossPlan, Model, ModelConfig};
 pub use neox::{GptNeoX, NeoxConfig};
 pub use precision::Precision;

@@ -97,36 +97,70 @@ pub trait CausalLm {
     }
 
     /// One micro-batch of a step of `accumulation` micro-batches: forward and backward of the
-    /// mean next-token loss divided by `accumulation`, the whole micro-batch at once or, with
-    /// `chunk`, through [`chunked_loss_backward`](CausalLm::chunked_loss_backward). Returns the
-    /// loss (fp32, unscaled, detached).
+    /// mean next-token loss divided by `accumulation`, computed as `plan` says (the whole
+    /// micro-batch at once or `chunk` tokens at a time, with libtorch's ops or lawa's
+    /// cross-entropy kernels). Returns the loss (fp32, unscaled, detached).
     fn loss_backward(
         &self,
         idx: &Tensor,
         targets: &Tensor,
         train: bool,
         accumulation: usize,
-        chunk: Option<usize>,
+        plan: LossPlan,
     ) -> Result<Tensor, ModelError> {
-        match chunk {
-            Some(chunk) => {
-                let scale = 1.0 / accumulation as f64;
-                self.chunked_loss_backward(idx, targets, train, scale, chunk)
+        let scale = 1.0 / accumulation as f64;
+        match (plan.chunk, plan.kernel) {
+            (Some(chunk), kernel) => {
+                self.chunked_loss_backward(idx, targets, train, scale, chunk, kernel)
             }
-            None => {
+            (None, LossKernel::Aten) => {
                 let loss = self.loss(idx, targets, train)?;
-                (&loss / accumulation as f64).backward();
+                (&loss * scale).backward();
+                Ok(loss.detach())
+            }
+            (None, LossKernel::Fused) => {
+                let (b, t) = check_targets(idx, targets)?;
+                let hidden = self.hidden(idx, train)?;
+                let width = hidden.size()[2];
+                let flat = hidden.reshape([b * t, width]);
+                let targets = targets.reshape([b * t]).to_kind(Kind::Int64);
+                let loss = self.summed_loss(&flat, &targets, LossKernel::Fused)? / (b * t) as f64;
+                (&loss * scale).backward();
                 Ok(loss.detach())
             }
         }
     }
 
+    /// The summed next-token loss (fp32, a scalar) of hidden states `[n, width]` against
+    /// targets `[n]` (int64), by `kernel`.
+    fn summed_loss(
+        &self,
+        hidden: &Tensor,
+        targets: &Tensor,
+        kernel: LossKernel,
+    ) -> Result<Tensor, ModelError> {
+        match kernel {
+            LossKernel::Aten => Ok(self.head_log_probs(hidden).f_nll_loss(
+                targets,
+                None::<Tensor>,
+                tch::Reduction::Sum,
+                -100,
+            )?),
+            LossKernel::Fused => {
+                let logits = self.padded_head(hidden);
+                let vocab = self.vocab_size() as i64;
+                let rows = lawa_ops::cross_entropy(&logits, targets, vocab)?;
+                Ok(rows.f_sum(Kind::Float)?)
+            }
+        }
+    }
+
     /// Forward and backward of the mean next-token loss times `scale` (1 / the accumulation
-    /// steps), with the LM head and the softmax run `chunk` tokens at a time, so that the logits
-    /// of one chunk only exist at once (with a 50K vocabulary, the fp32 logits of a whole batch
-    /// and their gradient are the largest tensors of a step). The gradients accumulate into the
-    /// variables as `(self.loss(..) * scale).backward()` puts them there, up to summation
-    /// order. Returns the loss (fp32, unscaled, detached).
+    /// steps), with the LM head and the loss run `chunk` tokens at a time by `kernel`, so that
+    /// the logits of one chunk only exist at once (with a 50K vocabulary, the fp32 logits of a
+    /// whole batch and their gradient are the largest tensors of a step). The gradients
+    /// accumulate into the variables as `(self.loss(..) * scale).backward()` puts them there, up
+    /// to summation order. Returns the loss (fp32, unscaled, detached).
     fn chunked_loss_backward(
         &self,
         idx: &Tensor,
@@ -134,6 +168,7 @@ pub trait CausalLm {
         train: bool,
         scale: f64,
         chunk: usize,
+        kernel: LossKernel,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = check_targets(idx, targets)?;
         let n = b * t;
@@ -148,12 +183,10 @@ pub trait CausalLm {
         let chunk = chunk.max(1) as i64;
         for start in (0..n).step_by(chunk as usize) {
             let len = chunk.min(n - start);
-            let logp = self.head_log_probs(&leaf.narrow(0, start, len));
-            let sum = logp.f_nll_loss(
+            let sum = self.summed_loss(
+                &leaf.narrow(0, start, len),
                 &targets.narrow(0, start, len),
-                None::<Tensor>,
-                tch::Reduction::Sum,
-                -100,
+                kernel,
             )?;
             (&sum * (scale / n as f64)).backward();
             total += sum.detach();
@@ -194,6 +227,39 @@ fn check_targets(idx: &Tensor, targets: &Tensor) -> Result<(i64, i64), ModelErro
         )));
     }
     Ok((b, t))
+}
+
+/// How a training step computes its loss over the logits (`train.loss_chunk`,
+/// `train.loss_kernel`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossPlan {
+    /// Run the LM head and the loss this many tokens at a time [default: the whole
+    /// micro-batch at once].
+    pub chunk: Option<usize>,
+    /// What computes the softmax and the loss.
+    pub kernel: LossKernel,
+}
+
+/// What computes a training step's softmax and loss over the logits. Both give the same loss
+/// and gradients up to summation order (and, for bf16 logits, the rounding of a gradient
+/// value across a bf16 boundary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKernel {
+    /// libtorch's ops: the logits cast to fp32, `log_softmax`, `nll_loss` (as PyTorch eager).
+    #[default]
+    Aten,
+    /// [`lawa_ops::cross_entropy`]: on CUDA, two kernels of lawa's own over the logits in
+    /// their own dtype (no fp32 copy of the logits, of the log-probabilities or of their
+    /// gradient is written); on the CPU the same arithmetic with libtorch's ops.
+    Fused,
+}
+
+impl LossKernel {
+    /// Whether this is the default (`aten`), for leaving it out of written configs.
+    pub fn is_default(&self) -> bool {
+        *self == LossKernel::default()
+    }
 }
 
 impl CausalLm for Gpt {

@@ -1,7 +1,7 @@
 //! The model itself: variable names and tying, parameter counts, initialization, precision,
 //! dropout and the errors of bad input.
 
-use lawa_models::{CausalLm, Gpt, GptConfig, Precision};
+use lawa_models::{CausalLm, Gpt, GptConfig, LossKernel, LossPlan, Precision};
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny(vocab: usize) -> GptConfig {
@@ -327,11 +327,26 @@ fn vocabulary_padding_rows_start_at_zero_like_a_reloaded_model() {
     );
 }
 
-/// The chunked loss (head and softmax a few tokens at a time) against the plain one on the same
-/// model and batch, in fp32 and bf16: the loss and every variable's gradient, with a scale (as
-/// under gradient accumulation) and a chunk that does not divide the tokens.
+/// Every way of computing a training loss (chunked: head and softmax a few tokens at a time,
+/// with a chunk that does not divide the tokens; lawa's cross-entropy op, whole and chunked)
+/// against the plain one on the same model and batch, in fp32 and bf16: the loss and every
+/// variable's gradient, under gradient accumulation of 2.
 #[test]
-fn chunked_loss_gives_the_plain_loss_and_gradients() {
+fn every_loss_plan_gives_the_plain_loss_and_gradients() {
+    let plans = [
+        LossPlan {
+            chunk: Some(7),
+            kernel: LossKernel::Aten,
+        },
+        LossPlan {
+            chunk: None,
+            kernel: LossKernel::Fused,
+        },
+        LossPlan {
+            chunk: Some(7),
+            kernel: LossKernel::Fused,
+        },
+    ];
     for precision in [Precision::F32, Precision::Bf16] {
         let vs = nn::VarStore::new(Device::Cpu);
         let gpt = Gpt::new(vs.root(), &tiny(300))
@@ -341,35 +356,37 @@ fn chunked_loss_gives_the_plain_loss_and_gradients() {
         let plain = gpt.loss(&x, &y, false).unwrap();
         (&plain * 0.5).backward();
         let want = gradients(&vs);
-        vs.variables().values_mut().for_each(|t| t.zero_grad());
-        let chunked = gpt.chunked_loss_backward(&x, &y, false, 0.5, 7).unwrap();
-        let got = gradients(&vs);
-        let loss_diff = (plain.double_value(&[]) - chunked.double_value(&[])).abs();
-        let grad_diff = want
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs().max().double_value(&[]))
-            .fold(0.0, f64::max);
         let scale = want
             .iter()
             .map(|g| g.abs().max().double_value(&[]))
             .fold(0.0, f64::max);
-        println!("{precision}: loss {loss_diff:.1e} apart, gradients {grad_diff:.1e} (largest {scale:.1e})");
-        let tolerance = if precision == Precision::F32 {
-            1e-6
-        } else {
-            2e-2
-        };
-        let loss = plain.double_value(&[]);
-        assert!(
-            loss_diff < tolerance * loss,
-            "{precision} loss {loss_diff} of {loss}"
-        );
-        assert!(
-            grad_diff < tolerance * scale,
-            "{precision} gradients {grad_diff} of {scale}"
-        );
-        assert!(!chunked.requires_grad());
+        for plan in plans {
+            vs.variables().values_mut().for_each(|t| t.zero_grad());
+            let loss = gpt.loss_backward(&x, &y, false, 2, plan).unwrap();
+            let got = gradients(&vs);
+            let loss_diff = (plain.double_value(&[]) - loss.double_value(&[])).abs();
+            let grad_diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs().max().double_value(&[]))
+                .fold(0.0, f64::max);
+            println!("{precision} {plan:?}: loss {loss_diff:.1e} apart, gradients {grad_diff:.1e} (largest {scale:.1e})");
+            let tolerance = if precision == Precision::F32 {
+                1e-6
+            } else {
+                2e-2
+            };
+            let plain_loss = plain.double_value(&[]);
+            assert!(
+                loss_diff < tolerance * plain_loss,
+                "{precision} {plan:?} loss {loss_diff} of {plain_loss}"
+            );
+            assert!(
+                grad_diff < tolerance * scale,
+                "{precision} {plan:?} gradients {grad_diff} of {scale}"
+            );
+            assert!(!loss.requires_grad());
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 //! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11, and
 //! libtorch's profiler ([`Profiler`]), to compare a step of lawa with one of PyTorch kernel by kernel.
 //! On CUDA each is a handful of kernels for the whole model instead of several per tensor.
+//! And kernels of lawa's own, compiled at run time by NVRTC: [`cross_entropy`] over a language
+//! model's logits in their own dtype.
 //!
 //! ```
 //! use tch::{Kind, Tensor};
@@ -17,8 +19,10 @@ use std::os::raw::{c_char, c_int};
 
 use tch::Tensor;
 
+mod cross_entropy;
 mod profiler;
 
+pub use cross_entropy::{compile_cross_entropy_kernels, cross_entropy, IGNORE_INDEX};
 pub use profiler::{busy_ns, parse_events, totals_by_name, EventDevice, ProfiledEvent, Profiler};
 
 /// A libtorch error from one of the operations (a shape, dtype or device mismatch...).

@@ -43,8 +43,8 @@ pub struct Bench {
     pub reference: bool,
     /// How lawa's AdamW computes its step.
     pub adamw_kernel: lawa_core::optim::AdamWKernel,
-    /// Tokens per chunk of the chunked loss, or the whole micro-batch at once.
-    pub loss_chunk: Option<usize>,
+    /// How lawa's training loss is computed (chunked or not, ATen or lawa's kernels).
+    pub loss: lawa_models::LossPlan,
     /// With a folder, `bench train` also profiles `profile_steps` steps of lawa and of the
     /// reference and writes their events there.
     pub profile: Option<(std::path::PathBuf, usize)>,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use lawa_models::{CausalLm, Gpt, Precision};
+use lawa_models::{CausalLm, Gpt, LossPlan, Precision};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -21,7 +21,7 @@ pub(crate) struct StepLoop {
     x: Tensor,
     y: Tensor,
     accumulation: usize,
-    loss_chunk: Option<usize>,
+    loss: LossPlan,
 }
 
 impl StepLoop {
@@ -48,20 +48,16 @@ impl StepLoop {
             x,
             y,
             accumulation: b.accumulation.max(1),
-            loss_chunk: b.loss_chunk,
+            loss: b.loss,
         })
     }
 
     /// One optimizer step over `accumulation` micro-batches, as the trainer takes it.
     pub(crate) fn step(&mut self) -> Result<()> {
         for _ in 0..self.accumulation {
-            let _loss = self.gpt.loss_backward(
-                &self.x,
-                &self.y,
-                true,
-                self.accumulation,
-                self.loss_chunk,
-            )?;
+            let _loss =
+                self.gpt
+                    .loss_backward(&self.x, &self.y, true, self.accumulation, self.loss)?;
         }
         let _norm = clip_grad_norm(&self.params, 1.0)?;
         self.opt.step(6e-4)?;
@@ -134,7 +130,7 @@ pub fn run(b: &Bench) -> Result<Value> {
                   "vocab_size": b.cfg.vocab_size, "block_size": b.block,
                   "params": b.cfg.num_params(false)},
         "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
-        "loss_chunk": b.loss_chunk, "adamw_kernel": b.adamw_kernel,
+        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "adamw_kernel": b.adamw_kernel,
         "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},

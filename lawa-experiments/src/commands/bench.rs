@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// Run lawa's LM head and loss this many tokens at a time (`train.loss_chunk`).
     #[arg(long, value_name = "TOKENS")]
     pub loss_chunk: Option<usize>,
+    /// What computes lawa's softmax and loss (`train.loss_kernel`): aten, or fused (lawa's
+    /// cross-entropy kernels, on CUDA).
+    #[arg(long, default_value = "aten")]
+    pub loss_kernel: String,
     /// `bench train`: also profile a few steps of lawa and of the reference with libtorch's
     /// profiler, print where the time goes, and write every event to this folder.
     #[arg(long, value_name = "DIR")]
@@ -165,7 +169,15 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
         requests: args.requests,
         compile: !args.no_compile,
         reference: !args.no_reference,
-        loss_chunk: args.loss_chunk.filter(|&c| c > 0),
+        loss: lawa_models::LossPlan {
+            chunk: args.loss_chunk.filter(|&c| c > 0),
+            kernel: serde_yaml::from_str(&args.loss_kernel).map_err(|_| {
+                anyhow::anyhow!(
+                    "--loss-kernel {:?}: expected aten or fused",
+                    args.loss_kernel
+                )
+            })?,
+        },
         profile: profile(args)?,
         adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
             anyhow::anyhow!(

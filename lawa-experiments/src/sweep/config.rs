@@ -373,6 +373,7 @@ impl SweepConfig {
                             precision: r.precision.clone(),
                             allreduce_fp32: false,
                             loss_chunk: None,
+                            loss_kernel: Default::default(),
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),

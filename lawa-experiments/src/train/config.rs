@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::Storage;
 use lawa_core::optim::{AdamWConfig, Schedule};
-use lawa_models::{GptConfig, Precision};
+use lawa_models::{GptConfig, LossKernel, LossPlan, Precision};
 use serde::{Deserialize, Serialize};
 
 use super::averagers::AveragerSpec;
@@ -150,6 +150,11 @@ pub struct TrainSpec {
     /// loss and gradients up to summation order [default: the whole micro-batch at once].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_chunk: Option<usize>,
+    /// What computes the softmax and loss: `aten` (libtorch's ops over the logits cast to fp32,
+    /// as PyTorch eager) or `fused` (lawa's cross-entropy kernels over the logits in their own
+    /// dtype, on CUDA) [default: aten].
+    #[serde(default, skip_serializing_if = "LossKernel::is_default")]
+    pub loss_kernel: LossKernel,
 }
 
 fn one() -> usize {
@@ -160,6 +165,14 @@ impl TrainSpec {
     /// Steps the learning-rate schedule spans: the horizon, or the run's steps.
     pub fn schedule_steps(&self) -> u64 {
         self.horizon.unwrap_or(self.steps)
+    }
+
+    /// How each micro-batch's loss is computed.
+    pub fn loss_plan(&self) -> LossPlan {
+        LossPlan {
+            chunk: self.loss_chunk,
+            kernel: self.loss_kernel,
+        }
     }
 
     /// The learning rate of optimizer step `it` (0 for the first).

@@ -252,7 +252,7 @@ impl<'a> Trainer<'a> {
             let batch = self.sampler.next_batch_share(device, part, parts)?;
             loss_sum +=
                 self.gpt
-                    .loss_backward(&batch.x, &batch.y, true, t.grad_accum, t.loss_chunk)?;
+                    .loss_backward(&batch.x, &batch.y, true, t.grad_accum, t.loss_plan())?;
         }
         if let Some((p, reducer)) = &self.parallel {
             p.average(reducer, &loss_sum)?;

@@ -1,0 +1,218 @@
+// NVRTC and the CUDA driver API through dlopen (see nvrtc_module.h). The few driver and NVRTC
+// types used are declared here as the opaque handles and ints they are.
+
+#include "nvrtc_module.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+
+#include <stdexcept>
+#include <string>
+
+#include <ATen/Context.h>
+#include <c10/core/Device.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+namespace lawa {
+namespace {
+
+using Result = int;  // CUresult and nvrtcResult: 0 is success
+
+constexpr int kComputeCapabilityMajor = 75;  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+constexpr int kComputeCapabilityMinor = 76;
+
+template <typename F>
+F symbol(void* library, const char* name, const char* library_name) {
+  void* found = dlsym(library, name);
+  if (found == nullptr) throw std::runtime_error(std::string(library_name) + " has no " + name);
+  return reinterpret_cast<F>(found);
+}
+
+struct Nvrtc {
+  Result (*create)(void** program, const char* source, const char* name, int headers, const char* const* contents,
+                   const char* const* names);
+  Result (*compile)(void* program, int count, const char* const* options);
+  Result (*log_size)(void* program, size_t* size);
+  Result (*log)(void* program, char* log);
+  Result (*cubin_size)(void* program, size_t* size);
+  Result (*cubin)(void* program, char* cubin);
+  Result (*destroy)(void** program);
+  const char* (*error_string)(Result result);
+
+  explicit Nvrtc(void* h)
+      : create(symbol<decltype(create)>(h, "nvrtcCreateProgram", "NVRTC")),
+        compile(symbol<decltype(compile)>(h, "nvrtcCompileProgram", "NVRTC")),
+        log_size(symbol<decltype(log_size)>(h, "nvrtcGetProgramLogSize", "NVRTC")),
+        log(symbol<decltype(log)>(h, "nvrtcGetProgramLog", "NVRTC")),
+        cubin_size(symbol<decltype(cubin_size)>(h, "nvrtcGetCUBINSize", "NVRTC")),
+        cubin(symbol<decltype(cubin)>(h, "nvrtcGetCUBIN", "NVRTC")),
+        destroy(symbol<decltype(destroy)>(h, "nvrtcDestroyProgram", "NVRTC")),
+        error_string(symbol<decltype(error_string)>(h, "nvrtcGetErrorString", "NVRTC")) {}
+
+  void check(Result r, const char* what) const {
+    if (r != 0) throw std::runtime_error(std::string("NVRTC ") + what + ": " + error_string(r));
+  }
+};
+
+struct Driver {
+  Result (*device_get)(int* device, int ordinal);
+  Result (*attribute)(int* value, int attribute, int device);
+  Result (*primary_context)(void** context, int device);
+  Result (*current_context)(void** context);
+  Result (*set_current_context)(void* context);
+  Result (*load_module)(void** module, const void* image);
+  Result (*get_function)(void** function, void* module, const char* name);
+  Result (*launch)(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                   unsigned shared_bytes, void* stream, void** params, void** extra);
+  Result (*error_string)(Result result, const char** text);
+
+  explicit Driver(void* h)
+      : device_get(symbol<decltype(device_get)>(h, "cuDeviceGet", "libcuda")),
+        attribute(symbol<decltype(attribute)>(h, "cuDeviceGetAttribute", "libcuda")),
+        primary_context(symbol<decltype(primary_context)>(h, "cuDevicePrimaryCtxRetain", "libcuda")),
+        current_context(symbol<decltype(current_context)>(h, "cuCtxGetCurrent", "libcuda")),
+        set_current_context(symbol<decltype(set_current_context)>(h, "cuCtxSetCurrent", "libcuda")),
+        load_module(symbol<decltype(load_module)>(h, "cuModuleLoadData", "libcuda")),
+        get_function(symbol<decltype(get_function)>(h, "cuModuleGetFunction", "libcuda")),
+        launch(symbol<decltype(launch)>(h, "cuLaunchKernel", "libcuda")),
+        error_string(symbol<decltype(error_string)>(h, "cuGetErrorString", "libcuda")) {}
+
+  void check(Result r, const char* what) const {
+    if (r == 0) return;
+    const char* text = nullptr;
+    error_string(r, &text);
+    throw std::runtime_error(std::string("CUDA driver ") + what + ": " + (text ? text : "error " + std::to_string(r)));
+  }
+};
+
+// The folder of the library that holds `symbol`.
+std::string folder_of(void* symbol) {
+  Dl_info info{};
+  if (symbol == nullptr || dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return "";
+  std::string path = info.dli_fname;
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+// NVRTC opens its builtins (libnvrtc-builtins.so.<version>) by name when it compiles; a wheel's
+// copy sits beside it, where the loader does not look. Loading them from there first makes that
+// name resolve to them.
+void load_builtins(void* nvrtc) {
+  std::string dir = folder_of(dlsym(nvrtc, "nvrtcCreateProgram"));
+  DIR* listing = dir.empty() ? nullptr : opendir(dir.c_str());
+  if (listing == nullptr) return;
+  while (dirent* entry = readdir(listing)) {
+    std::string name = entry->d_name;
+    if (name.rfind("libnvrtc-builtins.so.", 0) == 0 && name.find(".alt") == std::string::npos)
+      dlopen((dir + "/" + name).c_str(), RTLD_NOW | RTLD_GLOBAL);
+  }
+  closedir(listing);
+}
+
+// NVRTC as libtorch finds it: libcaffe2_nvrtc.so (torch's own NVRTC wrapper) is linked against
+// it with a run path into the wheel, so loading that loads NVRTC, found then by its soname.
+void* open_nvrtc(const std::string& library) {
+  if (!library.empty()) {
+    void* h = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) throw std::runtime_error("cannot open NVRTC at " + library + ": " + dlerror());
+    return h;
+  }
+  std::string dir = folder_of(reinterpret_cast<void*>(&at::globalContext));  // libtorch_cpu.so's
+  std::string wrapper_error;
+  if (!dir.empty() && dlopen((dir + "/libcaffe2_nvrtc.so").c_str(), RTLD_NOW | RTLD_LOCAL) == nullptr)
+    wrapper_error = dlerror();
+  for (const char* name : {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"}) {
+    void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (h == nullptr) h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (h != nullptr) return h;
+  }
+  throw std::runtime_error("NVRTC (libnvrtc.so) not found beside libtorch (" + dir + ")" +
+                           (wrapper_error.empty() ? "" : ": " + wrapper_error));
+}
+
+const Nvrtc& nvrtc(const std::string& library) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, Nvrtc> opened;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = opened.find(library);
+  if (found == opened.end()) {
+    void* h = open_nvrtc(library);
+    load_builtins(h);
+    found = opened.emplace(library, Nvrtc(h)).first;
+  }
+  return found->second;
+}
+
+const Driver& driver() {
+  static const Driver d = [] {
+    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) throw std::runtime_error(std::string("the CUDA driver (libcuda.so.1) is not here: ") + dlerror());
+    return Driver(h);
+  }();
+  return d;
+}
+
+}  // namespace
+
+std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library) {
+  const Nvrtc& n = nvrtc(library);
+  void* program = nullptr;
+  n.check(n.create(&program, source.c_str(), "lawa.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::string architecture = "--gpu-architecture=" + arch;
+  const char* options[] = {architecture.c_str(), "--std=c++17"};
+  Result compiled = n.compile(program, 2, options);
+  size_t size = 0;
+  std::string out;
+  if (compiled != 0) {
+    n.log_size(program, &size);
+    std::string log(size, '\0');
+    n.log(program, log.data());
+    n.destroy(&program);
+    throw std::runtime_error("NVRTC could not compile the kernels for " + arch + ": " + n.error_string(compiled) +
+                             "\n" + log);
+  }
+  n.check(n.cubin_size(program, &size), "nvrtcGetCUBINSize");
+  out.resize(size);
+  n.check(n.cubin(program, out.data()), "nvrtcGetCUBIN");
+  n.destroy(&program);
+  return out;
+}
+
+KernelModule::Loaded& KernelModule::load(int device) {
+  auto found = loaded_.find(device);
+  if (found != loaded_.end()) return found->second;
+  const Driver& d = driver();
+  int handle = 0, major = 0, minor = 0;
+  d.check(d.device_get(&handle, device), "cuDeviceGet");
+  d.check(d.attribute(&major, kComputeCapabilityMajor, handle), "cuDeviceGetAttribute");
+  d.check(d.attribute(&minor, kComputeCapabilityMinor, handle), "cuDeviceGetAttribute");
+  Loaded loaded;
+  d.check(d.primary_context(&loaded.context, handle), "cuDevicePrimaryCtxRetain");
+  d.check(d.set_current_context(loaded.context), "cuCtxSetCurrent");
+  std::string cubin = nvrtc_compile(source_, "sm_" + std::to_string(major) + std::to_string(minor), "");
+  d.check(d.load_module(&loaded.module, cubin.data()), "cuModuleLoadData");
+  return loaded_.emplace(device, std::move(loaded)).first->second;
+}
+
+void KernelModule::launch(int device, const char* kernel, unsigned grid, unsigned block, std::vector<void*> args) {
+  if (grid == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  Loaded& loaded = load(device);
+  const Driver& d = driver();
+  void* current = nullptr;
+  d.check(d.current_context(&current), "cuCtxGetCurrent");
+  if (current != loaded.context) d.check(d.set_current_context(loaded.context), "cuCtxSetCurrent");
+  auto found = loaded.functions.find(kernel);
+  if (found == loaded.functions.end()) {
+    void* function = nullptr;
+    d.check(d.get_function(&function, loaded.module, kernel), (std::string("cuModuleGetFunction ") + kernel).c_str());
+    found = loaded.functions.emplace(kernel, function).first;
+  }
+  c10::Device where(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device));
+  c10::Stream stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(where);
+  d.check(d.launch(found->second, grid, 1, 1, block, 1, 1, 0, stream.native_handle(), args.data(), nullptr),
+          (std::string("launching ") + name_ + "/" + kernel).c_str());
+}
+
+}  // namespace lawa

@@ -1,0 +1,42 @@
+// CUDA kernels of lawa's own, compiled at run time by NVRTC and launched through the CUDA driver
+// API, both opened with dlopen: nothing here links against CUDA, so the shim builds and runs
+// against a CPU-only libtorch too (where launching says why it cannot).
+#pragma once
+
+#include <cstddef>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace lawa {
+
+// NVRTC's binary (cubin) of `source` for `arch` (e.g. "sm_90"). `library`: the path of
+// libnvrtc, or empty to find the one libtorch loads. Throws with NVRTC's log on failure.
+std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library);
+
+// One source of kernels, compiled once per device on first use (for that device's
+// architecture) and launched on libtorch's current stream of the device.
+class KernelModule {
+ public:
+  KernelModule(const char* source, const char* name) : source_(source), name_(name) {}
+
+  // Launches `kernel` (an extern "C" __global__ function of the source) on `device` with
+  // `grid` x `block` threads; `args` point at the kernel's arguments, in order.
+  void launch(int device, const char* kernel, unsigned grid, unsigned block, std::vector<void*> args);
+
+ private:
+  struct Loaded {
+    void* module = nullptr;
+    void* context = nullptr;
+    std::unordered_map<std::string, void*> functions;
+  };
+  Loaded& load(int device);
+
+  const char* source_;
+  const char* name_;
+  std::mutex mutex_;
+  std::unordered_map<int, Loaded> loaded_;
+};
+
+}  // namespace lawa

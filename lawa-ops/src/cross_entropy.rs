@@ -1,0 +1,94 @@
+//! Cross-entropy over a language model's logits in the logits' own dtype: lawa's CUDA kernels
+//! (`csrc/kernels/cross_entropy.cu`, compiled at run time by NVRTC), or the same arithmetic with
+//! ATen ops elsewhere.
+
+use std::ffi::CString;
+use std::os::raw::{c_char, c_int};
+use std::path::Path;
+
+use tch::Tensor;
+
+use crate::{call, Handle, OpsError};
+
+/// The target value whose rows count for nothing, as in `torch.nn.functional.cross_entropy`.
+pub const IGNORE_INDEX: i64 = -100;
+
+extern "C" {
+    fn lawa_cross_entropy(
+        logits: Handle,
+        targets: Handle,
+        vocab: i64,
+        ignore_index: i64,
+        out: *mut Handle,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn lawa_cross_entropy_compile(
+        arch: *const c_char,
+        library: *const c_char,
+        bytes: *mut usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+}
+
+/// The cross-entropy of each row of `logits` (`[rows, columns]`, bf16 or fp32) against
+/// `targets` (`[rows]`, int64), over the first `vocab` columns (the rest, such as GPT-2's padding
+/// of 50257 to 50304, count as probability 0): `logsumexp(x[..vocab]) - x[target]`, fp32
+/// `[rows]`, 0 for a target equal to [`IGNORE_INDEX`] and NaN for one outside `[0, vocab)`.
+/// Differentiable with respect to `logits`; the gradient is `(softmax - onehot) * grad`, 0 in the
+/// padding columns, computed in fp32 and rounded once to the logits' dtype.
+///
+/// This is `log_softmax(logits.float()[.., ..vocab]) + nll_loss(reduction="none")` up to the
+/// order of a sum. On CUDA it runs as two kernels of lawa's own that read the logits where
+/// they are: the forward pass keeps one fp32 value per row, and writes no fp32 copy of the
+/// logits, no log-probabilities and no dense gradient of the loss (which the ATen path all
+/// writes, each as large as the logits in fp32). Elsewhere it runs those ATen ops.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// let logits = Tensor::from_slice(&[0.0f32, 0.0, 9.0, 1.0, 1.0, 9.0]).view([2, 3]);
+/// let targets = Tensor::from_slice(&[1i64, lawa_ops::IGNORE_INDEX]);
+/// // Over the first two columns: log(e^0 + e^0) - 0 = ln 2, and an ignored row.
+/// let losses = lawa_ops::cross_entropy(&logits, &targets, 2).unwrap();
+/// let got = Vec::<f32>::try_from(&losses).unwrap();
+/// assert!((got[0] - std::f32::consts::LN_2).abs() < 1e-6 && got[1] == 0.0);
+/// ```
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, vocab: i64) -> Result<Tensor, OpsError> {
+    let mut out: Handle = std::ptr::null_mut();
+    call("cross_entropy", |error| {
+        // SAFETY: both tensors are live and borrowed for the call; `out` receives a new one.
+        unsafe {
+            lawa_cross_entropy(
+                logits.as_ptr() as Handle,
+                targets.as_ptr() as Handle,
+                vocab,
+                IGNORE_INDEX,
+                &mut out,
+                error,
+            )
+        }
+    })?;
+    // SAFETY: allocated by the shim with `new at::Tensor`, handed over once.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Compiles the cross-entropy kernels with NVRTC for `arch` (such as `"sm_90"`), as a GPU run
+/// does on first use, and returns the size of the binary: the check that they compile, which
+/// needs NVRTC but no GPU. `nvrtc`: the path of `libnvrtc.so`, or `None` for the one libtorch
+/// loads.
+pub fn compile_cross_entropy_kernels(arch: &str, nvrtc: Option<&Path>) -> Result<usize, OpsError> {
+    let op = "compiling the cross-entropy kernels";
+    let text = |s: &str| {
+        CString::new(s).map_err(|_| OpsError {
+            op,
+            message: format!("{s:?} contains a NUL"),
+        })
+    };
+    let arch = text(arch)?;
+    let library = text(&nvrtc.map(|p| p.display().to_string()).unwrap_or_default())?;
+    let mut bytes = 0usize;
+    call(op, |error| {
+        // SAFETY: two NUL-terminated strings borrowed for the call; `bytes` is written once.
+        unsafe { lawa_cross_entropy_compile(arch.as_ptr(), library.as_ptr(), &mut bytes, error) }
+    })?;
+    Ok(bytes)
+}

@@ -1,0 +1,220 @@
+//! `lawa_ops::cross_entropy` against `log_softmax` + `nll_loss` over the narrowed fp32 logits
+//! (what lawa's models compute without it), its kernels compiled by NVRTC, and on a GPU the
+//! kernels against the same reference.
+
+use std::path::PathBuf;
+
+use lawa_ops::{compile_cross_entropy_kernels, cross_entropy, IGNORE_INDEX};
+use tch::{Cuda, Device, Kind, Reduction, Tensor};
+
+const ROWS: i64 = 37;
+const VOCAB: i64 = 129;
+/// Row widths: 136 columns are read 16 bytes at a time on a GPU (8 bf16 or 4 fp32 values),
+/// 131 value by value.
+const WIDTHS: [i64; 2] = [136, 131];
+
+/// Logits `[ROWS, cols]` with a wide spread (so that the softmax is far from uniform), targets
+/// including an ignored row and the last vocabulary column.
+fn inputs(kind: Kind, device: Device, cols: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(11);
+    let logits = (Tensor::randn([ROWS, cols], (Kind::Float, Device::Cpu)) * 4.0).to_kind(kind);
+    let targets = Tensor::randint(VOCAB, [ROWS], (Kind::Int64, Device::Cpu));
+    let _ = targets.get(3).fill_(IGNORE_INDEX);
+    let _ = targets.get(5).fill_(VOCAB - 1);
+    (logits.to(device), targets.to(device))
+}
+
+/// Losses and the gradient of `sum(losses * weights)` with respect to the logits, by `f`.
+fn losses_and_gradient(
+    logits: &Tensor,
+    targets: &Tensor,
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Tensor) {
+    let x = logits.detach().set_requires_grad(true);
+    let losses = f(&x, targets);
+    let weights = Tensor::linspace(0.5, 2.0, ROWS, (Kind::Float, logits.device()));
+    (&losses * &weights).sum(Kind::Float).backward();
+    (losses.detach(), x.grad())
+}
+
+/// The ATen path: log-softmax of the narrowed logits in fp32, then the per-token NLL.
+fn reference(x: &Tensor, targets: &Tensor) -> Tensor {
+    x.narrow(1, 0, VOCAB)
+        .log_softmax(-1, Kind::Float)
+        .f_nll_loss(targets, None::<Tensor>, Reduction::None, IGNORE_INDEX)
+        .unwrap()
+}
+
+fn fused(x: &Tensor, targets: &Tensor) -> Tensor {
+    cross_entropy(x, targets, VOCAB).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Float) - b.to_kind(Kind::Float))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Compares the two paths on `device` in `kind` at every width: losses within `loss_tol`
+/// (relative), the gradient within `grad_tol` of its largest value, the padding columns'
+/// gradient exactly 0.
+fn compare(kind: Kind, device: Device, loss_tol: f64, grad_tol: f64) {
+    for cols in WIDTHS {
+        compare_at(kind, device, cols, loss_tol, grad_tol);
+    }
+}
+
+fn compare_at(kind: Kind, device: Device, cols: i64, loss_tol: f64, grad_tol: f64) {
+    let (logits, targets) = inputs(kind, device, cols);
+    let (want, want_grad) = losses_and_gradient(&logits, &targets, reference);
+    let (got, got_grad) = losses_and_gradient(&logits, &targets, fused);
+    assert_eq!(got.kind(), Kind::Float);
+    assert_eq!(got.size(), [ROWS]);
+    assert_eq!(got_grad.kind(), kind);
+    let scale = want.abs().max().double_value(&[]);
+    assert!(scale > 1.0, "losses too small to test: {scale}");
+    let d = max_abs_diff(&got, &want);
+    assert!(
+        d <= loss_tol * scale,
+        "{kind:?} on {device:?}, {cols} columns: losses differ by {d}"
+    );
+    assert_eq!(got.double_value(&[3]), 0.0, "the ignored row");
+    let gscale = want_grad.abs().max().double_value(&[]);
+    let gd = max_abs_diff(&got_grad, &want_grad);
+    assert!(
+        gd <= grad_tol * gscale,
+        "{kind:?} on {device:?}, {cols} columns: gradients differ by {gd} (largest {gscale})"
+    );
+    let padding = got_grad.narrow(1, VOCAB, cols - VOCAB);
+    assert_eq!(padding.abs().max().double_value(&[]), 0.0);
+    assert_eq!(got_grad.get(3).abs().max().double_value(&[]), 0.0);
+    // Each row's gradient sums to 0 (softmax minus one-hot), times its weight.
+    let row_sums = got_grad
+        .to_kind(Kind::Float)
+        .sum_dim_intlist(1, false, Kind::Float);
+    assert!(row_sums.abs().max().double_value(&[]) < 1e-2 * gscale * VOCAB as f64);
+}
+
+#[test]
+fn on_the_cpu_it_equals_log_softmax_and_nll_loss() {
+    compare(Kind::Float, Device::Cpu, 1e-6, 1e-6);
+    // In bf16 both round the same fp32 gradient once: at most one bf16 ulp apart (2^-8
+    // relative), where summation order tips a value across a rounding boundary.
+    compare(Kind::BFloat16, Device::Cpu, 1e-6, 4e-3);
+}
+
+#[test]
+fn on_a_gpu_the_kernels_equal_log_softmax_and_nll_loss() {
+    if !Cuda::is_available() {
+        eprintln!("skipped: no GPU here (the kernels were only compiled, by the NVRTC test)");
+        return;
+    }
+    compare(Kind::Float, Device::Cuda(0), 1e-6, 1e-6);
+    compare(Kind::BFloat16, Device::Cuda(0), 1e-6, 4e-3);
+    // A GPT-2-sized row: 50257 of 50304 columns, bf16, summed over several thread strides.
+    tch::manual_seed(5);
+    let logits =
+        (Tensor::randn([64, 50304], (Kind::Float, Device::Cuda(0))) * 3.0).to_kind(Kind::BFloat16);
+    let targets = Tensor::randint(50257, [64], (Kind::Int64, Device::Cuda(0)));
+    let want = logits
+        .narrow(1, 0, 50257)
+        .log_softmax(-1, Kind::Float)
+        .f_nll_loss(&targets, None::<Tensor>, Reduction::None, IGNORE_INDEX)
+        .unwrap();
+    let got = cross_entropy(&logits, &targets, 50257).unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-5 * want.abs().max().double_value(&[]), "{d}");
+}
+
+#[test]
+fn targets_outside_the_vocabulary_give_nan() {
+    let logits = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
+    let targets = Tensor::from_slice(&[3i64, -1]);
+    let losses = cross_entropy(&logits, &targets, 3).unwrap();
+    let v = Vec::<f32>::try_from(&losses).unwrap();
+    assert!(v[0].is_nan() && v[1].is_nan(), "{v:?}");
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_reason() {
+    let cpu = (Kind::Float, Device::Cpu);
+    let t = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
+    let cases = [
+        (
+            Tensor::zeros([2, 3, 4], cpu),
+            t.shallow_clone(),
+            4,
+            "[rows, columns]",
+        ),
+        (
+            Tensor::zeros([2, 4], (Kind::Int, Device::Cpu)),
+            t.shallow_clone(),
+            4,
+            "bf16 or fp32",
+        ),
+        (
+            Tensor::zeros([3, 4], cpu),
+            t.shallow_clone(),
+            4,
+            "targets must be [rows]",
+        ),
+        (Tensor::zeros([2, 4], cpu), t.to_kind(Kind::Int), 4, "int64"),
+        (
+            Tensor::zeros([2, 4], cpu),
+            t.shallow_clone(),
+            5,
+            "vocab = 5",
+        ),
+        (
+            Tensor::zeros([2, 4], cpu),
+            t.shallow_clone(),
+            0,
+            "vocab = 0",
+        ),
+    ];
+    for (logits, targets, vocab, why) in cases {
+        let e = cross_entropy(&logits, &targets, vocab).unwrap_err();
+        assert!(e.message.contains(why), "{why}: {e}");
+    }
+}
+
+/// The NVRTC in the torch wheel beside libtorch (`nvidia/cu*/lib`), if this libtorch has one.
+fn wheel_nvrtc() -> Option<PathBuf> {
+    let libtorch = PathBuf::from(std::env::var_os("LIBTORCH")?);
+    let nvidia = libtorch.canonicalize().ok()?.parent()?.join("nvidia");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("lib"))
+        .flat_map(|lib| std::fs::read_dir(lib).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("libnvrtc.so.") && !name.contains("builtins") && !name.contains("alt")
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+#[test]
+fn nvrtc_compiles_the_kernels_for_ampere_and_hopper() {
+    let Some(nvrtc) = wheel_nvrtc() else {
+        eprintln!("skipped: this libtorch has no NVRTC beside it (a CPU-only build)");
+        return;
+    };
+    for arch in ["sm_80", "sm_90"] {
+        let bytes = compile_cross_entropy_kernels(arch, Some(&nvrtc))
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert!(bytes > 1000, "{arch}: a {bytes}-byte binary");
+    }
+    let e = compile_cross_entropy_kernels("sm_1", Some(&nvrtc)).unwrap_err();
+    assert!(e.message.contains("sm_1"), "{e}");
+    let e = compile_cross_entropy_kernels(
+        "sm_90",
+        Some(std::path::Path::new("/nonexistent/libnvrtc.so")),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("/nonexistent/libnvrtc.so"), "{e}");
+}
