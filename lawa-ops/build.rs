@@ -22,6 +22,7 @@ fn main() {
         .file("csrc/profiler.cpp")
         .file("csrc/nvrtc_module.cpp")
         .file("csrc/cross_entropy.cpp")
+        .file("csrc/cross_entropy_emulated.cpp")
         .compile("lawa_ops");
     torch.link(&["torch_cpu", "c10"]);
     println!("cargo:rustc-link-lib=dylib=dl");

@@ -96,7 +96,8 @@ if [ $mode = gpu ]; then
     budget=${GPU_CHECK_BUDGET:-350}
     export LAWA_PYTHON=${LAWA_PYTHON:-python3}
     export LAWA_ASSETS=${LAWA_ASSETS:-$root/.gpu/assets}
-    torch_lib=$("$LAWA_PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
+    torch_dir=$("$LAWA_PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')
+    torch_lib=$torch_dir/lib
     export LD_LIBRARY_PATH=$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     device=cuda
 else
@@ -186,7 +187,8 @@ loss_kernel() {
     local parity=$1
     shift
     if [ "$device" = cuda ]; then
-        "$root/.gpu/cross_entropy_tests" --nocapture --test-threads 1 >"$work/kernel_tests.log" 2>&1
+        # LIBTORCH: where the NVRTC test finds the wheel's NVRTC (beside torch).
+        LIBTORCH=$torch_dir "$root/.gpu/cross_entropy_tests" on_a_gpu nvrtc --nocapture --test-threads 1 >"$work/kernel_tests.log" 2>&1
         local status=$?
         cat "$work/kernel_tests.log"
         [ $status -eq 0 ] || return 1
@@ -273,7 +275,7 @@ sys.exit(0 if len(rows[0]) == len(rows[1]) and diff < 1e-4 else 1)
 EOF
 }
 
-export lawa work out device root
+export lawa work out device root torch_dir
 export -f environment bench speed_options loss_kernel sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then

@@ -13,12 +13,38 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "cross_entropy.h"
 #include "lawa_guarded.h"
 #include "nvrtc_module.h"
 
-namespace {
+namespace lawa {
 
-constexpr unsigned kThreads = 512;  // per row
+int cross_entropy_vectorized(const at::Tensor& logits, const at::Tensor& other) {
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  return (logits.size(1) * logits.element_size()) % 16 == 0 && aligned(logits) && aligned(other) ? 1 : 0;
+}
+
+void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targets, int64_t vocab) {
+  if (logits.dim() != 2) throw std::invalid_argument("logits must be [rows, columns], got " + std::to_string(logits.dim()) + " dimensions");
+  auto dtype = logits.scalar_type();
+  if (dtype != at::kBFloat16 && dtype != at::kFloat)
+    throw std::invalid_argument(std::string("logits must be bf16 or fp32, got ") + c10::toString(dtype));
+  if (targets.dim() != 1 || targets.size(0) != logits.size(0))
+    throw std::invalid_argument("targets must be [rows] with rows = " + std::to_string(logits.size(0)) +
+                                ", got " + std::to_string(targets.dim()) + " dimensions of " +
+                                std::to_string(targets.numel()) + " values");
+  if (targets.scalar_type() != at::kLong) throw std::invalid_argument("targets must be int64");
+  if (targets.device() != logits.device()) throw std::invalid_argument("targets and logits on different devices");
+  if (vocab < 1 || vocab > logits.size(1))
+    throw std::invalid_argument("vocab = " + std::to_string(vocab) + " outside [1, " +
+                                std::to_string(logits.size(1)) + "] (the logits' columns)");
+  if (logits.size(0) > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("more than 2^31 - 1 rows");
+}
+
+}  // namespace lawa
+
+namespace {
 
 const char* const kSource =
 #include "cross_entropy_cu.inc"
@@ -35,13 +61,6 @@ const char* kernel_name(const at::Tensor& logits, bool forward) {
   return bf16 ? "lawa_ce_backward_bf16" : "lawa_ce_backward_f32";
 }
 
-// Whether the kernels may read (and write) rows 16 bytes at a time: rows of a multiple of 16
-// bytes, every tensor 16-byte aligned.
-int vectorized(const at::Tensor& logits, const at::Tensor& other) {
-  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  return (logits.size(1) * logits.element_size()) % 16 == 0 && aligned(logits) && aligned(other) ? 1 : 0;
-}
-
 // (losses, lse) with the kernel: one block per row.
 std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& logits, const at::Tensor& targets, int64_t vocab,
                                                 int64_t ignore_index) {
@@ -52,8 +71,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& logits, const 
   const void* t = targets.data_ptr();
   void* l = losses.data_ptr();
   void* s = lse.data_ptr();
-  int vector = vectorized(logits, logits);
-  kernels().launch(logits.get_device(), kernel_name(logits, true), static_cast<unsigned>(rows), kThreads,
+  int vector = lawa::cross_entropy_vectorized(logits, logits);
+  kernels().launch(logits.get_device(), kernel_name(logits, true), static_cast<unsigned>(rows), lawa::kCrossEntropyThreads,
                    {&x, &t, &l, &s, &cols, &vocab, &ignore_index, &vector});
   return {losses, lse};
 }
@@ -67,8 +86,8 @@ at::Tensor cuda_backward(const at::Tensor& logits, const at::Tensor& targets, co
   const void* s = lse.data_ptr();
   const void* g = grad.data_ptr();
   void* o = out.data_ptr();
-  int vector = vectorized(logits, out);
-  kernels().launch(logits.get_device(), kernel_name(logits, false), static_cast<unsigned>(rows), kThreads,
+  int vector = lawa::cross_entropy_vectorized(logits, out);
+  kernels().launch(logits.get_device(), kernel_name(logits, false), static_cast<unsigned>(rows), lawa::kCrossEntropyThreads,
                    {&x, &t, &s, &g, &o, &cols, &vocab, &ignore_index, &vector});
   return out;
 }
@@ -131,24 +150,6 @@ class CrossEntropyRows : public torch::autograd::Function<CrossEntropyRows> {
   }
 };
 
-void check_inputs(const at::Tensor& logits, const at::Tensor& targets, int64_t vocab) {
-  if (logits.dim() != 2) throw std::invalid_argument("logits must be [rows, columns], got " + std::to_string(logits.dim()) + " dimensions");
-  auto dtype = logits.scalar_type();
-  if (dtype != at::kBFloat16 && dtype != at::kFloat)
-    throw std::invalid_argument(std::string("logits must be bf16 or fp32, got ") + c10::toString(dtype));
-  if (targets.dim() != 1 || targets.size(0) != logits.size(0))
-    throw std::invalid_argument("targets must be [rows] with rows = " + std::to_string(logits.size(0)) +
-                                ", got " + std::to_string(targets.dim()) + " dimensions of " +
-                                std::to_string(targets.numel()) + " values");
-  if (targets.scalar_type() != at::kLong) throw std::invalid_argument("targets must be int64");
-  if (targets.device() != logits.device()) throw std::invalid_argument("targets and logits on different devices");
-  if (vocab < 1 || vocab > logits.size(1))
-    throw std::invalid_argument("vocab = " + std::to_string(vocab) + " outside [1, " +
-                                std::to_string(logits.size(1)) + "] (the logits' columns)");
-  if (logits.size(0) > std::numeric_limits<int32_t>::max())
-    throw std::invalid_argument("more than 2^31 - 1 rows");
-}
-
 }  // namespace
 
 extern "C" {
@@ -158,7 +159,7 @@ extern "C" {
 int lawa_cross_entropy(const at::Tensor* logits, const at::Tensor* targets, int64_t vocab, int64_t ignore_index,
                        at::Tensor** out, char** error) {
   return lawa_guarded(error, [&] {
-    check_inputs(*logits, *targets, vocab);
+    lawa::check_cross_entropy_inputs(*logits, *targets, vocab);
     auto losses = CrossEntropyRows::apply(logits->contiguous(), targets->contiguous(), vocab, ignore_index);
     *out = new at::Tensor(losses);
   });

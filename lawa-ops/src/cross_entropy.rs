@@ -22,6 +22,19 @@ extern "C" {
         out: *mut Handle,
         error: *mut *mut c_char,
     ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn lawa_cross_entropy_emulated(
+        logits: Handle,
+        targets: Handle,
+        vocab: i64,
+        ignore_index: i64,
+        grad: Handle,
+        threads: u32,
+        losses: *mut Handle,
+        lse: *mut Handle,
+        grad_logits: *mut Handle,
+        error: *mut *mut c_char,
+    ) -> c_int;
     fn lawa_cross_entropy_compile(
         arch: *const c_char,
         library: *const c_char,
@@ -91,4 +104,47 @@ pub fn compile_cross_entropy_kernels(arch: &str, nvrtc: Option<&Path>) -> Result
         unsafe { lawa_cross_entropy_compile(arch.as_ptr(), library.as_ptr(), &mut bytes, error) }
     })?;
     Ok(bytes)
+}
+
+/// What the CUDA kernels behind [`cross_entropy`] compute, computed by their own source
+/// (`csrc/kernels/cross_entropy.cu`) run on the CPU: one OS thread per CUDA thread, in blocks
+/// of `threads` (a multiple of 32, at most 1024; a GPU runs 512), with CUDA's barriers and warp
+/// shuffles emulated. Returns the forward kernel's per-row losses and log-sum-exps, and the
+/// backward kernel's gradient for the upstream gradient `grad` (`[rows]`). For testing the
+/// kernels on machines without a GPU; slow (thousands of threads for a few rows).
+pub fn emulate_cross_entropy_kernels(
+    logits: &Tensor,
+    targets: &Tensor,
+    vocab: i64,
+    grad: &Tensor,
+    threads: u32,
+) -> Result<(Tensor, Tensor, Tensor), OpsError> {
+    let mut out: [Handle; 3] = [std::ptr::null_mut(); 3];
+    let [losses, lse, grad_logits] = &mut out;
+    call("emulated cross-entropy kernels", |error| {
+        // SAFETY: the tensors are live and borrowed for the call; the three handles receive new
+        // tensors.
+        unsafe {
+            lawa_cross_entropy_emulated(
+                logits.as_ptr() as Handle,
+                targets.as_ptr() as Handle,
+                vocab,
+                IGNORE_INDEX,
+                grad.as_ptr() as Handle,
+                threads,
+                losses,
+                lse,
+                grad_logits,
+                error,
+            )
+        }
+    })?;
+    // SAFETY: allocated by the shim with `new at::Tensor`, each handed over once.
+    Ok(unsafe {
+        (
+            Tensor::from_ptr(out[0]),
+            Tensor::from_ptr(out[1]),
+            Tensor::from_ptr(out[2]),
+        )
+    })
 }

@@ -22,7 +22,9 @@ use tch::Tensor;
 mod cross_entropy;
 mod profiler;
 
-pub use cross_entropy::{compile_cross_entropy_kernels, cross_entropy, IGNORE_INDEX};
+pub use cross_entropy::{
+    compile_cross_entropy_kernels, cross_entropy, emulate_cross_entropy_kernels, IGNORE_INDEX,
+};
 pub use profiler::{busy_ns, parse_events, totals_by_name, EventDevice, ProfiledEvent, Profiler};
 
 /// A libtorch error from one of the operations (a shape, dtype or device mismatch...).

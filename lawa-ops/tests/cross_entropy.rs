@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use lawa_ops::{compile_cross_entropy_kernels, cross_entropy, IGNORE_INDEX};
+use lawa_ops::{
+    compile_cross_entropy_kernels, cross_entropy, emulate_cross_entropy_kernels, IGNORE_INDEX,
+};
 use tch::{Cuda, Device, Kind, Reduction, Tensor};
 
 const ROWS: i64 = 37;
@@ -24,6 +26,11 @@ fn inputs(kind: Kind, device: Device, cols: i64) -> (Tensor, Tensor) {
     (logits.to(device), targets.to(device))
 }
 
+/// The upstream gradient of the losses: `sum(losses * weights)` is differentiated.
+fn weights(device: Device) -> Tensor {
+    Tensor::linspace(0.5, 2.0, ROWS, (Kind::Float, device))
+}
+
 /// Losses and the gradient of `sum(losses * weights)` with respect to the logits, by `f`.
 fn losses_and_gradient(
     logits: &Tensor,
@@ -32,9 +39,23 @@ fn losses_and_gradient(
 ) -> (Tensor, Tensor) {
     let x = logits.detach().set_requires_grad(true);
     let losses = f(&x, targets);
-    let weights = Tensor::linspace(0.5, 2.0, ROWS, (Kind::Float, logits.device()));
-    (&losses * &weights).sum(Kind::Float).backward();
+    (&losses * weights(logits.device()))
+        .sum(Kind::Float)
+        .backward();
     (losses.detach(), x.grad())
+}
+
+/// The same by the kernels' source run on the CPU, in blocks of `threads`.
+fn emulated(logits: &Tensor, targets: &Tensor, threads: u32) -> (Tensor, Tensor) {
+    let (losses, lse, grad) =
+        emulate_cross_entropy_kernels(logits, targets, VOCAB, &weights(Device::Cpu), threads)
+            .unwrap();
+    let want = logits
+        .to_kind(Kind::Float)
+        .narrow(1, 0, VOCAB)
+        .logsumexp([1], false);
+    assert!(max_abs_diff(&lse, &want) < 1e-5, "log-sum-exp");
+    (losses, grad)
 }
 
 /// The ATen path: log-softmax of the narrowed logits in fp32, then the per-token NLL.
@@ -61,14 +82,24 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// gradient exactly 0.
 fn compare(kind: Kind, device: Device, loss_tol: f64, grad_tol: f64) {
     for cols in WIDTHS {
-        compare_at(kind, device, cols, loss_tol, grad_tol);
+        compare_at(kind, device, cols, loss_tol, grad_tol, &|x, t| {
+            losses_and_gradient(x, t, fused)
+        });
     }
 }
 
-fn compare_at(kind: Kind, device: Device, cols: i64, loss_tol: f64, grad_tol: f64) {
+/// Compares `f`'s losses and gradient with the reference's at one width.
+fn compare_at(
+    kind: Kind,
+    device: Device,
+    cols: i64,
+    loss_tol: f64,
+    grad_tol: f64,
+    f: &dyn Fn(&Tensor, &Tensor) -> (Tensor, Tensor),
+) {
     let (logits, targets) = inputs(kind, device, cols);
     let (want, want_grad) = losses_and_gradient(&logits, &targets, reference);
-    let (got, got_grad) = losses_and_gradient(&logits, &targets, fused);
+    let (got, got_grad) = f(&logits, &targets);
     assert_eq!(got.kind(), Kind::Float);
     assert_eq!(got.size(), [ROWS]);
     assert_eq!(got_grad.kind(), kind);
@@ -102,6 +133,32 @@ fn on_the_cpu_it_equals_log_softmax_and_nll_loss() {
     // In bf16 both round the same fp32 gradient once: at most one bf16 ulp apart (2^-8
     // relative), where summation order tips a value across a rounding boundary.
     compare(Kind::BFloat16, Device::Cpu, 1e-6, 4e-3);
+}
+
+/// The CUDA source itself, run on the CPU by an emulator: 16-byte reads and value by value, fp32
+/// and bf16, blocks of one warp, two and four (so that both stages of the block reduction run).
+#[test]
+fn the_kernels_source_run_on_the_cpu_equals_log_softmax_and_nll_loss() {
+    for (kind, grad_tol) in [(Kind::Float, 1e-6), (Kind::BFloat16, 4e-3)] {
+        for cols in WIDTHS {
+            for threads in [32, 64, 128] {
+                compare_at(kind, Device::Cpu, cols, 1e-6, grad_tol, &|x, t| {
+                    emulated(x, t, threads)
+                });
+            }
+        }
+    }
+    // Reading 131 columns value by value, bf16 logits and their fp32 values go through the same
+    // arithmetic in the same order: the bf16 gradient is the fp32 one rounded to nearest even,
+    // as libtorch rounds, bit for bit.
+    let (logits, targets) = inputs(Kind::BFloat16, Device::Cpu, 131);
+    let (losses, grad) = emulated(&logits, &targets, 64);
+    let (losses32, grad32) = emulated(&logits.to_kind(Kind::Float), &targets, 64);
+    assert_eq!(losses, losses32);
+    assert_eq!(grad, grad32.to_kind(Kind::BFloat16));
+    let e = emulate_cross_entropy_kernels(&logits, &targets, VOCAB, &weights(Device::Cpu), 48)
+        .unwrap_err();
+    assert!(e.message.contains("multiple of 32"), "{e}");
 }
 
 #[test]
