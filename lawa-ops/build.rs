@@ -1,16 +1,20 @@
 //! Compiles the operations shim (`csrc/*.cpp`) against the libtorch headers torch-sys found,
 //! as torch-sys compiles its own wrapper (see `lawa-cxx`). The CUDA kernels in `csrc/kernels/`
 //! are not compiled here: their source is embedded as a string (`<name>_cu.inc` in `OUT_DIR`)
-//! for NVRTC to compile at run time, for the GPU it finds.
+//! for NVRTC to compile at run time, for the GPU it finds (and compiled here only into the CPU
+//! emulation the tests run, `*_emulated.cpp`).
 
 use std::path::PathBuf;
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    embed_kernel(
-        "csrc/kernels/cross_entropy.cu",
-        &out.join("cross_entropy_cu.inc"),
-    );
+    for (source, include) in [
+        ("csrc/kernels/common.cuh", "common_cuh.inc"),
+        ("csrc/kernels/cross_entropy.cu", "cross_entropy_cu.inc"),
+        ("csrc/kernels/layer_norm.cu", "layer_norm_cu.inc"),
+    ] {
+        embed_kernel(source, &out.join(include));
+    }
     let Some(torch) = lawa_cxx::Libtorch::from_torch_sys() else {
         return; // torch-sys built with `doc-only`
     };
@@ -23,6 +27,8 @@ fn main() {
         .file("csrc/nvrtc_module.cpp")
         .file("csrc/cross_entropy.cpp")
         .file("csrc/cross_entropy_emulated.cpp")
+        .file("csrc/layer_norm.cpp")
+        .file("csrc/layer_norm_emulated.cpp")
         .compile("lawa_ops");
     torch.link(&["torch_cpu", "c10"]);
     println!("cargo:rustc-link-lib=dylib=dl");

@@ -9,8 +9,8 @@
 #       travel beside the checkout: `run` with carry [".gpu"].
 #   scripts/gpu-check.sh [--out DIR] [--only a,b]
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
-#       env, parity_f32, parity_bf16, speed_small, loss_kernel (lawa's cross-entropy kernels:
-#       their tests on the device, parity and speed), speed_small_options, speed_medium,
+#       env, parity_f32, parity_bf16, speed_small, kernels (lawa's CUDA kernels: their tests
+#       on the device, parity and speed), speed_small_options, speed_medium,
 #       speed_large, averaging, sweep, data_parallel (a process group of one on NCCL beside the
 #       lone run);
 #       at most GPU_CHECK_BUDGET seconds (default 350) on an H100. DIR defaults to $OUT.
@@ -58,15 +58,19 @@ if [ $mode = prepare ]; then
     rm -rf "$root/.gpu"
     mkdir -p "$root/.gpu/assets"
     cp "$root/target/release/lawa" "$root/.gpu/lawa"
-    # The cross-entropy kernels' tests, to run on the device (the GPU machine has no Rust).
-    tests=$(cd "$root" && cargo test --release -p lawa-ops --test cross_entropy --no-run --message-format=json 2>/dev/null |
-        "$root/.lawa/python" -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cross_entropy" and m.get("executable"):
-        print(m["executable"])')
-    [ -n "$tests" ] || { echo "gpu-check: could not build lawa-ops' cross_entropy tests" >&2; exit 1; }
-    cp "$tests" "$root/.gpu/cross_entropy_tests"
+    # The tests of lawa's CUDA kernels, to run on the device (the GPU machine has no Rust):
+    # .gpu/tests/{cross_entropy,layer_norm,kernels}.
+    mkdir -p "$root/.gpu/tests"
+    (cd "$root" && cargo test --release -p lawa-ops --no-run --message-format=json 2>/dev/null) |
+        "$root/.lawa/python" -c 'import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    name = m.get("target", {}).get("name")
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and name in ("cross_entropy", "layer_norm", "kernels"):
+        shutil.copy(m["executable"], sys.argv[1] + "/" + name)' "$root/.gpu/tests"
+    for t in cross_entropy layer_norm kernels; do
+        [ -x "$root/.gpu/tests/$t" ] || { echo "gpu-check: could not build lawa-ops' $t tests" >&2; exit 1; }
+    done
     cp -rL "$root/.lawa/assets/." "$root/.gpu/assets/"
     git -C "$root" describe --always --dirty >"$root/.gpu/commit"
     echo "gpu-check: .gpu/ ready ($(du -sh "$root/.gpu" | cut -f1)); on the GPU machine:"
@@ -179,29 +183,34 @@ speed_options() {
     printf '{"options": ["speed_small_chunked_loss", "speed_small_fused_adamw"]}\n' >"$work/speed_small_options.json"
 }
 
-# loss_kernel "PARITY_ARGS" SPEED_ARGS...: lawa's cross-entropy kernels (train.loss_kernel:
-# fused): their unit tests on the device against log_softmax + nll_loss (GPU only), parity with
-# transformers as parity_bf16 runs it (PARITY_ARGS, split at spaces), and lawa alone timed (and
-# profiled) with them, then with them and the fused AdamW, as speed_small runs it.
-loss_kernel() {
-    local parity=$1
+# kernels "PARITY_ARGS" SPEED_ARGS...: lawa's own CUDA kernels (train.loss_kernel and
+# train.norm_kernel: fused): their tests on the device (GPU only: cross-entropy against
+# log_softmax + nll_loss, add + LayerNorm against the ops, NVRTC with the wheel's library);
+# parity with transformers through both, as parity_bf16 runs it (PARITY_ARGS, split at spaces);
+# and lawa alone as speed_small runs it, with the cross-entropy kernels, with both (profiled),
+# and with both and the fused AdamW.
+kernels() {
+    local parity=$1 t status
     shift
     if [ "$device" = cuda ]; then
-        # LIBTORCH: where the NVRTC test finds the wheel's NVRTC (beside torch).
-        LIBTORCH=$torch_dir "$root/.gpu/cross_entropy_tests" on_a_gpu nvrtc --nocapture --test-threads 1 >"$work/kernel_tests.log" 2>&1
-        local status=$?
-        cat "$work/kernel_tests.log"
-        [ $status -eq 0 ] || return 1
-        if grep -q "skipped" "$work/kernel_tests.log"; then
-            echo "the kernels' GPU test was skipped" >&2
-            return 1
-        fi
+        for t in kernels cross_entropy layer_norm; do
+            # LIBTORCH: where the NVRTC test finds the wheel's NVRTC (beside torch).
+            LIBTORCH=$torch_dir "$root/.gpu/tests/$t" on_a_gpu nvrtc --nocapture --test-threads 1 >"$work/tests_$t.log" 2>&1
+            status=$?
+            cat "$work/tests_$t.log"
+            [ $status -eq 0 ] || return 1
+            if grep -q "skipped" "$work/tests_$t.log"; then
+                echo "a GPU test of $t was skipped" >&2
+                return 1
+            fi
+        done
     fi
     # shellcheck disable=SC2086 # split on purpose
-    bench parity parity_bf16_fused_loss $parity --loss-kernel fused || return 1
-    bench train speed_small_fused_loss --no-reference "$@" --loss-kernel fused --profile "$work/profile/fused_loss" || return 1
-    bench train speed_small_fused_all --no-reference "$@" --loss-kernel fused --adamw-kernel fused || return 1
-    printf '{"parts": ["parity_bf16_fused_loss", "speed_small_fused_loss", "speed_small_fused_all"]}\n' >"$work/loss_kernel.json"
+    bench parity parity_bf16_fused $parity --loss-kernel fused --norm-kernel fused || return 1
+    bench train speed_small_fused_loss --no-reference "$@" --loss-kernel fused || return 1
+    bench train speed_small_fused --no-reference "$@" --loss-kernel fused --norm-kernel fused --profile "$work/profile/fused" || return 1
+    bench train speed_small_fused_all --no-reference "$@" --loss-kernel fused --norm-kernel fused --adamw-kernel fused || return 1
+    printf '{"parts": ["parity_bf16_fused", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all"]}\n' >"$work/kernels.json"
 }
 
 sweep_config() {
@@ -276,7 +285,7 @@ EOF
 }
 
 export lawa work out device root torch_dir
-export -f environment bench speed_options loss_kernel sweep data_parallel
+export -f environment bench speed_options kernels sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
@@ -289,7 +298,7 @@ if [ $mode = gpu ]; then
     # shellcheck disable=SC2086 # split on purpose
     section parity_bf16 90 bench parity parity_bf16 $parity
     section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --profile "$work/profile"
-    section loss_kernel 120 loss_kernel "$parity" --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
+    section kernels 150 kernels "$parity" --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
     # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
     section speed_small_options 90 speed_options 4096 --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
     section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
@@ -303,7 +312,7 @@ else
     # shellcheck disable=SC2086 # split on purpose
     section parity_bf16 120 bench parity parity_bf16 $parity
     section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --profile "$work/profile"
-    section loss_kernel 120 loss_kernel "$parity" "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
+    section kernels 150 kernels "$parity" "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
     section speed_small_options 120 speed_options 64 "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
     section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
     section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1

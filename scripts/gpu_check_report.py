@@ -74,6 +74,8 @@ def speed_md(speeds):
             shape += f", loss in chunks of {s['loss_chunk']} tokens"
         if s.get("loss_kernel") not in (None, "aten"):
             shape += f", loss kernel {s['loss_kernel']}"
+        if s.get("norm_kernel") not in (None, "aten"):
+            shape += f", norm kernel {s['norm_kernel']}"
         if s.get("adamw_kernel") not in (None, "auto"):
             shape += f", AdamW {s['adamw_kernel']}"
         batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"
@@ -108,9 +110,9 @@ def main():
     sections = [load(p) for p in sorted((work / "status").glob("*.json"))]
     sections = [s for s in sections if s]
     figures = {s["name"]: load(work / f"{s['name']}.json") for s in sections}
-    # The parts of speed_small_options and loss_kernel.
-    for name in ("speed_small_chunked_loss", "speed_small_fused_adamw", "parity_bf16_fused_loss",
-                 "speed_small_fused_loss", "speed_small_fused_all"):
+    # The parts of speed_small_options and kernels.
+    for name in ("speed_small_chunked_loss", "speed_small_fused_adamw", "parity_bf16_fused",
+                 "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all"):
         figures[name] = load(work / f"{name}.json")
     env = load(work / "env.json") or {}
     ok = bool(sections) and all(s["status"] == "passed" for s in sections)
@@ -126,10 +128,10 @@ def main():
           "| section | status | seconds |", "|---|---|---:|"]
     md += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in sections]
     md.append("")
-    for name in ("parity_f32", "parity_bf16", "parity_bf16_fused_loss"):
+    for name in ("parity_f32", "parity_bf16", "parity_bf16_fused"):
         if figures.get(name):
             md += parity_md(name, figures[name])
-    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused_all",
+    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
                                         "speed_small_chunked_loss", "speed_small_fused_adamw",
                                         "speed_medium", "speed_large") if figures.get(n)]
     if speeds:

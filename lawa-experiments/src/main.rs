@@ -25,7 +25,7 @@ enum Command {
     /// Generate text from a checkpoint, continuing a prompt.
     Sample(commands::sample::SampleArgs),
     /// Training throughput (and averaging cost) beside a PyTorch reference in the same run.
-    Bench(commands::bench::BenchArgs),
+    Bench(Box<commands::bench::BenchArgs>),
     /// Run a sweep: models x lrs x seeds, every averager of a grid; re-running resumes.
     Sweep(commands::sweep::SweepArgs),
     /// Train a model from a run YAML, evaluating its averagers; re-running resumes.

@@ -44,7 +44,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
             "parity_f32",
             "parity_bf16",
             "speed_small",
-            "loss_kernel",
+            "kernels",
             "speed_small_options",
             "speed_medium",
             "speed_large",
@@ -86,25 +86,26 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     assert!(chunked["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(chunked.get("eager").is_none(), "{chunked}");
     assert_eq!(f["speed_small_fused_adamw"]["adamw_kernel"], "fused");
-    // lawa's cross-entropy op: parity with transformers as parity_bf16 runs it, and timed
-    // (profiled) alone and with the fused AdamW.
-    let fused = &f["parity_bf16_fused_loss"];
+    // lawa's own kernels: parity with transformers as parity_bf16 runs it, and timed with the
+    // cross-entropy kernels, with both (profiled), and with both and the fused AdamW.
+    let fused = &f["parity_bf16_fused"];
     assert_eq!(fused["passed"], true, "{fused}");
     assert_eq!(fused["lawa"].as_array().unwrap().len(), 6);
     assert_eq!(fused["reference"], f["parity_bf16"]["reference"]);
-    let fused = &f["speed_small_fused_loss"];
-    assert_eq!(fused["loss_kernel"], "fused", "{fused}");
-    assert!(
-        fused["profile"]["lawa"]["busy_ms_per_step"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
-    let all = &f["speed_small_fused_all"];
+    let kernels = |name: &str| {
+        let s = &f[name];
+        assert!(s["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        [&s["loss_kernel"], &s["norm_kernel"], &s["adamw_kernel"]]
+            .map(|v| v.as_str().unwrap().to_owned())
+    };
+    assert_eq!(kernels("speed_small_fused_loss"), ["fused", "aten", "auto"]);
+    assert_eq!(kernels("speed_small_fused"), ["fused", "fused", "auto"]);
     assert_eq!(
-        (&all["loss_kernel"], &all["adamw_kernel"]),
-        (&"fused".into(), &"fused".into())
+        kernels("speed_small_fused_all"),
+        ["fused", "fused", "fused"]
     );
+    let profile = &f["speed_small_fused"]["profile"]["lawa"];
+    assert!(profile["busy_ms_per_step"].as_f64().unwrap() > 0.0);
     // bf16: the reference's own spread (math attention) was measured and sets the tolerance
     // when it is larger than the fixed one.
     let spread = bf16["reference_spread"].as_f64().unwrap();
@@ -154,8 +155,8 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         "math attention",
         "small_chunked_loss",
         "AdamW fused",
-        "### parity_bf16_fused_loss",
-        "loss kernel fused",
+        "### parity_bf16_fused",
+        "loss kernel fused, norm kernel fused",
         "PyTorch eager (speed_small's)",
     ] {
         assert!(md.contains(part), "{part} missing from {md}");
@@ -173,7 +174,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     for file in [
         "profile/lawa.tsv",
         "profile/eager.tsv",
-        "profile/fused_loss/lawa.tsv",
+        "profile/fused/lawa.tsv",
     ] {
         assert!(listing.contains(file), "{file} missing from {listing}");
     }

@@ -82,6 +82,24 @@ impl Block {
         x + h
     }
 
+    /// [`forward`](Block::forward) with each residual add done by the LayerNorm after it
+    /// ([`LayerNorm::fused`]): takes the residual stream before the previous block's MLP output
+    /// (`pending`) was added, and returns this block's in the same form, `(x, mlp output)`; the
+    /// next block's `ln_1` (or the final `ln_f`) adds it.
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        train: bool,
+        precision: Precision,
+    ) -> Result<(Tensor, Tensor), lawa_ops::OpsError> {
+        let kind = precision.compute_kind();
+        let (x, a) = self.ln_1.fused(x, pending, kind)?;
+        let attn = self.attn.forward(&a, train, precision);
+        let (x, b) = self.ln_2.fused(&x, Some(&attn), kind)?;
+        Ok((x, self.mlp.forward(&b, train, precision)))
+    }
+
     /// The block's variables under Hugging Face names starting with `prefix`.
     pub fn params(&self, prefix: &str, out: &mut Vec<Param>) {
         self.ln_1.params(&format!("{prefix}.ln_1"), out);

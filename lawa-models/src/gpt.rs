@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use crate::block::Block;
 use crate::config::LAYER_NORM_EPS;
 use crate::layers::{dropout_if, LayerNorm, Param};
-use crate::{GptConfig, ModelError, Precision};
+use crate::{GptConfig, Kernel, ModelError, Precision};
 
 /// A GPT-2 whose variables live in a [`tch::nn::VarStore`].
 ///
@@ -23,6 +23,7 @@ pub struct Gpt {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     precision: Precision,
+    norm_kernel: Kernel,
     device: Device,
 }
 
@@ -69,6 +70,7 @@ impl Gpt {
             blocks,
             ln_f,
             precision: Precision::F32,
+            norm_kernel: Kernel::Aten,
             device: vs.device(),
         })
     }
@@ -97,6 +99,25 @@ impl Gpt {
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self
+    }
+
+    /// What computes the residual adds and the LayerNorms after them: libtorch's ops (the
+    /// default), or [`lawa_ops::add_layer_norm`], which on CUDA does each add, its LayerNorm and
+    /// the cast to the compute dtype in one kernel (and their backward in two). The same values
+    /// up to summation order.
+    pub fn set_norm_kernel(&mut self, kernel: Kernel) {
+        self.norm_kernel = kernel;
+    }
+
+    /// The model with this norm kernel (builder style; see [`Gpt::set_norm_kernel`]).
+    pub fn with_norm_kernel(mut self, kernel: Kernel) -> Self {
+        self.norm_kernel = kernel;
+        self
+    }
+
+    /// What computes the residual adds and LayerNorms (see [`Gpt::set_norm_kernel`]).
+    pub fn norm_kernel(&self) -> Kernel {
+        self.norm_kernel
     }
 
     /// Number of parameters (see [`GptConfig::num_params`]: the tied embedding counted once,
@@ -159,10 +180,26 @@ impl Gpt {
         let tok = Tensor::f_embedding(&self.wte, idx, -1, false, false)?;
         let x = tok + Tensor::embedding(&self.wpe, &pos, -1, false, false);
         let mut x = dropout_if(x, self.cfg.dropout, train);
+        if self.norm_kernel == Kernel::Fused {
+            return self.fused_blocks(x, train);
+        }
         for b in &self.blocks {
             x = b.forward(&x, train, self.precision);
         }
         Ok(self.precision.cast(&self.ln_f.forward(&x)))
+    }
+
+    /// The blocks and `ln_f` from the embeddings `x`, each residual add done by the LayerNorm
+    /// after it ([`Block::forward_fused`]).
+    fn fused_blocks(&self, mut x: Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let mut pending: Option<Tensor> = None;
+        for b in &self.blocks {
+            let (next, h) = b.forward_fused(&x, pending.as_ref(), train, self.precision)?;
+            x = next;
+            pending = Some(h);
+        }
+        let kind = self.precision.compute_kind();
+        Ok(self.ln_f.fused(&x, pending.as_ref(), kind)?.1)
     }
 
     /// The LM head: logits `[..., vocab_size]` of hidden states `[..., n_embd]`.

@@ -52,6 +52,20 @@ impl LayerNorm {
         x.layer_norm(n, Some(&self.weight), self.bias.as_ref(), self.eps, true)
     }
 
+    /// `(x + delta, LayerNorm(x + delta))` by lawa's add + LayerNorm op
+    /// ([`lawa_ops::add_layer_norm`]), the norm rounded once to `out` (the next matmul's
+    /// dtype); without a delta, `(x, LayerNorm(x))`. `x` is the fp32 residual stream.
+    pub fn fused(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        out: Kind,
+    ) -> Result<(Tensor, Tensor), lawa_ops::OpsError> {
+        let (sum, y) =
+            lawa_ops::add_layer_norm(x, delta, &self.weight, self.bias.as_ref(), self.eps, out)?;
+        Ok((sum.unwrap_or_else(|| x.shallow_clone()), y))
+    }
+
     pub fn params(&self, prefix: &str, out: &mut Vec<Param>) {
         push(out, prefix, "weight", &self.weight, false);
         if let Some(b) = &self.bias {

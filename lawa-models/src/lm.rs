@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::hf::CheckpointFiles;
 use crate::neox::{GptNeoX, NeoxConfig};
-use crate::{Gpt, GptConfig, ModelError, Precision};
+use crate::{Gpt, GptConfig, Kernel, ModelError, Precision};
 
 /// A causal language model: next-token logits from token ids, and the losses computed from
 /// them (one definition for every architecture: log-softmax and negative log-likelihood in
@@ -113,18 +113,18 @@ pub trait CausalLm {
             (Some(chunk), kernel) => {
                 self.chunked_loss_backward(idx, targets, train, scale, chunk, kernel)
             }
-            (None, LossKernel::Aten) => {
+            (None, Kernel::Aten) => {
                 let loss = self.loss(idx, targets, train)?;
                 (&loss * scale).backward();
                 Ok(loss.detach())
             }
-            (None, LossKernel::Fused) => {
+            (None, Kernel::Fused) => {
                 let (b, t) = check_targets(idx, targets)?;
                 let hidden = self.hidden(idx, train)?;
                 let width = hidden.size()[2];
                 let flat = hidden.reshape([b * t, width]);
                 let targets = targets.reshape([b * t]).to_kind(Kind::Int64);
-                let loss = self.summed_loss(&flat, &targets, LossKernel::Fused)? / (b * t) as f64;
+                let loss = self.summed_loss(&flat, &targets, Kernel::Fused)? / counted(&targets);
                 (&loss * scale).backward();
                 Ok(loss.detach())
             }
@@ -137,16 +137,16 @@ pub trait CausalLm {
         &self,
         hidden: &Tensor,
         targets: &Tensor,
-        kernel: LossKernel,
+        kernel: Kernel,
     ) -> Result<Tensor, ModelError> {
         match kernel {
-            LossKernel::Aten => Ok(self.head_log_probs(hidden).f_nll_loss(
+            Kernel::Aten => Ok(self.head_log_probs(hidden).f_nll_loss(
                 targets,
                 None::<Tensor>,
                 tch::Reduction::Sum,
-                -100,
+                lawa_ops::IGNORE_INDEX,
             )?),
-            LossKernel::Fused => {
+            Kernel::Fused => {
                 let logits = self.padded_head(hidden);
                 let vocab = self.vocab_size() as i64;
                 let rows = lawa_ops::cross_entropy(&logits, targets, vocab)?;
@@ -168,7 +168,7 @@ pub trait CausalLm {
         train: bool,
         scale: f64,
         chunk: usize,
-        kernel: LossKernel,
+        kernel: Kernel,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = check_targets(idx, targets)?;
         let n = b * t;
@@ -180,6 +180,7 @@ pub trait CausalLm {
         let leaf = flat.detach().set_requires_grad(true);
         let targets = targets.reshape([n]).to_kind(Kind::Int64);
         let mut total = Tensor::zeros([], (Kind::Float, idx.device()));
+        let count = counted(&targets);
         let chunk = chunk.max(1) as i64;
         for start in (0..n).step_by(chunk as usize) {
             let len = chunk.min(n - start);
@@ -188,12 +189,12 @@ pub trait CausalLm {
                 &targets.narrow(0, start, len),
                 kernel,
             )?;
-            (&sum * (scale / n as f64)).backward();
+            (&sum * scale / &count).backward();
             total += sum.detach();
         }
         // d/dflat of sum(flat * g) is g, exactly.
         (flat * leaf.grad()).sum(Kind::Float).backward();
-        Ok(total / n as f64)
+        Ok(total / count)
     }
 
     /// Log-probabilities `[B T, padded]` (fp32, see
@@ -210,6 +211,13 @@ pub trait CausalLm {
         let logp = self.head_log_probs(&hidden.reshape([b * t, width]));
         Ok((logp, targets.reshape([b * t]).to_kind(Kind::Int64)))
     }
+}
+
+/// The targets that count towards a mean loss (those not equal to
+/// [`IGNORE_INDEX`](lawa_ops::IGNORE_INDEX)), as an fp32 scalar on their device: what
+/// `nll_loss`'s mean divides by.
+fn counted(targets: &Tensor) -> Tensor {
+    targets.ne(lawa_ops::IGNORE_INDEX).sum(Kind::Float)
 }
 
 /// `(batch, time)` of token ids `[B, T]` with targets of the same shape.
@@ -236,30 +244,11 @@ pub struct LossPlan {
     /// Run the LM head and the loss this many tokens at a time [default: the whole
     /// micro-batch at once].
     pub chunk: Option<usize>,
-    /// What computes the softmax and the loss.
-    pub kernel: LossKernel,
-}
-
-/// What computes a training step's softmax and loss over the logits. Both give the same loss
-/// and gradients up to summation order (and, for bf16 logits, the rounding of a gradient
-/// value across a bf16 boundary).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LossKernel {
-    /// libtorch's ops: the logits cast to fp32, `log_softmax`, `nll_loss` (as PyTorch eager).
-    #[default]
-    Aten,
-    /// [`lawa_ops::cross_entropy`]: on CUDA, two kernels of lawa's own over the logits in
-    /// their own dtype (no fp32 copy of the logits, of the log-probabilities or of their
-    /// gradient is written); on the CPU the same arithmetic with libtorch's ops.
-    Fused,
-}
-
-impl LossKernel {
-    /// Whether this is the default (`aten`), for leaving it out of written configs.
-    pub fn is_default(&self) -> bool {
-        *self == LossKernel::default()
-    }
+    /// What computes the softmax and the loss: libtorch's `log_softmax` and `nll_loss` over
+    /// the logits cast to fp32 (as PyTorch eager), or [`lawa_ops::cross_entropy`], whose CUDA
+    /// kernels read the logits in their own dtype and write no fp32 copy of them, of the
+    /// log-probabilities or of their gradient.
+    pub kernel: Kernel,
 }
 
 impl CausalLm for Gpt {

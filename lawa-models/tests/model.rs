@@ -1,7 +1,7 @@
 //! The model itself: variable names and tying, parameter counts, initialization, precision,
 //! dropout and the errors of bad input.
 
-use lawa_models::{CausalLm, Gpt, GptConfig, LossKernel, LossPlan, Precision};
+use lawa_models::{CausalLm, Gpt, GptConfig, Kernel, LossPlan, Precision};
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny(vocab: usize) -> GptConfig {
@@ -330,21 +330,22 @@ fn vocabulary_padding_rows_start_at_zero_like_a_reloaded_model() {
 /// Every way of computing a training loss (chunked: head and softmax a few tokens at a time,
 /// with a chunk that does not divide the tokens; lawa's cross-entropy op, whole and chunked)
 /// against the plain one on the same model and batch, in fp32 and bf16: the loss and every
-/// variable's gradient, under gradient accumulation of 2.
+/// variable's gradient, under gradient accumulation of 2, with a few targets ignored (-100):
+/// each plan's mean is over the others, as `nll_loss`'s.
 #[test]
 fn every_loss_plan_gives_the_plain_loss_and_gradients() {
     let plans = [
         LossPlan {
             chunk: Some(7),
-            kernel: LossKernel::Aten,
+            kernel: Kernel::Aten,
         },
         LossPlan {
             chunk: None,
-            kernel: LossKernel::Fused,
+            kernel: Kernel::Fused,
         },
         LossPlan {
             chunk: Some(7),
-            kernel: LossKernel::Fused,
+            kernel: Kernel::Fused,
         },
     ];
     for precision in [Precision::F32, Precision::Bf16] {
@@ -353,6 +354,7 @@ fn every_loss_plan_gives_the_plain_loss_and_gradients() {
             .unwrap()
             .with_precision(precision);
         let (x, y) = (ids(3, 20, 300, 4), ids(3, 20, 300, 5));
+        let _ = y.get(1).narrow(0, 2, 5).fill_(-100);
         let plain = gpt.loss(&x, &y, false).unwrap();
         (&plain * 0.5).backward();
         let want = gradients(&vs);
@@ -387,6 +389,53 @@ fn every_loss_plan_gives_the_plain_loss_and_gradients() {
             );
             assert!(!loss.requires_grad());
         }
+    }
+}
+
+/// GPT-2 with lawa's add + LayerNorm op (`Kernel::Fused`) against libtorch's ops on the same
+/// weights and batch, in fp32 and bf16: logits, loss and every variable's gradient.
+#[test]
+fn fused_norms_give_the_plain_logits_loss_and_gradients() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        tch::manual_seed(9);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut gpt = Gpt::new(vs.root(), &tiny(300))
+            .unwrap()
+            .with_precision(precision);
+        let (x, y) = (ids(2, 16, 300, 4), ids(2, 16, 300, 5));
+        let mut run = |kernel| {
+            gpt.set_norm_kernel(kernel);
+            vs.variables().values_mut().for_each(|t| t.zero_grad());
+            let logits = gpt.forward(&x, false).unwrap();
+            let loss = gpt.loss(&x, &y, false).unwrap();
+            loss.backward();
+            (logits, loss.double_value(&[]), gradients(&vs))
+        };
+        let (want_logits, want_loss, want) = run(Kernel::Aten);
+        let (logits, loss, got) = run(Kernel::Fused);
+        let tolerance = if precision == Precision::F32 {
+            1e-5
+        } else {
+            2e-2
+        };
+        let logit_diff = (&logits - &want_logits).abs().max().double_value(&[]);
+        assert!(logit_diff < tolerance, "{precision} logits {logit_diff}");
+        assert!(
+            (loss - want_loss).abs() < tolerance * want_loss,
+            "{precision} loss {loss} vs {want_loss}"
+        );
+        let scale = want
+            .iter()
+            .map(|g| g.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        for (g, w) in got.iter().zip(&want) {
+            let d = (g - w).abs().max().double_value(&[]);
+            assert!(d < tolerance * scale, "{precision} gradient {d} of {scale}");
+        }
+        println!(
+            "{precision}: logits {logit_diff:.1e}, loss {:.1e} apart",
+            (loss - want_loss).abs()
+        );
     }
 }
 

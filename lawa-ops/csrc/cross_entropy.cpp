@@ -46,12 +46,16 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
 
 namespace {
 
-const char* const kSource =
+// common.cuh, then the kernels.
+const std::string kSource = std::string(
+#include "common_cuh.inc"
+                                        ) +
+                            std::string(
 #include "cross_entropy_cu.inc"
-    ;
+                            );
 
 lawa::KernelModule& kernels() {
-  static lawa::KernelModule module(kSource, "cross_entropy.cu");
+  static lawa::KernelModule module(kSource.c_str(), "cross_entropy.cu");
   return module;
 }
 

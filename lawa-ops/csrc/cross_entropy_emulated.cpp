@@ -11,6 +11,7 @@
 
 // After every other header: it defines CUDA's keywords as macros.
 #include "cuda_emulator.h"
+#include "kernels/common.cuh"
 #include "kernels/cross_entropy.cu"
 
 extern "C" {

@@ -49,6 +49,7 @@ inline Dim3 grid_dim;
 inline std::unique_ptr<Barrier> block_barrier;
 inline std::vector<std::unique_ptr<Barrier>> warp_barriers;
 inline std::vector<float> shuffle_slots;  // one per thread of the block
+inline std::mutex launch_mutex;
 
 inline float shuffle_xor(float value, int mask) {
   unsigned lane = thread_index.x, warp = lane / 32;
@@ -59,9 +60,12 @@ inline float shuffle_xor(float value, int mask) {
   return other;
 }
 
-// Runs `kernel(args...)` on a grid of `grid` blocks of `block` threads (a multiple of 32).
+// Runs `kernel(args...)` on a grid of `grid` blocks of `block` threads (a multiple of 32), one
+// launch at a time in the process (the block's state above, and `__shared__` arrays, are
+// process-wide).
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), unsigned grid, unsigned block, Args... args) {
+  std::lock_guard<std::mutex> lock(launch_mutex);
   block_dim = Dim3{block, 1, 1};
   grid_dim = Dim3{grid, 1, 1};
   block_barrier = std::make_unique<Barrier>(static_cast<int>(block));
@@ -109,6 +113,7 @@ inline float __shfl_xor_sync(unsigned /*mask*/, float value, int lane_mask) {
   return lawa_emu::shuffle_xor(value, lane_mask);
 }
 inline void __syncthreads() { lawa_emu::block_barrier->wait(); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 #define threadIdx lawa_emu::thread_index
 #define blockIdx lawa_emu::block_index

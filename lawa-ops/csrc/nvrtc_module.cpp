@@ -56,6 +56,7 @@ struct Nvrtc {
 };
 
 struct Driver {
+  Result (*init)(unsigned flags);
   Result (*device_get)(int* device, int ordinal);
   Result (*attribute)(int* value, int attribute, int device);
   Result (*primary_context)(void** context, int device);
@@ -68,7 +69,8 @@ struct Driver {
   Result (*error_string)(Result result, const char** text);
 
   explicit Driver(void* h)
-      : device_get(symbol<decltype(device_get)>(h, "cuDeviceGet", "libcuda")),
+      : init(symbol<decltype(init)>(h, "cuInit", "libcuda")),
+        device_get(symbol<decltype(device_get)>(h, "cuDeviceGet", "libcuda")),
         attribute(symbol<decltype(attribute)>(h, "cuDeviceGetAttribute", "libcuda")),
         primary_context(symbol<decltype(primary_context)>(h, "cuDevicePrimaryCtxRetain", "libcuda")),
         current_context(symbol<decltype(current_context)>(h, "cuCtxGetCurrent", "libcuda")),
@@ -148,10 +150,35 @@ const Driver& driver() {
   static const Driver d = [] {
     void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) throw std::runtime_error(std::string("the CUDA driver (libcuda.so.1) is not here: ") + dlerror());
-    return Driver(h);
+    Driver driver(h);
+    driver.check(driver.init(0), "cuInit");
+    return driver;
   }();
   return d;
 }
+
+// Makes `context` the thread's current CUDA context for its lifetime, then restores the one
+// before (libtorch's runtime takes its current device from it).
+class CurrentContext {
+ public:
+  explicit CurrentContext(void* context) {
+    const Driver& d = driver();
+    d.check(d.current_context(&previous_), "cuCtxGetCurrent");
+    if (previous_ != context) {
+      d.check(d.set_current_context(context), "cuCtxSetCurrent");
+      switched_ = true;
+    }
+  }
+  ~CurrentContext() {
+    if (switched_) driver().set_current_context(previous_);
+  }
+  CurrentContext(const CurrentContext&) = delete;
+  CurrentContext& operator=(const CurrentContext&) = delete;
+
+ private:
+  void* previous_ = nullptr;
+  bool switched_ = false;
+};
 
 }  // namespace
 
@@ -189,8 +216,8 @@ KernelModule::Loaded& KernelModule::load(int device) {
   d.check(d.attribute(&minor, kComputeCapabilityMinor, handle), "cuDeviceGetAttribute");
   Loaded loaded;
   d.check(d.primary_context(&loaded.context, handle), "cuDevicePrimaryCtxRetain");
-  d.check(d.set_current_context(loaded.context), "cuCtxSetCurrent");
   std::string cubin = nvrtc_compile(source_, "sm_" + std::to_string(major) + std::to_string(minor), "");
+  CurrentContext current(loaded.context);
   d.check(d.load_module(&loaded.module, cubin.data()), "cuModuleLoadData");
   return loaded_.emplace(device, std::move(loaded)).first->second;
 }
@@ -200,9 +227,7 @@ void KernelModule::launch(int device, const char* kernel, unsigned grid, unsigne
   std::lock_guard<std::mutex> lock(mutex_);
   Loaded& loaded = load(device);
   const Driver& d = driver();
-  void* current = nullptr;
-  d.check(d.current_context(&current), "cuCtxGetCurrent");
-  if (current != loaded.context) d.check(d.set_current_context(loaded.context), "cuCtxSetCurrent");
+  CurrentContext current(loaded.context);
   auto found = loaded.functions.find(kernel);
   if (found == loaded.functions.end()) {
     void* function = nullptr;

@@ -2,9 +2,7 @@
 //! (`csrc/kernels/cross_entropy.cu`, compiled at run time by NVRTC), or the same arithmetic with
 //! ATen ops elsewhere.
 
-use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
-use std::path::Path;
 
 use tch::Tensor;
 
@@ -33,12 +31,6 @@ extern "C" {
         losses: *mut Handle,
         lse: *mut Handle,
         grad_logits: *mut Handle,
-        error: *mut *mut c_char,
-    ) -> c_int;
-    fn lawa_cross_entropy_compile(
-        arch: *const c_char,
-        library: *const c_char,
-        bytes: *mut usize,
         error: *mut *mut c_char,
     ) -> c_int;
 }
@@ -82,28 +74,6 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, vocab: i64) -> Result<Te
     })?;
     // SAFETY: allocated by the shim with `new at::Tensor`, handed over once.
     Ok(unsafe { Tensor::from_ptr(out) })
-}
-
-/// Compiles the cross-entropy kernels with NVRTC for `arch` (such as `"sm_90"`), as a GPU run
-/// does on first use, and returns the size of the binary: the check that they compile, which
-/// needs NVRTC but no GPU. `nvrtc`: the path of `libnvrtc.so`, or `None` for the one libtorch
-/// loads.
-pub fn compile_cross_entropy_kernels(arch: &str, nvrtc: Option<&Path>) -> Result<usize, OpsError> {
-    let op = "compiling the cross-entropy kernels";
-    let text = |s: &str| {
-        CString::new(s).map_err(|_| OpsError {
-            op,
-            message: format!("{s:?} contains a NUL"),
-        })
-    };
-    let arch = text(arch)?;
-    let library = text(&nvrtc.map(|p| p.display().to_string()).unwrap_or_default())?;
-    let mut bytes = 0usize;
-    call(op, |error| {
-        // SAFETY: two NUL-terminated strings borrowed for the call; `bytes` is written once.
-        unsafe { lawa_cross_entropy_compile(arch.as_ptr(), library.as_ptr(), &mut bytes, error) }
-    })?;
-    Ok(bytes)
 }
 
 /// What the CUDA kernels behind [`cross_entropy`] compute, computed by their own source

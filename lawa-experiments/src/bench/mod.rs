@@ -45,6 +45,8 @@ pub struct Bench {
     pub adamw_kernel: lawa_core::optim::AdamWKernel,
     /// How lawa's training loss is computed (chunked or not, ATen or lawa's kernels).
     pub loss: lawa_models::LossPlan,
+    /// What computes GPT-2's residual adds and LayerNorms.
+    pub norm_kernel: lawa_models::Kernel,
     /// With a folder, `bench train` also profiles `profile_steps` steps of lawa and of the
     /// reference and writes their events there.
     pub profile: Option<(std::path::PathBuf, usize)>,

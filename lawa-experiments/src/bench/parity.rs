@@ -83,7 +83,9 @@ fn train_losses(b: &Bench, vs: &VarStore, gpt: &Gpt, x: &Tensor, y: &Tensor) -> 
 pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
     tch::manual_seed(0);
     let vs = VarStore::new(b.device);
-    let gpt = Gpt::new(vs.root(), &b.cfg)?.with_precision(b.precision);
+    let gpt = Gpt::new(vs.root(), &b.cfg)?
+        .with_precision(b.precision)
+        .with_norm_kernel(b.norm_kernel);
     let init = dir.join("init");
     gpt.save_pretrained(&init)?;
     let (x, y) = batches(b);

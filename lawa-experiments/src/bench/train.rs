@@ -29,7 +29,9 @@ impl StepLoop {
     pub(crate) fn new(b: &Bench) -> Result<Self> {
         tch::manual_seed(0);
         let vs = VarStore::new(b.device);
-        let gpt = Gpt::new(vs.root(), &b.cfg)?.with_precision(b.precision);
+        let gpt = Gpt::new(vs.root(), &b.cfg)?
+            .with_precision(b.precision)
+            .with_norm_kernel(b.norm_kernel);
         let adamw = AdamWConfig {
             kernel: b.adamw_kernel,
             ..AdamWConfig::default()
@@ -130,7 +132,7 @@ pub fn run(b: &Bench) -> Result<Value> {
                   "vocab_size": b.cfg.vocab_size, "block_size": b.block,
                   "params": b.cfg.num_params(false)},
         "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
-        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "adamw_kernel": b.adamw_kernel,
+        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel, "adamw_kernel": b.adamw_kernel,
         "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},

@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// cross-entropy kernels, on CUDA).
     #[arg(long, default_value = "aten")]
     pub loss_kernel: String,
+    /// What computes lawa's residual adds and LayerNorms (`train.norm_kernel`): aten, or fused
+    /// (lawa's add + LayerNorm kernels, on CUDA).
+    #[arg(long, default_value = "aten")]
+    pub norm_kernel: String,
     /// `bench train`: also profile a few steps of lawa and of the reference with libtorch's
     /// profiler, print where the time goes, and write every event to this folder.
     #[arg(long, value_name = "DIR")]
@@ -99,6 +103,12 @@ pub struct BenchArgs {
     /// Steps profiled with --profile.
     #[arg(long, default_value_t = 2)]
     pub profile_steps: usize,
+}
+
+/// A `--*-kernel` value.
+fn kernel(flag: &str, value: &str) -> Result<lawa_models::Kernel> {
+    serde_yaml::from_str(value)
+        .map_err(|_| anyhow::anyhow!("{flag} {value:?}: expected aten or fused"))
 }
 
 fn device(name: &str) -> Result<Device> {
@@ -171,13 +181,9 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
         reference: !args.no_reference,
         loss: lawa_models::LossPlan {
             chunk: args.loss_chunk.filter(|&c| c > 0),
-            kernel: serde_yaml::from_str(&args.loss_kernel).map_err(|_| {
-                anyhow::anyhow!(
-                    "--loss-kernel {:?}: expected aten or fused",
-                    args.loss_kernel
-                )
-            })?,
+            kernel: kernel("--loss-kernel", &args.loss_kernel)?,
         },
+        norm_kernel: kernel("--norm-kernel", &args.norm_kernel)?,
         profile: profile(args)?,
         adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
             anyhow::anyhow!(

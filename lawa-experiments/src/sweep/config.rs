@@ -374,6 +374,7 @@ impl SweepConfig {
                             allreduce_fp32: false,
                             loss_chunk: None,
                             loss_kernel: Default::default(),
+                            norm_kernel: Default::default(),
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),

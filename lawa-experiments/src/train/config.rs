@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::Storage;
 use lawa_core::optim::{AdamWConfig, Schedule};
-use lawa_models::{GptConfig, LossKernel, LossPlan, Precision};
+use lawa_models::{GptConfig, Kernel, LossPlan, Precision};
 use serde::{Deserialize, Serialize};
 
 use super::averagers::AveragerSpec;
@@ -153,8 +153,13 @@ pub struct TrainSpec {
     /// What computes the softmax and loss: `aten` (libtorch's ops over the logits cast to fp32,
     /// as PyTorch eager) or `fused` (lawa's cross-entropy kernels over the logits in their own
     /// dtype, on CUDA) [default: aten].
-    #[serde(default, skip_serializing_if = "LossKernel::is_default")]
-    pub loss_kernel: LossKernel,
+    #[serde(default, skip_serializing_if = "Kernel::is_default")]
+    pub loss_kernel: Kernel,
+    /// What computes GPT-2's residual adds and the LayerNorms after them: `aten` (libtorch's
+    /// ops) or `fused` (lawa's kernels: each add, its LayerNorm and the cast in one pass, on
+    /// CUDA) [default: aten].
+    #[serde(default, skip_serializing_if = "Kernel::is_default")]
+    pub norm_kernel: Kernel,
 }
 
 fn one() -> usize {

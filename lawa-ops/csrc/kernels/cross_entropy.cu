@@ -10,81 +10,7 @@
 // values torch's log_softmax + nll_loss compute in fp32 (log-probability = x - lse), up to the
 // summation order of the sum.
 //
-// Compiled without any header: bf16 is handled as its bits.
-
-typedef unsigned short lawa_bf16;
-
-#define LAWA_NEG_INF __int_as_float(0xff800000)
-#define LAWA_NAN __int_as_float(0x7fc00000)
-
-__device__ __forceinline__ float lawa_load(const lawa_bf16* p, long long i) {
-  return __uint_as_float(((unsigned)p[i]) << 16);
-}
-__device__ __forceinline__ float lawa_load(const float* p, long long i) { return p[i]; }
-
-// Round to nearest even, as c10::BFloat16 does (NaN stays NaN).
-__device__ __forceinline__ void lawa_store(lawa_bf16* p, long long i, float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    p[i] = (lawa_bf16)0x7fc0;
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  p[i] = (lawa_bf16)(u >> 16);
-}
-__device__ __forceinline__ void lawa_store(float* p, long long i, float f) { p[i] = f; }
-
-__device__ __forceinline__ unsigned lawa_bf16_bits(float f) {
-  unsigned short b;
-  lawa_store(&b, 0, f);
-  return b;
-}
-
-// 16 bytes of values at once (8 bf16 or 4 fp32): a row read in vectors keeps four times as
-// many bytes in flight per thread as one read value by value.
-template <typename T>
-struct LawaVector;
-
-template <>
-struct LawaVector<lawa_bf16> {
-  static constexpr int n = 8;
-  __device__ static void load(const lawa_bf16* p, long long i, float* v) {
-    uint4 u = reinterpret_cast<const uint4*>(p)[i];
-    unsigned w[4] = {u.x, u.y, u.z, u.w};
-    for (int k = 0; k < 4; ++k) {
-      v[2 * k] = __uint_as_float(w[k] << 16);  // the lower address holds the lower bits
-      v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-    }
-  }
-  __device__ static void store(lawa_bf16* p, long long i, const float* v) {
-    uint4 u;
-    u.x = lawa_bf16_bits(v[0]) | (lawa_bf16_bits(v[1]) << 16);
-    u.y = lawa_bf16_bits(v[2]) | (lawa_bf16_bits(v[3]) << 16);
-    u.z = lawa_bf16_bits(v[4]) | (lawa_bf16_bits(v[5]) << 16);
-    u.w = lawa_bf16_bits(v[6]) | (lawa_bf16_bits(v[7]) << 16);
-    reinterpret_cast<uint4*>(p)[i] = u;
-  }
-};
-
-template <>
-struct LawaVector<float> {
-  static constexpr int n = 4;
-  __device__ static void load(const float* p, long long i, float* v) {
-    float4 f = reinterpret_cast<const float4*>(p)[i];
-    v[0] = f.x;
-    v[1] = f.y;
-    v[2] = f.z;
-    v[3] = f.w;
-  }
-  __device__ static void store(float* p, long long i, const float* v) {
-    float4 f;
-    f.x = v[0];
-    f.y = v[1];
-    f.z = v[2];
-    f.w = v[3];
-    reinterpret_cast<float4*>(p)[i] = f;
-  }
-};
+// Needs common.cuh, which the launcher prepends.
 
 // A running softmax denominator: the maximum seen and the sum of exp(x - max).
 struct LawaMaxSum {
@@ -92,16 +18,28 @@ struct LawaMaxSum {
   float s;
 };
 
+// exp(from - to) for from <= to, 1 where they are equal (infinities included, so that an inf
+// logit gives an inf or NaN sum wherever it falls among the threads).
+__device__ __forceinline__ float lawa_rescale(float from, float to) { return from == to ? 1.f : expf(from - to); }
+
 __device__ __forceinline__ LawaMaxSum lawa_combine(LawaMaxSum a, LawaMaxSum b) {
   float m = fmaxf(a.m, b.m);
-  if (m == LAWA_NEG_INF) return LawaMaxSum{m, 0.f};
-  return LawaMaxSum{m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+  if (m == LAWA_NEG_INF) return LawaMaxSum{m, a.s + b.s};  // nothing yet (or NaN, kept)
+  return LawaMaxSum{m, a.s * lawa_rescale(a.m, m) + b.s * lawa_rescale(b.m, m)};
 }
 
-__device__ __forceinline__ LawaMaxSum lawa_add(LawaMaxSum a, float x) {
-  if (x > a.m) return LawaMaxSum{x, a.s * expf(a.m - x) + 1.f};
-  if (x == LAWA_NEG_INF) return a;
-  return LawaMaxSum{a.m, a.s + expf(x - a.m)};  // NaN x gives NaN
+// Adds the first `count` of N values at once: their maximum first, so that the running sum is
+// rescaled once. (The loops run to N, a constant, so that `x` stays in registers.)
+template <int N>
+__device__ __forceinline__ LawaMaxSum lawa_add(LawaMaxSum a, const float (&x)[N], int count) {
+  float m = a.m;
+  for (int k = 0; k < N; ++k)
+    if (k < count) m = fmaxf(m, x[k]);
+  if (m == LAWA_NEG_INF) return a;  // only -inf so far
+  float s = a.s * lawa_rescale(a.m, m);
+  for (int k = 0; k < N; ++k)
+    if (k < count) s += lawa_rescale(x[k], m);  // a NaN value gives NaN
+  return LawaMaxSum{m, s};
 }
 
 __device__ __forceinline__ LawaMaxSum lawa_warp_reduce(LawaMaxSum v) {
@@ -113,7 +51,7 @@ __device__ __forceinline__ LawaMaxSum lawa_warp_reduce(LawaMaxSum v) {
 }
 
 // The combination over the whole block (blockDim.x a multiple of 32, at most 1024), valid in
-// thread 0.
+// thread 0. Ends with a barrier, so that a second call cannot overwrite what warp 0 reads.
 __device__ LawaMaxSum lawa_block_reduce(LawaMaxSum v) {
   __shared__ float maxima[32];
   __shared__ float sums[32];
@@ -128,6 +66,7 @@ __device__ LawaMaxSum lawa_block_reduce(LawaMaxSum v) {
     v = lane < warps ? LawaMaxSum{maxima[lane], sums[lane]} : LawaMaxSum{LAWA_NEG_INF, 0.f};
     v = lawa_warp_reduce(v);
   }
+  __syncthreads();
   return v;
 }
 
@@ -143,14 +82,18 @@ __device__ void lawa_ce_forward(const T* logits, const long long* targets, float
   if (vectorized) {
     constexpr int n = LawaVector<T>::n;
     long long vectors = (vocab + n - 1) / n;  // those holding a column of the vocabulary
+#pragma unroll 2
     for (long long i = threadIdx.x; i < vectors; i += blockDim.x) {
       float values[n];
       LawaVector<T>::load(x, i, values);
-      for (int k = 0; k < n; ++k)
-        if (i * n + k < vocab) v = lawa_add(v, values[k]);
+      long long left = vocab - i * n;  // only the last vector reaches past the vocabulary
+      v = lawa_add(v, values, left < n ? (int)left : n);
     }
   } else {
-    for (long long c = threadIdx.x; c < vocab; c += blockDim.x) v = lawa_add(v, lawa_load(x, c));
+    for (long long c = threadIdx.x; c < vocab; c += blockDim.x) {
+      float value[1] = {lawa_load(x, c)};
+      v = lawa_add(v, value, 1);
+    }
   }
   v = lawa_block_reduce(v);
   if (threadIdx.x == 0) {

@@ -1,0 +1,155 @@
+// A residual add and the LayerNorm after it, in one pass over a row: sum = x + delta (fp32, the
+// residual stream), y = LayerNorm(sum) * weight + bias rounded once to the compute dtype (what
+// the next matmul reads). Compiled at run time by NVRTC (see nvrtc_module.cpp) and launched by
+// layer_norm.cpp; without a delta it is the LayerNorm and the cast alone.
+//
+// One warp per row (rows of up to a few thousand values: GPT-2's 768 to 1600), mean and
+// variance in fp32 in two passes (the second over the sum it just wrote). The backward pass is
+// two kernels: the input gradient, again a warp per row, plus the residual's own gradient; and
+// the weight and bias gradients, as per-chunk column sums that libtorch adds up. The arithmetic
+// is torch's layer_norm and native_layer_norm_backward, up to summation order.
+//
+// Needs common.cuh, which the launcher prepends.
+
+__device__ __forceinline__ float lawa_warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Row `blockIdx.x * warps + warp`: sum[row] = x + delta (written only with a delta; otherwise
+// the row of x is the sum), y[row] = (sum - mean) * rstd * weight (+ bias), mean[row], rstd[row].
+template <typename D, typename O>
+__device__ void lawa_ln_forward(const float* x, const D* delta, const float* weight, const float* bias,
+                                float* sum, O* y, float* mean_out, float* rstd_out, long long rows,
+                                long long cols, float eps) {
+  long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // the whole warp
+  int lane = threadIdx.x & 31;
+  const float* xr = x + row * cols;
+  float* sr = delta ? sum + row * cols : nullptr;
+  float total = 0.f;
+  for (long long c = lane; c < cols; c += 32) {
+    float s = xr[c];
+    if (delta) {
+      s += lawa_load(delta + row * cols, c);
+      sr[c] = s;
+    }
+    total += s;
+  }
+  const float* s = delta ? sr : xr;
+  float mean = lawa_warp_sum(total) / (float)cols;
+  float squares = 0.f;
+  for (long long c = lane; c < cols; c += 32) {
+    float d = s[c] - mean;
+    squares += d * d;
+  }
+  float rstd = rsqrtf(lawa_warp_sum(squares) / (float)cols + eps);
+  O* yr = y + row * cols;
+  for (long long c = lane; c < cols; c += 32) {
+    float v = (s[c] - mean) * rstd * weight[c];
+    if (bias) v += bias[c];
+    lawa_store(yr, c, v);
+  }
+  if (lane == 0) {
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// The gradient reaching the sum of row `blockIdx.x * warps + warp`: the LayerNorm's,
+// rstd * (dy w - mean(dy w) - xhat mean(dy w xhat)) with xhat = (s - mean) rstd, plus
+// grad_sum's (the residual stream's own gradient, when it has one). Written to grad_x (fp32)
+// and, with a delta that wants one, rounded to its dtype in grad_delta.
+template <typename D, typename O>
+__device__ void lawa_ln_backward_input(const float* s, const O* grad_y, const float* grad_sum, const float* weight,
+                                       const float* mean, const float* rstd, float* grad_x, D* grad_delta,
+                                       long long rows, long long cols) {
+  long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  int lane = threadIdx.x & 31;
+  const float* sr = s + row * cols;
+  const O* gy = grad_y + row * cols;
+  float m = mean[row], r = rstd[row];
+  float a = 0.f, b = 0.f;
+  for (long long c = lane; c < cols; c += 32) {
+    float dyw = lawa_load(gy, c) * weight[c];
+    a += dyw;
+    b += dyw * (sr[c] - m) * r;
+  }
+  float mean_a = lawa_warp_sum(a) / (float)cols;
+  float mean_b = lawa_warp_sum(b) / (float)cols;
+  for (long long c = lane; c < cols; c += 32) {
+    float xhat = (sr[c] - m) * r;
+    float g = r * (lawa_load(gy, c) * weight[c] - mean_a - xhat * mean_b);
+    if (grad_sum) g += grad_sum[row * cols + c];
+    if (grad_x) grad_x[row * cols + c] = g;
+    if (grad_delta) lawa_store(grad_delta + row * cols, c, g);
+  }
+}
+
+// Per-chunk column sums for the weight and bias gradients: block b covers 32 columns (tile
+// b % tiles) of the rows of chunk b / tiles, 8 rows at a time (blockDim.x = 256);
+// partial_weight[chunk, c] = sum of dy xhat, partial_bias[chunk, c] = sum of dy.
+template <typename O>
+__device__ void lawa_ln_backward_params(const float* s, const O* grad_y, const float* mean, const float* rstd,
+                                        float* partial_weight, float* partial_bias, long long rows,
+                                        long long cols, long long rows_per_chunk) {
+  __shared__ float weight_sums[8][32];
+  __shared__ float bias_sums[8][32];
+  long long tiles = (cols + 31) / 32;
+  long long tile = blockIdx.x % tiles, chunk = blockIdx.x / tiles;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  long long c = tile * 32 + lane;
+  long long first = chunk * rows_per_chunk;
+  long long last = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+  float w = 0.f, b = 0.f;
+  if (c < cols) {
+    for (long long row = first + warp; row < last; row += 8) {
+      float dy = lawa_load(grad_y + row * cols, c);
+      w += dy * (s[row * cols + c] - mean[row]) * rstd[row];
+      b += dy;
+    }
+  }
+  weight_sums[warp][lane] = w;
+  bias_sums[warp][lane] = b;
+  __syncthreads();
+  if (warp == 0 && c < cols) {
+    for (int k = 1; k < 8; ++k) {
+      w += weight_sums[k][lane];
+      b += bias_sums[k][lane];
+    }
+    partial_weight[chunk * cols + c] = w;
+    partial_bias[chunk * cols + c] = b;
+  }
+}
+
+#define LAWA_LN_KERNELS(D, DN, O, ON)                                                                         \
+  extern "C" __global__ void lawa_ln_forward_##DN##_##ON(                                                     \
+      const float* x, const D* delta, const float* weight, const float* bias, float* sum, O* y, float* mean, \
+      float* rstd, long long rows, long long cols, float eps) {                                               \
+    lawa_ln_forward(x, delta, weight, bias, sum, y, mean, rstd, rows, cols, eps);                             \
+  }                                                                                                           \
+  extern "C" __global__ void lawa_ln_backward_input_##DN##_##ON(                                              \
+      const float* s, const O* grad_y, const float* grad_sum, const float* weight, const float* mean,         \
+      const float* rstd, float* grad_x, D* grad_delta, long long rows, long long cols) {                      \
+    lawa_ln_backward_input(s, grad_y, grad_sum, weight, mean, rstd, grad_x, grad_delta, rows, cols);          \
+  }
+
+LAWA_LN_KERNELS(lawa_bf16, bf16, lawa_bf16, bf16)
+LAWA_LN_KERNELS(lawa_bf16, bf16, float, f32)
+LAWA_LN_KERNELS(float, f32, lawa_bf16, bf16)
+LAWA_LN_KERNELS(float, f32, float, f32)
+
+extern "C" __global__ void lawa_ln_backward_params_bf16(const float* s, const lawa_bf16* grad_y, const float* mean,
+                                                        const float* rstd, float* partial_weight,
+                                                        float* partial_bias, long long rows, long long cols,
+                                                        long long rows_per_chunk) {
+  lawa_ln_backward_params(s, grad_y, mean, rstd, partial_weight, partial_bias, rows, cols, rows_per_chunk);
+}
+
+extern "C" __global__ void lawa_ln_backward_params_f32(const float* s, const float* grad_y, const float* mean,
+                                                       const float* rstd, float* partial_weight,
+                                                       float* partial_bias, long long rows, long long cols,
+                                                       long long rows_per_chunk) {
+  lawa_ln_backward_params(s, grad_y, mean, rstd, partial_weight, partial_bias, rows, cols, rows_per_chunk);
+}

@@ -1,0 +1,67 @@
+//! lawa's own CUDA kernels as sources: which there are, and compiling one with NVRTC without a
+//! GPU (a GPU run compiles them itself on first use, for the architecture it finds).
+
+use std::ffi::CString;
+use std::os::raw::{c_char, c_int};
+use std::path::Path;
+
+use crate::{call, OpsError};
+
+extern "C" {
+    fn lawa_cross_entropy_compile(
+        arch: *const c_char,
+        library: *const c_char,
+        bytes: *mut usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+    fn lawa_layer_norm_compile(
+        arch: *const c_char,
+        library: *const c_char,
+        bytes: *mut usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
+}
+
+/// A source of CUDA kernels in `csrc/kernels/` (each with `common.cuh` before it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    /// `cross_entropy.cu`, behind [`cross_entropy`](crate::cross_entropy).
+    CrossEntropy,
+    /// `layer_norm.cu`, behind [`add_layer_norm`](crate::add_layer_norm).
+    LayerNorm,
+}
+
+impl KernelSource {
+    /// Every source.
+    pub const ALL: [KernelSource; 2] = [KernelSource::CrossEntropy, KernelSource::LayerNorm];
+}
+
+/// Compiles `source` with NVRTC for `arch` (such as `"sm_90"`), as a GPU run does on first use,
+/// and returns the size of the binary: the check that the kernels compile, which needs NVRTC but
+/// no GPU. `nvrtc`: the path of `libnvrtc.so`, or `None` for the one libtorch loads. NVRTC's log
+/// is in the error.
+pub fn compile_kernels(
+    source: KernelSource,
+    arch: &str,
+    nvrtc: Option<&Path>,
+) -> Result<usize, OpsError> {
+    let op = "compiling lawa's CUDA kernels";
+    let text = |s: &str| {
+        CString::new(s).map_err(|_| OpsError {
+            op,
+            message: format!("{s:?} contains a NUL"),
+        })
+    };
+    let arch = text(arch)?;
+    let library = text(&nvrtc.map(|p| p.display().to_string()).unwrap_or_default())?;
+    let compile = match source {
+        KernelSource::CrossEntropy => lawa_cross_entropy_compile,
+        KernelSource::LayerNorm => lawa_layer_norm_compile,
+    };
+    let mut bytes = 0usize;
+    call(op, |error| {
+        // SAFETY: two NUL-terminated strings borrowed for the call; `bytes` is written once.
+        unsafe { compile(arch.as_ptr(), library.as_ptr(), &mut bytes, error) }
+    })?;
+    Ok(bytes)
+}
