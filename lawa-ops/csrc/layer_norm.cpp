@@ -134,6 +134,9 @@ class AddLayerNorm : public torch::autograd::Function<AddLayerNorm> {
     ctx->save_for_backward({delta.defined() ? sum : x, weight, mean, rstd});
     ctx->saved_data["delta"] = delta.defined() ? static_cast<int64_t>(delta.scalar_type()) : int64_t{-1};
     ctx->saved_data["bias"] = bias.defined();
+    ctx->saved_data["out"] = out;
+    // An output nobody used (ln_f's sum) gets no gradient, rather than a tensor of zeros.
+    ctx->set_materialize_grads(false);
     if (delta.defined()) return {sum, y};
     return {y};
   }
@@ -147,6 +150,8 @@ class AddLayerNorm : public torch::autograd::Function<AddLayerNorm> {
     if (code >= 0) delta = static_cast<at::ScalarType>(code);
     at::Tensor grad_sum = delta ? grads[0] : at::Tensor();
     at::Tensor grad_y = delta ? grads[1] : grads[0];
+    auto out = static_cast<at::ScalarType>(ctx->saved_data["out"].toInt());
+    if (grad_y.defined() && grad_y.scalar_type() != out) grad_y = grad_y.to(out);  // the kernels read y's dtype
     if (grad_sum.defined()) grad_sum = grad_sum.contiguous();
     at::Tensor gx, gd, gw, gb;
     if (grad_y.defined()) {
@@ -173,7 +178,7 @@ int lawa_add_layer_norm(const at::Tensor* x, const at::Tensor* delta, const at::
                         double eps, int out_bf16, at::Tensor** sum, at::Tensor** y, char** error) {
   return lawa_guarded(error, [&] {
     at::Tensor d = delta ? delta->contiguous() : at::Tensor();
-    at::Tensor b = bias ? *bias : at::Tensor();
+    at::Tensor b = bias ? bias->contiguous() : at::Tensor();
     auto dtype = out_bf16 ? at::kBFloat16 : at::kFloat;
     lawa::check_layer_norm_inputs(*x, d, *weight, b, dtype);
     auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };

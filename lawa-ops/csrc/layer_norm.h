@@ -11,7 +11,7 @@ namespace lawa {
 // Rows per block of the per-row kernels (a warp each), and rows per chunk of the weight and
 // bias gradients' partial sums.
 constexpr unsigned kLayerNormWarps = 8;
-constexpr long long kLayerNormRowsPerChunk = 64;
+constexpr long long kLayerNormRowsPerChunk = 256;
 
 // Throws std::invalid_argument naming what is wrong with lawa_add_layer_norm's inputs: x fp32
 // [rows, cols] contiguous; delta undefined or [rows, cols] bf16/fp32; weight fp32 [cols]; bias

@@ -18,16 +18,20 @@ __device__ __forceinline__ float lawa_warp_sum(float v) {
 
 // Row `blockIdx.x * warps + warp`: sum[row] = x + delta (written only with a delta; otherwise
 // the row of x is the sum), y[row] = (sum - mean) * rstd * weight (+ bias), mean[row], rstd[row].
+// (`__restrict__` on every pointer but `sum`, which the kernel reads back: so that the loads of
+// several iterations can be issued before the stores between them.)
 template <typename D, typename O>
-__device__ void lawa_ln_forward(const float* x, const D* delta, const float* weight, const float* bias,
-                                float* sum, O* y, float* mean_out, float* rstd_out, long long rows,
-                                long long cols, float eps) {
+__device__ void lawa_ln_forward(const float* __restrict__ x, const D* __restrict__ delta,
+                                const float* __restrict__ weight, const float* __restrict__ bias, float* sum,
+                                O* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                long long rows, long long cols, float eps) {
   long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= rows) return;  // the whole warp
   int lane = threadIdx.x & 31;
   const float* xr = x + row * cols;
   float* sr = delta ? sum + row * cols : nullptr;
   float total = 0.f;
+#pragma unroll 4
   for (long long c = lane; c < cols; c += 32) {
     float s = xr[c];
     if (delta) {
@@ -45,6 +49,7 @@ __device__ void lawa_ln_forward(const float* x, const D* delta, const float* wei
   }
   float rstd = rsqrtf(lawa_warp_sum(squares) / (float)cols + eps);
   O* yr = y + row * cols;
+#pragma unroll 4
   for (long long c = lane; c < cols; c += 32) {
     float v = (s[c] - mean) * rstd * weight[c];
     if (bias) v += bias[c];
@@ -61,9 +66,11 @@ __device__ void lawa_ln_forward(const float* x, const D* delta, const float* wei
 // grad_sum's (the residual stream's own gradient, when it has one). Written to grad_x (fp32)
 // and, with a delta that wants one, rounded to its dtype in grad_delta.
 template <typename D, typename O>
-__device__ void lawa_ln_backward_input(const float* s, const O* grad_y, const float* grad_sum, const float* weight,
-                                       const float* mean, const float* rstd, float* grad_x, D* grad_delta,
-                                       long long rows, long long cols) {
+__device__ void lawa_ln_backward_input(const float* __restrict__ s, const O* __restrict__ grad_y,
+                                       const float* __restrict__ grad_sum, const float* __restrict__ weight,
+                                       const float* __restrict__ mean, const float* __restrict__ rstd,
+                                       float* __restrict__ grad_x, D* __restrict__ grad_delta, long long rows,
+                                       long long cols) {
   long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= rows) return;
   int lane = threadIdx.x & 31;
@@ -78,6 +85,7 @@ __device__ void lawa_ln_backward_input(const float* s, const O* grad_y, const fl
   }
   float mean_a = lawa_warp_sum(a) / (float)cols;
   float mean_b = lawa_warp_sum(b) / (float)cols;
+#pragma unroll 4
   for (long long c = lane; c < cols; c += 32) {
     float xhat = (sr[c] - m) * r;
     float g = r * (lawa_load(gy, c) * weight[c] - mean_a - xhat * mean_b);
@@ -91,9 +99,10 @@ __device__ void lawa_ln_backward_input(const float* s, const O* grad_y, const fl
 // b % tiles) of the rows of chunk b / tiles, 8 rows at a time (blockDim.x = 256);
 // partial_weight[chunk, c] = sum of dy xhat, partial_bias[chunk, c] = sum of dy.
 template <typename O>
-__device__ void lawa_ln_backward_params(const float* s, const O* grad_y, const float* mean, const float* rstd,
-                                        float* partial_weight, float* partial_bias, long long rows,
-                                        long long cols, long long rows_per_chunk) {
+__device__ void lawa_ln_backward_params(const float* __restrict__ s, const O* __restrict__ grad_y,
+                                        const float* __restrict__ mean, const float* __restrict__ rstd,
+                                        float* __restrict__ partial_weight, float* __restrict__ partial_bias,
+                                        long long rows, long long cols, long long rows_per_chunk) {
   __shared__ float weight_sums[8][32];
   __shared__ float bias_sums[8][32];
   long long tiles = (cols + 31) / 32;
