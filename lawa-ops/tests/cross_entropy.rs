@@ -33,11 +33,19 @@ fn losses_and_gradient(
     targets: &Tensor,
     f: impl Fn(&Tensor, &Tensor) -> Tensor,
 ) -> (Tensor, Tensor) {
+    weighted_losses_and_gradient(logits, targets, &weights(logits.device()), f)
+}
+
+/// Losses and the gradient of `sum(losses * weights)` with respect to the logits, by `f`.
+fn weighted_losses_and_gradient(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Tensor) {
     let x = logits.detach().set_requires_grad(true);
     let losses = f(&x, targets);
-    (&losses * weights(logits.device()))
-        .sum(Kind::Float)
-        .backward();
+    (&losses * weights).sum(Kind::Float).backward();
     (losses.detach(), x.grad())
 }
 
@@ -174,12 +182,13 @@ fn on_a_gpu_the_kernels_equal_log_softmax_and_nll_loss() {
     compare(Kind::BFloat16, Device::Cuda(0), 1e-6, 4e-3);
     // GPT-2-sized rows: 50257 of 50304 columns, bf16, over many strides of a block.
     wide_rows(Device::Cuda(0), 64, 50304, 50257, |x, t| {
-        losses_and_gradient_sum(x, t, |x, t| cross_entropy(x, t, 50257).unwrap())
+        let ones = Tensor::ones([64], (Kind::Float, Device::Cuda(0)));
+        weighted_losses_and_gradient(x, t, &ones, |x, t| cross_entropy(x, t, 50257).unwrap())
     });
 }
 
 /// `rows` bf16 rows of `cols` columns, `vocab` of them vocabulary, by `f` (losses and the
-/// gradient of their sum) against the reference: losses within 1e-6 relative, gradients within
+/// gradient of their plain sum) against the reference: losses within 1e-6 relative, gradients within
 /// one bf16 ulp.
 fn wide_rows(
     device: Device,
@@ -191,7 +200,8 @@ fn wide_rows(
     tch::manual_seed(5);
     let logits = (Tensor::randn([rows, cols], (Kind::Float, device)) * 3.0).to_kind(Kind::BFloat16);
     let targets = Tensor::randint(vocab, [rows], (Kind::Int64, device));
-    let (want, want_grad) = losses_and_gradient_sum(&logits, &targets, |x, t| {
+    let ones = Tensor::ones([rows], (Kind::Float, device));
+    let (want, want_grad) = weighted_losses_and_gradient(&logits, &targets, &ones, |x, t| {
         x.narrow(1, 0, vocab)
             .log_softmax(-1, Kind::Float)
             .f_nll_loss(t, None::<Tensor>, Reduction::None, IGNORE_INDEX)
@@ -209,18 +219,6 @@ fn wide_rows(
         gd <= 4e-3 * scale,
         "{rows}x{cols}: gradients {gd} (largest {scale})"
     );
-}
-
-/// Losses and the gradient of their plain sum, by `f`.
-fn losses_and_gradient_sum(
-    logits: &Tensor,
-    targets: &Tensor,
-    f: impl Fn(&Tensor, &Tensor) -> Tensor,
-) -> (Tensor, Tensor) {
-    let x = logits.detach().set_requires_grad(true);
-    let losses = f(&x, targets);
-    losses.sum(Kind::Float).backward();
-    (losses.detach(), x.grad())
 }
 
 #[test]
