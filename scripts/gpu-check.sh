@@ -10,9 +10,8 @@
 #   scripts/gpu-check.sh [--out DIR] [--only a,b]
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
 #       env, parity_f32, parity_bf16, speed_small, kernels (lawa's CUDA kernels: their tests
-#       on the device, parity and speed), speed_small_options, speed_medium,
-#       speed_large, averaging, sweep, data_parallel (a process group of one on NCCL beside the
-#       lone run);
+#       on the device, parity and speed), averaging, sweep, data_parallel (a process group of
+#       one on NCCL beside the lone run), speed_small_options, speed_medium, speed_large;
 #       at most GPU_CHECK_BUDGET seconds (default 350) on an H100. DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
@@ -292,39 +291,45 @@ if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-
     rm -rf "$work"
     exit 1 # no usable CUDA: the other sections cannot pass
 fi
+# The sections' sizes: GPT-2 on the GPU, toy models on the CPU. The order puts what has not been
+# measured yet, and the end-to-end runs, before what a spent budget may skip (the speed options,
+# medium and large, measured in earlier checks).
 if [ $mode = gpu ]; then
-    section parity_f32 90 bench parity parity_f32 --preset small --precision f32 --batch-size 4 --steps 10
+    limit=90
+    p32=(--preset small --precision f32 --batch-size 4 --steps 10)
     parity="--preset small --precision bf16 --batch-size 4 --steps 20"
-    # shellcheck disable=SC2086 # split on purpose
-    section parity_bf16 90 bench parity parity_bf16 $parity
-    section speed_small 210 bench train speed_small --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3 --profile "$work/profile"
-    section kernels 150 kernels "$parity" --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
-    # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
-    section speed_small_options 90 speed_options 4096 --preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3
-    section speed_medium 90 bench train speed_medium --preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile
-    section speed_large 100 bench train speed_large --preset large --batch-size 4 --steps 8 --warmup 3 --no-compile
-    section averaging 100 bench averaging averaging --preset small --batch-size 16 --steps 8 --warmup 3 --no-compile
+    small=(--preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3)
+    chunk=4096
+    medium=(--preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile)
+    large=(--preset large --batch-size 4 --steps 8 --warmup 3 --no-compile)
+    averaging=(--preset small --batch-size 16 --steps 8 --warmup 3 --no-compile)
     sweep_config 200 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
+    dp=(40 "n_layer: 4, n_head: 4, n_embd: 256" 16 256)
 else
+    limit=120
     tiny=(--preset tiny --vocab-size 512 --block-size 32 --batch-size 4)
-    section parity_f32 120 bench parity parity_f32 "${tiny[@]}" --precision f32 --steps 6
+    p32=("${tiny[@]}" --precision f32 --steps 6)
     parity="${tiny[*]} --precision bf16 --steps 6"
-    # shellcheck disable=SC2086 # split on purpose
-    section parity_bf16 120 bench parity parity_bf16 $parity
-    section speed_small 120 bench train speed_small "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1 --profile "$work/profile"
-    section kernels 150 kernels "$parity" "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
-    section speed_small_options 120 speed_options 64 "${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1
-    section speed_medium 120 bench train speed_medium "${tiny[@]}" --n-layer 3 --steps 2 --warmup 1
-    section speed_large 120 bench train speed_large "${tiny[@]}" --n-layer 4 --steps 2 --warmup 1
-    section averaging 120 bench averaging averaging "${tiny[@]}" --steps 2 --warmup 1
+    small=("${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1)
+    chunk=64
+    medium=("${tiny[@]}" --n-layer 3 --steps 2 --warmup 1)
+    large=("${tiny[@]}" --n-layer 4 --steps 2 --warmup 1)
+    averaging=("${tiny[@]}" --steps 2 --warmup 1)
     sweep_config 40 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
+    dp=(10 "n_layer: 1, n_head: 2, n_embd: 32" 4 32)
 fi
+section parity_f32 $limit bench parity parity_f32 "${p32[@]}"
+# shellcheck disable=SC2086 # split on purpose
+section parity_bf16 $limit bench parity parity_bf16 $parity
+section speed_small 210 bench train speed_small "${small[@]}" --profile "$work/profile"
+section kernels 150 kernels "$parity" "${small[@]}"
+section averaging 100 bench averaging averaging "${averaging[@]}"
 section sweep $([ $mode = gpu ] && echo 120 || echo 240) sweep
-if [ $mode = gpu ]; then
-    section data_parallel 90 data_parallel 40 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
-else
-    section data_parallel 90 data_parallel 10 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
-fi
+section data_parallel 90 data_parallel "${dp[@]}"
+# lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
+section speed_small_options $limit speed_options $chunk "${small[@]}"
+section speed_medium $limit bench train speed_medium "${medium[@]}"
+section speed_large 100 bench train speed_large "${large[@]}"
 # The profiled steps' events (bench train --profile), to read beside the report's tables.
 [ ! -d "$work/profile" ] || tar -czf "$out/profiles.tar.gz" -C "$work" profile
 "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"

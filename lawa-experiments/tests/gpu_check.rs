@@ -45,12 +45,12 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
             "parity_bf16",
             "speed_small",
             "kernels",
-            "speed_small_options",
-            "speed_medium",
-            "speed_large",
             "averaging",
             "sweep",
-            "data_parallel"
+            "data_parallel",
+            "speed_small_options",
+            "speed_medium",
+            "speed_large"
         ]
     );
     for s in report["sections"].as_array().unwrap() {
