@@ -32,6 +32,14 @@ fn main() {
         .compile("lawa_ops");
     torch.link(&["torch_cpu", "c10"]);
     println!("cargo:rustc-link-lib=dylib=dl");
+    // The crate's tests need CUDA when libtorch has it (the GPU check runs them on the device):
+    // nothing references libtorch_cuda directly, so an --as-needed linker would drop it and
+    // leave CUDA silently unavailable (as the workspace's build.rs explains).
+    if torch.lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
 }
 
 /// Writes `source` as a C++ raw string literal to `include`.

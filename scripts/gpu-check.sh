@@ -69,6 +69,10 @@ for line in sys.stdin:
         shutil.copy(m["executable"], sys.argv[1] + "/" + name)' "$root/.gpu/tests"
     for t in cross_entropy layer_norm kernels; do
         [ -x "$root/.gpu/tests/$t" ] || { echo "gpu-check: could not build lawa-ops' $t tests" >&2; exit 1; }
+        if ! ldd "$root/.gpu/tests/$t" | grep -q libtorch_cuda; then
+            echo "gpu-check: lawa-ops' $t tests do not link libtorch_cuda (CUDA would be unavailable to them)" >&2
+            exit 1
+        fi
     done
     cp -rL "$root/.lawa/assets/." "$root/.gpu/assets/"
     git -C "$root" describe --always --dirty >"$root/.gpu/commit"
