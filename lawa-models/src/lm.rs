@@ -119,11 +119,7 @@ pub trait CausalLm {
                 Ok(loss.detach())
             }
             (None, Kernel::Fused) => {
-                let (b, t) = check_targets(idx, targets)?;
-                let hidden = self.hidden(idx, train)?;
-                let width = hidden.size()[2];
-                let flat = hidden.reshape([b * t, width]);
-                let targets = targets.reshape([b * t]).to_kind(Kind::Int64);
+                let (flat, targets) = flat_hidden(self, idx, targets, train)?;
                 let loss = self.summed_loss(&flat, &targets, Kernel::Fused)? / counted(&targets);
                 (&loss * scale).backward();
                 Ok(loss.detach())
@@ -170,15 +166,11 @@ pub trait CausalLm {
         chunk: usize,
         kernel: Kernel,
     ) -> Result<Tensor, ModelError> {
-        let (b, t) = check_targets(idx, targets)?;
-        let n = b * t;
-        let hidden = self.hidden(idx, train)?;
-        let width = hidden.size()[2];
-        let flat = hidden.reshape([n, width]);
+        let (flat, targets) = flat_hidden(self, idx, targets, train)?;
+        let n = flat.size()[0];
         // The head's input as a leaf: each chunk's backward stops there (and reaches the head's
         // weights directly); the rest of the model gets the gathered gradient afterwards.
         let leaf = flat.detach().set_requires_grad(true);
-        let targets = targets.reshape([n]).to_kind(Kind::Int64);
         let mut total = Tensor::zeros([], (Kind::Float, idx.device()));
         let count = counted(&targets);
         let chunk = chunk.max(1) as i64;
@@ -205,12 +197,26 @@ pub trait CausalLm {
         targets: &Tensor,
         train: bool,
     ) -> Result<(Tensor, Tensor), ModelError> {
-        let (b, t) = check_targets(idx, targets)?;
-        let hidden = self.hidden(idx, train)?;
-        let width = hidden.size()[2];
-        let logp = self.head_log_probs(&hidden.reshape([b * t, width]));
-        Ok((logp, targets.reshape([b * t]).to_kind(Kind::Int64)))
+        let (flat, targets) = flat_hidden(self, idx, targets, train)?;
+        Ok((self.head_log_probs(&flat), targets))
     }
+}
+
+/// The final hidden states of token ids `[B, T]` flattened to `[B T, width]`, and the targets
+/// (`[B, T]`, checked against the ids) flattened to int64 `[B T]`.
+fn flat_hidden<L: CausalLm + ?Sized>(
+    lm: &L,
+    idx: &Tensor,
+    targets: &Tensor,
+    train: bool,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let (b, t) = check_targets(idx, targets)?;
+    let hidden = lm.hidden(idx, train)?;
+    let width = hidden.size()[2];
+    Ok((
+        hidden.reshape([b * t, width]),
+        targets.reshape([b * t]).to_kind(Kind::Int64),
+    ))
 }
 
 /// The targets that count towards a mean loss (those not equal to

@@ -46,16 +46,10 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
 
 namespace {
 
-// common.cuh, then the kernels.
-const std::string kSource = std::string(
-#include "common_cuh.inc"
-                                        ) +
-                            std::string(
-#include "cross_entropy_cu.inc"
-                            );
-
 lawa::KernelModule& kernels() {
-  static lawa::KernelModule module(kSource.c_str(), "cross_entropy.cu");
+  static lawa::KernelModule module(
+#include "cross_entropy_cu.inc"
+      , "cross_entropy.cu");
   return module;
 }
 
@@ -173,7 +167,7 @@ int lawa_cross_entropy(const at::Tensor* logits, const at::Tensor* targets, int6
 // of the binary in *bytes: a check that needs NVRTC but no GPU. `library`: libnvrtc's path, or
 // empty for the one beside libtorch.
 int lawa_cross_entropy_compile(const char* arch, const char* library, size_t* bytes, char** error) {
-  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(kSource, arch, library).size(); });
+  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(kernels().source(), arch, library).size(); });
 }
 
 }  // extern "C"

@@ -43,16 +43,10 @@ namespace {
 
 using Tensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// common.cuh, then the kernels.
-const std::string kSource = std::string(
-#include "common_cuh.inc"
-                                        ) +
-                            std::string(
-#include "layer_norm_cu.inc"
-                            );
-
 lawa::KernelModule& kernels() {
-  static lawa::KernelModule module(kSource.c_str(), "layer_norm.cu");
+  static lawa::KernelModule module(
+#include "layer_norm_cu.inc"
+      , "layer_norm.cu");
   return module;
 }
 
@@ -195,7 +189,7 @@ int lawa_add_layer_norm(const at::Tensor* x, const at::Tensor* delta, const at::
 
 // Compiles the add + LayerNorm kernels with NVRTC for `arch`: see lawa_cross_entropy_compile.
 int lawa_layer_norm_compile(const char* arch, const char* library, size_t* bytes, char** error) {
-  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(kSource, arch, library).size(); });
+  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(kernels().source(), arch, library).size(); });
 }
 
 }  // extern "C"

@@ -80,11 +80,14 @@ struct Driver {
         launch(symbol<decltype(launch)>(h, "cuLaunchKernel", "libcuda")),
         error_string(symbol<decltype(error_string)>(h, "cuGetErrorString", "libcuda")) {}
 
-  void check(Result r, const char* what) const {
+  // Throws on failure, naming the call by `what` (joined only then: launches are a hot path).
+  template <typename... Parts>
+  void check(Result r, const Parts&... what) const {
     if (r == 0) return;
     const char* text = nullptr;
     error_string(r, &text);
-    throw std::runtime_error(std::string("CUDA driver ") + what + ": " + (text ? text : "error " + std::to_string(r)));
+    std::string call = (std::string() + ... + std::string(what));
+    throw std::runtime_error("CUDA driver " + call + ": " + (text ? text : "error " + std::to_string(r)));
   }
 };
 
@@ -182,6 +185,13 @@ class CurrentContext {
 
 }  // namespace
 
+KernelModule::KernelModule(const char* source, const char* name)
+    : source_(std::string(
+#include "common_cuh.inc"
+                          ) +
+              source),
+      name_(name) {}
+
 std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library) {
   const Nvrtc& n = nvrtc(library);
   void* program = nullptr;
@@ -231,13 +241,13 @@ void KernelModule::launch(int device, const char* kernel, unsigned grid, unsigne
   auto found = loaded.functions.find(kernel);
   if (found == loaded.functions.end()) {
     void* function = nullptr;
-    d.check(d.get_function(&function, loaded.module, kernel), (std::string("cuModuleGetFunction ") + kernel).c_str());
+    d.check(d.get_function(&function, loaded.module, kernel), "cuModuleGetFunction ", kernel);
     found = loaded.functions.emplace(kernel, function).first;
   }
   c10::Device where(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device));
   c10::Stream stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(where);
   d.check(d.launch(found->second, grid, 1, 1, block, 1, 1, 0, stream.native_handle(), args.data(), nullptr),
-          (std::string("launching ") + name_ + "/" + kernel).c_str());
+          "launching ", name_, "/", kernel);
 }
 
 }  // namespace lawa

@@ -19,7 +19,11 @@ std::string nvrtc_compile(const std::string& source, const std::string& arch, co
 // architecture) and launched on libtorch's current stream of the device.
 class KernelModule {
  public:
-  KernelModule(const char* source, const char* name) : source_(source), name_(name) {}
+  // `source`: the kernels, compiled with kernels/common.cuh before them.
+  KernelModule(const char* source, const char* name);
+
+  // The whole source NVRTC compiles (common.cuh, then the kernels).
+  const std::string& source() const { return source_; }
 
   // Launches `kernel` (an extern "C" __global__ function of the source) on `device` with
   // `grid` x `block` threads; `args` point at the kernel's arguments, in order.
@@ -33,7 +37,7 @@ class KernelModule {
   };
   Loaded& load(int device);
 
-  const char* source_;
+  std::string source_;
   const char* name_;
   std::mutex mutex_;
   std::unordered_map<int, Loaded> loaded_;
