@@ -24,6 +24,7 @@ fn main() {
         .include(&out)
         .file("csrc/ops.cpp")
         .file("csrc/profiler.cpp")
+        .file("csrc/host_copy.cpp")
         .file("csrc/nvrtc_module.cpp")
         .file("csrc/cross_entropy.cpp")
         .file("csrc/cross_entropy_emulated.cpp")

@@ -572,8 +572,11 @@ fn a_saved_state_with_missing_pieces_is_refused() {
     assert!(err.contains("CRC-32"), "{err}");
 }
 
-/// On a GPU, an EMA and an SWA kept in host memory (updated through pinned staging buffers)
-/// equal the same averagers kept on the device. Without a GPU it says it was skipped.
+/// On a GPU, an EMA and an SWA kept in host memory (the weights copied through pinned staging
+/// buffers on the GPU's stream, the lerp on a host thread while the GPU goes on) equal the same
+/// averagers kept on the device. The weights are changed in place right after each update, as
+/// the next optimizer step changes them, before the host thread has read its copy: the copies
+/// must hold the values of the step observed. Without a GPU it says it was skipped.
 #[test]
 fn host_averages_of_gpu_weights_equal_device_averages() {
     if !tch::Cuda::is_available() {
@@ -588,13 +591,20 @@ fn host_averages_of_gpu_weights_equal_device_averages() {
     let mut device = AveragerSet::new();
     device.push(Ema::new(0.9).unwrap()).unwrap();
     device.push(Swa::new()).unwrap();
+    let live: Named = random_weights(0)
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(gpu)))
+        .collect();
     for step in 1..=12u64 {
-        let named: Named = random_weights(step as i64)
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(gpu)))
-            .collect();
-        host.observe(step, &weights_of(&named)).unwrap();
-        device.observe(step, &weights_of(&named)).unwrap();
+        for ((_, w), (_, t)) in live.iter().zip(random_weights(step as i64)) {
+            tch::no_grad(|| w.shallow_clone().copy_(&t));
+        }
+        host.observe(step, &weights_of(&live)).unwrap();
+        device.observe(step, &weights_of(&live)).unwrap();
+        for (_, w) in &live {
+            // The next step's change, queued on the stream behind the copies.
+            let _ = w.shallow_clone().fill_(f64::NAN);
+        }
     }
     for (h, d) in host.iter().zip(device.iter()) {
         let (a, b) = (
@@ -606,6 +616,7 @@ fn host_averages_of_gpu_weights_equal_device_averages() {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f64::max);
+        assert!(a.iter().all(|x| x.is_finite()), "{}: {a:?}", h.label());
         assert!(diff <= 1e-6, "{}: {diff}", h.label());
     }
 }

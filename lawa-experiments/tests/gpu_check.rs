@@ -131,7 +131,22 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(names.contains(&"aten::mm"), "{which}: {names:?}");
     }
     assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
-    assert_eq!(f["averaging"]["rows"].as_array().unwrap().len(), 11);
+    let rows = f["averaging"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 13);
+    // What an EMA after every step adds to a step, in each storage, with its range.
+    let added: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["operation"].as_str().unwrap().contains("added to a step"))
+        .collect();
+    assert_eq!(added.len(), 2, "{rows:?}");
+    for r in added {
+        let range = r["range_ms"].as_array().unwrap();
+        let ms = r["ms"].as_f64().unwrap();
+        assert!(
+            range[0].as_f64().unwrap() <= ms && ms <= range[1].as_f64().unwrap(),
+            "{r}"
+        );
+    }
     assert!(f["averaging"]["pytorch"]["ms"].as_f64().unwrap() > 0.0);
     // A process group of one (Gloo here, NCCL on a GPU) trains as the lone process does.
     let dp = &f["data_parallel"];

@@ -1,7 +1,8 @@
 //! libtorch operations that tch does not expose, reached through a small C++ shim (`csrc/`)
 //! compiled against the headers torch-sys uses: AdamW over all parameters at once with the
 //! multi-tensor `_foreach_` ops or with `_fused_adamw_`, a multi-tensor lerp (an EMA update), and
-//! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11, and
+//! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11, copies
+//! from a GPU into host memory that leave the host free ([`copy_async`]), and
 //! libtorch's profiler ([`Profiler`]), to compare a step of lawa with one of PyTorch kernel by kernel.
 //! On CUDA each is a handful of kernels for the whole model instead of several per tensor.
 //! And kernels of lawa's own, compiled at run time by NVRTC: [`cross_entropy`] over a language
@@ -21,11 +22,13 @@ use std::os::raw::{c_char, c_int};
 use tch::Tensor;
 
 mod cross_entropy;
+mod host_copy;
 mod kernels;
 mod layer_norm;
 mod profiler;
 
 pub use cross_entropy::{cross_entropy, emulate_cross_entropy_kernels, IGNORE_INDEX};
+pub use host_copy::{copy_async, PendingCopies};
 pub use kernels::{compile_kernels, KernelSource};
 pub use layer_norm::{add_layer_norm, emulate_layer_norm_kernels};
 pub use profiler::{busy_ns, parse_events, totals_by_name, EventDevice, ProfiledEvent, Profiler};

@@ -62,8 +62,15 @@ pub(crate) mod sealed {
         /// Moves the snapshots the averager took while used alone into `store`.
         fn share_snapshots(&mut self, _store: &mut SnapshotStore) {}
 
-        /// Everything needed to continue exactly after a restart.
-        fn save(&self) -> SavedAverager;
+        /// Waits for any part of the last update still running in the background (an average
+        /// kept in host memory of weights on a GPU); an error if it failed.
+        fn settle(&self) -> Result<(), AveragingError> {
+            Ok(())
+        }
+
+        /// Everything needed to continue exactly after a restart (once any update still
+        /// running in the background has finished).
+        fn save(&self) -> Result<SavedAverager, AveragingError>;
 
         /// Continues from a saved state, for weights of `layout`; snapshots come from `store`.
         fn restore(

@@ -39,6 +39,15 @@ pub enum AveragingError {
         /// What is wrong.
         reason: String,
     },
+    /// An update of an average kept in host memory failed on its background thread; the
+    /// average is unusable from then on.
+    #[error("{label}: an update of the average in host memory failed: {reason}")]
+    UpdateFailed {
+        /// The averager's label.
+        label: String,
+        /// What failed.
+        reason: String,
+    },
     /// An error from libtorch.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -174,8 +174,8 @@ impl Core for Lawa {
         store.absorb(&mut self.own);
     }
 
-    fn save(&self) -> SavedAverager {
-        SavedAverager {
+    fn save(&self) -> Result<SavedAverager, AveragingError> {
+        Ok(SavedAverager {
             label: self.label(),
             meta: serde_json::json!({
                 "k": self.k,
@@ -184,7 +184,7 @@ impl Core for Lawa {
             }),
             tensors: Vec::new(),
             snapshot_steps: self.held_steps(),
-        }
+        })
     }
 
     fn restore(

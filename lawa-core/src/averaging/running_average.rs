@@ -1,3 +1,6 @@
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+
 use tch::{Device, Tensor};
 
 use super::state::SavedAverager;
@@ -7,6 +10,13 @@ use super::{AveragingError, Storage, Weights};
 /// A running average `avg = lerp(avg, theta, w)` over fp32 copies of the weights, the update
 /// both EMA (`w = 1 - decay`) and SWA (`w = 1 / (n + 1)`) use. The first update copies; integer
 /// tensors are copied on every update, not averaged.
+///
+/// An average kept in host memory of weights on a GPU is updated without making training wait:
+/// the weights are copied into pinned buffers on the GPU's stream (after the optimizer step
+/// that made them, before the next one), and the host-side lerp runs on a thread of its own
+/// while the GPU goes on with the next step. Everything that reads the average, and the next
+/// update, first waits for that thread ([`settle`](Self::settle)), so results are the same,
+/// bit for bit, as those of the synchronous update.
 #[derive(Debug, Default)]
 pub(crate) struct RunningAverage {
     layout: Option<Layout>,
@@ -17,11 +27,74 @@ pub(crate) struct RunningAverage {
     /// copy into freshly allocated pageable memory was measured at 378-418 ms an EMA update of
     /// GPT-2 small on an H200 (7-8 steps). Allocated on the first such update, then reused.
     staging: Vec<Tensor>,
+    /// The host-side part of the last update, when it runs on a thread of its own.
+    background: Mutex<Background>,
+    /// Update through the background thread even when the weights are in host memory (tests
+    /// of the thread's arithmetic on a machine without a GPU).
+    defer_host_weights: bool,
+}
+
+/// The host-side part of the last update.
+#[derive(Debug, Default)]
+enum Background {
+    /// Nothing running, nothing failed.
+    #[default]
+    Idle,
+    /// Running on its own thread.
+    Running(JoinHandle<Result<(), AveragingError>>),
+    /// Failed: the average is unusable from then on.
+    Failed(String),
+}
+
+/// The averaged tensors of one update, split by where their lerp runs.
+#[derive(Default)]
+struct UpdatePlan {
+    /// Averages and the weights (already on the averages' device and dtype) lerped at once.
+    now: (Vec<Tensor>, Vec<Tensor>),
+    /// Averages in host memory, the staging buffers their weights are copied into, and those
+    /// weights: lerped on the background thread once the copies are done.
+    later: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>),
 }
 
 impl RunningAverage {
+    /// An average whose every update goes through the background thread, whatever the device
+    /// of the weights (tests).
+    #[cfg(test)]
+    fn deferring() -> Self {
+        RunningAverage {
+            defer_host_weights: true,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn updates(&self) -> u64 {
         self.updates
+    }
+
+    /// Waits for the last update's host-side part, if it runs on another thread; an error if
+    /// it failed (then and on every later call: the average is unusable).
+    pub(crate) fn settle(&self, label: &str) -> Result<(), AveragingError> {
+        let mut background = self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Background::Running(_) = &*background {
+            let Background::Running(thread) = std::mem::take(&mut *background) else {
+                unreachable!("matched just above");
+            };
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => *background = Background::Failed(e.to_string()),
+                Err(_) => *background = Background::Failed("the update's thread panicked".into()),
+            }
+        }
+        match &*background {
+            Background::Failed(reason) => Err(AveragingError::UpdateFailed {
+                label: label.to_string(),
+                reason: reason.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn update(
@@ -31,6 +104,7 @@ impl RunningAverage {
         storage: Storage,
         label: &str,
     ) -> Result<(), AveragingError> {
+        self.settle(label)?;
         match &self.layout {
             None => {
                 self.layout = Some(weights.layout());
@@ -41,36 +115,62 @@ impl RunningAverage {
             }
             Some(layout) => {
                 layout.check(&weights.layout(), label, true)?;
+                let plan = self.plan(weights)?;
                 // Every averaged tensor in one multi-tensor lerp (a few kernels on a GPU, the
-                // single-tensor arithmetic on the CPU); integer tensors copied.
-                let (mut avgs, mut thetas) = (Vec::new(), Vec::new());
-                let staging = &mut self.staging;
-                let mut staged = 0;
-                tch::no_grad(|| {
-                    for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
-                        let theta = theta.detach();
-                        if !is_averaged(theta.kind()) {
-                            avg.f_copy_(&theta)?;
-                            continue;
-                        }
-                        avgs.push(avg.shallow_clone());
-                        if theta.device() == avg.device() && theta.kind() == avg.kind() {
-                            thetas.push(theta);
-                        } else if avg.device() == Device::Cpu && theta.device().is_cuda() {
-                            let host = staged_copy(staging, staged, &theta)?;
-                            thetas.push(host.to_kind(avg.kind()));
-                            staged += 1;
-                        } else {
-                            thetas.push(theta.to_device(avg.device()).to_kind(avg.kind()));
-                        }
-                    }
-                    Ok::<(), AveragingError>(())
-                })?;
-                lawa_ops::foreach_lerp_(&avgs, &thetas, weight)?;
+                // single-tensor arithmetic on the CPU).
+                lawa_ops::foreach_lerp_(&plan.now.0, &plan.now.1, weight)?;
+                let (avgs, staged, sources) = plan.later;
+                if !avgs.is_empty() {
+                    let copies = lawa_ops::copy_async(&staged, &sources)?;
+                    let thread = std::thread::Builder::new()
+                        .name("lawa-host-average".into())
+                        .spawn(move || {
+                            copies.wait()?;
+                            host_lerp(&avgs, &staged, weight)
+                        })
+                        .map_err(|e| AveragingError::UpdateFailed {
+                            label: label.to_string(),
+                            reason: format!("cannot start a thread: {e}"),
+                        })?;
+                    *self
+                        .background
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner) = Background::Running(thread);
+                }
             }
         }
         self.updates += 1;
         Ok(())
+    }
+
+    /// Splits the update of the averages by `weights` into what runs now and what runs on the
+    /// background thread; integer tensors are copied on the spot.
+    fn plan(&mut self, weights: &Weights) -> Result<UpdatePlan, AveragingError> {
+        let mut plan = UpdatePlan::default();
+        let mut staged = 0;
+        tch::no_grad(|| {
+            for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
+                let theta = theta.detach();
+                if !is_averaged(theta.kind()) {
+                    avg.f_copy_(&theta)?;
+                } else if avg.device() == Device::Cpu
+                    && (theta.device().is_cuda() || self.defer_host_weights)
+                {
+                    let buffer = staging_buffer(&mut self.staging, staged, &theta)?;
+                    plan.later.0.push(avg.shallow_clone());
+                    plan.later.1.push(buffer);
+                    plan.later.2.push(theta);
+                    staged += 1;
+                } else {
+                    plan.now.0.push(avg.shallow_clone());
+                    plan.now
+                        .1
+                        .push(theta.to_device(avg.device()).to_kind(avg.kind()));
+                }
+            }
+            Ok::<(), AveragingError>(())
+        })?;
+        Ok(plan)
     }
 
     /// Writes the average into `target`; before the first update, a `NotReady` error naming
@@ -89,6 +189,7 @@ impl RunningAverage {
                 first_step,
             })?;
         layout.check(&target.layout(), &format!("{label}: target"), false)?;
+        self.settle(label)?;
         tch::no_grad(|| {
             for (avg, (_, t)) in self.tensors.iter().zip(target.iter()) {
                 t.shallow_clone().f_copy_(avg)?;
@@ -99,14 +200,19 @@ impl RunningAverage {
     }
 
     /// The saved state: `meta` plus the update count, and the running-average tensors.
-    pub(crate) fn save(&self, label: String, mut meta: serde_json::Value) -> SavedAverager {
+    pub(crate) fn save(
+        &self,
+        label: String,
+        mut meta: serde_json::Value,
+    ) -> Result<SavedAverager, AveragingError> {
+        self.settle(&label)?;
         meta["updates"] = self.updates.into();
-        SavedAverager {
+        Ok(SavedAverager {
             label,
             meta,
             tensors: self.tensors.iter().map(|t| t.shallow_clone()).collect(),
             snapshot_steps: Vec::new(),
-        }
+        })
     }
 
     /// Continues from a state saved by [`save`](Self::save) (tensors already on `storage`).
@@ -117,6 +223,8 @@ impl RunningAverage {
         layout: &Layout,
     ) -> Result<(), AveragingError> {
         saved.check_label(label)?;
+        // The state is replaced whatever the last update did.
+        let _ = self.settle(label);
         let updates = saved.counter("updates")?;
         let expected = if updates == 0 { 0 } else { layout.len() };
         if saved.tensors.len() != expected {
@@ -126,6 +234,10 @@ impl RunningAverage {
             )));
         }
         self.layout = (updates > 0).then(|| layout.clone());
+        *self
+            .background
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = Background::Idle;
         self.tensors = saved.tensors;
         self.updates = updates;
         Ok(())
@@ -159,7 +271,11 @@ macro_rules! running_average_core {
                 self.write_average(target)
             }
 
-            fn save(&self) -> super::state::SavedAverager {
+            fn settle(&self) -> Result<(), AveragingError> {
+                self.average.settle(&self.label())
+            }
+
+            fn save(&self) -> Result<super::state::SavedAverager, AveragingError> {
                 self.average.save(self.label(), self.saved_meta())
             }
 
@@ -178,25 +294,131 @@ macro_rules! running_average_core {
 }
 pub(crate) use running_average_core;
 
-/// `theta` (on a GPU) copied into the pinned host buffer `staging[i]`, which is made (or
-/// remade, if `theta`'s shape or dtype changed) as needed. The copy is synchronous: it returns
-/// once the data is on the host.
-fn staged_copy(
+/// `staging[i]`, the host buffer `theta` is copied into: made (or remade, if `theta`'s shape or
+/// dtype changed) as needed, pinned when `theta` is on a GPU.
+fn staging_buffer(
     staging: &mut Vec<Tensor>,
     i: usize,
     theta: &Tensor,
 ) -> Result<Tensor, AveragingError> {
     let fits = |t: &Tensor| t.size() == theta.size() && t.kind() == theta.kind();
     if staging.get(i).is_none_or(|t| !fits(t)) {
-        let empty = Tensor::empty(theta.size(), (theta.kind(), Device::Cpu));
-        let pinned = lawa_ops::pin_memory(&empty)?;
+        let mut buffer = Tensor::empty(theta.size(), (theta.kind(), Device::Cpu));
+        if theta.device().is_cuda() {
+            buffer = lawa_ops::pin_memory(&buffer)?;
+        }
         if i < staging.len() {
-            staging[i] = pinned;
+            staging[i] = buffer;
         } else {
-            staging.push(pinned);
+            staging.push(buffer);
         }
     }
-    let buffer = &mut staging[i];
-    buffer.f_copy_(theta)?;
-    Ok(buffer.shallow_clone())
+    Ok(staging[i].shallow_clone())
+}
+
+/// `avgs[i] = lerp(avgs[i], staged[i], weight)` in host memory, the weights cast to the
+/// averages' dtype first (the host-side part of an update).
+fn host_lerp(avgs: &[Tensor], staged: &[Tensor], weight: f64) -> Result<(), AveragingError> {
+    tch::no_grad(|| {
+        let thetas: Vec<Tensor> = avgs
+            .iter()
+            .zip(staged)
+            .map(|(avg, t)| t.to_kind(avg.kind()))
+            .collect();
+        lawa_ops::foreach_lerp_(avgs, &thetas, weight)?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Kind;
+
+    use super::*;
+
+    /// Weights of step `step`: two float tensors and an integer one.
+    fn weights_at(step: i64) -> Weights {
+        tch::manual_seed(step);
+        Weights::from_named([
+            (
+                "a".to_string(),
+                Tensor::randn([5, 3], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "b".to_string(),
+                Tensor::randn([7], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "n".to_string(),
+                Tensor::randint(9, [2], (Kind::Int64, Device::Cpu)),
+            ),
+        ])
+    }
+
+    /// The average as written into fresh zero tensors.
+    fn written(avg: &RunningAverage) -> Result<Vec<Tensor>, AveragingError> {
+        let target = weights_at(0);
+        for (_, t) in target.iter() {
+            let _ = t.shallow_clone().zero_();
+        }
+        avg.write(&target, "test", 1)?;
+        Ok(target.iter().map(|(_, t)| t.copy()).collect())
+    }
+
+    fn running(avg: &RunningAverage) -> bool {
+        matches!(*avg.background.lock().unwrap(), Background::Running(_))
+    }
+
+    /// Updates whose lerp runs on the background thread give the synchronous update's average
+    /// bit for bit, after every update, through `write` and `save` alike.
+    #[test]
+    fn background_updates_equal_synchronous_updates_bit_for_bit() {
+        let (mut now, mut later) = (RunningAverage::default(), RunningAverage::deferring());
+        for step in 1..=6 {
+            let w = weights_at(step);
+            let weight = 1.0 / step as f64;
+            now.update(&w, weight, Storage::Cpu, "now").unwrap();
+            later.update(&w, weight, Storage::Cpu, "later").unwrap();
+            assert!(!running(&now));
+            assert_eq!(running(&later), step > 1, "the first update copies at once");
+            let (a, b) = (written(&now).unwrap(), written(&later).unwrap());
+            assert!(!running(&later), "write waits for the update");
+            for (x, y) in a.iter().zip(&b) {
+                assert!(x.equal(y), "step {step}: {x} vs {y}");
+            }
+        }
+        let w = weights_at(7);
+        later.update(&w, 0.5, Storage::Cpu, "later").unwrap();
+        now.update(&w, 0.5, Storage::Cpu, "now").unwrap();
+        let saved = later.save("later".into(), serde_json::json!({})).unwrap();
+        assert!(!running(&later), "save waits for the update");
+        for (x, y) in saved.tensors.iter().zip(&now.tensors) {
+            assert!(x.equal(y));
+        }
+        assert_eq!(saved.meta["updates"], 7);
+    }
+
+    /// An update that fails on its thread is reported by the next read or update, and every one
+    /// after it: the average is unusable.
+    #[test]
+    fn a_failed_background_update_is_reported_and_sticks() {
+        let mut avg = RunningAverage::deferring();
+        avg.update(&weights_at(1), 1.0, Storage::Cpu, "ema")
+            .unwrap();
+        *avg.background.get_mut().unwrap() = Background::Running(std::thread::spawn(|| {
+            Err(AveragingError::UpdateFailed {
+                label: "ema".into(),
+                reason: "out of memory".into(),
+            })
+        }));
+        for _ in 0..2 {
+            let err = written(&avg).unwrap_err().to_string();
+            assert!(err.contains("out of memory"), "{err}");
+        }
+        let err = avg
+            .update(&weights_at(2), 0.5, Storage::Cpu, "ema")
+            .unwrap_err();
+        assert!(matches!(err, AveragingError::UpdateFailed { .. }), "{err}");
+        assert_eq!(avg.updates(), 1, "the refused update is not counted");
+    }
 }

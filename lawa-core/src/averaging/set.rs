@@ -159,6 +159,14 @@ impl AveragerSet {
         Ok(())
     }
 
+    /// Waits for the updates still running in the background: an EMA or SWA kept in host memory
+    /// of weights on a GPU lerps on a thread of its own while training goes on. Reading an
+    /// average, saving and the next update wait by themselves; this is for timing an update
+    /// whole. An error if one failed.
+    pub fn settle(&self) -> Result<(), AveragingError> {
+        self.averagers.iter().try_for_each(|a| a.settle())
+    }
+
     /// Number and total bytes of the distinct snapshots held.
     pub fn distinct_snapshots(&self) -> (usize, usize) {
         self.store.usage()
@@ -186,7 +194,7 @@ impl AveragerSet {
         }
         let mut entries = Vec::new();
         for (j, a) in self.averagers.iter().enumerate() {
-            let saved = a.save();
+            let saved = a.save()?;
             for (name, t) in names.iter().zip(&saved.tensors) {
                 tensors.push((
                     format!("averager.{j}.{name}"),

@@ -36,6 +36,7 @@ fn time_observe(
     for i in 4..4 + CALLS {
         set.observe(step_of(i), weights)?;
     }
+    set.settle()?;
     sync(device);
     Ok(start.elapsed().as_secs_f64() / CALLS as f64)
 }
@@ -72,6 +73,50 @@ fn set_of(averager: impl Averager + 'static) -> Result<AveragerSet> {
     let mut set = AveragerSet::new();
     set.push(averager)?;
     Ok(set)
+}
+
+/// Rounds of [`ema_within_training`], each timing the steps alone and then with the update.
+const ROUNDS: usize = 3;
+
+/// What an EMA update after every step adds to a training step as a trainer sees it, for each
+/// storage: steps with the update (the last one waited for) less the steps alone just before,
+/// the median over [`ROUNDS`] rounds (the range goes into the JSON). In host memory of a GPU's
+/// weights the copies run on the GPU's stream and the lerp on a host thread beside the next
+/// step, so only the copies should show.
+fn ema_within_training(
+    steps: &mut StepLoop,
+    b: &Bench,
+    weights: &Weights,
+    row: &dyn Fn(String, f64) -> Value,
+) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    let per_round = (b.warmup + b.steps) as u64;
+    for storage in [Storage::Training, Storage::Cpu] {
+        let on = format!("{storage:?}").to_lowercase();
+        let mut ema = set_of(Ema::new(0.99)?.storage(storage))?;
+        let mut observed = 0;
+        let mut added = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let alone = steps.time_steps(b.warmup, b.steps)?;
+            let with = steps.time_steps_with(b.warmup, b.steps, &mut |n| {
+                observed += 1;
+                ema.observe(observed, weights)?;
+                if n == per_round {
+                    ema.settle()?;
+                }
+                Ok(())
+            })?;
+            added.push(with - alone);
+        }
+        added.sort_by(f64::total_cmp);
+        let mut r = row(
+            format!("EMA every step, added to a step ({on}; median of {ROUNDS})"),
+            added[ROUNDS / 2],
+        );
+        r["range_ms"] = json!([added[0] * 1e3, added[ROUNDS - 1] * 1e3]);
+        rows.push(r);
+    }
+    Ok(rows)
 }
 
 /// Measures the averagers; prints the table and returns the figures.
@@ -122,6 +167,7 @@ pub fn run(b: &Bench) -> Result<Value> {
             write_s,
         ));
     }
+    rows.extend(ema_within_training(&mut steps, b, &weights, &row)?);
     for kernel in [
         AdamWKernel::Single,
         AdamWKernel::Foreach,

@@ -69,13 +69,30 @@ impl StepLoop {
 
     /// Seconds per step over `steps` steps after `warmup` untimed ones.
     pub(crate) fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<f64> {
+        self.time_steps_with(warmup, steps, &mut |_| Ok(()))
+    }
+
+    /// As [`time_steps`](Self::time_steps), calling `after_step(n)` after the n-th step (from 1,
+    /// warmup included), as a trainer calls its averagers.
+    pub(crate) fn time_steps_with(
+        &mut self,
+        warmup: usize,
+        steps: usize,
+        after_step: &mut dyn FnMut(u64) -> Result<()>,
+    ) -> Result<f64> {
+        let mut n = 0;
+        let mut step = |this: &mut Self| -> Result<()> {
+            this.step()?;
+            n += 1;
+            after_step(n)
+        };
         for _ in 0..warmup {
-            self.step()?;
+            step(self)?;
         }
         sync(self.gpt.device());
         let start = Instant::now();
         for _ in 0..steps {
-            self.step()?;
+            step(self)?;
         }
         sync(self.gpt.device());
         Ok(start.elapsed().as_secs_f64() / steps.max(1) as f64)

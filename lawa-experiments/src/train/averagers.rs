@@ -87,10 +87,12 @@ const HOST_UPDATE_EVERY: u64 = 10;
 
 impl AveragerSpec {
     /// The warning a GPU run deserves when this averager updates a copy in host memory
-    /// (`storage: cpu`) often: each update copies every weight to the host and averages there
-    /// while training waits. On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven
-    /// to eight training steps (through pageable memory; pinned buffers since, not yet timed).
-    /// Snapshots every `nu` steps (LAWA) and rare updates are not warned about.
+    /// (`storage: cpu`) often: each update copies every weight to the host on the GPU's stream,
+    /// which training's kernels queue behind (the lerp itself runs on a host thread beside the
+    /// next step). On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven to eight
+    /// training steps, when it copied through pageable memory and averaged while training
+    /// waited; the pinned, overlapped update since has not been timed on a GPU. Snapshots every
+    /// `nu` steps (LAWA) and rare updates are not warned about.
     pub fn host_copy_warning(&self, default_storage: Storage) -> Option<String> {
         let (every, storage) = match *self {
             AveragerSpec::Ema { every, storage, .. } | AveragerSpec::Swa { every, storage, .. } => {
@@ -103,10 +105,9 @@ impl AveragerSpec {
         }
         Some(format!(
             "{} (every {every} steps) keeps its average in host memory: on a GPU each update \
-             copies all weights to the host and averages them there while training waits (an \
-             EMA update of GPT-2 small took 378-418 ms on an H200, 7 to 8 training steps, \
-             before the copies went through pinned memory); keep it on the device (storage: \
-             training) or update it every {HOST_UPDATE_EVERY} steps or more",
+             copies all weights to the host, and training's kernels wait for that copy (the \
+             average itself is computed on a host thread beside the next step); keep it on the \
+             device (storage: training) or update it every {HOST_UPDATE_EVERY} steps or more",
             self.kind()
         ))
     }

@@ -1,0 +1,58 @@
+// Copies from the GPU into host memory that leave the host free: each copy is queued on the
+// device's current stream (`copy_(src, non_blocking=true)`, asynchronous when the destination
+// is pinned) and one event is recorded after them, which another thread can wait on. Work queued
+// later on that stream runs after the copies, so the values copied are those the stream had
+// computed when the copies were queued.
+
+#include <c10/core/Event.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <stdexcept>
+
+#include "lawa_guarded.h"
+
+extern "C" {
+
+// dsts[i].copy_(srcs[i], non_blocking=true) for every i; `*event` = an event recorded on the
+// sources' device after the copies, or null when no source is on an accelerator (then every
+// copy has completed on return).
+int lawa_copy_async(at::Tensor* const* dsts, at::Tensor* const* srcs, int count, void** event,
+                    char** error) {
+  return lawa_guarded(error, [&] {
+    c10::NoGradGuard no_grad;
+    *event = nullptr;
+    std::optional<c10::Device> device;
+    for (int i = 0; i < count; ++i) {
+      const at::Tensor& src = *srcs[i];
+      if (src.device().type() != c10::DeviceType::CPU) {
+        if (device && *device != src.device())
+          throw std::invalid_argument("sources on more than one device");
+        device = src.device();
+      }
+    }
+    for (int i = 0; i < count; ++i) dsts[i]->copy_(*srcs[i], /*non_blocking=*/true);
+    if (!device) return;
+    c10::impl::VirtualGuardImpl guard(device->type());
+    auto recorded = std::make_unique<c10::Event>(device->type());
+    recorded->record(guard.getStream(*device));
+    *event = recorded.release();
+  });
+}
+
+// Blocks until the work before `event` has completed.
+int lawa_event_synchronize(void* event, char** error) {
+  return lawa_guarded(error, [&] { static_cast<c10::Event*>(event)->synchronize(); });
+}
+
+// Whether the work before `event` has completed (never blocks).
+int lawa_event_query(void* event, int* done, char** error) {
+  return lawa_guarded(error, [&] { *done = static_cast<c10::Event*>(event)->query() ? 1 : 0; });
+}
+
+void lawa_event_free(void* event) { delete static_cast<c10::Event*>(event); }
+
+}  // extern "C"
