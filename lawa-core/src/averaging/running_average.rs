@@ -1,7 +1,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::state::SavedAverager;
 use super::weights::{is_averaged, stored_copy, Layout};
@@ -25,7 +25,8 @@ pub(crate) struct RunningAverage {
     /// Pinned host buffers the weights are copied into when the average lives in host memory
     /// and the weights on a GPU: a copy into pinned memory runs at the bus's speed, where a
     /// copy into freshly allocated pageable memory was measured at 378-418 ms an EMA update of
-    /// GPT-2 small on an H200 (7-8 steps). Allocated on the first such update, then reused.
+    /// GPT-2 small on an H200 (7-8 steps). Views of one allocation (see [`host_buffers`]),
+    /// made on the first such update, then reused.
     staging: Vec<Tensor>,
     /// The host-side part of the last update, when it runs on a thread of its own.
     background: Mutex<Background>,
@@ -147,7 +148,7 @@ impl RunningAverage {
     /// background thread; integer tensors are copied on the spot.
     fn plan(&mut self, weights: &Weights) -> Result<UpdatePlan, AveragingError> {
         let mut plan = UpdatePlan::default();
-        let mut staged = 0;
+        let (mut later, mut sources) = (Vec::new(), Vec::new());
         tch::no_grad(|| {
             for (avg, (_, theta)) in self.tensors.iter_mut().zip(weights.iter()) {
                 let theta = theta.detach();
@@ -156,11 +157,8 @@ impl RunningAverage {
                 } else if avg.device() == Device::Cpu
                     && (theta.device().is_cuda() || self.defer_host_weights)
                 {
-                    let buffer = staging_buffer(&mut self.staging, staged, &theta)?;
-                    plan.later.0.push(avg.shallow_clone());
-                    plan.later.1.push(buffer);
-                    plan.later.2.push(theta);
-                    staged += 1;
+                    later.push(avg.shallow_clone());
+                    sources.push(theta);
                 } else {
                     plan.now.0.push(avg.shallow_clone());
                     plan.now
@@ -170,6 +168,19 @@ impl RunningAverage {
             }
             Ok::<(), AveragingError>(())
         })?;
+        if !sources.is_empty() {
+            let fits = self.staging.len() == sources.len()
+                && self
+                    .staging
+                    .iter()
+                    .zip(&sources)
+                    .all(|(b, t)| b.size() == t.size() && b.kind() == t.kind());
+            if !fits {
+                self.staging = host_buffers(&sources)?;
+            }
+            let staged = self.staging.iter().map(Tensor::shallow_clone).collect();
+            plan.later = (later, staged, sources);
+        }
         Ok(plan)
     }
 
@@ -294,26 +305,37 @@ macro_rules! running_average_core {
 }
 pub(crate) use running_average_core;
 
-/// `staging[i]`, the host buffer `theta` is copied into: made (or remade, if `theta`'s shape or
-/// dtype changed) as needed, pinned when `theta` is on a GPU.
-fn staging_buffer(
-    staging: &mut Vec<Tensor>,
-    i: usize,
-    theta: &Tensor,
-) -> Result<Tensor, AveragingError> {
-    let fits = |t: &Tensor| t.size() == theta.size() && t.kind() == theta.kind();
-    if staging.get(i).is_none_or(|t| !fits(t)) {
-        let mut buffer = Tensor::empty(theta.size(), (theta.kind(), Device::Cpu));
-        if theta.device().is_cuda() {
-            buffer = lawa_ops::pin_memory(&buffer)?;
-        }
-        if i < staging.len() {
-            staging[i] = buffer;
-        } else {
-            staging.push(buffer);
-        }
+/// Alignment of each view in [`host_buffers`]' allocation, in bytes.
+const VIEW_ALIGNMENT: i64 = 64;
+
+/// Host tensors shaped like `sources`, as views of one allocation, pinned when a source is on a
+/// GPU. libtorch's pinned-memory allocator rounds each allocation up to a power of two: one
+/// allocation for all the weights wastes that rounding once (GPT-2 small: 475 MiB of weights
+/// in 512 MiB), where a pinned tensor per weight wasted it per tensor (827 MB for 498 MB, 1.66
+/// times the weights).
+fn host_buffers(sources: &[Tensor]) -> Result<Vec<Tensor>, AveragingError> {
+    let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as i64;
+    let mut offsets = Vec::with_capacity(sources.len());
+    let mut total = 0;
+    for t in sources {
+        offsets.push(total);
+        total += (bytes(t) + VIEW_ALIGNMENT - 1) / VIEW_ALIGNMENT * VIEW_ALIGNMENT;
     }
-    Ok(staging[i].shallow_clone())
+    let mut flat = Tensor::empty([total], (Kind::Uint8, Device::Cpu));
+    if sources.iter().any(|t| t.device().is_cuda()) {
+        flat = lawa_ops::pin_memory(&flat)?;
+    }
+    sources
+        .iter()
+        .zip(offsets)
+        .map(|(t, offset)| {
+            let view = flat
+                .f_narrow(0, offset, bytes(t))?
+                .f_view_dtype(t.kind())?
+                .f_view(t.size().as_slice())?;
+            Ok(view)
+        })
+        .collect()
 }
 
 /// `avgs[i] = lerp(avgs[i], staged[i], weight)` in host memory, the weights cast to the
@@ -396,6 +418,38 @@ mod tests {
             assert!(x.equal(y));
         }
         assert_eq!(saved.meta["updates"], 7);
+    }
+
+    /// The staging buffers are disjoint, aligned views of one allocation, of each source's shape
+    /// and dtype.
+    #[test]
+    fn host_buffers_are_disjoint_aligned_views_of_one_allocation() {
+        let sources = vec![
+            Tensor::ones([3, 5], (Kind::Float, Device::Cpu)),
+            Tensor::ones([7], (Kind::BFloat16, Device::Cpu)),
+            Tensor::ones([0], (Kind::Float, Device::Cpu)),
+            Tensor::ones([2, 2], (Kind::Double, Device::Cpu)),
+        ];
+        let buffers = host_buffers(&sources).unwrap();
+        let base = buffers[0].data_ptr() as i64;
+        let mut end = base;
+        for (b, s) in buffers.iter().zip(&sources) {
+            assert_eq!((b.size(), b.kind()), (s.size(), s.kind()));
+            if b.numel() == 0 {
+                continue; // no data pointer
+            }
+            let at = b.data_ptr() as i64;
+            assert_eq!((at - base) % VIEW_ALIGNMENT, 0);
+            assert!(at >= end, "views overlap");
+            end = at + (b.numel() * b.kind().elt_size_in_bytes()) as i64;
+        }
+        for (i, b) in buffers.iter().enumerate() {
+            let _ = b.shallow_clone().fill_(i as f64 + 1.0);
+        }
+        for (i, b) in buffers.iter().enumerate() {
+            let want = Tensor::full(b.size(), i as f64 + 1.0, (b.kind(), Device::Cpu));
+            assert!(b.equal(&want), "buffer {i} was overwritten: {b}");
+        }
     }
 
     /// An update that fails on its thread is reported by the next read or update, and every one

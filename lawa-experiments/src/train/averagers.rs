@@ -185,12 +185,14 @@ impl AveragerSpec {
     }
 
     /// Extra copies in host memory when the average is kept there and the weights are on a
-    /// GPU: EMA and SWA copy the weights through a pinned buffer of their own; LAWA's
-    /// snapshots are the copies.
+    /// GPU: EMA and SWA copy the weights through a pinned buffer of their own, one allocation
+    /// that libtorch's pinned-memory allocator rounds up to a power of two, so counted as two
+    /// copies (at most twice the weights; GPT-2 small's 475 MiB take 512); LAWA's snapshots are
+    /// the copies.
     pub fn host_staging_copies(&self) -> u128 {
         match self {
             AveragerSpec::Lawa { .. } => 0,
-            AveragerSpec::Ema { .. } | AveragerSpec::Swa { .. } => 1,
+            AveragerSpec::Ema { .. } | AveragerSpec::Swa { .. } => 2,
         }
     }
 

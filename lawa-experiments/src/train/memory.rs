@@ -14,7 +14,8 @@ pub struct WeightCopies {
     /// the all-reduce's buckets on a rank of a data-parallel run, and the averagers kept there.
     pub on_device: u128,
     /// In host memory: the averagers with `storage: cpu` when training on a GPU, and for each
-    /// EMA or SWA among them the pinned buffer its updates copy the weights through.
+    /// EMA or SWA among them the pinned buffer its updates copy the weights through (counted
+    /// as two copies: see [`AveragerSpec::host_staging_copies`](super::AveragerSpec::host_staging_copies)).
     pub on_host: u128,
 }
 
@@ -92,12 +93,12 @@ mod tests {
             (w.on_device, w.on_host)
         };
         // A lone run on a GPU: 5 + LAWA's 4 on the device, EMA's average and its pinned
-        // staging buffer on the host.
-        assert_eq!(copies(false, None), (9, 2));
+        // staging buffer (up to twice the weights) on the host.
+        assert_eq!(copies(false, None), (9, 3));
         // On the CPU everything is host memory.
         assert_eq!(copies(true, None), (10, 0));
         // Rank 0 of a data-parallel run adds the buckets; another rank holds no averager.
-        assert_eq!(copies(false, Some(true)), (10, 2));
+        assert_eq!(copies(false, Some(true)), (10, 3));
         assert_eq!(copies(false, Some(false)), (6, 0));
         assert_eq!(copies(true, Some(false)), (6, 0));
     }
