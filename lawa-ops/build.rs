@@ -12,6 +12,7 @@ fn main() {
         ("csrc/kernels/common.cuh", "common_cuh.inc"),
         ("csrc/kernels/cross_entropy.cu", "cross_entropy_cu.inc"),
         ("csrc/kernels/layer_norm.cu", "layer_norm_cu.inc"),
+        ("csrc/kernels/bias_grad.cu", "bias_grad_cu.inc"),
     ] {
         embed_kernel(source, &out.join(include));
     }
@@ -30,6 +31,8 @@ fn main() {
         .file("csrc/cross_entropy_emulated.cpp")
         .file("csrc/layer_norm.cpp")
         .file("csrc/layer_norm_emulated.cpp")
+        .file("csrc/linear.cpp")
+        .file("csrc/linear_emulated.cpp")
         .compile("lawa_ops");
     torch.link(&["torch_cpu", "c10"]);
     println!("cargo:rustc-link-lib=dylib=dl");

@@ -20,6 +20,12 @@ extern "C" {
         bytes: *mut usize,
         error: *mut *mut c_char,
     ) -> c_int;
+    fn lawa_bias_grad_compile(
+        arch: *const c_char,
+        library: *const c_char,
+        bytes: *mut usize,
+        error: *mut *mut c_char,
+    ) -> c_int;
 }
 
 /// A source of CUDA kernels in `csrc/kernels/` (each with `common.cuh` before it).
@@ -29,11 +35,17 @@ pub enum KernelSource {
     CrossEntropy,
     /// `layer_norm.cu`, behind [`add_layer_norm`](crate::add_layer_norm).
     LayerNorm,
+    /// `bias_grad.cu`, behind [`linear`](crate::linear)'s backward pass.
+    BiasGrad,
 }
 
 impl KernelSource {
     /// Every source.
-    pub const ALL: [KernelSource; 2] = [KernelSource::CrossEntropy, KernelSource::LayerNorm];
+    pub const ALL: [KernelSource; 3] = [
+        KernelSource::CrossEntropy,
+        KernelSource::LayerNorm,
+        KernelSource::BiasGrad,
+    ];
 }
 
 /// Compiles `source` with NVRTC for `arch` (such as `"sm_90"`), as a GPU run does on first use,
@@ -57,6 +69,7 @@ pub fn compile_kernels(
     let compile = match source {
         KernelSource::CrossEntropy => lawa_cross_entropy_compile,
         KernelSource::LayerNorm => lawa_layer_norm_compile,
+        KernelSource::BiasGrad => lawa_bias_grad_compile,
     };
     let mut bytes = 0usize;
     call(op, |error| {

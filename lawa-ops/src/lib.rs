@@ -6,8 +6,8 @@
 //! libtorch's profiler ([`Profiler`]), to compare a step of lawa with one of PyTorch kernel by kernel.
 //! On CUDA each is a handful of kernels for the whole model instead of several per tensor.
 //! And kernels of lawa's own, compiled at run time by NVRTC: [`cross_entropy`] over a language
-//! model's logits in their own dtype, and [`add_layer_norm`], a residual add with the LayerNorm
-//! after it.
+//! model's logits in their own dtype, [`add_layer_norm`], a residual add with the LayerNorm
+//! after it, and [`linear`], whose backward pass sums the bias gradient in one kernel.
 //!
 //! ```
 //! use tch::{Kind, Tensor};
@@ -25,12 +25,14 @@ mod cross_entropy;
 mod host_copy;
 mod kernels;
 mod layer_norm;
+mod linear;
 mod profiler;
 
 pub use cross_entropy::{cross_entropy, emulate_cross_entropy_kernels, IGNORE_INDEX};
 pub use host_copy::{copy_async, PendingCopies};
 pub use kernels::{compile_kernels, KernelSource};
 pub use layer_norm::{add_layer_norm, emulate_layer_norm_kernels};
+pub use linear::{emulate_bias_grad_kernel, linear};
 pub use profiler::{busy_ns, parse_events, totals_by_name, EventDevice, ProfiledEvent, Profiler};
 
 /// A libtorch error from one of the operations (a shape, dtype or device mismatch...).
