@@ -58,16 +58,16 @@ if [ $mode = prepare ]; then
     mkdir -p "$root/.gpu/assets"
     cp "$root/target/release/lawa" "$root/.gpu/lawa"
     # The tests of lawa's CUDA kernels and host copies, to run on the device (the GPU machine
-    # has no Rust): .gpu/tests/{cross_entropy,layer_norm,kernels,host_copy}.
+    # has no Rust): .gpu/tests/{cross_entropy,layer_norm,linear,kernels,host_copy}.
     mkdir -p "$root/.gpu/tests"
     (cd "$root" && cargo test --release -p lawa-ops --no-run --message-format=json 2>/dev/null) |
         "$root/.lawa/python" -c 'import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
     name = m.get("target", {}).get("name")
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and name in ("cross_entropy", "layer_norm", "kernels", "host_copy"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and name in ("cross_entropy", "layer_norm", "linear", "kernels", "host_copy"):
         shutil.copy(m["executable"], sys.argv[1] + "/" + name)' "$root/.gpu/tests"
-    for t in cross_entropy layer_norm kernels host_copy; do
+    for t in cross_entropy layer_norm linear kernels host_copy; do
         [ -x "$root/.gpu/tests/$t" ] || { echo "gpu-check: could not build lawa-ops' $t tests" >&2; exit 1; }
         if ! ldd "$root/.gpu/tests/$t" | grep -q libtorch_cuda; then
             echo "gpu-check: lawa-ops' $t tests do not link libtorch_cuda (CUDA would be unavailable to them)" >&2
@@ -186,18 +186,18 @@ speed_options() {
     printf '{"options": ["speed_small_chunked_loss", "speed_small_fused_adamw"]}\n' >"$work/speed_small_options.json"
 }
 
-# kernels "PARITY_ARGS" SPEED_ARGS...: lawa's own CUDA kernels (train.loss_kernel and
-# train.norm_kernel: fused): their tests on the device (GPU only: cross-entropy against
-# log_softmax + nll_loss, add + LayerNorm against the ops, NVRTC with the wheel's library, and
-# the asynchronous copies into pinned memory that host-memory averages use);
-# parity with transformers through both, as parity_bf16 runs it (PARITY_ARGS, split at spaces);
-# and lawa alone as speed_small runs it, with the cross-entropy kernels, with both (profiled),
-# and with both and the fused AdamW.
+# kernels "PARITY_ARGS" SPEED_ARGS...: lawa's own CUDA kernels (train.loss_kernel,
+# train.norm_kernel and train.linear_kernel: fused): their tests on the device (GPU only:
+# cross-entropy against log_softmax + nll_loss, add + LayerNorm against the ops, linear against
+# libtorch's, NVRTC with the wheel's library, and the asynchronous copies into pinned memory
+# that host-memory averages use); parity with transformers through all three, as parity_bf16
+# runs it (PARITY_ARGS, split at spaces); and lawa alone as speed_small runs it, with the
+# cross-entropy kernels, with all three (profiled), and with all three and the fused AdamW.
 kernels() {
     local parity=$1 t status
     shift
     if [ "$device" = cuda ]; then
-        for t in kernels cross_entropy layer_norm host_copy; do
+        for t in kernels cross_entropy layer_norm linear host_copy; do
             # LIBTORCH: where the NVRTC test finds the wheel's NVRTC (beside torch).
             LIBTORCH=$torch_dir "$root/.gpu/tests/$t" on_a_gpu nvrtc --nocapture --test-threads 1 >"$work/tests_$t.log" 2>&1
             status=$?
@@ -210,10 +210,11 @@ kernels() {
         done
     fi
     # shellcheck disable=SC2086 # split on purpose
-    bench parity parity_bf16_fused $parity --loss-kernel fused --norm-kernel fused || return 1
+    local all=(--loss-kernel fused --norm-kernel fused --linear-kernel fused)
+    bench parity parity_bf16_fused $parity "${all[@]}" || return 1
     bench train speed_small_fused_loss --no-reference "$@" --loss-kernel fused || return 1
-    bench train speed_small_fused --no-reference "$@" --loss-kernel fused --norm-kernel fused --profile "$work/profile/fused" || return 1
-    bench train speed_small_fused_all --no-reference "$@" --loss-kernel fused --norm-kernel fused --adamw-kernel fused || return 1
+    bench train speed_small_fused --no-reference "$@" "${all[@]}" --profile "$work/profile/fused" || return 1
+    bench train speed_small_fused_all --no-reference "$@" "${all[@]}" --adamw-kernel fused || return 1
     printf '{"parts": ["parity_bf16_fused", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all"]}\n' >"$work/kernels.json"
 }
 

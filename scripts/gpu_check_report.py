@@ -76,6 +76,8 @@ def speed_md(speeds):
             shape += f", loss kernel {s['loss_kernel']}"
         if s.get("norm_kernel") not in (None, "aten"):
             shape += f", norm kernel {s['norm_kernel']}"
+        if s.get("linear_kernel") not in (None, "aten"):
+            shape += f", linear kernel {s['linear_kernel']}"
         if s.get("adamw_kernel") not in (None, "auto"):
             shape += f", AdamW {s['adamw_kernel']}"
         batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"

@@ -95,14 +95,25 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     let kernels = |name: &str| {
         let s = &f[name];
         assert!(s["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
-        [&s["loss_kernel"], &s["norm_kernel"], &s["adamw_kernel"]]
-            .map(|v| v.as_str().unwrap().to_owned())
+        [
+            &s["loss_kernel"],
+            &s["norm_kernel"],
+            &s["linear_kernel"],
+            &s["adamw_kernel"],
+        ]
+        .map(|v| v.as_str().unwrap().to_owned())
     };
-    assert_eq!(kernels("speed_small_fused_loss"), ["fused", "aten", "auto"]);
-    assert_eq!(kernels("speed_small_fused"), ["fused", "fused", "auto"]);
+    assert_eq!(
+        kernels("speed_small_fused_loss"),
+        ["fused", "aten", "aten", "auto"]
+    );
+    assert_eq!(
+        kernels("speed_small_fused"),
+        ["fused", "fused", "fused", "auto"]
+    );
     assert_eq!(
         kernels("speed_small_fused_all"),
-        ["fused", "fused", "fused"]
+        ["fused", "fused", "fused", "fused"]
     );
     let profile = &f["speed_small_fused"]["profile"]["lawa"];
     assert!(profile["busy_ms_per_step"].as_f64().unwrap() > 0.0);

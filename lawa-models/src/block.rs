@@ -7,7 +7,7 @@ use tch::Tensor;
 
 use crate::config::{GptConfig, LAYER_NORM_EPS};
 use crate::layers::{causal_attention, dropout_if, Activation, LayerNorm, Linear, Mlp, Param};
-use crate::Precision;
+use crate::{Kernel, Precision};
 
 /// Causal multi-head self-attention through `scaled_dot_product_attention` (flash attention on
 /// CUDA when the dtype allows).
@@ -37,15 +37,22 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool, precision: Precision) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        precision: Precision,
+        linear: Kernel,
+    ) -> Result<Tensor, lawa_ops::OpsError> {
         let (b, t, c) = x.size3().expect("attention input is [B, T, C]");
         let hd = c / self.n_head;
-        let qkv = self.c_attn.forward(x, precision);
+        let qkv = self.c_attn.forward_with(x, precision, linear)?;
         let heads = |t_: &Tensor| t_.view([b, t, self.n_head, hd]).transpose(1, 2);
         let parts = qkv.split(c, 2);
         let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
         let y = causal_attention(&q, &k, &v, self.scale, self.dropout, train);
-        dropout_if(self.c_proj.forward(&y, precision), self.dropout, train)
+        let y = self.c_proj.forward_with(&y, precision, linear)?;
+        Ok(dropout_if(y, self.dropout, train))
     }
 }
 
@@ -76,10 +83,21 @@ impl Block {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, train: bool, precision: Precision) -> Tensor {
-        let x = x + self.attn.forward(&self.ln_1.forward(x), train, precision);
-        let h = self.mlp.forward(&self.ln_2.forward(&x), train, precision);
-        x + h
+    /// `linear`: what runs the linear layers (see [`Linear::forward_with`]).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        precision: Precision,
+        linear: Kernel,
+    ) -> Result<Tensor, lawa_ops::OpsError> {
+        let x = x + self
+            .attn
+            .forward(&self.ln_1.forward(x), train, precision, linear)?;
+        let h = self
+            .mlp
+            .forward_with(&self.ln_2.forward(&x), train, precision, linear)?;
+        Ok(x + h)
     }
 
     /// [`forward`](Block::forward) with each residual add done by the LayerNorm after it
@@ -92,12 +110,13 @@ impl Block {
         pending: Option<&Tensor>,
         train: bool,
         precision: Precision,
+        linear: Kernel,
     ) -> Result<(Tensor, Tensor), lawa_ops::OpsError> {
         let kind = precision.compute_kind();
         let (x, a) = self.ln_1.fused(x, pending, kind)?;
-        let attn = self.attn.forward(&a, train, precision);
+        let attn = self.attn.forward(&a, train, precision, linear)?;
         let (x, b) = self.ln_2.fused(&x, Some(&attn), kind)?;
-        Ok((x, self.mlp.forward(&b, train, precision)))
+        Ok((x, self.mlp.forward_with(&b, train, precision, linear)?))
     }
 
     /// The block's variables under Hugging Face names starting with `prefix`.

@@ -24,6 +24,7 @@ pub struct Gpt {
     ln_f: LayerNorm,
     precision: Precision,
     norm_kernel: Kernel,
+    linear_kernel: Kernel,
     device: Device,
 }
 
@@ -71,6 +72,7 @@ impl Gpt {
             ln_f,
             precision: Precision::F32,
             norm_kernel: Kernel::Aten,
+            linear_kernel: Kernel::Aten,
             device: vs.device(),
         })
     }
@@ -118,6 +120,25 @@ impl Gpt {
     /// What computes the residual adds and LayerNorms (see [`Gpt::set_norm_kernel`]).
     pub fn norm_kernel(&self) -> Kernel {
         self.norm_kernel
+    }
+
+    /// What runs the blocks' linear layers: libtorch's `linear` (the default), or
+    /// [`lawa_ops::linear`], the same ops with the bias gradient summed by lawa's kernel on
+    /// CUDA. The same values (bit for bit off CUDA); on CUDA the bias gradients up to summation
+    /// order. The LM head has no bias and always runs as libtorch's.
+    pub fn set_linear_kernel(&mut self, kernel: Kernel) {
+        self.linear_kernel = kernel;
+    }
+
+    /// The model with this linear kernel (builder style; see [`Gpt::set_linear_kernel`]).
+    pub fn with_linear_kernel(mut self, kernel: Kernel) -> Self {
+        self.linear_kernel = kernel;
+        self
+    }
+
+    /// What runs the blocks' linear layers (see [`Gpt::set_linear_kernel`]).
+    pub fn linear_kernel(&self) -> Kernel {
+        self.linear_kernel
     }
 
     /// Number of parameters (see [`GptConfig::num_params`]: the tied embedding counted once,
@@ -184,7 +205,7 @@ impl Gpt {
             return self.fused_blocks(x, train);
         }
         for b in &self.blocks {
-            x = b.forward(&x, train, self.precision);
+            x = b.forward(&x, train, self.precision, self.linear_kernel)?;
         }
         Ok(self.precision.cast(&self.ln_f.forward(&x)))
     }
@@ -194,7 +215,13 @@ impl Gpt {
     fn fused_blocks(&self, mut x: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let mut pending: Option<Tensor> = None;
         for b in &self.blocks {
-            let (next, h) = b.forward_fused(&x, pending.as_ref(), train, self.precision)?;
+            let (next, h) = b.forward_fused(
+                &x,
+                pending.as_ref(),
+                train,
+                self.precision,
+                self.linear_kernel,
+            )?;
             x = next;
             pending = Some(h);
         }

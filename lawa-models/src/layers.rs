@@ -4,7 +4,7 @@
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
-use crate::Precision;
+use crate::{Kernel, Precision};
 
 /// A named variable of a model and how Hugging Face stores it.
 pub(crate) struct Param {
@@ -106,6 +106,23 @@ impl Linear {
         x.linear(&w, b.as_ref())
     }
 
+    /// [`forward`](Self::forward) by `kernel`: libtorch's `linear`, or [`lawa_ops::linear`]
+    /// (the same ops, the bias gradient summed by lawa's kernel on CUDA).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        precision: Precision,
+        kernel: Kernel,
+    ) -> Result<Tensor, lawa_ops::OpsError> {
+        if kernel == Kernel::Aten {
+            return Ok(self.forward(x, precision));
+        }
+        let x = precision.cast(x);
+        let w = precision.cast(&self.weight);
+        let b = self.bias.as_ref().map(|b| precision.cast(b));
+        lawa_ops::linear(&x, &w, b.as_ref())
+    }
+
     pub fn params(&self, prefix: &str, out: &mut Vec<Param>) {
         push(out, prefix, "weight", &self.weight, self.hf_transposed);
         if let Some(b) = &self.bias {
@@ -135,11 +152,29 @@ pub(crate) struct Mlp {
 impl Mlp {
     pub fn forward(&self, x: &Tensor, train: bool, precision: Precision) -> Tensor {
         let h = self.fc.forward(x, precision);
-        let h = match self.activation {
+        let h = self.activate(h);
+        dropout_if(self.proj.forward(&h, precision), self.dropout, train)
+    }
+
+    /// [`forward`](Self::forward) with its linear layers run by `linear` (see
+    /// [`Linear::forward_with`]).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        precision: Precision,
+        linear: Kernel,
+    ) -> Result<Tensor, lawa_ops::OpsError> {
+        let h = self.activate(self.fc.forward_with(x, precision, linear)?);
+        let y = self.proj.forward_with(&h, precision, linear)?;
+        Ok(dropout_if(y, self.dropout, train))
+    }
+
+    fn activate(&self, h: Tensor) -> Tensor {
+        match self.activation {
             Activation::GeluTanh => h.gelu("tanh"),
             Activation::Gelu => h.gelu("none"),
-        };
-        dropout_if(self.proj.forward(&h, precision), self.dropout, train)
+        }
     }
 }
 

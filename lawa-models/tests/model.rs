@@ -439,6 +439,47 @@ fn fused_norms_give_the_plain_logits_loss_and_gradients() {
     }
 }
 
+/// GPT-2 with `lawa_ops::linear` (`Kernel::Fused`) against libtorch's `linear`, on the same
+/// weights and batch, in fp32 and bf16, with either norm kernel: off CUDA the op runs the very
+/// ops `linear` and its autograd run, so logits, loss and every gradient are equal bit for bit.
+#[test]
+fn fused_linear_layers_give_the_plain_logits_loss_and_gradients_bit_for_bit_off_cuda() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        for norm in [Kernel::Aten, Kernel::Fused] {
+            tch::manual_seed(10);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let mut gpt = Gpt::new(vs.root(), &tiny(300))
+                .unwrap()
+                .with_precision(precision)
+                .with_norm_kernel(norm);
+            let (x, y) = (ids(2, 16, 300, 6), ids(2, 16, 300, 7));
+            let mut run = |kernel| {
+                gpt.set_linear_kernel(kernel);
+                vs.variables().values_mut().for_each(|t| t.zero_grad());
+                let logits = gpt.forward(&x, false).unwrap();
+                let loss = gpt.loss(&x, &y, false).unwrap();
+                loss.backward();
+                (logits, loss.double_value(&[]), gradients(&vs))
+            };
+            let (want_logits, want_loss, want) = run(Kernel::Aten);
+            let profiler = lawa_ops::Profiler::start(false).unwrap();
+            let (logits, loss, got) = run(Kernel::Fused);
+            let events = profiler.stop(None).unwrap();
+            // The op was taken: its backward ran for each of the 4 linear layers of each block,
+            // and addmm's own backward never did.
+            let ran = |name: &str| events.iter().filter(|e| e.name == name).count();
+            let ours = "torch::autograd::CppNode<(anonymous namespace)::Linear>";
+            assert_eq!(ran(ours), 4 * tiny(300).n_layer, "{precision} {norm:?}");
+            assert_eq!(ran("AddmmBackward0"), 0, "{precision} {norm:?}");
+            assert!(logits.equal(&want_logits), "{precision} {norm:?} logits");
+            assert_eq!(loss, want_loss, "{precision} {norm:?} loss");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(g.equal(w), "{precision} {norm:?} gradient {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn configs_that_cannot_be_built_are_refused_naming_the_field_and_the_rule() {
     let refused = |result: Result<(), lawa_models::ModelError>, needles: &[&str]| {

@@ -47,6 +47,8 @@ pub struct Bench {
     pub loss: lawa_models::LossPlan,
     /// What computes GPT-2's residual adds and LayerNorms.
     pub norm_kernel: lawa_models::Kernel,
+    /// What computes GPT-2's linear layers (their bias gradients).
+    pub linear_kernel: lawa_models::Kernel,
     /// With a folder, `bench train` also profiles `profile_steps` steps of lawa and of the
     /// reference and writes their events there.
     pub profile: Option<(std::path::PathBuf, usize)>,

@@ -85,7 +85,8 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
     let vs = VarStore::new(b.device);
     let gpt = Gpt::new(vs.root(), &b.cfg)?
         .with_precision(b.precision)
-        .with_norm_kernel(b.norm_kernel);
+        .with_norm_kernel(b.norm_kernel)
+        .with_linear_kernel(b.linear_kernel);
     let init = dir.join("init");
     gpt.save_pretrained(&init)?;
     let (x, y) = batches(b);

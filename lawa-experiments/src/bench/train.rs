@@ -31,7 +31,8 @@ impl StepLoop {
         let vs = VarStore::new(b.device);
         let gpt = Gpt::new(vs.root(), &b.cfg)?
             .with_precision(b.precision)
-            .with_norm_kernel(b.norm_kernel);
+            .with_norm_kernel(b.norm_kernel)
+            .with_linear_kernel(b.linear_kernel);
         let adamw = AdamWConfig {
             kernel: b.adamw_kernel,
             ..AdamWConfig::default()
@@ -149,7 +150,8 @@ pub fn run(b: &Bench) -> Result<Value> {
                   "vocab_size": b.cfg.vocab_size, "block_size": b.block,
                   "params": b.cfg.num_params(false)},
         "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
-        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel, "adamw_kernel": b.adamw_kernel,
+        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel,
+        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel,
         "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},

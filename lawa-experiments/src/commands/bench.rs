@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// (lawa's add + LayerNorm kernels, on CUDA).
     #[arg(long, default_value = "aten")]
     pub norm_kernel: String,
+    /// What computes lawa's linear layers (`train.linear_kernel`): aten, or fused (libtorch's
+    /// linear with each bias gradient summed by lawa's kernel, on CUDA).
+    #[arg(long, default_value = "aten")]
+    pub linear_kernel: String,
     /// `bench train`: also profile a few steps of lawa and of the reference with libtorch's
     /// profiler, print where the time goes, and write every event to this folder.
     #[arg(long, value_name = "DIR")]
@@ -184,6 +188,7 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
             kernel: kernel("--loss-kernel", &args.loss_kernel)?,
         },
         norm_kernel: kernel("--norm-kernel", &args.norm_kernel)?,
+        linear_kernel: kernel("--linear-kernel", &args.linear_kernel)?,
         profile: profile(args)?,
         adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
             anyhow::anyhow!(

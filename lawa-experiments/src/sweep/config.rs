@@ -375,6 +375,7 @@ impl SweepConfig {
                             loss_chunk: None,
                             loss_kernel: Default::default(),
                             norm_kernel: Default::default(),
+                            linear_kernel: Default::default(),
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),

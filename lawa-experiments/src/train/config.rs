@@ -160,6 +160,10 @@ pub struct TrainSpec {
     /// CUDA) [default: aten].
     #[serde(default, skip_serializing_if = "Kernel::is_default")]
     pub norm_kernel: Kernel,
+    /// What computes GPT-2's linear layers: `aten` (libtorch's `linear`) or `fused` (the same
+    /// ops, each bias gradient summed by lawa's kernel, on CUDA) [default: aten].
+    #[serde(default, skip_serializing_if = "Kernel::is_default")]
+    pub linear_kernel: Kernel,
 }
 
 fn one() -> usize {

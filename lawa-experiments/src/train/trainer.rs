@@ -146,14 +146,16 @@ impl<'a> Trainer<'a> {
         let windows = Windows::new(plan, data)?;
         tch::manual_seed(t.seed as i64);
         let vs = VarStore::new(plan.device);
-        let norm = plan.config.train.norm_kernel;
+        let (norm, linear) = (t.norm_kernel, t.linear_kernel);
         let gpt = Gpt::new(vs.root(), &model_cfg)?
             .with_precision(plan.precision)
-            .with_norm_kernel(norm);
+            .with_norm_kernel(norm)
+            .with_linear_kernel(linear);
         let eval_vs = VarStore::new(plan.device);
         let eval_gpt = Gpt::new(eval_vs.root(), &model_cfg)?
             .with_precision(plan.precision)
-            .with_norm_kernel(norm);
+            .with_norm_kernel(norm)
+            .with_linear_kernel(linear);
         let weights = Weights::from_var_store(&vs);
         let eval_weights = Weights::from_var_store(&eval_vs);
         let mut optimizer = AdamW::new(vs.variables(), t.adamw, decays)?;
