@@ -142,6 +142,8 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(names.contains(&"aten::mm"), "{which}: {names:?}");
     }
     assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
+    // On the CPU an EMA in host memory is the same update as one on the device.
+    assert_eq!(f["averaging"]["host_vs_device_ema_max_difference"], 0.0);
     let rows = f["averaging"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 13);
     // What an EMA after every step adds to a step, in each storage, with its range.
@@ -172,6 +174,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         md.starts_with("# lawa GPU check (CPU dry run): passed"),
         "{md}"
     );
+    assert!(md.contains("EMA in host memory vs on the device"), "{md}");
     for part in [
         "### parity_f32",
         "### parity_bf16",

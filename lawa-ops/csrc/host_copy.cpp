@@ -18,7 +18,7 @@
 extern "C" {
 
 // dsts[i].copy_(srcs[i], non_blocking=true) for every i; `*event` = an event recorded on the
-// sources' device after the copies, or null when no source is on an accelerator (then every
+// accelerator's current stream after the copies, or null when no tensor is on one (then every
 // copy has completed on return).
 int lawa_copy_async(at::Tensor* const* dsts, at::Tensor* const* srcs, int count, void** event,
                     char** error) {
@@ -27,11 +27,10 @@ int lawa_copy_async(at::Tensor* const* dsts, at::Tensor* const* srcs, int count,
     *event = nullptr;
     std::optional<c10::Device> device;
     for (int i = 0; i < count; ++i) {
-      const at::Tensor& src = *srcs[i];
-      if (src.device().type() != c10::DeviceType::CPU) {
-        if (device && *device != src.device())
-          throw std::invalid_argument("sources on more than one device");
-        device = src.device();
+      for (const at::Tensor* t : {srcs[i], dsts[i]}) {
+        if (t->device().type() == c10::DeviceType::CPU) continue;
+        if (device && *device != t->device()) throw std::invalid_argument("tensors on more than one accelerator");
+        device = t->device();
       }
     }
     for (int i = 0; i < count; ++i) dsts[i]->copy_(*srcs[i], /*non_blocking=*/true);

@@ -52,9 +52,11 @@ at::Tensor bias_grad_partials(const at::Tensor& grad, long long rows_per_chunk) 
 namespace {
 
 // The bias gradient, the column sums of `grad` (rows of the output's gradient) in the bias's
-// dtype: lawa's kernel on CUDA, `grad.sum(0)` (what addmm's autograd computes) elsewhere.
+// dtype: lawa's kernel on CUDA for bf16 and fp32, `grad.sum(0)` (what addmm's autograd
+// computes) elsewhere and for other dtypes.
 at::Tensor bias_grad(const at::Tensor& grad) {
-  if (!grad.is_cuda()) return grad.sum(0);
+  auto dtype = grad.scalar_type();
+  if (!grad.is_cuda() || (dtype != at::kBFloat16 && dtype != at::kFloat)) return grad.sum(0);
   auto partial = lawa::bias_grad_partials(grad.contiguous(), lawa::kBiasGradRowsPerChunk);
   return partial.sum(0).to(grad.scalar_type());
 }

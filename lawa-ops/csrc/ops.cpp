@@ -118,4 +118,12 @@ int lawa_pin_memory(const at::Tensor* tensor, at::Tensor** out, char** error) {
   return lawa_guarded(error, [&] { *out = new at::Tensor(tensor->pin_memory()); });
 }
 
+// `*out` = `bytes` uninitialized bytes (uint8) of pinned host memory, allocated as such (no
+// pageable buffer first, no copy).
+int lawa_empty_pinned(int64_t bytes, at::Tensor** out, char** error) {
+  return lawa_guarded(error, [&] {
+    *out = new at::Tensor(at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true)));
+  });
+}
+
 }  // extern "C"

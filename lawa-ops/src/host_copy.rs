@@ -69,16 +69,17 @@ impl Drop for PendingCopies {
     }
 }
 
-/// `dsts[i].copy_(srcs[i], non_blocking = true)` for every `i`, then an event on the sources'
-/// device after the copies.
+/// `dsts[i].copy_(srcs[i], non_blocking = true)` for every `i`, then an event on the GPU's
+/// current stream after the copies.
 ///
 /// From a GPU into pinned host memory ([`pin_memory`](crate::pin_memory)) the copies are queued
 /// on the device's current stream and the call returns at once: the destinations must not be
 /// read before [`PendingCopies::wait`] returns. Work queued later on that stream (the next
 /// optimizer step, say) runs after the copies, so they hold the values the stream had computed
-/// when they were queued. Into pageable memory the copies complete on the call, as do copies
-/// between host tensors (then `wait` returns at once). Sources on more than one device are an
-/// error.
+/// when they were queued. (Copies the other way, from pinned memory to a GPU, are queued the
+/// same way, and the sources must not change before `wait`.) Into pageable memory the copies
+/// complete on the call, as do copies between host tensors (then `wait` returns at once).
+/// Tensors on more than one GPU are an error.
 ///
 /// ```
 /// use tch::{Device, Kind, Tensor};

@@ -100,6 +100,7 @@ extern "C" {
         error: *mut *mut c_char,
     ) -> c_int;
     fn lawa_pin_memory(tensor: Handle, out: *mut Handle, error: *mut *mut c_char) -> c_int;
+    fn lawa_empty_pinned(bytes: i64, out: *mut Handle, error: *mut *mut c_char) -> c_int;
     fn lawa_foreach_clip_grad_norm(
         grads: *const Handle,
         count: c_int,
@@ -273,6 +274,20 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor, OpsError> {
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
+/// `bytes` uninitialized bytes (a uint8 host tensor) of pinned memory, allocated as such: what
+/// [`pin_memory`] of an empty tensor gives, without the pageable buffer and the copy. (libtorch's
+/// pinned-memory allocator rounds the allocation up to a power of two.) An error where no GPU
+/// is present.
+pub fn empty_pinned(bytes: i64) -> Result<Tensor, OpsError> {
+    let mut out: Handle = std::ptr::null_mut();
+    call("empty_pinned", |error| {
+        // SAFETY: `out` receives a new tensor.
+        unsafe { lawa_empty_pinned(bytes, &mut out, error) }
+    })?;
+    // SAFETY: allocated by the shim with `new at::Tensor`, handed over once.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +337,18 @@ mod tests {
                 assert_eq!(e.op, "pin_memory");
                 assert!(!e.message.is_empty());
                 eprintln!("no GPU here: only the refusal was tested ({e})");
+            }
+        }
+        match empty_pinned(1000) {
+            Ok(pinned) => {
+                assert!(Cuda::is_available(), "pinning succeeded without a GPU");
+                assert_eq!((pinned.size(), pinned.kind()), (vec![1000], Kind::Uint8));
+                assert_eq!(pinned.device(), Device::Cpu);
+            }
+            Err(e) => {
+                assert!(!Cuda::is_available(), "pinning failed with a GPU: {e}");
+                assert_eq!(e.op, "empty_pinned");
+                assert!(!e.message.is_empty());
             }
         }
     }

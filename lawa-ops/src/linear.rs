@@ -46,9 +46,18 @@ extern "C" {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor, OpsError> {
+    let torch = |e: tch::TchError| OpsError {
+        op: "linear",
+        message: e.to_string(),
+    };
     let mut shape = x.size();
-    let width = shape.last().copied().unwrap_or(0);
-    let rows = x.reshape([-1, width]);
+    let Some(&width) = shape.last() else {
+        return Err(OpsError {
+            op: "linear",
+            message: "x must have at least one dimension".into(),
+        });
+    };
+    let rows = x.f_reshape([-1, width]).map_err(torch)?;
     let mut y: Handle = std::ptr::null_mut();
     call("linear", |error| {
         // SAFETY: the tensors are live and borrowed for the call; `y` receives a new one.
@@ -67,7 +76,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     if let Some(last) = shape.last_mut() {
         *last = y.size()[1];
     }
-    Ok(y.view(shape.as_slice()))
+    y.f_view(shape.as_slice()).map_err(torch)
 }
 
 /// What [`linear`]'s bias-gradient kernel computes, computed by its own CUDA source run on the

@@ -124,6 +124,9 @@ fn bad_inputs_are_refused_with_the_reason() {
     let b = Tensor::zeros([4], (Kind::Float, Device::Cpu));
     let e = linear(&x, &w, Some(&b)).unwrap_err().to_string();
     assert!(e.contains("bias must be [5]"), "{e}");
+    let scalar = Tensor::from(1.0f32);
+    let e = linear(&scalar, &w, None).unwrap_err().to_string();
+    assert!(e.contains("at least one dimension"), "{e}");
     let e = emulate_bias_grad_kernel(&x, 0).unwrap_err().to_string();
     assert!(e.contains("rows_per_chunk"), "{e}");
     let ints = Tensor::zeros([3, 4], (Kind::Int64, Device::Cpu));

@@ -35,6 +35,14 @@ pub(crate) struct RunningAverage {
     defer_host_weights: bool,
 }
 
+impl Drop for RunningAverage {
+    /// Waits for an update still running in the background, so that its thread never outlives
+    /// the average (nor runs on into libtorch's teardown at exit).
+    fn drop(&mut self) {
+        let _ = self.settle("");
+    }
+}
+
 /// The host-side part of the last update.
 #[derive(Debug, Default)]
 enum Background {
@@ -62,10 +70,9 @@ impl RunningAverage {
     /// of the weights (tests).
     #[cfg(test)]
     fn deferring() -> Self {
-        RunningAverage {
-            defer_host_weights: true,
-            ..Self::default()
-        }
+        let mut average = Self::default();
+        average.defer_host_weights = true;
+        average
     }
 
     pub(crate) fn updates(&self) -> u64 {
@@ -122,21 +129,20 @@ impl RunningAverage {
                 lawa_ops::foreach_lerp_(&plan.now.0, &plan.now.1, weight)?;
                 let (avgs, staged, sources) = plan.later;
                 if !avgs.is_empty() {
-                    let copies = lawa_ops::copy_async(&staged, &sources)?;
-                    let thread = std::thread::Builder::new()
-                        .name("lawa-host-average".into())
-                        .spawn(move || {
-                            copies.wait()?;
-                            host_lerp(&avgs, &staged, weight)
-                        })
-                        .map_err(|e| AveragingError::UpdateFailed {
-                            label: label.to_string(),
-                            reason: format!("cannot start a thread: {e}"),
-                        })?;
+                    // Integer tensors are copied already: a failure here leaves the average
+                    // half updated, unusable.
+                    let (background, failed) = match start_host_lerp(avgs, staged, &sources, weight)
+                    {
+                        Ok(thread) => (Background::Running(thread), false),
+                        Err(reason) => (Background::Failed(reason), true),
+                    };
                     *self
                         .background
                         .get_mut()
-                        .unwrap_or_else(PoisonError::into_inner) = Background::Running(thread);
+                        .unwrap_or_else(PoisonError::into_inner) = background;
+                    if failed {
+                        return self.settle(label);
+                    }
                 }
             }
         }
@@ -321,10 +327,11 @@ fn host_buffers(sources: &[Tensor]) -> Result<Vec<Tensor>, AveragingError> {
         offsets.push(total);
         total += (bytes(t) + VIEW_ALIGNMENT - 1) / VIEW_ALIGNMENT * VIEW_ALIGNMENT;
     }
-    let mut flat = Tensor::empty([total], (Kind::Uint8, Device::Cpu));
-    if sources.iter().any(|t| t.device().is_cuda()) {
-        flat = lawa_ops::pin_memory(&flat)?;
-    }
+    let flat = if sources.iter().any(|t| t.device().is_cuda()) {
+        lawa_ops::empty_pinned(total)?
+    } else {
+        Tensor::empty([total], (Kind::Uint8, Device::Cpu))
+    };
     sources
         .iter()
         .zip(offsets)
@@ -336,6 +343,31 @@ fn host_buffers(sources: &[Tensor]) -> Result<Vec<Tensor>, AveragingError> {
             Ok(view)
         })
         .collect()
+}
+
+/// How often the host-side thread looks whether the copies are done: polled rather than waited
+/// on, so that the thread sleeps instead of spinning a core in `cudaEventSynchronize`.
+const COPY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Queues the copies of `sources` into `staged` and starts the thread that lerps `avgs` towards
+/// them once they are done.
+fn start_host_lerp(
+    avgs: Vec<Tensor>,
+    staged: Vec<Tensor>,
+    sources: &[Tensor],
+    weight: f64,
+) -> Result<JoinHandle<Result<(), AveragingError>>, String> {
+    let copies = lawa_ops::copy_async(&staged, sources).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("lawa-host-average".into())
+        .spawn(move || {
+            while !copies.is_done()? {
+                std::thread::sleep(COPY_POLL);
+            }
+            copies.wait()?;
+            host_lerp(&avgs, &staged, weight)
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))
 }
 
 /// `avgs[i] = lerp(avgs[i], staged[i], weight)` in host memory, the weights cast to the

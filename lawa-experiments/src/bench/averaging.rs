@@ -12,6 +12,7 @@ use lawa_core::optim::{AdamW, AdamWConfig, AdamWKernel};
 use lawa_models::Gpt;
 use serde_json::{json, Value};
 use tch::nn::VarStore;
+use tch::{Kind, Tensor};
 
 use super::train::StepLoop;
 use super::{reference, sync, Bench};
@@ -119,6 +120,51 @@ fn ema_within_training(
     Ok(rows)
 }
 
+/// The largest difference between an EMA kept in host memory and one kept on the training
+/// device, both fed every step of `steps` training steps (the optimizer rewriting the weights
+/// in place right after each update, while a host-memory update may still be running): an
+/// error above 1e-6. On a GPU this checks the host update's copies and background thread on
+/// the device; on the CPU the two are the same update.
+fn host_ema_equals_device_ema(
+    steps: &mut StepLoop,
+    b: &Bench,
+    weights: &Weights,
+    target: &Weights,
+) -> Result<f64> {
+    let mut host = set_of(Ema::new(0.9)?.storage(Storage::Cpu))?;
+    let mut device = set_of(Ema::new(0.9)?.storage(Storage::Training))?;
+    steps.time_steps_with(0, b.steps.max(3), &mut |n| {
+        host.observe(n, weights)?;
+        device.observe(n, weights)?;
+        Ok(())
+    })?;
+    let written = |set: &AveragerSet| -> Result<Vec<Tensor>> {
+        for a in set.iter() {
+            a.write_average(target)?;
+        }
+        Ok(target
+            .iter()
+            .map(|(_, t)| t.to_kind(Kind::Double))
+            .collect())
+    };
+    let (h, d) = (written(&host)?, written(&device)?);
+    let mut worst = 0.0f64;
+    for (x, y) in h.iter().zip(&d) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        worst = if diff.is_nan() {
+            f64::INFINITY
+        } else {
+            worst.max(diff)
+        };
+    }
+    println!("EMA in host memory vs on the device, largest difference: {worst:.3e}");
+    anyhow::ensure!(
+        worst <= 1e-6,
+        "an EMA kept in host memory differs from the same EMA on the device by {worst:e}"
+    );
+    Ok(worst)
+}
+
 /// Measures the averagers; prints the table and returns the figures.
 pub fn run(b: &Bench) -> Result<Value> {
     let mut steps = StepLoop::new(b)?;
@@ -168,6 +214,7 @@ pub fn run(b: &Bench) -> Result<Value> {
         ));
     }
     rows.extend(ema_within_training(&mut steps, b, &weights, &row)?);
+    let host_vs_device = host_ema_equals_device_ema(&mut steps, b, &weights, &target)?;
     for kernel in [
         AdamWKernel::Single,
         AdamWKernel::Foreach,
@@ -183,7 +230,8 @@ pub fn run(b: &Bench) -> Result<Value> {
         ));
     }
     let mut out = json!({"step_ms": step_s * 1e3, "rows": rows,
-                         "ema_percent_of_step": pct(ema_every_step)});
+                         "ema_percent_of_step": pct(ema_every_step),
+                         "host_vs_device_ema_max_difference": host_vs_device});
     if !b.reference {
         return Ok(out);
     }
