@@ -111,10 +111,11 @@ fn ema_within_training(
         }
         added.sort_by(f64::total_cmp);
         let mut r = row(
-            format!("EMA every step, added to a step ({on}; median of {ROUNDS})"),
+            format!("EMA every step, added to a step, median ({on})"),
             added[ROUNDS / 2],
         );
         r["range_ms"] = json!([added[0] * 1e3, added[ROUNDS - 1] * 1e3]);
+        r["rounds"] = json!(ROUNDS);
         rows.push(r);
     }
     Ok(rows)
