@@ -4,8 +4,9 @@
 /// ([`LossPlan::kernel`](crate::LossPlan), `train.loss_kernel`), GPT-2's residual adds with
 /// the LayerNorms after them ([`Gpt::set_norm_kernel`](crate::Gpt::set_norm_kernel),
 /// `train.norm_kernel`) and its linear layers' bias gradients
-/// ([`Gpt::set_linear_kernel`](crate::Gpt::set_linear_kernel), `train.linear_kernel`). The two give the same values and gradients up to summation order (and,
-/// in bf16, a value rounded to the neighbouring bf16 where that order tips it).
+/// ([`Gpt::set_linear_kernel`](crate::Gpt::set_linear_kernel), `train.linear_kernel`). The
+/// two give the same values and gradients up to summation order (and, in bf16, a value rounded
+/// to the neighbouring bf16 where that order tips it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernel {

@@ -100,9 +100,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, precision: Precision) -> Tensor {
-        let x = precision.cast(x);
-        let w = precision.cast(&self.weight);
-        let b = self.bias.as_ref().map(|b| precision.cast(b));
+        let (x, w, b) = self.cast(x, precision);
         x.linear(&w, b.as_ref())
     }
 
@@ -114,13 +112,17 @@ impl Linear {
         precision: Precision,
         kernel: Kernel,
     ) -> Result<Tensor, lawa_ops::OpsError> {
-        if kernel == Kernel::Aten {
-            return Ok(self.forward(x, precision));
+        let (x, w, b) = self.cast(x, precision);
+        match kernel {
+            Kernel::Aten => Ok(x.linear(&w, b.as_ref())),
+            Kernel::Fused => lawa_ops::linear(&x, &w, b.as_ref()),
         }
-        let x = precision.cast(x);
-        let w = precision.cast(&self.weight);
+    }
+
+    /// The input, weight and bias in the forward's precision.
+    fn cast(&self, x: &Tensor, precision: Precision) -> (Tensor, Tensor, Option<Tensor>) {
         let b = self.bias.as_ref().map(|b| precision.cast(b));
-        lawa_ops::linear(&x, &w, b.as_ref())
+        (precision.cast(x), precision.cast(&self.weight), b)
     }
 
     pub fn params(&self, prefix: &str, out: &mut Vec<Param>) {

@@ -151,6 +151,21 @@ fn gradients(vs: &nn::VarStore) -> Vec<Tensor> {
     named.iter().map(|(_, t)| t.grad().copy()).collect()
 }
 
+/// Logits, loss and every variable's gradient (sorted by name) of `gpt` on the batch `(x, y)`,
+/// the gradients zeroed first.
+fn logits_loss_gradients(
+    gpt: &Gpt,
+    vs: &nn::VarStore,
+    x: &Tensor,
+    y: &Tensor,
+) -> (Tensor, f64, Vec<Tensor>) {
+    vs.variables().values_mut().for_each(|t| t.zero_grad());
+    let logits = gpt.forward(x, false).unwrap();
+    let loss = gpt.loss(x, y, false).unwrap();
+    loss.backward();
+    (logits, loss.double_value(&[]), gradients(vs))
+}
+
 /// The loss runs its softmax over the head's padded width (padding columns at -inf, so that the
 /// logits stay contiguous); against the softmax of the narrowed logits (the path before), in
 /// fp32 and bf16: the same loss and gradients up to summation order.
@@ -405,11 +420,7 @@ fn fused_norms_give_the_plain_logits_loss_and_gradients() {
         let (x, y) = (ids(2, 16, 300, 4), ids(2, 16, 300, 5));
         let mut run = |kernel| {
             gpt.set_norm_kernel(kernel);
-            vs.variables().values_mut().for_each(|t| t.zero_grad());
-            let logits = gpt.forward(&x, false).unwrap();
-            let loss = gpt.loss(&x, &y, false).unwrap();
-            loss.backward();
-            (logits, loss.double_value(&[]), gradients(&vs))
+            logits_loss_gradients(&gpt, &vs, &x, &y)
         };
         let (want_logits, want_loss, want) = run(Kernel::Aten);
         let (logits, loss, got) = run(Kernel::Fused);
@@ -455,11 +466,7 @@ fn fused_linear_layers_give_the_plain_logits_loss_and_gradients_bit_for_bit_off_
             let (x, y) = (ids(2, 16, 300, 6), ids(2, 16, 300, 7));
             let mut run = |kernel| {
                 gpt.set_linear_kernel(kernel);
-                vs.variables().values_mut().for_each(|t| t.zero_grad());
-                let logits = gpt.forward(&x, false).unwrap();
-                let loss = gpt.loss(&x, &y, false).unwrap();
-                loss.backward();
-                (logits, loss.double_value(&[]), gradients(&vs))
+                logits_loss_gradients(&gpt, &vs, &x, &y)
             };
             let (want_logits, want_loss, want) = run(Kernel::Aten);
             let profiler = lawa_ops::Profiler::start(false).unwrap();

@@ -131,17 +131,16 @@ impl RunningAverage {
                 if !avgs.is_empty() {
                     // Integer tensors are copied already: a failure here leaves the average
                     // half updated, unusable.
-                    let (background, failed) = match start_host_lerp(avgs, staged, &sources, weight)
-                    {
-                        Ok(thread) => (Background::Running(thread), false),
-                        Err(reason) => (Background::Failed(reason), true),
-                    };
-                    *self
+                    let background = self
                         .background
                         .get_mut()
-                        .unwrap_or_else(PoisonError::into_inner) = background;
-                    if failed {
-                        return self.settle(label);
+                        .unwrap_or_else(PoisonError::into_inner);
+                    match start_host_lerp(avgs, staged, &sources, weight) {
+                        Ok(thread) => *background = Background::Running(thread),
+                        Err(reason) => {
+                            *background = Background::Failed(reason);
+                            return self.settle(label);
+                        }
                     }
                 }
             }
@@ -364,7 +363,6 @@ fn start_host_lerp(
             while !copies.is_done()? {
                 std::thread::sleep(COPY_POLL);
             }
-            copies.wait()?;
             host_lerp(&avgs, &staged, weight)
         })
         .map_err(|e| format!("cannot start a thread: {e}"))
