@@ -104,9 +104,11 @@ def averaging_md(a):
     rows = a["rows"] + ([a["pytorch"]] if a.get("pytorch") else [])
     for r in rows:
         lines.append(f"| {r['operation']} | {r['ms']:.3f} | {r['percent_of_step']:.3f} |")
-    if "host_vs_device_ema_max_difference" in a:
-        lines += ["", "EMA in host memory vs on the device over the same training steps, largest "
-                  f"difference: {a['host_vs_device_ema_max_difference']:.3e} (at most 1e-6 passes)"]
+    for name, key in [("EMA", "host_vs_device_ema_max_difference"),
+                      ("LAWA", "host_vs_device_lawa_max_difference")]:
+        if key in a:
+            lines += ["", f"{name} in host memory vs on the device over the same training steps, "
+                      f"largest difference: {a[key]:.3e} (at most 1e-6 passes)"]
     return lines + [""]
 
 

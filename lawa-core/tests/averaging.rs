@@ -572,9 +572,9 @@ fn a_saved_state_with_missing_pieces_is_refused() {
     assert!(err.contains("CRC-32"), "{err}");
 }
 
-/// On a GPU, an EMA and an SWA kept in host memory (the weights copied through pinned staging
-/// buffers on the GPU's stream, the lerp on a host thread while the GPU goes on) equal the same
-/// averagers kept on the device. The weights are changed in place right after each update, as
+/// On a GPU, an EMA, an SWA and a LAWA kept in host memory (the weights copied through pinned
+/// staging buffers on the GPU's stream, the lerp or the snapshot's copy on a host thread while
+/// the GPU goes on) equal the same averagers kept on the device. The weights are changed in place right after each update, as
 /// the next optimizer step changes them, before the host thread has read its copy: the copies
 /// must hold the values of the step observed. Without a GPU it says it was skipped.
 #[test]
@@ -588,9 +588,12 @@ fn host_averages_of_gpu_weights_equal_device_averages() {
     host.push(Ema::new(0.9).unwrap().storage(Storage::Cpu))
         .unwrap();
     host.push(Swa::new().storage(Storage::Cpu)).unwrap();
+    host.push(Lawa::new(3, 2).unwrap().storage(Storage::Cpu))
+        .unwrap();
     let mut device = AveragerSet::new();
     device.push(Ema::new(0.9).unwrap()).unwrap();
     device.push(Swa::new()).unwrap();
+    device.push(Lawa::new(3, 2).unwrap()).unwrap();
     let live: Named = random_weights(0)
         .into_iter()
         .map(|(n, t)| (n, t.to_device(gpu)))

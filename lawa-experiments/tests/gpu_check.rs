@@ -142,16 +142,18 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(names.contains(&"aten::mm"), "{which}: {names:?}");
     }
     assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
-    // On the CPU an EMA in host memory is the same update as one on the device.
+    // On the CPU an EMA or a LAWA in host memory is the same update as one on the device.
     assert_eq!(f["averaging"]["host_vs_device_ema_max_difference"], 0.0);
+    assert_eq!(f["averaging"]["host_vs_device_lawa_max_difference"], 0.0);
     let rows = f["averaging"]["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 13);
-    // What an EMA after every step adds to a step, in each storage, with its range.
+    assert_eq!(rows.len(), 15);
+    // What an EMA after every step and LAWA's snapshots add to a step, in each storage, with
+    // their range.
     let added: Vec<&serde_json::Value> = rows
         .iter()
         .filter(|r| r["operation"].as_str().unwrap().contains("added to a step"))
         .collect();
-    assert_eq!(added.len(), 2, "{rows:?}");
+    assert_eq!(added.len(), 4, "{rows:?}");
     for r in added {
         let range = r["range_ms"].as_array().unwrap();
         let ms = r["ms"].as_f64().unwrap();

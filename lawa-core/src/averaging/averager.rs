@@ -60,10 +60,12 @@ pub(crate) mod sealed {
         }
 
         /// Moves the snapshots the averager took while used alone into `store`.
-        fn share_snapshots(&mut self, _store: &mut SnapshotStore) {}
+        fn share_snapshots(&mut self, _store: &mut SnapshotStore) -> Result<(), AveragingError> {
+            Ok(())
+        }
 
         /// Waits for any part of the last update still running in the background (an average
-        /// kept in host memory of weights on a GPU); an error if it failed.
+        /// or a snapshot kept in host memory of weights on a GPU); an error if it failed.
         fn settle(&self) -> Result<(), AveragingError> {
             Ok(())
         }

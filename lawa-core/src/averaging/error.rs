@@ -39,11 +39,11 @@ pub enum AveragingError {
         /// What is wrong.
         reason: String,
     },
-    /// An update of an average kept in host memory failed on its background thread; the
-    /// average is unusable from then on.
-    #[error("{label}: an update of the average in host memory failed: {reason}")]
+    /// An update of an average, or a snapshot, kept in host memory failed on its background
+    /// thread; the average (or the averagers reading the snapshot) is unusable from then on.
+    #[error("{label}: an update in host memory failed: {reason}")]
     UpdateFailed {
-        /// The averager's label.
+        /// The averager's label (`snapshots` for a set's shared snapshots).
         label: String,
         /// What failed.
         reason: String,

@@ -146,7 +146,7 @@ impl Core for Lawa {
             None => self.layout = Some(layout),
             Some(l) => l.check(&layout, &self.label(), true)?,
         }
-        store.take(step, self.storage, weights);
+        store.take(step, self.storage, weights, &self.label())?;
         self.queue.push_back(step);
         while self.queue.len() > self.k {
             self.queue.pop_front();
@@ -170,8 +170,13 @@ impl Core for Lawa {
         self.keys()
     }
 
-    fn share_snapshots(&mut self, store: &mut SnapshotStore) {
-        store.absorb(&mut self.own);
+    fn share_snapshots(&mut self, store: &mut SnapshotStore) -> Result<(), AveragingError> {
+        let label = self.label();
+        store.absorb(&mut self.own, &label)
+    }
+
+    fn settle(&self) -> Result<(), AveragingError> {
+        self.own.settle(&self.label())
     }
 
     fn save(&self) -> Result<SavedAverager, AveragingError> {

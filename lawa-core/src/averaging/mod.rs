@@ -46,6 +46,7 @@ mod averager;
 mod cadence;
 mod ema;
 mod error;
+mod host_offload;
 mod lawa;
 mod running_average;
 mod set;

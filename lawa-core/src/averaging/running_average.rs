@@ -1,8 +1,6 @@
-use std::sync::{Mutex, PoisonError};
-use std::thread::JoinHandle;
+use tch::{Device, Tensor};
 
-use tch::{Device, Kind, Tensor};
-
+use super::host_offload::HostOffload;
 use super::state::SavedAverager;
 use super::weights::{is_averaged, stored_copy, Layout};
 use super::{AveragingError, Storage, Weights};
@@ -22,37 +20,12 @@ pub(crate) struct RunningAverage {
     layout: Option<Layout>,
     tensors: Vec<Tensor>,
     updates: u64,
-    /// Pinned host buffers the weights are copied into when the average lives in host memory
-    /// and the weights on a GPU: a copy into pinned memory runs at the bus's speed, where a
-    /// copy into freshly allocated pageable memory was measured at 378-418 ms an EMA update of
-    /// GPT-2 small on an H200 (7-8 steps). Views of one allocation (see [`host_buffers`]),
-    /// made on the first such update, then reused.
-    staging: Vec<Tensor>,
-    /// The host-side part of the last update, when it runs on a thread of its own.
-    background: Mutex<Background>,
+    /// The copies into host memory and the host-side lerp, when the average lives in host
+    /// memory and the weights on a GPU.
+    offload: HostOffload,
     /// Update through the background thread even when the weights are in host memory (tests
     /// of the thread's arithmetic on a machine without a GPU).
     defer_host_weights: bool,
-}
-
-impl Drop for RunningAverage {
-    /// Waits for an update still running in the background, so that its thread never outlives
-    /// the average (nor runs on into libtorch's teardown at exit).
-    fn drop(&mut self) {
-        let _ = self.settle("");
-    }
-}
-
-/// The host-side part of the last update.
-#[derive(Debug, Default)]
-enum Background {
-    /// Nothing running, nothing failed.
-    #[default]
-    Idle,
-    /// Running on its own thread.
-    Running(JoinHandle<Result<(), AveragingError>>),
-    /// Failed: the average is unusable from then on.
-    Failed(String),
 }
 
 /// The averaged tensors of one update, split by where their lerp runs.
@@ -60,9 +33,9 @@ enum Background {
 struct UpdatePlan {
     /// Averages and the weights (already on the averages' device and dtype) lerped at once.
     now: (Vec<Tensor>, Vec<Tensor>),
-    /// Averages in host memory, the staging buffers their weights are copied into, and those
-    /// weights: lerped on the background thread once the copies are done.
-    later: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>),
+    /// Averages in host memory and the weights they are lerped towards on the background
+    /// thread, once copied into host memory.
+    later: (Vec<Tensor>, Vec<Tensor>),
 }
 
 impl RunningAverage {
@@ -82,27 +55,7 @@ impl RunningAverage {
     /// Waits for the last update's host-side part, if it runs on another thread; an error if
     /// it failed (then and on every later call: the average is unusable).
     pub(crate) fn settle(&self, label: &str) -> Result<(), AveragingError> {
-        let mut background = self
-            .background
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Background::Running(_) = &*background {
-            let Background::Running(thread) = std::mem::take(&mut *background) else {
-                unreachable!("matched just above");
-            };
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => *background = Background::Failed(e.to_string()),
-                Err(_) => *background = Background::Failed("the update's thread panicked".into()),
-            }
-        }
-        match &*background {
-            Background::Failed(reason) => Err(AveragingError::UpdateFailed {
-                label: label.to_string(),
-                reason: reason.clone(),
-            }),
-            _ => Ok(()),
-        }
+        self.offload.settle(label)
     }
 
     pub(crate) fn update(
@@ -127,21 +80,15 @@ impl RunningAverage {
                 // Every averaged tensor in one multi-tensor lerp (a few kernels on a GPU, the
                 // single-tensor arithmetic on the CPU).
                 lawa_ops::foreach_lerp_(&plan.now.0, &plan.now.1, weight)?;
-                let (avgs, staged, sources) = plan.later;
+                let (avgs, sources) = plan.later;
                 if !avgs.is_empty() {
-                    // Integer tensors are copied already: a failure here leaves the average
-                    // half updated, unusable.
-                    let background = self
-                        .background
-                        .get_mut()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    match start_host_lerp(avgs, staged, &sources, weight) {
-                        Ok(thread) => *background = Background::Running(thread),
-                        Err(reason) => {
-                            *background = Background::Failed(reason);
-                            return self.settle(label);
-                        }
-                    }
+                    // Integer tensors are copied already: a failure from here on leaves the
+                    // average half updated, unusable.
+                    self.offload.start(
+                        label,
+                        &sources,
+                        Box::new(move |staged| host_lerp(&avgs, staged, weight)),
+                    )?;
                 }
             }
         }
@@ -173,19 +120,7 @@ impl RunningAverage {
             }
             Ok::<(), AveragingError>(())
         })?;
-        if !sources.is_empty() {
-            let fits = self.staging.len() == sources.len()
-                && self
-                    .staging
-                    .iter()
-                    .zip(&sources)
-                    .all(|(b, t)| b.size() == t.size() && b.kind() == t.kind());
-            if !fits {
-                self.staging = host_buffers(&sources)?;
-            }
-            let staged = self.staging.iter().map(Tensor::shallow_clone).collect();
-            plan.later = (later, staged, sources);
-        }
+        plan.later = (later, sources);
         Ok(plan)
     }
 
@@ -240,7 +175,6 @@ impl RunningAverage {
     ) -> Result<(), AveragingError> {
         saved.check_label(label)?;
         // The state is replaced whatever the last update did.
-        let _ = self.settle(label);
         let updates = saved.counter("updates")?;
         let expected = if updates == 0 { 0 } else { layout.len() };
         if saved.tensors.len() != expected {
@@ -250,10 +184,7 @@ impl RunningAverage {
             )));
         }
         self.layout = (updates > 0).then(|| layout.clone());
-        *self
-            .background
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner) = Background::Idle;
+        self.offload.reset();
         self.tensors = saved.tensors;
         self.updates = updates;
         Ok(())
@@ -310,64 +241,6 @@ macro_rules! running_average_core {
 }
 pub(crate) use running_average_core;
 
-/// Alignment of each view in [`host_buffers`]' allocation, in bytes.
-const VIEW_ALIGNMENT: i64 = 64;
-
-/// Host tensors shaped like `sources`, as views of one allocation, pinned when a source is on a
-/// GPU. libtorch's pinned-memory allocator rounds each allocation up to a power of two: one
-/// allocation for all the weights wastes that rounding once (GPT-2 small: 475 MiB of weights
-/// in 512 MiB), where a pinned tensor per weight wasted it per tensor (827 MB for 498 MB, 1.66
-/// times the weights).
-fn host_buffers(sources: &[Tensor]) -> Result<Vec<Tensor>, AveragingError> {
-    let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as i64;
-    let mut offsets = Vec::with_capacity(sources.len());
-    let mut total = 0;
-    for t in sources {
-        offsets.push(total);
-        total += (bytes(t) + VIEW_ALIGNMENT - 1) / VIEW_ALIGNMENT * VIEW_ALIGNMENT;
-    }
-    let flat = if sources.iter().any(|t| t.device().is_cuda()) {
-        lawa_ops::empty_pinned(total)?
-    } else {
-        Tensor::empty([total], (Kind::Uint8, Device::Cpu))
-    };
-    sources
-        .iter()
-        .zip(offsets)
-        .map(|(t, offset)| {
-            let view = flat
-                .f_narrow(0, offset, bytes(t))?
-                .f_view_dtype(t.kind())?
-                .f_view(t.size().as_slice())?;
-            Ok(view)
-        })
-        .collect()
-}
-
-/// How often the host-side thread looks whether the copies are done: polled rather than waited
-/// on, so that the thread sleeps instead of spinning a core in `cudaEventSynchronize`.
-const COPY_POLL: std::time::Duration = std::time::Duration::from_micros(200);
-
-/// Queues the copies of `sources` into `staged` and starts the thread that lerps `avgs` towards
-/// them once they are done.
-fn start_host_lerp(
-    avgs: Vec<Tensor>,
-    staged: Vec<Tensor>,
-    sources: &[Tensor],
-    weight: f64,
-) -> Result<JoinHandle<Result<(), AveragingError>>, String> {
-    let copies = lawa_ops::copy_async(&staged, sources).map_err(|e| e.to_string())?;
-    std::thread::Builder::new()
-        .name("lawa-host-average".into())
-        .spawn(move || {
-            while !copies.is_done()? {
-                std::thread::sleep(COPY_POLL);
-            }
-            host_lerp(&avgs, &staged, weight)
-        })
-        .map_err(|e| format!("cannot start a thread: {e}"))
-}
-
 /// `avgs[i] = lerp(avgs[i], staged[i], weight)` in host memory, the weights cast to the
 /// averages' dtype first (the host-side part of an update).
 fn host_lerp(avgs: &[Tensor], staged: &[Tensor], weight: f64) -> Result<(), AveragingError> {
@@ -418,7 +291,7 @@ mod tests {
     }
 
     fn running(avg: &RunningAverage) -> bool {
-        matches!(*avg.background.lock().unwrap(), Background::Running(_))
+        avg.offload.is_running()
     }
 
     /// Updates whose lerp runs on the background thread give the synchronous update's average
@@ -450,38 +323,6 @@ mod tests {
         assert_eq!(saved.meta["updates"], 7);
     }
 
-    /// The staging buffers are disjoint, aligned views of one allocation, of each source's shape
-    /// and dtype.
-    #[test]
-    fn host_buffers_are_disjoint_aligned_views_of_one_allocation() {
-        let sources = vec![
-            Tensor::ones([3, 5], (Kind::Float, Device::Cpu)),
-            Tensor::ones([7], (Kind::BFloat16, Device::Cpu)),
-            Tensor::ones([0], (Kind::Float, Device::Cpu)),
-            Tensor::ones([2, 2], (Kind::Double, Device::Cpu)),
-        ];
-        let buffers = host_buffers(&sources).unwrap();
-        let base = buffers[0].data_ptr() as i64;
-        let mut end = base;
-        for (b, s) in buffers.iter().zip(&sources) {
-            assert_eq!((b.size(), b.kind()), (s.size(), s.kind()));
-            if b.numel() == 0 {
-                continue; // no data pointer
-            }
-            let at = b.data_ptr() as i64;
-            assert_eq!((at - base) % VIEW_ALIGNMENT, 0);
-            assert!(at >= end, "views overlap");
-            end = at + (b.numel() * b.kind().elt_size_in_bytes()) as i64;
-        }
-        for (i, b) in buffers.iter().enumerate() {
-            let _ = b.shallow_clone().fill_(i as f64 + 1.0);
-        }
-        for (i, b) in buffers.iter().enumerate() {
-            let want = Tensor::full(b.size(), i as f64 + 1.0, (b.kind(), Device::Cpu));
-            assert!(b.equal(&want), "buffer {i} was overwritten: {b}");
-        }
-    }
-
     /// An update that fails on its thread is reported by the next read or update, and every one
     /// after it: the average is unusable.
     #[test]
@@ -489,12 +330,12 @@ mod tests {
         let mut avg = RunningAverage::deferring();
         avg.update(&weights_at(1), 1.0, Storage::Cpu, "ema")
             .unwrap();
-        *avg.background.get_mut().unwrap() = Background::Running(std::thread::spawn(|| {
+        avg.offload.run_as_background(|| {
             Err(AveragingError::UpdateFailed {
                 label: "ema".into(),
                 reason: "out of memory".into(),
             })
-        }));
+        });
         for _ in 0..2 {
             let err = written(&avg).unwrap_err().to_string();
             assert!(err.contains("out of memory"), "{err}");

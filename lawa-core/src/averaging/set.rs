@@ -13,6 +13,8 @@ use super::{Averager, AveragingError, Storage, Weights};
 const STATE_JSON: &str = "averagers.json";
 /// File holding the tensors of a saved [`AveragerSet`].
 const STATE_TENSORS: &str = "averagers.safetensors";
+/// The label errors of the shared snapshot store go by.
+const SNAPSHOTS: &str = "snapshots";
 
 /// Several averagers fed from one training trajectory. The set owns one snapshot store keyed by
 /// step: when several averagers want the weights of the same step (in the same storage), one
@@ -117,7 +119,7 @@ impl AveragerSet {
                 "the same averager is listed twice",
             ));
         }
-        averager.share_snapshots(&mut self.store);
+        averager.share_snapshots(&mut self.store)?;
         self.averagers.push(averager);
         Ok(())
     }
@@ -160,10 +162,11 @@ impl AveragerSet {
     }
 
     /// Waits for the updates still running in the background: an EMA or SWA kept in host memory
-    /// of weights on a GPU lerps on a thread of its own while training goes on. Reading an
-    /// average, saving and the next update wait by themselves; this is for timing an update
-    /// whole. An error if one failed.
+    /// of weights on a GPU lerps on a thread of its own while training goes on, and a LAWA
+    /// snapshot kept there is copied on by one. Reading an average, saving and the next update
+    /// wait by themselves; this is for timing an update whole. An error if one failed.
     pub fn settle(&self) -> Result<(), AveragingError> {
+        self.store.settle(SNAPSHOTS)?;
         self.averagers.iter().try_for_each(|a| a.settle())
     }
 
@@ -176,6 +179,7 @@ impl AveragerSet {
     /// each snapshot once per step. Each file is replaced atomically; to make the pair atomic,
     /// save into a fresh folder and rename it (as [`crate::checkpoint::publish_dir`] does).
     pub fn save(&self, dir: &Path) -> Result<(), AveragingError> {
+        self.settle()?;
         let names: Vec<String> = match &self.layout {
             Some(l) => l.names().map(String::from).collect(),
             None => Vec::new(),

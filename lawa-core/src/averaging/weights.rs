@@ -28,14 +28,20 @@ pub(crate) fn is_averaged(kind: Kind) -> bool {
 
 /// An fp32 copy of `t` (integer tensors keep their dtype) in `storage`.
 pub(crate) fn stored_copy(t: &Tensor, storage: Storage) -> Tensor {
+    let mut out = stored_empty(t, storage);
+    tch::no_grad(|| out.copy_(&t.detach()));
+    out
+}
+
+/// An uninitialized tensor of `t`'s shape for an fp32 copy of it (integer tensors keep their
+/// dtype) in `storage`.
+pub(crate) fn stored_empty(t: &Tensor, storage: Storage) -> Tensor {
     let kind = if is_averaged(t.kind()) {
         Kind::Float
     } else {
         t.kind()
     };
-    let mut out = Tensor::empty(t.size(), (kind, storage.device_for(t)));
-    tch::no_grad(|| out.copy_(&t.detach()));
-    out
+    Tensor::empty(t.size(), (kind, storage.device_for(t)))
 }
 
 impl Weights {

@@ -76,34 +76,42 @@ fn set_of(averager: impl Averager + 'static) -> Result<AveragerSet> {
     Ok(set)
 }
 
-/// Rounds of [`ema_within_training`], each timing the steps alone and then with the update.
+/// Rounds of [`added_to_a_step`], each timing the steps alone and then with the averager.
 const ROUNDS: usize = 3;
 
-/// What an EMA update after every step adds to a training step as a trainer sees it, for each
-/// storage: steps with the update (the last one waited for) less the steps alone just before,
-/// the median over [`ROUNDS`] rounds (the range goes into the JSON). In host memory of a GPU's
-/// weights the copies run on the GPU's stream and the lerp on a host thread beside the next
-/// step, so only the copies should show.
-fn ema_within_training(
+/// An averager measured inside training: its name in the table, and how to build it for a
+/// storage.
+struct InTraining<'a> {
+    what: String,
+    make: &'a dyn Fn(Storage) -> Result<AveragerSet>,
+}
+
+/// What an averager observing every step adds to a step as a trainer sees it, for each
+/// storage: steps with the averager (the last update waited for) less the steps alone just
+/// before, the median over [`ROUNDS`] rounds (the range goes into the JSON). In host memory of
+/// a GPU's weights the copies run on the GPU's stream and the rest on a host thread beside the
+/// next step, so only the copies should show.
+fn added_to_a_step(
     steps: &mut StepLoop,
     b: &Bench,
     weights: &Weights,
+    averager: &InTraining,
     row: &dyn Fn(String, f64) -> Value,
 ) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
     let per_round = (b.warmup + b.steps) as u64;
     for storage in [Storage::Training, Storage::Cpu] {
         let on = format!("{storage:?}").to_lowercase();
-        let mut ema = set_of(Ema::new(0.99)?.storage(storage))?;
+        let mut set = (averager.make)(storage)?;
         let mut observed = 0;
         let mut added = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             let alone = steps.time_steps(b.warmup, b.steps)?;
             let with = steps.time_steps_with(b.warmup, b.steps, &mut |n| {
                 observed += 1;
-                ema.observe(observed, weights)?;
+                set.observe(observed, weights)?;
                 if n == per_round {
-                    ema.settle()?;
+                    set.settle()?;
                 }
                 Ok(())
             })?;
@@ -111,7 +119,7 @@ fn ema_within_training(
         }
         added.sort_by(f64::total_cmp);
         let mut r = row(
-            format!("EMA every step, added to a step, median ({on})"),
+            format!("{}, added to a step, median ({on})", averager.what),
             added[ROUNDS / 2],
         );
         r["range_ms"] = json!([added[0] * 1e3, added[ROUNDS - 1] * 1e3]);
@@ -121,19 +129,19 @@ fn ema_within_training(
     Ok(rows)
 }
 
-/// The largest difference between an EMA kept in host memory and one kept on the training
-/// device, both fed every step of `steps` training steps (the optimizer rewriting the weights
-/// in place right after each update, while a host-memory update may still be running): an
-/// error above 1e-6. On a GPU this checks the host update's copies and background thread on
-/// the device; on the CPU the two are the same update.
-fn host_ema_equals_device_ema(
+/// The largest difference between an averager kept in host memory and the same kept on the
+/// training device, both fed every step of `steps` training steps (the optimizer rewriting the
+/// weights in place right after each update, while a host-memory update may still be
+/// running): an error above 1e-6. On a GPU this checks the host updates' copies and
+/// background thread on the device; on the CPU the two are the same update.
+fn host_equals_device(
     steps: &mut StepLoop,
     b: &Bench,
-    weights: &Weights,
-    target: &Weights,
+    (weights, target): (&Weights, &Weights),
+    averager: &InTraining,
 ) -> Result<f64> {
-    let mut host = set_of(Ema::new(0.9)?.storage(Storage::Cpu))?;
-    let mut device = set_of(Ema::new(0.9)?.storage(Storage::Training))?;
+    let mut host = (averager.make)(Storage::Cpu)?;
+    let mut device = (averager.make)(Storage::Training)?;
     steps.time_steps_with(0, b.steps.max(3), &mut |n| {
         host.observe(n, weights)?;
         device.observe(n, weights)?;
@@ -158,10 +166,11 @@ fn host_ema_equals_device_ema(
             worst.max(diff)
         };
     }
-    println!("EMA in host memory vs on the device, largest difference: {worst:.3e}");
+    let what = &averager.what;
+    println!("{what} in host memory vs on the device, largest difference: {worst:.3e}");
     anyhow::ensure!(
         worst <= 1e-6,
-        "an EMA kept in host memory differs from the same EMA on the device by {worst:e}"
+        "{what} kept in host memory differs from the same on the device by {worst:e}"
     );
     Ok(worst)
 }
@@ -176,9 +185,9 @@ pub fn run(b: &Bench) -> Result<Value> {
     let target = Weights::from_var_store(&eval_vs);
     let pct = |x: f64| 100.0 * x / step_s;
     println!("training step: {:.2} ms", step_s * 1e3);
-    println!("{:<52} {:>10} {:>12}", "operation", "ms", "% of a step");
+    println!("{:<64} {:>10} {:>12}", "operation", "ms", "% of a step");
     let row = |what: String, s: f64| {
-        println!("{what:<52} {:>10.3} {:>12.3}", s * 1e3, pct(s));
+        println!("{what:<64} {:>10.3} {:>12.3}", s * 1e3, pct(s));
         json!({"operation": what, "ms": s * 1e3, "percent_of_step": pct(s)})
     };
     let mut rows = Vec::new();
@@ -214,8 +223,21 @@ pub fn run(b: &Bench) -> Result<Value> {
             write_s,
         ));
     }
-    rows.extend(ema_within_training(&mut steps, b, &weights, &row)?);
-    let host_vs_device = host_ema_equals_device_ema(&mut steps, b, &weights, &target)?;
+    let per_round = (b.warmup + b.steps) as u64;
+    let lawa_nu = (per_round / 3).max(1);
+    let ema = InTraining {
+        what: "EMA every step".into(),
+        make: &|storage| set_of(Ema::new(0.99)?.storage(storage)),
+    };
+    let lawa = InTraining {
+        what: format!("LAWA snapshot every {lawa_nu} steps"),
+        make: &|storage| set_of(Lawa::new(3, lawa_nu)?.storage(storage)),
+    };
+    for averager in [&ema, &lawa] {
+        rows.extend(added_to_a_step(&mut steps, b, &weights, averager, &row)?);
+    }
+    let host_vs_device_ema = host_equals_device(&mut steps, b, (&weights, &target), &ema)?;
+    let host_vs_device_lawa = host_equals_device(&mut steps, b, (&weights, &target), &lawa)?;
     for kernel in [
         AdamWKernel::Single,
         AdamWKernel::Foreach,
@@ -232,7 +254,8 @@ pub fn run(b: &Bench) -> Result<Value> {
     }
     let mut out = json!({"step_ms": step_s * 1e3, "rows": rows,
                          "ema_percent_of_step": pct(ema_every_step),
-                         "host_vs_device_ema_max_difference": host_vs_device});
+                         "host_vs_device_ema_max_difference": host_vs_device_ema,
+                         "host_vs_device_lawa_max_difference": host_vs_device_lawa});
     if !b.reference {
         return Ok(out);
     }

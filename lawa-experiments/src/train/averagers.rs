@@ -87,27 +87,28 @@ const HOST_UPDATE_EVERY: u64 = 10;
 
 impl AveragerSpec {
     /// The warning a GPU run deserves when this averager updates a copy in host memory
-    /// (`storage: cpu`) often: each update copies every weight to the host on the GPU's stream,
-    /// which training's kernels queue behind (the lerp itself runs on a host thread beside the
-    /// next step). On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven to eight
-    /// training steps, when it copied through pageable memory and averaged while training
-    /// waited; the pinned, overlapped update since has not been timed on a GPU. Snapshots every
-    /// `nu` steps (LAWA) and rare updates are not warned about.
+    /// (`storage: cpu`) often: each update or snapshot copies every weight to the host on the
+    /// GPU's stream, which training's kernels queue behind (the lerp, or the snapshot's copy
+    /// out of the pinned buffer, runs on a host thread beside the next step, and the next
+    /// update waits for it). On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven
+    /// to eight training steps, when it copied through pageable memory and averaged while
+    /// training waited; the pinned, overlapped update since has not been timed on a GPU. Rare
+    /// updates (every [`HOST_UPDATE_EVERY`] steps or more; LAWA's `nu`) are not warned about.
     pub fn host_copy_warning(&self, default_storage: Storage) -> Option<String> {
-        let (every, storage) = match *self {
+        let (every, storage, what) = match *self {
             AveragerSpec::Ema { every, storage, .. } | AveragerSpec::Swa { every, storage, .. } => {
-                (every, storage)
+                (every, storage, "its average")
             }
-            AveragerSpec::Lawa { .. } => return None,
+            AveragerSpec::Lawa { nu, storage, .. } => (nu, storage, "its snapshots"),
         };
         if storage.unwrap_or(default_storage) != Storage::Cpu || every >= HOST_UPDATE_EVERY {
             return None;
         }
         Some(format!(
-            "{} (every {every} steps) keeps its average in host memory: on a GPU each update \
+            "{} (every {every} steps) keeps {what} in host memory: on a GPU each update \
              copies all weights to the host, and training's kernels wait for that copy (the \
-             average itself is computed on a host thread beside the next step); keep it on the \
-             device (storage: training) or update it every {HOST_UPDATE_EVERY} steps or more",
+             rest runs on a host thread beside the next step); keep it on the device \
+             (storage: training) or update it every {HOST_UPDATE_EVERY} steps or more",
             self.kind()
         ))
     }
@@ -187,13 +188,23 @@ impl AveragerSpec {
     /// Extra copies in host memory when the average is kept there and the weights are on a
     /// GPU: EMA and SWA copy the weights through a pinned buffer of their own, one allocation
     /// that libtorch's pinned-memory allocator rounds up to a power of two, so counted as two
-    /// copies (at most twice the weights; GPT-2 small's 475 MiB take 512); LAWA's snapshots are
-    /// the copies.
+    /// copies (at most twice the weights; GPT-2 small's 475 MiB take 512). LAWA's snapshots
+    /// go through one such buffer shared by every LAWA of the run
+    /// ([`SNAPSHOT_STAGING_COPIES`](Self::SNAPSHOT_STAGING_COPIES)), so none of its own.
     pub fn host_staging_copies(&self) -> u128 {
         match self {
             AveragerSpec::Lawa { .. } => 0,
             AveragerSpec::Ema { .. } | AveragerSpec::Swa { .. } => 2,
         }
+    }
+
+    /// The copies the pinned buffer all host snapshots of a GPU's weights go through counts
+    /// as (see [`host_staging_copies`](Self::host_staging_copies)).
+    pub const SNAPSHOT_STAGING_COPIES: u128 = 2;
+
+    /// Whether this averager keeps snapshots (LAWA) rather than a running average.
+    pub fn takes_snapshots(&self) -> bool {
+        matches!(self, AveragerSpec::Lawa { .. })
     }
 
     fn kind(&self) -> &'static str {
@@ -278,6 +289,16 @@ mod tests {
             nu: 1,
             start: 0,
             storage: Some(Storage::Cpu),
+        };
+        assert!(lawa
+            .host_copy_warning(Storage::Training)
+            .unwrap()
+            .starts_with("lawa (every 1 steps) keeps its snapshots in host memory"));
+        let lawa = AveragerSpec::Lawa {
+            k: 5,
+            nu: 10,
+            start: 0,
+            storage: None,
         };
         assert!(lawa.host_copy_warning(Storage::Cpu).is_none());
     }

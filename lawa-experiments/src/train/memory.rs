@@ -5,7 +5,7 @@ use anyhow::Result;
 use lawa_core::averaging::Storage;
 use lawa_models::GptConfig;
 
-use super::{RunConfig, RunPlan};
+use super::{AveragerSpec, RunConfig, RunPlan};
 
 /// Copies of the model's weights (fp32 values) one process holds while training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,9 +13,10 @@ pub struct WeightCopies {
     /// On the training device: the weights, gradients, two AdamW moments, an evaluation copy,
     /// the all-reduce's buckets on a rank of a data-parallel run, and the averagers kept there.
     pub on_device: u128,
-    /// In host memory: the averagers with `storage: cpu` when training on a GPU, and for each
-    /// EMA or SWA among them the pinned buffer its updates copy the weights through (counted
-    /// as two copies: see [`AveragerSpec::host_staging_copies`](super::AveragerSpec::host_staging_copies)).
+    /// In host memory: the averagers with `storage: cpu` when training on a GPU, for each
+    /// EMA or SWA among them the pinned buffer its updates copy the weights through, and one
+    /// such buffer for all the LAWA snapshots there (each counted as two copies: see
+    /// [`AveragerSpec::host_staging_copies`]).
     pub on_host: u128,
 }
 
@@ -29,13 +30,20 @@ impl WeightCopies {
             on_host: 0,
         };
         if rank_leads.unwrap_or(true) {
+            let mut snapshots_on_host = false;
             for spec in &config.averagers {
                 let (n, storage) = spec.copies_held();
                 match storage.unwrap_or(config.averager_storage) {
                     Storage::Training => copies.on_device += n,
                     Storage::Cpu if on_cpu => copies.on_host += n,
-                    Storage::Cpu => copies.on_host += n + spec.host_staging_copies(),
+                    Storage::Cpu => {
+                        copies.on_host += n + spec.host_staging_copies();
+                        snapshots_on_host |= spec.takes_snapshots();
+                    }
                 }
+            }
+            if snapshots_on_host {
+                copies.on_host += AveragerSpec::SNAPSHOT_STAGING_COPIES;
             }
         }
         if on_cpu {
@@ -95,6 +103,17 @@ mod tests {
         // A lone run on a GPU: 5 + LAWA's 4 on the device, EMA's average and its pinned
         // staging buffer (up to twice the weights) on the host.
         assert_eq!(copies(false, None), (9, 3));
+        // Two LAWAs in host memory share one staging buffer for their snapshots.
+        let mut host = config();
+        host.averager_storage = Storage::Cpu;
+        host.averagers.push(host.averagers[0].clone());
+        if let AveragerSpec::Lawa { k, .. } = &mut host.averagers[2] {
+            *k = 3;
+        }
+        let w = WeightCopies::of(&host, false, None);
+        assert_eq!((w.on_device, w.on_host), (5, 4 + (1 + 2) + 3 + 2));
+        let w = WeightCopies::of(&host, true, None);
+        assert_eq!((w.on_device, w.on_host), (5 + 4 + 1 + 3, 0));
         // On the CPU everything is host memory.
         assert_eq!(copies(true, None), (10, 0));
         // Rank 0 of a data-parallel run adds the buckets; another rank holds no averager.
