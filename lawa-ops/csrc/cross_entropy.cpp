@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -53,8 +54,9 @@ lawa::KernelModule& kernels() {
   return module;
 }
 
-const char* kernel_name(const at::Tensor& logits, bool forward) {
-  bool bf16 = logits.scalar_type() == at::kBFloat16;
+// The forward or backward kernel for logits of `dtype` (bf16; fp32 otherwise).
+const char* kernel_name(at::ScalarType dtype, bool forward) {
+  bool bf16 = dtype == at::kBFloat16;
   if (forward) return bf16 ? "lawa_ce_forward_bf16" : "lawa_ce_forward_f32";
   return bf16 ? "lawa_ce_backward_bf16" : "lawa_ce_backward_f32";
 }
@@ -70,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& logits, const 
   void* l = losses.data_ptr();
   void* s = lse.data_ptr();
   int vector = lawa::cross_entropy_vectorized(logits, logits);
-  kernels().launch(logits.get_device(), kernel_name(logits, true), static_cast<unsigned>(rows), lawa::kCrossEntropyThreads,
+  kernels().launch(logits.get_device(), kernel_name(logits.scalar_type(), true), static_cast<unsigned>(rows), lawa::kCrossEntropyThreads,
                    {&x, &t, &l, &s, &cols, &vocab, &ignore_index, &vector});
   return {losses, lse};
 }
@@ -85,7 +87,7 @@ at::Tensor cuda_backward(const at::Tensor& logits, const at::Tensor& targets, co
   const void* g = grad.data_ptr();
   void* o = out.data_ptr();
   int vector = lawa::cross_entropy_vectorized(logits, out);
-  kernels().launch(logits.get_device(), kernel_name(logits, false), static_cast<unsigned>(rows), lawa::kCrossEntropyThreads,
+  kernels().launch(logits.get_device(), kernel_name(logits.scalar_type(), false), static_cast<unsigned>(rows), lawa::kCrossEntropyThreads,
                    {&x, &t, &s, &g, &o, &cols, &vocab, &ignore_index, &vector});
   return out;
 }
@@ -167,7 +169,12 @@ int lawa_cross_entropy(const at::Tensor* logits, const at::Tensor* targets, int6
 // of the binary in *bytes: a check that needs NVRTC but no GPU. `library`: libnvrtc's path, or
 // empty for the one beside libtorch.
 int lawa_cross_entropy_compile(const char* arch, const char* library, size_t* bytes, char** error) {
-  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(kernels().source(), arch, library).size(); });
+  return lawa_guarded(error, [&] {
+    std::vector<std::string> names;
+    for (auto dtype : {at::kBFloat16, at::kFloat})
+      for (bool forward : {true, false}) names.push_back(kernel_name(dtype, forward));
+    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, names).size();
+  });
 }
 
 }  // extern "C"

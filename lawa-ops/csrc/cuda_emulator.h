@@ -87,6 +87,9 @@ void launch(void (*kernel)(Params...), unsigned grid, unsigned block, Args... ar
 
 }  // namespace lawa_emu
 
+struct uint2 {
+  unsigned x, y;
+};
 struct uint4 {
   unsigned x, y, z, w;
 };

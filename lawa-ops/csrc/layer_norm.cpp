@@ -3,9 +3,11 @@
 // native_layer_norm and its backward: the reference the kernels are tested against). See
 // lawa_ops::add_layer_norm for the contract.
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -37,6 +39,21 @@ void check_layer_norm_inputs(const at::Tensor& x, const at::Tensor& delta, const
 
 std::string kernel_dtype(at::ScalarType dtype) { return dtype == at::kBFloat16 ? "bf16" : "f32"; }
 
+int layer_norm_row_groups(long long cols, std::initializer_list<const void*> tensors) {
+  if (cols <= 0 || cols % 4 != 0) return 0;
+  for (const void* t : tensors)
+    if (reinterpret_cast<std::uintptr_t>(t) % 16 != 0) return 0;
+  for (int groups : {2, 4, 8, 16})
+    if (cols <= 128LL * groups) return groups;
+  return 0;
+}
+
+std::string layer_norm_kernel(const char* base, int groups, at::ScalarType delta, at::ScalarType out) {
+  std::string name = base;
+  if (groups > 0) name += "_v" + std::to_string(groups);
+  return name + "_" + kernel_dtype(delta) + "_" + kernel_dtype(out);
+}
+
 }  // namespace lawa
 
 namespace {
@@ -67,8 +84,9 @@ Tensors cuda_forward(const at::Tensor& x, const at::Tensor& delta, const at::Ten
   const void *px = pointer(x), *pd = pointer(delta), *pw = pointer(weight), *pb = pointer(bias);
   const void *ps = pointer(sum), *py = pointer(y), *pm = pointer(mean), *pr = pointer(rstd);
   float e = static_cast<float>(eps);
-  auto name = "lawa_ln_forward_" + lawa::kernel_dtype(delta.defined() ? delta.scalar_type() : at::kFloat) + "_" +
-              lawa::kernel_dtype(out);
+  int groups = lawa::layer_norm_row_groups(cols, {px, pd, pw, pb, ps, py});
+  auto name = lawa::layer_norm_kernel("lawa_ln_forward", groups, delta.defined() ? delta.scalar_type() : at::kFloat,
+                                      out);
   kernels().launch(x.get_device(), name.c_str(), row_blocks(rows), 32 * lawa::kLayerNormWarps,
                    {&px, &pd, &pw, &pb, &ps, &py, &pm, &pr, &rows, &cols, &e});
   return {sum, y, mean, rstd};
@@ -83,15 +101,16 @@ Tensors cuda_backward(const at::Tensor& s, const at::Tensor& grad_y, const at::T
   at::Tensor gd = delta ? at::empty_like(s, s.options().dtype(*delta)) : at::Tensor();
   const void *ps = pointer(s), *pgy = pointer(grad_y), *pgs = pointer(grad_sum), *pw = pointer(weight);
   const void *pm = pointer(mean), *pr = pointer(rstd), *pgx = pointer(gx), *pgd = pointer(gd);
-  auto out = lawa::kernel_dtype(grad_y.scalar_type());
-  auto name = "lawa_ln_backward_input_" + lawa::kernel_dtype(delta ? *delta : at::kFloat) + "_" + out;
+  int groups = lawa::layer_norm_row_groups(cols, {ps, pgy, pgs, pw, pgx, pgd});
+  auto name = lawa::layer_norm_kernel("lawa_ln_backward_input", groups, delta ? *delta : at::kFloat,
+                                      grad_y.scalar_type());
   kernels().launch(s.get_device(), name.c_str(), row_blocks(rows), 32 * lawa::kLayerNormWarps,
                    {&ps, &pgy, &pgs, &pw, &pm, &pr, &pgx, &pgd, &rows, &cols});
   long long chunks = (rows + per_chunk - 1) / per_chunk, tiles = (cols + 31) / 32;
   auto partial_w = at::empty({chunks, cols}, s.options());
   auto partial_b = at::empty({chunks, cols}, s.options());
   const void *ppw = pointer(partial_w), *ppb = pointer(partial_b);
-  name = "lawa_ln_backward_params_" + out;
+  name = "lawa_ln_backward_params_" + lawa::kernel_dtype(grad_y.scalar_type());
   kernels().launch(s.get_device(), name.c_str(), static_cast<unsigned>(chunks * tiles), 256,
                    {&ps, &pgy, &pm, &pr, &ppw, &ppb, &rows, &cols, &per_chunk});
   return {gx, gd, partial_w.sum(0), partial_b.sum(0)};
@@ -189,7 +208,16 @@ int lawa_add_layer_norm(const at::Tensor* x, const at::Tensor* delta, const at::
 
 // Compiles the add + LayerNorm kernels with NVRTC for `arch`: see lawa_cross_entropy_compile.
 int lawa_layer_norm_compile(const char* arch, const char* library, size_t* bytes, char** error) {
-  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(kernels().source(), arch, library).size(); });
+  return lawa_guarded(error, [&] {
+    std::vector<std::string> names;
+    for (const char* base : {"lawa_ln_forward", "lawa_ln_backward_input"})
+      for (int groups : {0, 2, 4, 8, 16})
+        for (auto delta : {at::kBFloat16, at::kFloat})
+          for (auto out : {at::kBFloat16, at::kFloat})
+            names.push_back(lawa::layer_norm_kernel(base, groups, delta, out));
+    for (auto out : {at::kBFloat16, at::kFloat}) names.push_back("lawa_ln_backward_params_" + lawa::kernel_dtype(out));
+    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, names).size();
+  });
 }
 
 }  // extern "C"

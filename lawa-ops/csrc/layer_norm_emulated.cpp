@@ -4,6 +4,8 @@
 
 #include <array>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -22,20 +24,61 @@ T* data(const at::Tensor& t) {
   return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
 }
 
-// The three kernels for a delta of type D (float when there is none) and an output of type O.
+// The forward kernel's parameters.
 template <typename D, typename O>
-void run(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, const at::Tensor& bias, float eps,
-         const at::Tensor& grad_sum, const at::Tensor& grad_y, std::array<at::Tensor, 8>& out) {
+using Forward = void (*)(const float*, const D*, const float*, const float*, float*, O*, float*, float*, long long,
+                         long long, float);
+// The input gradient kernel's parameters.
+template <typename D, typename O>
+using BackwardInput = void (*)(const float*, const O*, const float*, const float*, const float*, const float*, float*,
+                               D*, long long, long long);
+
+// The per-row kernels for `groups` groups of 4 values a lane (0: those that re-read the row), as
+// layer_norm.cpp picks them by name on a GPU.
+template <typename D, typename O>
+std::pair<Forward<D, O>, BackwardInput<D, O>> row_kernels(int groups) {
+  switch (groups) {
+    case 0:
+      return {lawa_ln_forward<D, O>, lawa_ln_backward_input<D, O>};
+    case 2:
+      return {lawa_ln_forward_rows<D, O, 2>, lawa_ln_backward_input_rows<D, O, 2>};
+    case 4:
+      return {lawa_ln_forward_rows<D, O, 4>, lawa_ln_backward_input_rows<D, O, 4>};
+    case 8:
+      return {lawa_ln_forward_rows<D, O, 8>, lawa_ln_backward_input_rows<D, O, 8>};
+    case 16:
+      return {lawa_ln_forward_rows<D, O, 16>, lawa_ln_backward_input_rows<D, O, 16>};
+  }
+  throw std::logic_error("no per-row kernel for " + std::to_string(groups) + " groups a lane");
+}
+
+// The three kernels for a delta of type D (float when there is none) and an output of type O;
+// the per-row ones chosen as on a GPU when `in_registers`, else those that re-read the row.
+// Returns the groups of 4 values a lane of the forward kernel that ran (the backward kernel's
+// may differ: it reads other tensors).
+template <typename D, typename O>
+int run(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight, const at::Tensor& bias, float eps,
+        const at::Tensor& grad_sum, const at::Tensor& grad_y, bool in_registers, std::array<at::Tensor, 8>& out) {
   // Chunks smaller than a GPU's (kLayerNormRowsPerChunk), so that a test's few rows make several.
   long long rows = x.size(0), cols = x.size(1), per_chunk = 64;
   unsigned blocks = static_cast<unsigned>((rows + lawa::kLayerNormWarps - 1) / lawa::kLayerNormWarps);
   unsigned threads = 32 * lawa::kLayerNormWarps;
   auto& [sum, y, mean, rstd, gx, gd, gw, gb] = out;
-  lawa_emu::launch(lawa_ln_forward<D, O>, blocks, threads, data<const float>(x), data<const D>(delta),
-                   data<const float>(weight), data<const float>(bias), data<float>(sum), data<O>(y),
-                   data<float>(mean), data<float>(rstd), rows, cols, eps);
   const at::Tensor& s = delta.defined() ? sum : x;
-  lawa_emu::launch(lawa_ln_backward_input<D, O>, blocks, threads, data<const float>(s), data<const O>(grad_y),
+  int forward_groups =
+      in_registers ? lawa::layer_norm_row_groups(cols, {data<void>(x), data<void>(delta), data<void>(weight),
+                                                        data<void>(bias), data<void>(sum), data<void>(y)})
+                   : 0;
+  int backward_groups =
+      in_registers ? lawa::layer_norm_row_groups(cols, {data<void>(s), data<void>(grad_y), data<void>(grad_sum),
+                                                        data<void>(weight), data<void>(gx), data<void>(gd)})
+                   : 0;
+  auto forward = row_kernels<D, O>(forward_groups).first;
+  auto backward_input = row_kernels<D, O>(backward_groups).second;
+  lawa_emu::launch(forward, blocks, threads, data<const float>(x), data<const D>(delta), data<const float>(weight),
+                   data<const float>(bias), data<float>(sum), data<O>(y), data<float>(mean), data<float>(rstd), rows,
+                   cols, eps);
+  lawa_emu::launch(backward_input, blocks, threads, data<const float>(s), data<const O>(grad_y),
                    data<const float>(grad_sum), data<const float>(weight), data<const float>(mean),
                    data<const float>(rstd), data<float>(gx), data<D>(gd), rows, cols);
   long long chunks = (rows + per_chunk - 1) / per_chunk, tiles = (cols + 31) / 32;
@@ -45,6 +88,7 @@ void run(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,
                    data<float>(pb), rows, cols, per_chunk);
   gw = pw.sum(0);
   gb = pb.sum(0);
+  return forward_groups;
 }
 
 }  // namespace
@@ -53,10 +97,13 @@ extern "C" {
 
 // Runs the forward kernel, then both backward kernels with the upstream gradients grad_sum (fp32,
 // may be null) and grad_y (the output's dtype), on CPU tensors: out[0..8] = sum (null without a
-// delta), y, mean, rstd, grad_x, grad_delta (null without a delta), grad_weight, grad_bias.
+// delta), y, mean, rstd, grad_x, grad_delta (null without a delta), grad_weight, grad_bias; and
+// *row_groups = the groups of 4 values a lane of the forward kernel that ran (chosen as on a GPU
+// with `in_registers`, else 0: the kernel that re-reads the row).
 int lawa_layer_norm_emulated(const at::Tensor* x, const at::Tensor* delta, const at::Tensor* weight,
                              const at::Tensor* bias, double eps, int out_bf16, const at::Tensor* grad_sum,
-                             const at::Tensor* grad_y, at::Tensor** out, char** error) {
+                             const at::Tensor* grad_y, int in_registers, at::Tensor** out, int* row_groups,
+                             char** error) {
   return lawa_guarded(error, [&] {
     at::Tensor d = delta ? delta->contiguous() : at::Tensor();
     at::Tensor b = bias ? bias->contiguous() : at::Tensor();
@@ -80,10 +127,11 @@ int lawa_layer_norm_emulated(const at::Tensor* x, const at::Tensor* delta, const
     float e = static_cast<float>(eps);
     bool bf16_delta = d.defined() && d.scalar_type() == at::kBFloat16;
     bool bf16_out = dtype == at::kBFloat16;
-    if (bf16_delta && bf16_out) run<lawa_bf16, lawa_bf16>(xc, d, wc, b, e, gs, gy, t);
-    if (bf16_delta && !bf16_out) run<lawa_bf16, float>(xc, d, wc, b, e, gs, gy, t);
-    if (!bf16_delta && bf16_out) run<float, lawa_bf16>(xc, d, wc, b, e, gs, gy, t);
-    if (!bf16_delta && !bf16_out) run<float, float>(xc, d, wc, b, e, gs, gy, t);
+    bool r = in_registers != 0;
+    if (bf16_delta && bf16_out) *row_groups = run<lawa_bf16, lawa_bf16>(xc, d, wc, b, e, gs, gy, r, t);
+    if (bf16_delta && !bf16_out) *row_groups = run<lawa_bf16, float>(xc, d, wc, b, e, gs, gy, r, t);
+    if (!bf16_delta && bf16_out) *row_groups = run<float, lawa_bf16>(xc, d, wc, b, e, gs, gy, r, t);
+    if (!bf16_delta && !bf16_out) *row_groups = run<float, float>(xc, d, wc, b, e, gs, gy, r, t);
     for (int i = 0; i < 8; ++i) out[i] = t[i].defined() ? new at::Tensor(t[i]) : nullptr;
   });
 }

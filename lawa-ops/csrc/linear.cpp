@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -16,6 +17,11 @@
 #include "nvrtc_module.h"
 
 namespace lawa {
+
+// The bias-gradient kernel for a gradient of `dtype` (bf16; fp32 otherwise).
+const char* bias_grad_kernel(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? "lawa_bias_grad_bf16" : "lawa_bias_grad_f32";
+}
 
 int bias_grad_vectorized(const at::Tensor& grad) {
   bool aligned = reinterpret_cast<uintptr_t>(grad.data_ptr()) % 16 == 0;
@@ -41,9 +47,8 @@ at::Tensor bias_grad_partials(const at::Tensor& grad, long long rows_per_chunk) 
   const void* g = grad.data_ptr();
   void* p = partial.data_ptr();
   int vector = bias_grad_vectorized(grad);
-  const char* name = grad.scalar_type() == at::kBFloat16 ? "lawa_bias_grad_bf16" : "lawa_bias_grad_f32";
-  kernels().launch(grad.get_device(), name, static_cast<unsigned>(chunks * tiles), kBiasGradThreads,
-                   {&g, &p, &rows, &cols, &rows_per_chunk, &vector});
+  kernels().launch(grad.get_device(), bias_grad_kernel(grad.scalar_type()), static_cast<unsigned>(chunks * tiles),
+                   kBiasGradThreads, {&g, &p, &rows, &cols, &rows_per_chunk, &vector});
   return partial;
 }
 
@@ -111,7 +116,11 @@ int lawa_linear(const at::Tensor* x, const at::Tensor* weight, const at::Tensor*
 
 // Compiles the bias-gradient kernel with NVRTC for `arch`: see lawa_cross_entropy_compile.
 int lawa_bias_grad_compile(const char* arch, const char* library, size_t* bytes, char** error) {
-  return lawa_guarded(error, [&] { *bytes = lawa::nvrtc_compile(lawa::kernels().source(), arch, library).size(); });
+  return lawa_guarded(error, [&] {
+    *bytes = lawa::nvrtc_compile_checked(lawa::kernels().source(), arch, library,
+                                         {lawa::bias_grad_kernel(at::kBFloat16), lawa::bias_grad_kernel(at::kFloat)})
+                 .size();
+  });
 }
 
 }  // extern "C"

@@ -216,6 +216,17 @@ std::string nvrtc_compile(const std::string& source, const std::string& arch, co
   return out;
 }
 
+std::string nvrtc_compile_checked(const std::string& source, const std::string& arch, const std::string& library,
+                                  const std::vector<std::string>& kernels) {
+  std::string binary = nvrtc_compile(source, arch, library);
+  for (const auto& kernel : kernels) {
+    // Symbol names sit NUL-separated in the cubin's string table.
+    if (binary.find(std::string(1, '\0') + kernel + std::string(1, '\0')) == std::string::npos)
+      throw std::runtime_error("the kernels compiled for " + arch + " lack `" + kernel + "`, which the launcher uses");
+  }
+  return binary;
+}
+
 KernelModule::Loaded& KernelModule::load(int device) {
   auto found = loaded_.find(device);
   if (found != loaded_.end()) return found->second;

@@ -15,6 +15,12 @@ namespace lawa {
 // libnvrtc, or empty to find the one libtorch loads. Throws with NVRTC's log on failure.
 std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library);
 
+// nvrtc_compile, then a check that the binary defines every kernel in `kernels` (the names its
+// launcher can ask for): throws naming the first one missing. What the tests run, so that a
+// name the launcher spells differently from the source fails without a GPU.
+std::string nvrtc_compile_checked(const std::string& source, const std::string& arch, const std::string& library,
+                                  const std::vector<std::string>& kernels);
+
 // One source of kernels, compiled once per device on first use (for that device's
 // architecture) and launched on libtorch's current stream of the device.
 class KernelModule {

@@ -49,8 +49,9 @@ impl KernelSource {
 }
 
 /// Compiles `source` with NVRTC for `arch` (such as `"sm_90"`), as a GPU run does on first use,
-/// and returns the size of the binary: the check that the kernels compile, which needs NVRTC but
-/// no GPU. `nvrtc`: the path of `libnvrtc.so`, or `None` for the one libtorch loads. NVRTC's log
+/// checks that the binary defines every kernel its launcher can ask for by name, and returns
+/// the size of the binary: the check that the kernels compile and link up, which needs NVRTC
+/// but no GPU. `nvrtc`: the path of `libnvrtc.so`, or `None` for the one libtorch loads. NVRTC's log
 /// is in the error.
 pub fn compile_kernels(
     source: KernelSource,

@@ -31,7 +31,9 @@ extern "C" {
         out_bf16: c_int,
         grad_sum: Handle,
         grad_y: Handle,
+        in_registers: c_int,
         out: *mut Handle,
+        row_groups: *mut c_int,
         error: *mut *mut c_char,
     ) -> c_int;
 }
@@ -130,9 +132,13 @@ pub fn add_layer_norm(
 /// What [`add_layer_norm`]'s CUDA kernels compute, computed by their own source run on the CPU
 /// (see [`emulate_cross_entropy_kernels`](crate::emulate_cross_entropy_kernels)): the forward
 /// kernel on 2-D CPU tensors, then both backward kernels for the upstream gradients `grad_sum`
-/// (fp32, of the sum; optional) and `grad_y` (of `y`, in `out`). Returns `[sum, y, mean, rstd,
-/// grad_x, grad_delta, grad_weight, grad_bias]`, `sum` and `grad_delta` `None` without a delta.
-/// For tests; slow.
+/// (fp32, of the sum; optional) and `grad_y` (of `y`, in `out`). With `in_registers` the
+/// per-row kernels are chosen as on a GPU (those that hold a row in registers where the row
+/// and the tensors allow); without, those that re-read the row run whatever the shape.
+///
+/// Returns `[sum, y, mean, rstd, grad_x, grad_delta, grad_weight, grad_bias]`, `sum` and
+/// `grad_delta` `None` without a delta, and the groups of 4 values a lane of the forward kernel
+/// that ran (0: the one that re-reads the row). For tests; slow.
 #[allow(clippy::too_many_arguments)]
 pub fn emulate_layer_norm_kernels(
     x: &Tensor,
@@ -143,9 +149,11 @@ pub fn emulate_layer_norm_kernels(
     out: Kind,
     grad_sum: Option<&Tensor>,
     grad_y: &Tensor,
-) -> Result<[Option<Tensor>; 8], OpsError> {
+    in_registers: bool,
+) -> Result<([Option<Tensor>; 8], u32), OpsError> {
     let code = out_code(out)?;
     let mut handles: [Handle; 8] = [std::ptr::null_mut(); 8];
+    let mut groups: c_int = 0;
     call("emulated add_layer_norm kernels", |error| {
         // SAFETY: the tensors are live and borrowed for the call; `handles` receives new ones.
         unsafe {
@@ -158,12 +166,15 @@ pub fn emulate_layer_norm_kernels(
                 code,
                 handle(grad_sum),
                 grad_y.as_ptr() as Handle,
+                c_int::from(in_registers),
                 handles.as_mut_ptr(),
+                &mut groups,
                 error,
             )
         }
     })?;
     // SAFETY: each non-null handle was allocated by the shim with `new at::Tensor` and is handed
     // over once.
-    Ok(handles.map(|h| (!h.is_null()).then(|| unsafe { Tensor::from_ptr(h) })))
+    let outputs = handles.map(|h| (!h.is_null()).then(|| unsafe { Tensor::from_ptr(h) }));
+    Ok((outputs, groups as u32))
 }

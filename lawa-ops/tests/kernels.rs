@@ -1,5 +1,6 @@
 //! lawa's CUDA kernel sources compiled by NVRTC (the wheel's, beside libtorch), as a GPU run
-//! compiles them: no GPU needed.
+//! compiles them, each binary checked to define every kernel its launcher can ask for by name:
+//! no GPU needed.
 
 use std::path::PathBuf;
 

@@ -172,64 +172,127 @@ fn on_the_cpu_it_equals_the_add_layer_norm_and_cast() {
     assert_eq!(y.kind(), Kind::BFloat16);
 }
 
-/// The CUDA source itself, run on the CPU by the emulator: rows not a multiple of a block's 8
-/// and more than one chunk of 64 rows for the weight and bias sums, columns not a multiple of
-/// a warp's 32 nor of a tile's, every dtype combination, with and without bias and a gradient
-/// for the sum.
+/// Shapes the emulator runs: (rows, cols, whether the kernels holding a row in registers may
+/// run, the groups of 4 values a lane of the forward kernel expected to run).
+const EMULATED: [(i64, i64, bool, u32); 5] = [
+    // The kernels that re-read the row: rows not a multiple of a block's 8 and more than one
+    // chunk of 64 rows for the weight and bias sums, columns not a multiple of a warp's 32
+    // nor of a tile's.
+    (150, 100, false, 0),
+    // The same width in registers (25 groups of 4 values over a warp's 64 slots), on fewer rows
+    // (still a partial block): the weight and bias sums are the same kernel.
+    (20, 100, true, 2),
+    // Not a multiple of 4 values: the kernels that re-read the row, whatever was asked.
+    (20, 102, true, 0),
+    // 250 groups over 256 slots.
+    (20, 1000, true, 8),
+    // GPT-2 XL's width: 400 groups over 512 slots.
+    (9, 1600, true, 16),
+];
+
+/// The emulation's `[sum, y, grad_x, grad_delta, grad_weight, grad_bias]` for case `c` and
+/// the upstream gradients, checked against the reference (with the statistics the forward
+/// pass saved); returns the groups of 4 values a lane of the forward kernel that ran.
+fn check_emulated(
+    c: &Case,
+    out: Kind,
+    gs: Option<&Tensor>,
+    gy: &Tensor,
+    in_registers: bool,
+    what: &str,
+) -> u32 {
+    let (got, groups) = emulate_layer_norm_kernels(
+        &c.x,
+        c.delta.as_ref(),
+        &c.weight,
+        c.bias.as_ref(),
+        EPS,
+        out,
+        gs,
+        gy,
+        in_registers,
+    )
+    .unwrap();
+    let want = run(c, out, |x, d, w, b| {
+        let (sum, y) = reference(x, d, w, b, out);
+        // Without a gradient for the sum, the sum takes no part in the loss.
+        (sum.filter(|_| gs.is_some()), y)
+    });
+    // The emulation's [sum, y, mean, rstd, grad_x, grad_delta, grad_weight, grad_bias], in the
+    // reference's order (its sum only when the reference had one).
+    let [sum, y, mean, rstd, gx, gd, gw, gb] = got;
+    let sum = sum.filter(|_| gs.is_some());
+    let gb = gb.filter(|_| c.bias.is_some());
+    let delta = c.delta.as_ref().map(Tensor::kind);
+    assert_close(
+        what,
+        &[sum, y, gx, gd, gw, gb],
+        &want,
+        &tolerances(delta, out),
+    );
+    let s = match &c.delta {
+        Some(d) => &c.x + d,
+        None => c.x.shallow_clone(),
+    };
+    let want_mean = s.mean_dim(1, false, Kind::Float);
+    let var = s.var_dim(1, false, false);
+    let want_rstd = (var + EPS).rsqrt();
+    assert!(
+        max_abs_diff(&mean.unwrap(), &want_mean) < 1e-5,
+        "{what}: mean"
+    );
+    assert!(
+        max_abs_diff(&rstd.unwrap(), &want_rstd) < 1e-4,
+        "{what}: rstd"
+    );
+    groups
+}
+
+/// The CUDA source itself, run on the CPU by the emulator: both families of per-row kernels
+/// (re-reading the row; holding it in registers, at each width the shapes reach), every dtype
+/// combination on the first shapes (the first of them on the others, to bound the time: the
+/// emulator starts a thread per CUDA thread), with and without bias and a gradient for the sum.
 #[test]
 fn the_kernels_source_run_on_the_cpu_equals_the_add_layer_norm_and_cast() {
-    let (rows, cols) = (150, 100);
-    for (delta, out) in COMBOS {
-        for (bias, with_grad_sum) in [(true, true), (false, false)] {
-            let c = case(rows, cols, delta, bias, Device::Cpu);
-            let (gs, gy) = upstream(rows, cols, out, Device::Cpu);
-            let gs = (delta.is_some() && with_grad_sum).then_some(gs);
-            let got = emulate_layer_norm_kernels(
-                &c.x,
-                c.delta.as_ref(),
-                &c.weight,
-                c.bias.as_ref(),
-                EPS,
-                out,
-                gs.as_ref(),
-                &gy,
-            )
-            .unwrap();
-            let want = run(&c, out, |x, d, w, b| {
-                let (sum, y) = reference(x, d, w, b, out);
-                // Without a gradient for the sum, the sum takes no part in the loss.
-                (sum.filter(|_| gs.is_some()), y)
-            });
-            // The emulation's [sum, y, mean, rstd, grad_x, grad_delta, grad_weight, grad_bias],
-            // in the reference's order (its sum only when the reference had one).
-            let [sum, y, mean, rstd, gx, gd, gw, gb] = got;
-            let sum = sum.filter(|_| gs.is_some());
-            let gb = gb.filter(|_| bias);
-            let what = format!("emulated, delta {delta:?}, out {out:?}, bias {bias}");
-            assert_close(
-                &what,
-                &[sum, y, gx, gd, gw, gb],
-                &want,
-                &tolerances(delta, out),
-            );
-            // The statistics the forward pass saved.
-            let s = match &c.delta {
-                Some(d) => &c.x + d,
-                None => c.x.shallow_clone(),
-            };
-            let want_mean = s.mean_dim(1, false, Kind::Float);
-            let var = s.var_dim(1, false, false);
-            let want_rstd = (var + EPS).rsqrt();
-            assert!(
-                max_abs_diff(&mean.unwrap(), &want_mean) < 1e-5,
-                "{what}: mean"
-            );
-            assert!(
-                max_abs_diff(&rstd.unwrap(), &want_rstd) < 1e-4,
-                "{what}: rstd"
-            );
+    for (i, (rows, cols, in_registers, want_groups)) in EMULATED.into_iter().enumerate() {
+        let combos = if i < 2 { &COMBOS[..] } else { &COMBOS[..1] };
+        for &(delta, out) in combos {
+            for (bias, with_grad_sum) in [(true, true), (false, false)] {
+                let c = case(rows, cols, delta, bias, Device::Cpu);
+                let (gs, gy) = upstream(rows, cols, out, Device::Cpu);
+                let gs = (delta.is_some() && with_grad_sum).then_some(gs);
+                let what = format!(
+                    "emulated {rows}x{cols}, in registers {in_registers}, delta {delta:?}, out {out:?}, bias {bias}"
+                );
+                let groups = check_emulated(&c, out, gs.as_ref(), &gy, in_registers, &what);
+                assert_eq!(groups, want_groups, "{what}: the kernel that ran");
+            }
         }
     }
+}
+
+/// A tensor that does not start on a 16-byte boundary (a view at an odd offset) sends the rows
+/// to the kernels that re-read them, with the same results.
+#[test]
+fn a_misaligned_tensor_takes_the_kernels_that_re_read_the_row() {
+    let (rows, cols) = (12, 64);
+    let mut c = case(rows, cols, Some(Kind::BFloat16), true, Device::Cpu);
+    let padded = Tensor::zeros([rows * cols + 1], (Kind::Float, Device::Cpu));
+    let x = padded.narrow(0, 1, rows * cols).view([rows, cols]);
+    tch::no_grad(|| x.shallow_clone().copy_(&c.x));
+    assert!(x.is_contiguous());
+    c.x = x;
+    let (gs, gy) = upstream(rows, cols, Kind::BFloat16, Device::Cpu);
+    let what = "emulated, x at an offset of 4 bytes";
+    assert_eq!(
+        check_emulated(&c, Kind::BFloat16, Some(&gs), &gy, true, what),
+        0
+    );
+    let aligned = case(rows, cols, Some(Kind::BFloat16), true, Device::Cpu);
+    assert_eq!(
+        check_emulated(&aligned, Kind::BFloat16, Some(&gs), &gy, true, "aligned"),
+        2
+    );
 }
 
 #[test]
@@ -238,7 +301,11 @@ fn on_a_gpu_the_kernels_equal_the_add_layer_norm_and_cast() {
         eprintln!("skipped: no GPU here (the kernels' source ran in the emulator test instead)");
         return;
     }
-    compare_on(Device::Cuda(0), 37, 100);
+    // Rows in registers (100, GPT-2 XL's 1600), and re-read (a width not a multiple of 4, one
+    // above the registers' 2048).
+    for cols in [100, 1600, 102, 2100] {
+        compare_on(Device::Cuda(0), 37, cols);
+    }
     // GPT-2 small's width and a micro-batch's rows.
     compare_on(Device::Cuda(0), 4096, 768);
 }

@@ -75,3 +75,34 @@ struct LawaVector<float> {
   }
 };
 
+
+// The `i`-th group of 4 consecutive values (16 bytes of fp32, 8 of bf16): how the kernels that
+// hold a whole row in registers read and write it.
+__device__ __forceinline__ void lawa_load4(const float* p, long long i, float* v) {
+  float4 f = reinterpret_cast<const float4*>(p)[i];
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
+}
+__device__ __forceinline__ void lawa_load4(const lawa_bf16* p, long long i, float* v) {
+  uint2 u = reinterpret_cast<const uint2*>(p)[i];
+  v[0] = __uint_as_float(u.x << 16);  // the lower address holds the lower bits
+  v[1] = __uint_as_float(u.x & 0xffff0000u);
+  v[2] = __uint_as_float(u.y << 16);
+  v[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+__device__ __forceinline__ void lawa_store4(float* p, long long i, const float* v) {
+  float4 f;
+  f.x = v[0];
+  f.y = v[1];
+  f.z = v[2];
+  f.w = v[3];
+  reinterpret_cast<float4*>(p)[i] = f;
+}
+__device__ __forceinline__ void lawa_store4(lawa_bf16* p, long long i, const float* v) {
+  uint2 u;
+  u.x = lawa_bf16_bits(v[0]) | (lawa_bf16_bits(v[1]) << 16);
+  u.y = lawa_bf16_bits(v[2]) | (lawa_bf16_bits(v[3]) << 16);
+  reinterpret_cast<uint2*>(p)[i] = u;
+}

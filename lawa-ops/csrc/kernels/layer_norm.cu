@@ -4,10 +4,13 @@
 // layer_norm.cpp; without a delta it is the LayerNorm and the cast alone.
 //
 // One warp per row (rows of up to a few thousand values: GPT-2's 768 to 1600), mean and
-// variance in fp32 in two passes (the second over the sum it just wrote). The backward pass is
-// two kernels: the input gradient, again a warp per row, plus the residual's own gradient; and
-// the weight and bias gradients, as per-chunk column sums that libtorch adds up. The arithmetic
-// is torch's layer_norm and native_layer_norm_backward, up to summation order.
+// variance in fp32 in two passes. Rows of up to 2048 values, a multiple of 4, go to kernels
+// that hold the row in registers (lawa_ln_*_v<groups>_*: each value read once, 16 bytes at a
+// time); the others to kernels that re-read the row from memory (the second pass over the sum
+// they just wrote). The backward pass is two kernels: the input gradient, again a warp per row
+// (in registers or not, as the forward pass), plus the residual's own gradient; and the weight
+// and bias gradients, as per-chunk column sums that libtorch adds up. The arithmetic is torch's
+// layer_norm and native_layer_norm_backward, up to summation order.
 //
 // Needs common.cuh, which the launcher prepends.
 
@@ -95,6 +98,116 @@ __device__ void lawa_ln_backward_input(const float* __restrict__ s, const O* __r
   }
 }
 
+// The same two per-row kernels with the row held in registers: lane `lane` holds the groups of 4
+// values `j * 32 + lane` (j < V) of its row, read and written 16 (fp32) or 8 (bf16) bytes at
+// a time, all loads of a row before any store, no value read twice from memory. For rows of at
+// most 128 V values, a multiple of 4, and tensors aligned to 16 bytes (the launcher checks,
+// and takes the kernels above otherwise). Same arithmetic per value as the kernels above;
+// the sums' order differs.
+template <typename D, typename O, int V>
+__device__ void lawa_ln_forward_rows(const float* __restrict__ x, const D* __restrict__ delta,
+                                     const float* __restrict__ weight, const float* __restrict__ bias,
+                                     float* __restrict__ sum, O* __restrict__ y, float* __restrict__ mean_out,
+                                     float* __restrict__ rstd_out, long long rows, long long cols, float eps) {
+  long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;  // the whole warp
+  int lane = threadIdx.x & 31;
+  long long groups = cols >> 2, at = row * cols;
+  float v[V][4];
+  float total = 0.f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    long long i = j * 32 + lane;
+    if (i < groups) {
+      lawa_load4(x + at, i, v[j]);
+      if (delta) {
+        float d[4];
+        lawa_load4(delta + at, i, d);
+        for (int k = 0; k < 4; ++k) v[j][k] += d[k];
+      }
+      for (int k = 0; k < 4; ++k) total += v[j][k];
+    }
+  }
+  float mean = lawa_warp_sum(total) / (float)cols;
+  float squares = 0.f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    if (j * 32 + lane < groups) {
+      for (int k = 0; k < 4; ++k) {
+        float d = v[j][k] - mean;
+        squares += d * d;
+      }
+    }
+  }
+  float rstd = rsqrtf(lawa_warp_sum(squares) / (float)cols + eps);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    long long i = j * 32 + lane;
+    if (i < groups) {
+      if (delta) lawa_store4(sum + at, i, v[j]);
+      float w[4], b[4] = {0.f, 0.f, 0.f, 0.f}, out[4];
+      lawa_load4(weight, i, w);
+      if (bias) lawa_load4(bias, i, b);
+      for (int k = 0; k < 4; ++k) {
+        out[k] = (v[j][k] - mean) * rstd * w[k];
+        if (bias) out[k] += b[k];
+      }
+      lawa_store4(y + at, i, out);
+    }
+  }
+  if (lane == 0) {
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+template <typename D, typename O, int V>
+__device__ void lawa_ln_backward_input_rows(const float* __restrict__ s, const O* __restrict__ grad_y,
+                                            const float* __restrict__ grad_sum, const float* __restrict__ weight,
+                                            const float* __restrict__ mean, const float* __restrict__ rstd,
+                                            float* __restrict__ grad_x, D* __restrict__ grad_delta, long long rows,
+                                            long long cols) {
+  long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  int lane = threadIdx.x & 31;
+  long long groups = cols >> 2, at = row * cols;
+  float m = mean[row], r = rstd[row];
+  float xhat[V][4], dyw[V][4];
+  float a = 0.f, b = 0.f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    long long i = j * 32 + lane;
+    if (i < groups) {
+      float w[4];
+      lawa_load4(s + at, i, xhat[j]);
+      lawa_load4(grad_y + at, i, dyw[j]);
+      lawa_load4(weight, i, w);
+      for (int k = 0; k < 4; ++k) {
+        dyw[j][k] *= w[k];
+        a += dyw[j][k];
+        b += dyw[j][k] * (xhat[j][k] - m) * r;
+        xhat[j][k] = (xhat[j][k] - m) * r;
+      }
+    }
+  }
+  float mean_a = lawa_warp_sum(a) / (float)cols;
+  float mean_b = lawa_warp_sum(b) / (float)cols;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    long long i = j * 32 + lane;
+    if (i < groups) {
+      float g[4], gs[4] = {0.f, 0.f, 0.f, 0.f};
+      if (grad_sum) lawa_load4(grad_sum + at, i, gs);
+      for (int k = 0; k < 4; ++k) {
+        g[k] = r * (dyw[j][k] - mean_a - xhat[j][k] * mean_b);
+        if (grad_sum) g[k] += gs[k];
+      }
+      if (grad_x) lawa_store4(grad_x + at, i, g);
+      if (grad_delta) lawa_store4(grad_delta + at, i, g);
+    }
+  }
+}
+
 // Per-chunk column sums for the weight and bias gradients: block b covers 32 columns (tile
 // b % tiles) of the rows of chunk b / tiles, 8 rows at a time (blockDim.x = 256);
 // partial_weight[chunk, c] = sum of dy xhat, partial_bias[chunk, c] = sum of dy.
@@ -148,6 +261,32 @@ LAWA_LN_KERNELS(lawa_bf16, bf16, lawa_bf16, bf16)
 LAWA_LN_KERNELS(lawa_bf16, bf16, float, f32)
 LAWA_LN_KERNELS(float, f32, lawa_bf16, bf16)
 LAWA_LN_KERNELS(float, f32, float, f32)
+
+// The register-resident kernels for V groups of 4 values a lane: lawa_ln_{forward,backward_input}_v<V>_<delta>_<out>.
+#define LAWA_LN_ROW_KERNELS(D, DN, O, ON, V)                                                                  \
+  extern "C" __global__ void lawa_ln_forward_v##V##_##DN##_##ON(                                              \
+      const float* x, const D* delta, const float* weight, const float* bias, float* sum, O* y, float* mean, \
+      float* rstd, long long rows, long long cols, float eps) {                                               \
+    lawa_ln_forward_rows<D, O, V>(x, delta, weight, bias, sum, y, mean, rstd, rows, cols, eps);               \
+  }                                                                                                           \
+  extern "C" __global__ void lawa_ln_backward_input_v##V##_##DN##_##ON(                                       \
+      const float* s, const O* grad_y, const float* grad_sum, const float* weight, const float* mean,         \
+      const float* rstd, float* grad_x, D* grad_delta, long long rows, long long cols) {                      \
+    lawa_ln_backward_input_rows<D, O, V>(s, grad_y, grad_sum, weight, mean, rstd, grad_x, grad_delta, rows,   \
+                                         cols);                                                               \
+  }
+
+// Rows of up to 256, 512, 1024 and 2048 values (the launcher picks the smallest that fits).
+#define LAWA_LN_ROW_KERNEL_SIZES(D, DN, O, ON) \
+  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 2)         \
+  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 4)         \
+  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 8)         \
+  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 16)
+
+LAWA_LN_ROW_KERNEL_SIZES(lawa_bf16, bf16, lawa_bf16, bf16)
+LAWA_LN_ROW_KERNEL_SIZES(lawa_bf16, bf16, float, f32)
+LAWA_LN_ROW_KERNEL_SIZES(float, f32, lawa_bf16, bf16)
+LAWA_LN_ROW_KERNEL_SIZES(float, f32, float, f32)
 
 extern "C" __global__ void lawa_ln_backward_params_bf16(const float* s, const lawa_bf16* grad_y, const float* mean,
                                                         const float* rstd, float* partial_weight,
