@@ -43,9 +43,10 @@ impl RunningAverage {
     /// of the weights (tests).
     #[cfg(test)]
     fn deferring() -> Self {
-        let mut average = Self::default();
-        average.defer_host_weights = true;
-        average
+        RunningAverage {
+            defer_host_weights: true,
+            ..Self::default()
+        }
     }
 
     pub(crate) fn updates(&self) -> u64 {
