@@ -123,6 +123,7 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 #define blockDim lawa_emu::block_dim
 #define gridDim lawa_emu::grid_dim
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static

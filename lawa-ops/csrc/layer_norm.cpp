@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -39,12 +40,12 @@ void check_layer_norm_inputs(const at::Tensor& x, const at::Tensor& delta, const
 
 std::string kernel_dtype(at::ScalarType dtype) { return dtype == at::kBFloat16 ? "bf16" : "f32"; }
 
-int layer_norm_row_groups(long long cols, std::initializer_list<const void*> tensors) {
+int layer_norm_row_groups(long long cols, int most, std::initializer_list<const void*> tensors) {
   if (cols <= 0 || cols % 4 != 0) return 0;
   for (const void* t : tensors)
     if (reinterpret_cast<std::uintptr_t>(t) % 16 != 0) return 0;
   for (int groups : {2, 4, 8, 16})
-    if (cols <= 128LL * groups) return groups;
+    if (groups <= most && cols <= 128LL * groups) return groups;
   return 0;
 }
 
@@ -84,7 +85,7 @@ Tensors cuda_forward(const at::Tensor& x, const at::Tensor& delta, const at::Ten
   const void *px = pointer(x), *pd = pointer(delta), *pw = pointer(weight), *pb = pointer(bias);
   const void *ps = pointer(sum), *py = pointer(y), *pm = pointer(mean), *pr = pointer(rstd);
   float e = static_cast<float>(eps);
-  int groups = lawa::layer_norm_row_groups(cols, {px, pd, pw, pb, ps, py});
+  int groups = lawa::layer_norm_row_groups(cols, lawa::kLayerNormForwardGroups, {px, pd, pw, pb, ps, py});
   auto name = lawa::layer_norm_kernel("lawa_ln_forward", groups, delta.defined() ? delta.scalar_type() : at::kFloat,
                                       out);
   kernels().launch(x.get_device(), name.c_str(), row_blocks(rows), 32 * lawa::kLayerNormWarps,
@@ -101,7 +102,7 @@ Tensors cuda_backward(const at::Tensor& s, const at::Tensor& grad_y, const at::T
   at::Tensor gd = delta ? at::empty_like(s, s.options().dtype(*delta)) : at::Tensor();
   const void *ps = pointer(s), *pgy = pointer(grad_y), *pgs = pointer(grad_sum), *pw = pointer(weight);
   const void *pm = pointer(mean), *pr = pointer(rstd), *pgx = pointer(gx), *pgd = pointer(gd);
-  int groups = lawa::layer_norm_row_groups(cols, {ps, pgy, pgs, pw, pgx, pgd});
+  int groups = lawa::layer_norm_row_groups(cols, lawa::kLayerNormBackwardGroups, {ps, pgy, pgs, pw, pgx, pgd});
   auto name = lawa::layer_norm_kernel("lawa_ln_backward_input", groups, delta ? *delta : at::kFloat,
                                       grad_y.scalar_type());
   kernels().launch(s.get_device(), name.c_str(), row_blocks(rows), 32 * lawa::kLayerNormWarps,
@@ -210,11 +211,12 @@ int lawa_add_layer_norm(const at::Tensor* x, const at::Tensor* delta, const at::
 int lawa_layer_norm_compile(const char* arch, const char* library, size_t* bytes, char** error) {
   return lawa_guarded(error, [&] {
     std::vector<std::string> names;
-    for (const char* base : {"lawa_ln_forward", "lawa_ln_backward_input"})
+    for (auto [base, most] : {std::pair{"lawa_ln_forward", lawa::kLayerNormForwardGroups},
+                              std::pair{"lawa_ln_backward_input", lawa::kLayerNormBackwardGroups}})
       for (int groups : {0, 2, 4, 8, 16})
         for (auto delta : {at::kBFloat16, at::kFloat})
           for (auto out : {at::kBFloat16, at::kFloat})
-            names.push_back(lawa::layer_norm_kernel(base, groups, delta, out));
+            if (groups <= most) names.push_back(lawa::layer_norm_kernel(base, groups, delta, out));
     for (auto out : {at::kBFloat16, at::kFloat}) names.push_back("lawa_ln_backward_params_" + lawa::kernel_dtype(out));
     *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, names).size();
   });

@@ -25,9 +25,12 @@ std::string kernel_dtype(at::ScalarType dtype);
 
 // Groups of 4 values a lane (2, 4, 8 or 16) of the per-row kernels that hold a row in registers,
 // for rows of `cols` values: the fewest that hold a row. 0 when the per-row kernels that re-read
-// it must run instead: `cols` not a multiple of 4 or above 2048, or a tensor not aligned to 16
-// bytes (a null pointer is a tensor left out).
-int layer_norm_row_groups(long long cols, std::initializer_list<const void*> tensors);
+// it must run instead: `cols` not a multiple of 4 or above 128 * `most` (the forward kernels are
+// built for up to kLayerNormForwardGroups, the backward ones kLayerNormBackwardGroups), or a
+// tensor not aligned to 16 bytes (a null pointer is a tensor left out).
+constexpr int kLayerNormForwardGroups = 16;
+constexpr int kLayerNormBackwardGroups = 8;
+int layer_norm_row_groups(long long cols, int most, std::initializer_list<const void*> tensors);
 
 // The name of a per-row kernel ("lawa_ln_forward", "lawa_ln_backward_input") for `groups` (0:
 // the kernels that re-read the row), a delta of dtype `delta` and an output of dtype `out`.

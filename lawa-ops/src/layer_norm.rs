@@ -137,8 +137,8 @@ pub fn add_layer_norm(
 /// and the tensors allow); without, those that re-read the row run whatever the shape.
 ///
 /// Returns `[sum, y, mean, rstd, grad_x, grad_delta, grad_weight, grad_bias]`, `sum` and
-/// `grad_delta` `None` without a delta, and the groups of 4 values a lane of the forward kernel
-/// that ran (0: the one that re-reads the row). For tests; slow.
+/// `grad_delta` `None` without a delta, and the groups of 4 values a lane of the forward and the
+/// input gradient kernels that ran (0: those that re-read the row). For tests; slow.
 #[allow(clippy::too_many_arguments)]
 pub fn emulate_layer_norm_kernels(
     x: &Tensor,
@@ -150,10 +150,10 @@ pub fn emulate_layer_norm_kernels(
     grad_sum: Option<&Tensor>,
     grad_y: &Tensor,
     in_registers: bool,
-) -> Result<([Option<Tensor>; 8], u32), OpsError> {
+) -> Result<([Option<Tensor>; 8], [u32; 2]), OpsError> {
     let code = out_code(out)?;
     let mut handles: [Handle; 8] = [std::ptr::null_mut(); 8];
-    let mut groups: c_int = 0;
+    let mut groups: [c_int; 2] = [0; 2];
     call("emulated add_layer_norm kernels", |error| {
         // SAFETY: the tensors are live and borrowed for the call; `handles` receives new ones.
         unsafe {
@@ -168,7 +168,7 @@ pub fn emulate_layer_norm_kernels(
                 grad_y.as_ptr() as Handle,
                 c_int::from(in_registers),
                 handles.as_mut_ptr(),
-                &mut groups,
+                groups.as_mut_ptr(),
                 error,
             )
         }
@@ -176,5 +176,5 @@ pub fn emulate_layer_norm_kernels(
     // SAFETY: each non-null handle was allocated by the shim with `new at::Tensor` and is handed
     // over once.
     let outputs = handles.map(|h| (!h.is_null()).then(|| unsafe { Tensor::from_ptr(h) }));
-    Ok((outputs, groups as u32))
+    Ok((outputs, groups.map(|g| g as u32)))
 }

@@ -173,26 +173,34 @@ fn on_the_cpu_it_equals_the_add_layer_norm_and_cast() {
 }
 
 /// Shapes the emulator runs: (rows, cols, whether the kernels holding a row in registers may
-/// run, the groups of 4 values a lane of the forward kernel expected to run).
-const EMULATED: [(i64, i64, bool, u32); 5] = [
+/// run, the groups of 4 values a lane of the forward and the input gradient kernels expected to
+/// run).
+const EMULATED: [(i64, i64, bool, [u32; 2]); 8] = [
     // The kernels that re-read the row: rows not a multiple of a block's 8 and more than one
     // chunk of 64 rows for the weight and bias sums, columns not a multiple of a warp's 32
     // nor of a tile's.
-    (150, 100, false, 0),
+    (150, 100, false, [0, 0]),
     // The same width in registers (25 groups of 4 values over a warp's 64 slots), on fewer rows
     // (still a partial block): the weight and bias sums are the same kernel.
-    (20, 100, true, 2),
+    (20, 100, true, [2, 2]),
     // Not a multiple of 4 values: the kernels that re-read the row, whatever was asked.
-    (20, 102, true, 0),
+    (20, 102, true, [0, 0]),
+    // Every width of the kernels in registers, full and partial: 128 groups over 128 slots.
+    (20, 512, true, [4, 4]),
     // 250 groups over 256 slots.
-    (20, 1000, true, 8),
-    // GPT-2 XL's width: 400 groups over 512 slots.
-    (9, 1600, true, 16),
+    (20, 1000, true, [8, 8]),
+    // GPT-2 XL's width: 400 groups over 512 slots; the backward kernel in registers stops at
+    // 1,024 columns.
+    (9, 1600, true, [16, 0]),
+    // The widest row in registers, and the first one past it.
+    (4, 2048, true, [16, 0]),
+    (4, 2052, true, [0, 0]),
 ];
 
 /// The emulation's `[sum, y, grad_x, grad_delta, grad_weight, grad_bias]` for case `c` and
 /// the upstream gradients, checked against the reference (with the statistics the forward
-/// pass saved); returns the groups of 4 values a lane of the forward kernel that ran.
+/// pass saved); returns the groups of 4 values a lane of the forward and the input gradient
+/// kernels that ran.
 fn check_emulated(
     c: &Case,
     out: Kind,
@@ -200,7 +208,7 @@ fn check_emulated(
     gy: &Tensor,
     in_registers: bool,
     what: &str,
-) -> u32 {
+) -> [u32; 2] {
     let (got, groups) = emulate_layer_norm_kernels(
         &c.x,
         c.delta.as_ref(),
@@ -271,27 +279,36 @@ fn the_kernels_source_run_on_the_cpu_equals_the_add_layer_norm_and_cast() {
     }
 }
 
-/// A tensor that does not start on a 16-byte boundary (a view at an odd offset) sends the rows
-/// to the kernels that re-read them, with the same results.
+/// `t`'s values in a tensor that starts 4 bytes past a 16-byte boundary (a view at an offset).
+fn misaligned(t: &Tensor) -> Tensor {
+    let n = t.numel() as i64;
+    let padded = Tensor::zeros([2 * n + 8], (t.kind(), Device::Cpu));
+    let offset = 4 / t.kind().elt_size_in_bytes() as i64;
+    let view = padded.narrow(0, offset, n).view(t.size().as_slice());
+    tch::no_grad(|| view.shallow_clone().copy_(t));
+    assert!(view.is_contiguous() && view.data_ptr() as usize % 16 == 4);
+    view
+}
+
+/// A tensor that does not start on a 16-byte boundary sends the kernel that reads it to the
+/// kernels that re-read the row, with the same results: x for the forward kernel (the backward
+/// one reads the aligned sum), the output's gradient for the backward one.
 #[test]
 fn a_misaligned_tensor_takes_the_kernels_that_re_read_the_row() {
     let (rows, cols) = (12, 64);
-    let mut c = case(rows, cols, Some(Kind::BFloat16), true, Device::Cpu);
-    let padded = Tensor::zeros([rows * cols + 1], (Kind::Float, Device::Cpu));
-    let x = padded.narrow(0, 1, rows * cols).view([rows, cols]);
-    tch::no_grad(|| x.shallow_clone().copy_(&c.x));
-    assert!(x.is_contiguous());
-    c.x = x;
-    let (gs, gy) = upstream(rows, cols, Kind::BFloat16, Device::Cpu);
-    let what = "emulated, x at an offset of 4 bytes";
-    assert_eq!(
-        check_emulated(&c, Kind::BFloat16, Some(&gs), &gy, true, what),
-        0
-    );
+    let out = Kind::BFloat16;
+    let (gs, gy) = upstream(rows, cols, out, Device::Cpu);
     let aligned = case(rows, cols, Some(Kind::BFloat16), true, Device::Cpu);
+    let groups =
+        |c: &Case, gy: &Tensor, what: &str| check_emulated(c, out, Some(&gs), gy, true, what);
+    assert_eq!(groups(&aligned, &gy, "aligned"), [2, 2]);
+    let mut shifted = case(rows, cols, Some(Kind::BFloat16), true, Device::Cpu);
+    shifted.x = misaligned(&shifted.x);
+    assert_eq!(groups(&shifted, &gy, "x at an offset of 4 bytes"), [0, 2]);
+    let gy = misaligned(&gy);
     assert_eq!(
-        check_emulated(&aligned, Kind::BFloat16, Some(&gs), &gy, true, "aligned"),
-        2
+        groups(&aligned, &gy, "grad_y at an offset of 4 bytes"),
+        [2, 0]
     );
 }
 

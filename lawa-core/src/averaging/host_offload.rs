@@ -62,6 +62,9 @@ impl HostOffload {
             };
             match thread.join() {
                 Ok(Ok(())) => {}
+                Ok(Err(AveragingError::UpdateFailed { reason, .. })) => {
+                    *background = Background::Failed(reason)
+                }
                 Ok(Err(e)) => *background = Background::Failed(e.to_string()),
                 Err(_) => *background = Background::Failed("the update's thread panicked".into()),
             }
@@ -138,18 +141,26 @@ impl HostOffload {
             .map_err(|e| format!("cannot start a thread: {e}"))
     }
 
+    /// Number of staging buffers held (tests).
+    #[cfg(test)]
+    pub(crate) fn staging_len(&self) -> usize {
+        self.staging.len()
+    }
+
     /// Whether host-side work is running (tests).
     #[cfg(test)]
     pub(crate) fn is_running(&self) -> bool {
         matches!(*self.background.lock().unwrap(), Background::Running(_))
     }
 
-    /// Runs `work` as if it were the host-side part of a copy (tests of failures).
+    /// Runs `work` as if it were the host-side part of a copy, once the last one has ended
+    /// (tests of failures).
     #[cfg(test)]
     pub(crate) fn run_as_background(
         &mut self,
         work: impl FnOnce() -> Result<(), AveragingError> + Send + 'static,
     ) {
+        let _ = self.settle("");
         *self.state() = Background::Running(std::thread::spawn(work));
     }
 }

@@ -313,3 +313,42 @@ impl AveragerSet {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+    use crate::averaging::Lawa;
+
+    /// Saving waits for a snapshot still being copied into host memory, and what it saved
+    /// resumes to the same average.
+    #[test]
+    fn save_waits_for_a_host_snapshot_in_flight_and_resumes_exactly() {
+        let lawa = || Lawa::new(2, 1).unwrap().storage(Storage::Cpu);
+        let mut set = AveragerSet {
+            store: SnapshotStore::deferring(),
+            ..AveragerSet::default()
+        };
+        set.push(lawa()).unwrap();
+        let w = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let weights = Weights::from_named([("w".to_string(), w.shallow_clone())]);
+        for step in 1..=3u64 {
+            let _ = w.shallow_clone().fill_(step as f64);
+            set.observe(step, &weights).unwrap();
+        }
+        assert!(set.store.is_copying());
+        let dir = tempfile::tempdir().unwrap();
+        set.save(dir.path()).unwrap();
+        assert!(!set.store.is_copying(), "save waited for the copy");
+        let mut back = AveragerSet::new();
+        back.push(lawa()).unwrap();
+        back.load(dir.path(), &weights).unwrap();
+        let out = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let target = Weights::from_named([("w".to_string(), out.shallow_clone())]);
+        for s in [&set, &back] {
+            s.iter().next().unwrap().write_average(&target).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&out).unwrap(), [2.5; 3]);
+        }
+    }
+}

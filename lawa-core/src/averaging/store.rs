@@ -93,6 +93,12 @@ impl SnapshotStore {
         Ok(snapshot)
     }
 
+    /// Whether a snapshot is being copied into host memory (tests).
+    #[cfg(test)]
+    pub(crate) fn is_copying(&self) -> bool {
+        self.offload.is_running()
+    }
+
     /// Waits for the snapshot still being copied into host memory, if any; an error if that
     /// copy failed (then and on every later call: a snapshot is missing).
     pub(crate) fn settle(&self, label: &str) -> Result<(), AveragingError> {
@@ -122,6 +128,8 @@ impl SnapshotStore {
     ) -> Result<(), AveragingError> {
         other.settle(label)?;
         self.snapshots.append(&mut other.snapshots);
+        // Its pinned buffer too: `other` takes no more snapshots.
+        other.offload = HostOffload::default();
         Ok(())
     }
 
@@ -151,7 +159,9 @@ impl SnapshotStore {
         target: &Weights,
         label: &str,
     ) -> Result<(), AveragingError> {
-        self.settle(label)?;
+        if keys.iter().any(|&(_, storage)| storage == Storage::Cpu) {
+            self.settle(label)?;
+        }
         let snapshots = keys
             .iter()
             .map(|&key| {
@@ -255,6 +265,22 @@ mod tests {
         let kinds: Vec<Kind> = snapshot.iter().map(Tensor::kind).collect();
         assert_eq!(kinds, [Kind::Float, Kind::Float, Kind::Int64]);
         for ((_, t), s) in w.iter().zip(snapshot) {
+            assert!(t.to_kind(s.kind()).equal(s));
+        }
+    }
+
+    /// Absorbing a store waits for its copy in flight and frees its pinned buffer.
+    #[test]
+    fn absorb_waits_for_the_copy_and_frees_the_buffer() {
+        let mut lone = SnapshotStore::deferring();
+        lone.take(1, Storage::Cpu, &weights_at(1), "lawa").unwrap();
+        assert!(lone.is_copying());
+        let mut set = SnapshotStore::default();
+        set.absorb(&mut lone, "lawa").unwrap();
+        assert!(!lone.is_copying() && lone.offload.staging_len() == 0);
+        let (_, snapshot) = set.iter().next().unwrap();
+        let want = weights_at(1);
+        for ((_, t), s) in want.iter().zip(snapshot) {
             assert!(t.to_kind(s.kind()).equal(s));
         }
     }

@@ -223,8 +223,9 @@ pub fn run(b: &Bench) -> Result<Value> {
             write_s,
         ));
     }
+    // A few snapshots a round, and at least one in `host_equals_device`'s steps.
     let per_round = (b.warmup + b.steps) as u64;
-    let lawa_nu = (per_round / 3).max(1);
+    let lawa_nu = (per_round / 3).clamp(1, b.steps.max(3) as u64);
     let ema = InTraining {
         what: "EMA every step".into(),
         make: &|storage| set_of(Ema::new(0.99)?.storage(storage)),

@@ -93,7 +93,7 @@ impl AveragerSpec {
     /// update waits for it). On an H200 one EMA update of GPT-2 small took 378 to 418 ms, seven
     /// to eight training steps, when it copied through pageable memory and averaged while
     /// training waited; the pinned, overlapped update since has not been timed on a GPU. Rare
-    /// updates (every [`HOST_UPDATE_EVERY`] steps or more; LAWA's `nu`) are not warned about.
+    /// updates (every 10 steps or more; LAWA's `nu`) are not warned about.
     pub fn host_copy_warning(&self, default_storage: Storage) -> Option<String> {
         let (every, storage, what) = match *self {
             AveragerSpec::Ema { every, storage, .. } | AveragerSpec::Swa { every, storage, .. } => {
@@ -176,11 +176,12 @@ impl AveragerSpec {
         })
     }
 
-    /// At most how many copies of the weights this averager holds (LAWA: its window; EMA, SWA:
-    /// one), and the storage it asks for.
+    /// At most how many copies of the weights this averager holds (LAWA: its window, and one
+    /// more for the moment a new snapshot is taken before the oldest is dropped; EMA, SWA: one),
+    /// and the storage it asks for.
     pub fn copies_held(&self) -> (u128, Option<Storage>) {
         match *self {
-            AveragerSpec::Lawa { k, storage, .. } => (k as u128, storage),
+            AveragerSpec::Lawa { k, storage, .. } => (k as u128 + 1, storage),
             AveragerSpec::Ema { storage, .. } | AveragerSpec::Swa { storage, .. } => (1, storage),
         }
     }

@@ -100,9 +100,10 @@ mod tests {
             let w = WeightCopies::of(&c, on_cpu, leads);
             (w.on_device, w.on_host)
         };
-        // A lone run on a GPU: 5 + LAWA's 4 on the device, EMA's average and its pinned
-        // staging buffer (up to twice the weights) on the host.
-        assert_eq!(copies(false, None), (9, 3));
+        // A lone run on a GPU: 5 + LAWA's 4 (and the new snapshot before the oldest goes) on
+        // the device, EMA's average and its pinned staging buffer (up to twice the weights) on
+        // the host.
+        assert_eq!(copies(false, None), (10, 3));
         // Two LAWAs in host memory share one staging buffer for their snapshots.
         let mut host = config();
         host.averager_storage = Storage::Cpu;
@@ -111,13 +112,16 @@ mod tests {
             *k = 3;
         }
         let w = WeightCopies::of(&host, false, None);
-        assert_eq!((w.on_device, w.on_host), (5, 4 + (1 + 2) + 3 + 2));
+        assert_eq!(
+            (w.on_device, w.on_host),
+            (5, (4 + 1) + (1 + 2) + (3 + 1) + 2)
+        );
         let w = WeightCopies::of(&host, true, None);
-        assert_eq!((w.on_device, w.on_host), (5 + 4 + 1 + 3, 0));
+        assert_eq!((w.on_device, w.on_host), (5 + (4 + 1) + 1 + (3 + 1), 0));
         // On the CPU everything is host memory.
-        assert_eq!(copies(true, None), (10, 0));
+        assert_eq!(copies(true, None), (11, 0));
         // Rank 0 of a data-parallel run adds the buckets; another rank holds no averager.
-        assert_eq!(copies(false, Some(true)), (10, 3));
+        assert_eq!(copies(false, Some(true)), (11, 3));
         assert_eq!(copies(false, Some(false)), (6, 0));
         assert_eq!(copies(true, Some(false)), (6, 0));
     }

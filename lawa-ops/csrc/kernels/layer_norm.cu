@@ -5,10 +5,10 @@
 //
 // One warp per row (rows of up to a few thousand values: GPT-2's 768 to 1600), mean and
 // variance in fp32 in two passes. Rows of up to 2048 values, a multiple of 4, go to kernels
-// that hold the row in registers (lawa_ln_*_v<groups>_*: each value read once, 16 bytes at a
+// that hold the row in registers (lawa_ln_*_v<groups>_*: each value read once, 4 values at a
 // time); the others to kernels that re-read the row from memory (the second pass over the sum
 // they just wrote). The backward pass is two kernels: the input gradient, again a warp per row
-// (in registers or not, as the forward pass), plus the residual's own gradient; and the weight
+// (in registers up to 1,024 values), plus the residual's own gradient; and the weight
 // and bias gradients, as per-chunk column sums that libtorch adds up. The arithmetic is torch's
 // layer_norm and native_layer_norm_backward, up to summation order.
 //
@@ -103,7 +103,9 @@ __device__ void lawa_ln_backward_input(const float* __restrict__ s, const O* __r
 // a time, all loads of a row before any store, no value read twice from memory. For rows of at
 // most 128 V values, a multiple of 4, and tensors aligned to 16 bytes (the launcher checks,
 // and takes the kernels above otherwise). Same arithmetic per value as the kernels above;
-// the sums' order differs.
+// the sums' order differs. The backward kernel holds two values per value of the row (xhat
+// and dy w), so it is built for up to V = 8 (1,024 columns: 128 registers a lane for them);
+// wider rows take the re-reading backward kernel.
 template <typename D, typename O, int V>
 __device__ void lawa_ln_forward_rows(const float* __restrict__ x, const D* __restrict__ delta,
                                      const float* __restrict__ weight, const float* __restrict__ bias,
@@ -123,8 +125,10 @@ __device__ void lawa_ln_forward_rows(const float* __restrict__ x, const D* __res
       if (delta) {
         float d[4];
         lawa_load4(delta + at, i, d);
+        #pragma unroll
         for (int k = 0; k < 4; ++k) v[j][k] += d[k];
       }
+      #pragma unroll
       for (int k = 0; k < 4; ++k) total += v[j][k];
     }
   }
@@ -133,6 +137,7 @@ __device__ void lawa_ln_forward_rows(const float* __restrict__ x, const D* __res
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     if (j * 32 + lane < groups) {
+      #pragma unroll
       for (int k = 0; k < 4; ++k) {
         float d = v[j][k] - mean;
         squares += d * d;
@@ -148,6 +153,7 @@ __device__ void lawa_ln_forward_rows(const float* __restrict__ x, const D* __res
       float w[4], b[4] = {0.f, 0.f, 0.f, 0.f}, out[4];
       lawa_load4(weight, i, w);
       if (bias) lawa_load4(bias, i, b);
+      #pragma unroll
       for (int k = 0; k < 4; ++k) {
         out[k] = (v[j][k] - mean) * rstd * w[k];
         if (bias) out[k] += b[k];
@@ -182,6 +188,7 @@ __device__ void lawa_ln_backward_input_rows(const float* __restrict__ s, const O
       lawa_load4(s + at, i, xhat[j]);
       lawa_load4(grad_y + at, i, dyw[j]);
       lawa_load4(weight, i, w);
+      #pragma unroll
       for (int k = 0; k < 4; ++k) {
         dyw[j][k] *= w[k];
         a += dyw[j][k];
@@ -198,6 +205,7 @@ __device__ void lawa_ln_backward_input_rows(const float* __restrict__ s, const O
     if (i < groups) {
       float g[4], gs[4] = {0.f, 0.f, 0.f, 0.f};
       if (grad_sum) lawa_load4(grad_sum + at, i, gs);
+      #pragma unroll
       for (int k = 0; k < 4; ++k) {
         g[k] = r * (dyw[j][k] - mean_a - xhat[j][k] * mean_b);
         if (grad_sum) g[k] += gs[k];
@@ -262,26 +270,33 @@ LAWA_LN_KERNELS(lawa_bf16, bf16, float, f32)
 LAWA_LN_KERNELS(float, f32, lawa_bf16, bf16)
 LAWA_LN_KERNELS(float, f32, float, f32)
 
-// The register-resident kernels for V groups of 4 values a lane: lawa_ln_{forward,backward_input}_v<V>_<delta>_<out>.
-#define LAWA_LN_ROW_KERNELS(D, DN, O, ON, V)                                                                  \
-  extern "C" __global__ void lawa_ln_forward_v##V##_##DN##_##ON(                                              \
+// The register-resident kernels for V groups of 4 values a lane:
+// lawa_ln_forward_v<V>_<delta>_<out> and lawa_ln_backward_input_v<V>_<delta>_<out>, for blocks of
+// 32 * kLayerNormWarps = 256 threads.
+#define LAWA_LN_FORWARD_ROWS(D, DN, O, ON, V)                                                                \
+  extern "C" __global__ void __launch_bounds__(256) lawa_ln_forward_v##V##_##DN##_##ON(                       \
       const float* x, const D* delta, const float* weight, const float* bias, float* sum, O* y, float* mean, \
       float* rstd, long long rows, long long cols, float eps) {                                               \
     lawa_ln_forward_rows<D, O, V>(x, delta, weight, bias, sum, y, mean, rstd, rows, cols, eps);               \
-  }                                                                                                           \
-  extern "C" __global__ void lawa_ln_backward_input_v##V##_##DN##_##ON(                                       \
-      const float* s, const O* grad_y, const float* grad_sum, const float* weight, const float* mean,         \
-      const float* rstd, float* grad_x, D* grad_delta, long long rows, long long cols) {                      \
-    lawa_ln_backward_input_rows<D, O, V>(s, grad_y, grad_sum, weight, mean, rstd, grad_x, grad_delta, rows,   \
-                                         cols);                                                               \
+  }
+#define LAWA_LN_BACKWARD_ROWS(D, DN, O, ON, V)                                                              \
+  extern "C" __global__ void __launch_bounds__(256) lawa_ln_backward_input_v##V##_##DN##_##ON(               \
+      const float* s, const O* grad_y, const float* grad_sum, const float* weight, const float* mean,        \
+      const float* rstd, float* grad_x, D* grad_delta, long long rows, long long cols) {                     \
+    lawa_ln_backward_input_rows<D, O, V>(s, grad_y, grad_sum, weight, mean, rstd, grad_x, grad_delta, rows,  \
+                                         cols);                                                              \
   }
 
-// Rows of up to 256, 512, 1024 and 2048 values (the launcher picks the smallest that fits).
+// Rows of up to 256, 512, 1024 and (forward only) 2048 values; the launcher picks the smallest
+// that fits.
 #define LAWA_LN_ROW_KERNEL_SIZES(D, DN, O, ON) \
-  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 2)         \
-  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 4)         \
-  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 8)         \
-  LAWA_LN_ROW_KERNELS(D, DN, O, ON, 16)
+  LAWA_LN_FORWARD_ROWS(D, DN, O, ON, 2)        \
+  LAWA_LN_FORWARD_ROWS(D, DN, O, ON, 4)        \
+  LAWA_LN_FORWARD_ROWS(D, DN, O, ON, 8)        \
+  LAWA_LN_FORWARD_ROWS(D, DN, O, ON, 16)       \
+  LAWA_LN_BACKWARD_ROWS(D, DN, O, ON, 2)       \
+  LAWA_LN_BACKWARD_ROWS(D, DN, O, ON, 4)       \
+  LAWA_LN_BACKWARD_ROWS(D, DN, O, ON, 8)
 
 LAWA_LN_ROW_KERNEL_SIZES(lawa_bf16, bf16, lawa_bf16, bf16)
 LAWA_LN_ROW_KERNEL_SIZES(lawa_bf16, bf16, float, f32)
