@@ -23,6 +23,9 @@ pub(crate) struct HostOffload {
     staging: Vec<Tensor>,
     /// The host-side part of the last copy.
     background: Mutex<Background>,
+    /// Take weights already in host memory through the background thread too (tests of the
+    /// thread's work on a machine without a GPU).
+    defer_host_weights: bool,
 }
 
 impl Drop for HostOffload {
@@ -49,6 +52,21 @@ enum Background {
 pub(crate) type Finish = Box<dyn FnOnce(&[Tensor]) -> Result<(), AveragingError> + Send>;
 
 impl HostOffload {
+    /// An offload that takes every weight through the background thread, whatever its device
+    /// (tests).
+    #[cfg(test)]
+    pub(crate) fn deferring() -> Self {
+        let mut offload = Self::default();
+        offload.defer_host_weights = true;
+        offload
+    }
+
+    /// Whether a copy of `t` into host memory goes through [`start`](Self::start): when `t` is
+    /// on a GPU (or always, for an offload made by `deferring`).
+    pub(crate) fn defers(&self, t: &Tensor) -> bool {
+        t.device().is_cuda() || self.defer_host_weights
+    }
+
     /// Waits for the last copy's host-side work, if any; an error if it failed (then and on
     /// every later call).
     pub(crate) fn settle(&self, label: &str) -> Result<(), AveragingError> {
@@ -131,7 +149,7 @@ impl HostOffload {
         let staged: Vec<Tensor> = self.staging.iter().map(Tensor::shallow_clone).collect();
         let copies = lawa_ops::copy_async(&staged, sources).map_err(|e| e.to_string())?;
         std::thread::Builder::new()
-            .name("lawa-host-average".into())
+            .name("lawa-host-copy".into())
             .spawn(move || {
                 while !copies.is_done()? {
                     std::thread::sleep(COPY_POLL);

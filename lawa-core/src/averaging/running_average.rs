@@ -23,9 +23,6 @@ pub(crate) struct RunningAverage {
     /// The copies into host memory and the host-side lerp, when the average lives in host
     /// memory and the weights on a GPU.
     offload: HostOffload,
-    /// Update through the background thread even when the weights are in host memory (tests
-    /// of the thread's arithmetic on a machine without a GPU).
-    defer_host_weights: bool,
 }
 
 /// The averaged tensors of one update, split by where their lerp runs.
@@ -44,7 +41,7 @@ impl RunningAverage {
     #[cfg(test)]
     fn deferring() -> Self {
         RunningAverage {
-            defer_host_weights: true,
+            offload: HostOffload::deferring(),
             ..Self::default()
         }
     }
@@ -107,9 +104,7 @@ impl RunningAverage {
                 let theta = theta.detach();
                 if !is_averaged(theta.kind()) {
                     avg.f_copy_(&theta)?;
-                } else if avg.device() == Device::Cpu
-                    && (theta.device().is_cuda() || self.defer_host_weights)
-                {
+                } else if avg.device() == Device::Cpu && self.offload.defers(&theta) {
                     later.push(avg.shallow_clone());
                     sources.push(theta);
                 } else {
@@ -175,7 +170,6 @@ impl RunningAverage {
         layout: &Layout,
     ) -> Result<(), AveragingError> {
         saved.check_label(label)?;
-        // The state is replaced whatever the last update did.
         let updates = saved.counter("updates")?;
         let expected = if updates == 0 { 0 } else { layout.len() };
         if saved.tensors.len() != expected {
@@ -185,6 +179,7 @@ impl RunningAverage {
             )));
         }
         self.layout = (updates > 0).then(|| layout.clone());
+        // The state is replaced whatever the last update did.
         self.offload.reset();
         self.tensors = saved.tensors;
         self.updates = updates;
@@ -261,24 +256,11 @@ mod tests {
     use tch::Kind;
 
     use super::*;
+    use crate::averaging::weights::test_weights_at;
 
     /// Weights of step `step`: two float tensors and an integer one.
     fn weights_at(step: i64) -> Weights {
-        tch::manual_seed(step);
-        Weights::from_named([
-            (
-                "a".to_string(),
-                Tensor::randn([5, 3], (Kind::Float, Device::Cpu)),
-            ),
-            (
-                "b".to_string(),
-                Tensor::randn([7], (Kind::Float, Device::Cpu)),
-            ),
-            (
-                "n".to_string(),
-                Tensor::randint(9, [2], (Kind::Int64, Device::Cpu)),
-            ),
-        ])
+        test_weights_at(step, Kind::Float)
     }
 
     /// The average as written into fresh zero tensors.

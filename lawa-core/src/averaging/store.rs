@@ -23,9 +23,6 @@ pub struct SnapshotStore {
     snapshots: BTreeMap<SnapshotKey, Vec<Tensor>>,
     /// The copies into host memory of snapshots taken there of weights on a GPU.
     offload: HostOffload,
-    /// Take every host snapshot through the background thread, whatever the device of the
-    /// weights (tests of the thread's copies on a machine without a GPU).
-    defer_host_weights: bool,
 }
 
 impl SnapshotStore {
@@ -33,7 +30,7 @@ impl SnapshotStore {
     #[cfg(test)]
     pub(crate) fn deferring() -> Self {
         SnapshotStore {
-            defer_host_weights: true,
+            offload: HostOffload::deferring(),
             ..Self::default()
         }
     }
@@ -51,8 +48,8 @@ impl SnapshotStore {
         if self.snapshots.contains_key(&key) {
             return Ok(());
         }
-        let deferred = storage == Storage::Cpu
-            && (self.defer_host_weights || weights.iter().any(|(_, t)| t.device().is_cuda()));
+        let deferred =
+            storage == Storage::Cpu && weights.iter().any(|(_, t)| self.offload.defers(t));
         let snapshot = if deferred {
             self.take_in_background(weights, label)?
         } else {
@@ -200,27 +197,12 @@ impl SnapshotStore {
 
 #[cfg(test)]
 mod tests {
-    use tch::Device;
-
     use super::*;
+    use crate::averaging::weights::test_weights_at;
 
     /// Weights of step `step`: two float tensors and an integer one.
     fn weights_at(step: i64) -> Weights {
-        tch::manual_seed(step);
-        Weights::from_named([
-            (
-                "a".to_string(),
-                Tensor::randn([5, 3], (Kind::Float, Device::Cpu)),
-            ),
-            (
-                "b".to_string(),
-                Tensor::randn([7], (Kind::BFloat16, Device::Cpu)),
-            ),
-            (
-                "n".to_string(),
-                Tensor::randint(9, [2], (Kind::Int64, Device::Cpu)),
-            ),
-        ])
+        test_weights_at(step, Kind::BFloat16)
     }
 
     /// The mean of `keys` as written into fresh zero tensors.

@@ -44,6 +44,25 @@ pub(crate) fn stored_empty(t: &Tensor, storage: Storage) -> Tensor {
     Tensor::empty(t.size(), (kind, storage.device_for(t)))
 }
 
+/// Weights of step `step` for the averagers' unit tests: `a` fp32 [5, 3], `b` of `b_kind`
+/// [7] (random, seeded by `step`), and `n`, integers [2].
+#[cfg(test)]
+pub(crate) fn test_weights_at(step: i64, b_kind: Kind) -> Weights {
+    use tch::Device;
+    tch::manual_seed(step);
+    Weights::from_named([
+        (
+            "a".to_string(),
+            Tensor::randn([5, 3], (Kind::Float, Device::Cpu)),
+        ),
+        ("b".to_string(), Tensor::randn([7], (b_kind, Device::Cpu))),
+        (
+            "n".to_string(),
+            Tensor::randint(9, [2], (Kind::Int64, Device::Cpu)),
+        ),
+    ])
+}
+
 impl Weights {
     /// The variables of a `VarStore`, sorted by name.
     pub fn from_var_store(vs: &tch::nn::VarStore) -> Self {
