@@ -7,7 +7,7 @@
 //! * NCCL (CUDA): built when libtorch has `libtorch_cuda.so` and the CUDA headers are found (the
 //!   wheel's `nvidia/{cu13,nccl}` beside torch, plus `.lawa/c10d-include/cuda`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LAWA_C10D_INCLUDE");
@@ -20,7 +20,7 @@ fn main() {
         .as_ref()
         .map(|d| d.join("gloo/include"))
         .filter(|d| d.join("gloo/config.h").exists());
-    let cuda = cuda_includes(&torch, extra.as_deref());
+    let cuda = cuda_includes(&torch);
 
     let mut build = torch.cxx();
     build
@@ -52,26 +52,17 @@ fn main() {
     torch.link(&libs);
 }
 
-/// The include folders NCCL's process group needs, when every one is there.
-fn cuda_includes(torch: &lawa_cxx::Libtorch, extra: Option<&Path>) -> Option<Vec<PathBuf>> {
-    if !torch.lib.join("libtorch_cuda.so").exists() {
+/// The include folders NCCL's process group needs (NCCL's and the CUDA runtime's), when every
+/// one is there.
+fn cuda_includes(torch: &lawa_cxx::Libtorch) -> Option<Vec<PathBuf>> {
+    let nccl = torch.nvidia_dir()?.join("nccl/include");
+    let mut dirs = torch.cuda_includes("without NCCL")?;
+    if !nccl.join("nccl.h").exists() {
+        println!(
+            "cargo:warning=libtorch has CUDA but NCCL's headers were not found (the wheel's nvidia/nccl/include); building without NCCL"
+        );
         return None;
     }
-    let nvidia = torch.root.parent()?.join("nvidia");
-    let headers = extra?.join("cuda/nvidia/cu13/include");
-    let dirs = vec![
-        nvidia.join("nccl/include"),
-        nvidia.join("cu13/include"),
-        headers.clone(),
-        headers.join("cccl"),
-    ];
-    let found = dirs[0].join("nccl.h").exists()
-        && dirs[1].join("cuda_runtime_api.h").exists()
-        && headers.join("crt").exists();
-    if !found {
-        println!(
-            "cargo:warning=libtorch has CUDA but the NCCL/CUDA headers were not found (the wheel's nvidia/{{nccl,cu13}}/include and LAWA_C10D_INCLUDE/cuda); building without NCCL"
-        );
-    }
-    found.then_some(dirs)
+    dirs.insert(0, nccl);
+    Some(dirs)
 }

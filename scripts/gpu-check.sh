@@ -10,7 +10,8 @@
 #   scripts/gpu-check.sh [--out DIR] [--only a,b]
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
 #       env, parity_f32, parity_bf16, speed_small, kernels (lawa's CUDA kernels: their tests
-#       on the device, parity and speed), averaging, sweep, data_parallel (a process group of
+#       on the device, parity and speed), cuda_graph (steps replayed from a CUDA graph: tests,
+#       parity beside the eager steps, speed), averaging, sweep, data_parallel (a process group of
 #       one on NCCL beside the lone run), speed_small_options, speed_medium, speed_large;
 #       at most GPU_CHECK_BUDGET seconds (default 350) on an H100. DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
@@ -58,16 +59,16 @@ if [ $mode = prepare ]; then
     mkdir -p "$root/.gpu/assets"
     cp "$root/target/release/lawa" "$root/.gpu/lawa"
     # The tests of lawa's CUDA kernels and host copies, to run on the device (the GPU machine
-    # has no Rust): .gpu/tests/{cross_entropy,layer_norm,linear,kernels,host_copy}.
+    # has no Rust): .gpu/tests/{cross_entropy,layer_norm,linear,kernels,host_copy,cuda_graph}.
     mkdir -p "$root/.gpu/tests"
     (cd "$root" && cargo test --release -p lawa-ops --no-run --message-format=json 2>/dev/null) |
         "$root/.lawa/python" -c 'import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
     name = m.get("target", {}).get("name")
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and name in ("cross_entropy", "layer_norm", "linear", "kernels", "host_copy"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and name in ("cross_entropy", "layer_norm", "linear", "kernels", "host_copy", "cuda_graph"):
         shutil.copy(m["executable"], sys.argv[1] + "/" + name)' "$root/.gpu/tests"
-    for t in cross_entropy layer_norm linear kernels host_copy; do
+    for t in cross_entropy layer_norm linear kernels host_copy cuda_graph; do
         [ -x "$root/.gpu/tests/$t" ] || { echo "gpu-check: could not build lawa-ops' $t tests" >&2; exit 1; }
         if ! ldd "$root/.gpu/tests/$t" | grep -q libtorch_cuda; then
             echo "gpu-check: lawa-ops' $t tests do not link libtorch_cuda (CUDA would be unavailable to them)" >&2
@@ -218,6 +219,53 @@ kernels() {
     printf '{"parts": ["parity_bf16_fused", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all"]}\n' >"$work/kernels.json"
 }
 
+# cuda_graph "PARITY_ARGS" SPEED_ARGS...: steps replayed from a CUDA graph (train.cuda_graph).
+# On the GPU: lawa-ops' CudaGraph tests on the device; parity with transformers through lawa's
+# three kernels and the graph (PARITY_ARGS as kernels takes them), its losses set beside
+# parity_bf16_fused's, the same steps taken eagerly (equal if a replay computes what an eager
+# step does); and lawa alone with the three kernels, the fused AdamW and the graph (SPEED_ARGS,
+# whose warm-up must leave room for the recording). On the CPU: the option is refused, naming why.
+cuda_graph() {
+    local parity=$1 status
+    shift
+    if [ "$device" != cuda ]; then
+        if "$lawa" bench train --device cpu --cuda-graph --no-reference "$@" 2>"$work/cuda_graph.err"; then
+            echo "--cuda-graph was accepted on the CPU" >&2
+            return 1
+        fi
+        cat "$work/cuda_graph.err"
+        grep -q "needs a CUDA device" "$work/cuda_graph.err" || return 1
+        printf '{"refused_on_cpu": true}\n' >"$work/cuda_graph.json"
+        return 0
+    fi
+    LIBTORCH=$torch_dir "$root/.gpu/tests/cuda_graph" on_a_gpu --nocapture --test-threads 1 >"$work/tests_cuda_graph.log" 2>&1
+    status=$?
+    cat "$work/tests_cuda_graph.log"
+    [ $status -eq 0 ] || return 1
+    if grep -q "skipped" "$work/tests_cuda_graph.log"; then
+        echo "a GPU test of cuda_graph was skipped" >&2
+        return 1
+    fi
+    local all=(--loss-kernel fused --norm-kernel fused --linear-kernel fused)
+    # shellcheck disable=SC2086 # split on purpose
+    bench parity parity_bf16_graph $parity "${all[@]}" --cuda-graph || return 1
+    bench train speed_small_graph --no-reference "$@" "${all[@]}" --adamw-kernel fused --cuda-graph || return 1
+    "$LAWA_PYTHON" - "$work" <<'EOF'
+import json, sys
+work = sys.argv[1]
+graph = json.load(open(f"{work}/parity_bf16_graph.json"))["lawa"]
+try:
+    eager = json.load(open(f"{work}/parity_bf16_fused.json"))["lawa"]
+    diff = max(abs(a - b) for a, b in zip(graph, eager))
+except (OSError, ValueError, KeyError):
+    diff = None  # the kernels section left no parity run
+out = {"parts": ["parity_bf16_graph", "speed_small_graph"], "steps": len(graph),
+       "max_loss_difference_vs_eager": diff}
+print(json.dumps(out))
+json.dump(out, open(f"{work}/cuda_graph.json", "w"))
+EOF
+}
+
 sweep_config() {
     local steps=$1 model=$2 batch=$3 block=$4
     cat >"$work/gpu-check.yaml" <<EOF
@@ -290,7 +338,7 @@ EOF
 }
 
 export lawa work out device root torch_dir
-export -f environment bench speed_options kernels sweep data_parallel
+export -f environment bench speed_options kernels cuda_graph sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
@@ -305,6 +353,7 @@ if [ $mode = gpu ]; then
     p32=(--preset small --precision f32 --batch-size 4 --steps 10)
     parity="--preset small --precision bf16 --batch-size 4 --steps 20"
     small=(--preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3)
+    graphed=(--preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 5)
     chunk=4096
     medium=(--preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile)
     large=(--preset large --batch-size 4 --steps 8 --warmup 3 --no-compile)
@@ -317,6 +366,7 @@ else
     p32=("${tiny[@]}" --precision f32 --steps 6)
     parity="${tiny[*]} --precision bf16 --steps 6"
     small=("${tiny[@]}" --n-layer 2 --accumulation 2 --steps 2 --warmup 1)
+    graphed=("${tiny[@]}" --steps 1 --warmup 4)
     chunk=64
     medium=("${tiny[@]}" --n-layer 3 --steps 2 --warmup 1)
     large=("${tiny[@]}" --n-layer 4 --steps 2 --warmup 1)
@@ -329,6 +379,7 @@ section parity_f32 $limit bench parity parity_f32 "${p32[@]}"
 section parity_bf16 $limit bench parity parity_bf16 $parity
 section speed_small 210 bench train speed_small "${small[@]}" --profile "$work/profile"
 section kernels 150 kernels "$parity" "${small[@]}"
+section cuda_graph 120 cuda_graph "$parity" "${graphed[@]}"
 section averaging 100 bench averaging averaging "${averaging[@]}"
 section sweep $([ $mode = gpu ] && echo 120 || echo 240) sweep
 section data_parallel 90 data_parallel "${dp[@]}"

@@ -80,6 +80,8 @@ def speed_md(speeds):
             shape += f", linear kernel {s['linear_kernel']}"
         if s.get("adamw_kernel") not in (None, "auto"):
             shape += f", AdamW {s['adamw_kernel']}"
+        if s.get("cuda_graph"):
+            shape += ", CUDA graph"
         batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"
         lawa = s["lawa"]["tokens_per_s"]
         alone = not s.get("eager") and name != "speed_small" and base.get("model") == s["model"] \
@@ -117,9 +119,10 @@ def main():
     sections = [load(p) for p in sorted((work / "status").glob("*.json"))]
     sections = [s for s in sections if s]
     figures = {s["name"]: load(work / f"{s['name']}.json") for s in sections}
-    # The parts of speed_small_options and kernels.
+    # The parts of speed_small_options, kernels and cuda_graph.
     for name in ("speed_small_chunked_loss", "speed_small_fused_adamw", "parity_bf16_fused",
-                 "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all"):
+                 "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
+                 "parity_bf16_graph", "speed_small_graph"):
         figures[name] = load(work / f"{name}.json")
     env = load(work / "env.json") or {}
     ok = bool(sections) and all(s["status"] == "passed" for s in sections)
@@ -135,10 +138,18 @@ def main():
           "| section | status | seconds |", "|---|---|---:|"]
     md += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in sections]
     md.append("")
-    for name in ("parity_f32", "parity_bf16", "parity_bf16_fused"):
+    for name in ("parity_f32", "parity_bf16", "parity_bf16_fused", "parity_bf16_graph"):
         if figures.get(name):
             md += parity_md(name, figures[name])
+    graph = figures.get("cuda_graph")
+    if graph and "steps" in graph:
+        md += [f"Steps replayed from a CUDA graph (parity_bf16_graph) beside the same steps taken eagerly "
+               f"(parity_bf16_fused), largest loss difference over {graph['steps']} steps: "
+               f"**{num(graph.get('max_loss_difference_vs_eager'), '.3e')}**", ""]
+    elif graph and graph.get("refused_on_cpu"):
+        md += ["CUDA graphs: refused on the CPU, as they should be (`--cuda-graph needs a CUDA device`).", ""]
     speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
+                                        "speed_small_graph",
                                         "speed_small_chunked_loss", "speed_small_fused_adamw",
                                         "speed_medium", "speed_large") if figures.get(n)]
     if speeds:

@@ -61,6 +61,50 @@ impl Libtorch {
         build
     }
 
+    /// Whether this libtorch was built with CUDA (it has `libtorch_cuda.so`).
+    pub fn has_cuda(&self) -> bool {
+        self.lib.join("libtorch_cuda.so").exists()
+    }
+
+    /// The folder of the wheel's NVIDIA packages beside torch (`nvidia/cu13`, `nvidia/nccl`).
+    pub fn nvidia_dir(&self) -> Option<PathBuf> {
+        Some(self.root.parent()?.join("nvidia"))
+    }
+
+    /// The include folders that libtorch's CUDA headers (`ATen/cuda/*`, `c10/cuda/*`) need,
+    /// when this libtorch has CUDA and every one is there: the CUDA runtime's headers from the
+    /// wheel's `nvidia/cu13/include`, and the compiler and CCCL headers the wheel lacks, which
+    /// `scripts/bootstrap.sh` puts under `$LAWA_C10D_INCLUDE/cuda`. `None` without CUDA, and,
+    /// with a cargo warning saying what is missing and that the build goes on `without` it,
+    /// when a folder is not found.
+    pub fn cuda_includes(&self, without: &str) -> Option<Vec<PathBuf>> {
+        println!("cargo:rerun-if-env-changed=LAWA_C10D_INCLUDE");
+        if !self.has_cuda() {
+            return None;
+        }
+        let extra = std::env::var_os("LAWA_C10D_INCLUDE").map(PathBuf::from);
+        let runtime = self.nvidia_dir().map(|d| d.join("cu13/include"));
+        let compiler = extra.map(|d| d.join("cuda/nvidia/cu13/include"));
+        let found = match (&runtime, &compiler) {
+            (Some(runtime), Some(compiler))
+                if runtime.join("cuda_runtime_api.h").exists() && compiler.join("crt").exists() =>
+            {
+                Some(vec![
+                    runtime.clone(),
+                    compiler.clone(),
+                    compiler.join("cccl"),
+                ])
+            }
+            _ => None,
+        };
+        if found.is_none() {
+            println!(
+                "cargo:warning=libtorch has CUDA but the CUDA headers were not found (the wheel's nvidia/cu13/include and LAWA_C10D_INCLUDE/cuda, which scripts/bootstrap.sh installs); building {without}"
+            );
+        }
+        found
+    }
+
     /// Links `libs` (e.g. `torch_cpu`) from libtorch, with an rpath to it so that the crate's
     /// own tests find them (as the workspace's `build.rs` does for the binary).
     pub fn link(&self, libs: &[&str]) {

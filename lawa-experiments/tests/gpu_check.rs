@@ -45,6 +45,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
             "parity_bf16",
             "speed_small",
             "kernels",
+            "cuda_graph",
             "averaging",
             "sweep",
             "data_parallel",
@@ -115,6 +116,8 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         kernels("speed_small_fused_all"),
         ["fused", "fused", "fused", "fused"]
     );
+    // CUDA graphs: the option is refused on the CPU, naming the reason.
+    assert_eq!(f["cuda_graph"]["refused_on_cpu"], true);
     let profile = &f["speed_small_fused"]["profile"]["lawa"];
     assert!(profile["busy_ms_per_step"].as_f64().unwrap() > 0.0);
     // bf16: the reference's own spread (math attention) was measured and sets the tolerance
@@ -189,6 +192,7 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         "### parity_bf16_fused",
         "loss kernel fused, norm kernel fused",
         "PyTorch eager (speed_small's)",
+        "CUDA graphs: refused on the CPU",
     ] {
         assert!(md.contains(part), "{part} missing from {md}");
     }
@@ -235,7 +239,7 @@ fn a_spent_budget_or_a_missing_binary_still_leaves_a_report() {
             .unwrap();
     assert_eq!(report["passed"], false);
     let sections = report["sections"].as_array().unwrap();
-    assert_eq!(sections.len(), 11, "{report}");
+    assert_eq!(sections.len(), 12, "{report}");
     for s in sections {
         assert_eq!(s["status"], "skipped: 25 s budget spent", "{s}");
     }

@@ -256,6 +256,15 @@ fn bad_configs_are_refused_with_the_field_named_and_nothing_written() {
             good.replace(&data.display().to_string(), "/nonexistent/data"),
             "/nonexistent/data",
         ),
+        (
+            good.replace("  seed: 7", "  seed: 7\n  cuda_graph: true"),
+            "train.cuda_graph = true is not supported with model.dropout = 0.1",
+        ),
+        (
+            good.replace("  seed: 7", "  seed: 7\n  cuda_graph: true")
+                .replace("dropout: 0.1", "dropout: 0.0"),
+            "train.cuda_graph = true needs a CUDA device; this run's device is Cpu",
+        ),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.yaml"));

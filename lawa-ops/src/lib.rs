@@ -3,7 +3,8 @@
 //! multi-tensor `_foreach_` ops or with `_fused_adamw_`, a multi-tensor lerp (an EMA update), and
 //! pinning host memory without the warnings tch's `pin_memory` triggers in libtorch 2.11, copies
 //! from a GPU into host memory that leave the host free ([`copy_async`]), and
-//! libtorch's profiler ([`Profiler`]), to compare a step of lawa with one of PyTorch kernel by kernel.
+//! libtorch's profiler ([`Profiler`]), to compare a step of lawa with one of PyTorch kernel by kernel,
+//! and CUDA graphs ([`CudaGraph`]), to replay a step's kernels with one launch.
 //! On CUDA each is a handful of kernels for the whole model instead of several per tensor.
 //! And kernels of lawa's own, compiled at run time by NVRTC: [`cross_entropy`] over a language
 //! model's logits in their own dtype, [`add_layer_norm`], a residual add with the LayerNorm
@@ -22,6 +23,7 @@ use std::os::raw::{c_char, c_int};
 use tch::Tensor;
 
 mod cross_entropy;
+mod cuda_graph;
 mod host_copy;
 mod kernels;
 mod layer_norm;
@@ -29,6 +31,7 @@ mod linear;
 mod profiler;
 
 pub use cross_entropy::{cross_entropy, emulate_cross_entropy_kernels, IGNORE_INDEX};
+pub use cuda_graph::{cuda_graphs_built, CudaGraph};
 pub use host_copy::{copy_async, PendingCopies};
 pub use kernels::{compile_kernels, KernelSource};
 pub use layer_norm::{add_layer_norm, emulate_layer_norm_kernels};

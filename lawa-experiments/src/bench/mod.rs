@@ -49,6 +49,8 @@ pub struct Bench {
     pub norm_kernel: lawa_models::Kernel,
     /// What computes GPT-2's linear layers (their bias gradients).
     pub linear_kernel: lawa_models::Kernel,
+    /// Whether lawa's steps replay a CUDA graph after a few eager ones (`train.cuda_graph`).
+    pub cuda_graph: bool,
     /// With a folder, `bench train` also profiles `profile_steps` steps of lawa and of the
     /// reference and writes their events there.
     pub profile: Option<(std::path::PathBuf, usize)>,

@@ -14,12 +14,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use lawa_models::{CausalLm, Gpt, Precision};
+use lawa_core::data::Batch;
+use lawa_core::optim::{AdamW, AdamWConfig};
+use lawa_models::{Gpt, Precision};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::{reference, Bench};
+use crate::train::gradients::{GradientPass, GradientRecipe};
 use crate::train::trainer::decays;
 
 /// Learning rate of the parity run (constant: the schedule is tested elsewhere).
@@ -61,17 +63,20 @@ fn batches(b: &Bench) -> (Tensor, Tensor) {
 fn train_losses(b: &Bench, vs: &VarStore, gpt: &Gpt, x: &Tensor, y: &Tensor) -> Result<Vec<f64>> {
     let mut opt = AdamW::new(vs.variables(), AdamWConfig::default(), decays)?;
     let params = opt.parameters();
+    let recipe = GradientRecipe {
+        accumulation: 1,
+        clip: 1.0,
+        loss: b.loss,
+    };
+    let mut gradients = GradientPass::new(recipe, b.cuda_graph);
     let mut losses = Vec::with_capacity(b.steps);
     for i in 0..b.steps as i64 {
-        let loss = gpt.loss_backward(
-            &x.get(i).to_device(b.device),
-            &y.get(i).to_device(b.device),
-            true,
-            1,
-            b.loss,
-        )?;
-        losses.push(loss.double_value(&[]));
-        let _norm = clip_grad_norm(&params, 1.0)?;
+        let batch = Batch {
+            x: x.get(i).to_device(b.device),
+            y: y.get(i).to_device(b.device),
+        };
+        let step = gradients.run(gpt, &params, &[batch], |_| Ok(()))?;
+        losses.push(step.loss_sum.double_value(&[]));
         opt.step(LR)?;
         opt.zero_grad();
     }

@@ -4,12 +4,14 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use lawa_core::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use lawa_models::{CausalLm, Gpt, LossPlan, Precision};
+use lawa_core::data::Batch;
+use lawa_core::optim::{AdamW, AdamWConfig};
+use lawa_models::{Gpt, Precision};
 use serde_json::{json, Value};
 use tch::{nn::VarStore, Kind, Tensor};
 
 use super::{gpu_memory_used_mib, gpu_peak_flops, profile, reference, sync, Bench};
+use crate::train::gradients::{GradientPass, GradientRecipe};
 use crate::train::trainer::decays;
 
 /// A model, its optimizer and fixed random batches, ready to take steps.
@@ -18,10 +20,9 @@ pub(crate) struct StepLoop {
     gpt: Gpt,
     opt: AdamW,
     params: Vec<Tensor>,
-    x: Tensor,
-    y: Tensor,
-    accumulation: usize,
-    loss: LossPlan,
+    /// The same micro-batch, once per micro-step.
+    batches: Vec<Batch>,
+    gradients: GradientPass,
 }
 
 impl StepLoop {
@@ -43,26 +44,33 @@ impl StepLoop {
         let vocab = b.cfg.vocab_size as i64;
         let x = Tensor::randint(vocab, shape, (Kind::Int64, b.device));
         let y = Tensor::randint(vocab, shape, (Kind::Int64, b.device));
+        let accumulation = b.accumulation.max(1);
+        let batches = (0..accumulation)
+            .map(|_| Batch {
+                x: x.shallow_clone(),
+                y: y.shallow_clone(),
+            })
+            .collect();
+        let recipe = GradientRecipe {
+            accumulation,
+            clip: 1.0,
+            loss: b.loss,
+        };
         Ok(StepLoop {
             vs,
             gpt,
             opt,
             params,
-            x,
-            y,
-            accumulation: b.accumulation.max(1),
-            loss: b.loss,
+            batches,
+            gradients: GradientPass::new(recipe, b.cuda_graph),
         })
     }
 
-    /// One optimizer step over `accumulation` micro-batches, as the trainer takes it.
+    /// One optimizer step over the micro-batches, as the trainer takes it.
     pub(crate) fn step(&mut self) -> Result<()> {
-        for _ in 0..self.accumulation {
-            let _loss =
-                self.gpt
-                    .loss_backward(&self.x, &self.y, true, self.accumulation, self.loss)?;
-        }
-        let _norm = clip_grad_norm(&self.params, 1.0)?;
+        let _gradients = self
+            .gradients
+            .run(&self.gpt, &self.params, &self.batches, |_| Ok(()))?;
         self.opt.step(6e-4)?;
         self.opt.zero_grad();
         Ok(())
@@ -151,7 +159,7 @@ pub fn run(b: &Bench) -> Result<Value> {
                   "params": b.cfg.num_params(false)},
         "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
         "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel,
-        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel,
+        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel, "cuda_graph": b.cuda_graph,
         "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},

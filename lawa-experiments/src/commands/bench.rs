@@ -100,6 +100,10 @@ pub struct BenchArgs {
     /// linear with each bias gradient summed by lawa's kernel, on CUDA).
     #[arg(long, default_value = "aten")]
     pub linear_kernel: String,
+    /// Record lawa's forward, backward and clipping as a CUDA graph after a few eager steps and
+    /// replay it (`train.cuda_graph`; CUDA only, and the recording happens during the warm-up).
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// `bench train`: also profile a few steps of lawa and of the reference with libtorch's
     /// profiler, print where the time goes, and write every event to this folder.
     #[arg(long, value_name = "DIR")]
@@ -142,6 +146,24 @@ fn profile(args: &BenchArgs) -> Result<Option<(PathBuf, usize)>> {
         .canonicalize()
         .with_context(|| format!("--profile: cannot resolve {}", dir.display()))?;
     Ok(Some((dir, args.profile_steps)))
+}
+
+/// `--cuda-graph`, where it can be used: on CUDA, with the graph recorded during the warm-up.
+fn cuda_graph(args: &BenchArgs, device: Device) -> Result<bool> {
+    if !args.cuda_graph {
+        return Ok(false);
+    }
+    if !device.is_cuda() {
+        bail!("--cuda-graph needs a CUDA device; this benchmark runs on {device:?}");
+    }
+    let eager = crate::train::gradients::EAGER_STEPS_BEFORE_GRAPH as usize;
+    if args.warmup <= eager && args.what != BenchKind::Parity {
+        bail!(
+            "--cuda-graph needs --warmup of at least {} ({eager} eager steps, then the recording)",
+            eager + 1
+        );
+    }
+    Ok(true)
 }
 
 /// The benchmark the flags describe.
@@ -190,6 +212,7 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
         norm_kernel: kernel("--norm-kernel", &args.norm_kernel)?,
         linear_kernel: kernel("--linear-kernel", &args.linear_kernel)?,
         profile: profile(args)?,
+        cuda_graph: cuda_graph(args, device)?,
         adamw_kernel: serde_yaml::from_str(&args.adamw_kernel).map_err(|_| {
             anyhow::anyhow!(
                 "--adamw-kernel {:?}: expected auto, single, foreach or fused",

@@ -376,6 +376,7 @@ impl SweepConfig {
                             loss_kernel: Default::default(),
                             norm_kernel: Default::default(),
                             linear_kernel: Default::default(),
+                            cuda_graph: false,
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),

@@ -1,5 +1,5 @@
 //! Training a GPT-2 while evaluating every averager along the way: the run config and its
-//! averagers, the run folder, the loop, evaluation, the run's CSV, resumable checkpoints and
+//! averagers, the run folder, the loop and its gradient pass, evaluation, the run's CSV, resumable checkpoints and
 //! the status written at the end.
 
 pub mod averagers;
@@ -8,6 +8,7 @@ pub mod config;
 pub mod curves;
 pub mod distributed;
 pub mod evaluate;
+pub mod gradients;
 pub mod memory;
 pub mod run_dir;
 pub mod status;

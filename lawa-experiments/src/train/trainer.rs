@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use lawa_core::averaging::{AveragerSet, Weights};
 use lawa_core::data::{BatchSampler, Dataset, Split, ValidationWindows};
-use lawa_core::optim::{clip_grad_norm, AdamW};
-use lawa_models::{CausalLm, Gpt};
+use lawa_core::optim::AdamW;
+use lawa_models::Gpt;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
@@ -18,6 +18,7 @@ use super::checkpoint::{self, Expected, Parts, TrainerState};
 use super::curves::CurvesLog;
 use super::distributed::DataParallel;
 use super::evaluate::{evaluate, WindowLosses};
+use super::gradients::{GradientPass, Gradients};
 use super::status::{self, RunOutcome, RunStatus};
 use super::RunPlan;
 use crate::results::metrics::paired_se;
@@ -83,6 +84,8 @@ pub struct Trainer<'a> {
     gpt: Gpt,
     weights: Weights,
     params: Vec<Tensor>,
+    /// Forward, backward and clipping of each step, eager or through a CUDA graph.
+    gradients: GradientPass,
     optimizer: AdamW,
     averagers: AveragerSet,
     /// The CSV columns of each averager, by label.
@@ -197,12 +200,19 @@ impl<'a> Trainer<'a> {
             p.take_leaders_state(&params, &mut optimizer, &mut state)?;
             sampler.restore(state.sampler);
         }
+        if parallel.is_some() && t.cuda_graph {
+            bail!(
+                "train.cuda_graph = true is not supported over several ranks (the gradient \
+                 all-reduce is not recorded): leave it out, or train on one device"
+            );
+        }
         let parallel = parallel.map(|p| (p, p.reducer(&params, t.allreduce_fp32)));
         Ok(Trainer {
             plan,
             gpt,
             weights,
             params,
+            gradients: GradientPass::new(t.gradient_recipe(), t.cuda_graph),
             optimizer,
             averagers,
             columns,
@@ -254,21 +264,23 @@ impl<'a> Trainer<'a> {
                 .wrapping_add(rank.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64)),
         );
         let device = self.plan.device;
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        for _ in 0..t.grad_accum {
-            let batch = self.sampler.next_batch_share(device, part, parts)?;
-            loss_sum +=
-                self.gpt
-                    .loss_backward(&batch.x, &batch.y, true, t.grad_accum, t.loss_plan())?;
+        let batches = (0..t.grad_accum)
+            .map(|_| self.sampler.next_batch_share(device, part, parts))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.gradients.records_next() {
+            // The host copies of averages in host memory wait on the device from their thread.
+            self.averagers.settle()?;
         }
-        if let Some((p, reducer)) = &self.parallel {
-            p.average(reducer, &loss_sum)?;
-        }
-        let norm = if t.grad_clip > 0.0 {
-            clip_grad_norm(&self.params, t.grad_clip)?
-        } else {
-            Tensor::zeros([], (Kind::Float, device))
-        };
+        let parallel = &self.parallel;
+        let Gradients { loss_sum, norm } = self.gradients.run(
+            &self.gpt,
+            &self.params,
+            &batches,
+            |loss_sum| match parallel {
+                Some((p, reducer)) => p.average(reducer, loss_sum),
+                None => Ok(()),
+            },
+        )?;
         let read = Vec::<f64>::try_from(
             Tensor::stack(&[loss_sum / t.grad_accum as f64, norm.to_device(device)], 0)
                 .to_kind(Kind::Double),

@@ -1,0 +1,131 @@
+//! CUDA graphs: a capture records without running, a replay runs the recorded work on the
+//! tensors it was recorded with, and what cannot be recorded is refused with a reason. On a
+//! machine without a GPU the device tests say they were skipped.
+
+use lawa_ops::{CudaGraph, OpsError};
+use tch::{Cuda, Device, Kind, Tensor};
+
+#[test]
+fn a_capture_on_the_cpu_is_refused_naming_the_device() {
+    let err = CudaGraph::capture(Device::Cpu, || Ok::<_, OpsError>(())).unwrap_err();
+    assert_eq!(err.op, "CUDA graph");
+    assert!(err.message.contains("needs a CUDA device"), "{err}");
+}
+
+#[test]
+fn this_build_has_cuda_graphs_when_libtorch_has_cuda() {
+    // The bootstrap installs the CUDA headers beside a CUDA libtorch, so a CUDA build that lacks
+    // graphs has lost them by accident.
+    let libtorch_cuda = std::path::Path::new(env!("LAWA_LIBTORCH_LIB"))
+        .join("libtorch_cuda.so")
+        .exists();
+    if libtorch_cuda {
+        assert!(lawa_ops::cuda_graphs_built());
+    } else {
+        eprintln!("skipped: this libtorch has no CUDA");
+    }
+}
+
+fn gpu() -> Option<Device> {
+    if Cuda::is_available() {
+        Some(Device::Cuda(0))
+    } else {
+        eprintln!("skipped: no GPU here");
+        None
+    }
+}
+
+/// A capture runs nothing; each replay recomputes the outputs from the inputs as they are then
+/// (refilled in place), and the device's stream is the caller's again after the capture.
+#[test]
+fn on_a_gpu_replays_recompute_the_outputs_from_the_refilled_inputs() {
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::arange(1024, (Kind::Float, gpu));
+    let w = Tensor::full([1024, 1024], 0.5, (Kind::Float, gpu));
+    let _ = (&x * 2.0 + 1.0).matmul(&w); // warm-up: cuBLAS's plans before the capture
+    let before = Vec::<f32>::try_from(&x).unwrap();
+    let (graph, y) = CudaGraph::capture(gpu, || {
+        let _ = x.shallow_clone().g_add_scalar_(1.0);
+        Ok::<_, OpsError>((&x * 2.0 + 1.0).matmul(&w))
+    })
+    .unwrap();
+    Cuda::synchronize(0);
+    assert_eq!(
+        Vec::<f32>::try_from(&x).unwrap(),
+        before,
+        "the capture ran its work"
+    );
+    for fill in [3.0, -1.5] {
+        let _ = x.shallow_clone().fill_(fill);
+        graph.replay().unwrap();
+        let expected = ((Tensor::full([1024], fill + 1.0, (Kind::Float, gpu)) * 2.0 + 1.0)
+            .matmul(&w))
+        .to_device(Device::Cpu);
+        let got = y.to_device(Device::Cpu);
+        assert!(
+            got.equal(&expected),
+            "replay after fill {fill}: {got} vs {expected}"
+        );
+        assert_eq!(x.double_value(&[0]), fill + 1.0);
+    }
+    // Eager work goes on as before the capture.
+    let z = &x + 1.0;
+    assert_eq!(z.double_value(&[5]), x.double_value(&[5]) + 1.0);
+}
+
+/// A backward pass recorded with its forward: replays give the gradients of eager steps, bit
+/// for bit, accumulated into the same gradient tensors.
+#[test]
+fn on_a_gpu_a_recorded_backward_gives_the_eager_gradients() {
+    let Some(gpu) = gpu() else { return };
+    tch::manual_seed(0);
+    let w = Tensor::randn([256, 256], (Kind::Float, gpu)).set_requires_grad(true);
+    let x = Tensor::zeros([64, 256], (Kind::Float, gpu));
+    let step = || {
+        let loss = x.matmul(&w).gelu("tanh").square().mean(Kind::Float);
+        loss.backward();
+        loss.detach()
+    };
+    let eager = |input: &Tensor| {
+        x.shallow_clone().copy_(input);
+        let mut g = w.grad();
+        let _ = g.zero_();
+        let loss = step();
+        (loss.to_device(Device::Cpu), w.grad().to_device(Device::Cpu))
+    };
+    let inputs: Vec<Tensor> = (0..3)
+        .map(|_| Tensor::randn([64, 256], (Kind::Float, gpu)))
+        .collect();
+    let _ = eager(&inputs[0]); // warm-up, and the gradient tensor allocated
+    let want: Vec<_> = inputs.iter().map(eager).collect();
+    let (graph, loss) = CudaGraph::capture(gpu, || Ok::<_, OpsError>(step())).unwrap();
+    for (input, (want_loss, want_grad)) in inputs.iter().zip(&want) {
+        x.shallow_clone().copy_(input);
+        let mut g = w.grad();
+        let _ = g.zero_();
+        graph.replay().unwrap();
+        assert!(loss.to_device(Device::Cpu).equal(want_loss));
+        assert!(w.grad().to_device(Device::Cpu).equal(want_grad));
+    }
+}
+
+/// Reading a value on the host inside a capture is refused with libtorch's reason, and the body's
+/// error is what the caller gets; the device works afterwards.
+#[test]
+fn on_a_gpu_a_host_read_inside_a_capture_is_refused() {
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::ones([8], (Kind::Float, gpu));
+    let _ = x.sum(Kind::Float);
+    let err = CudaGraph::capture(gpu, || {
+        let s = x.sum(Kind::Float);
+        s.f_double_value(&[]).map_err(|e| OpsError {
+            op: "read",
+            message: e.to_string(),
+        })
+    })
+    .unwrap_err();
+    assert_eq!(err.op, "read", "{err}");
+    assert!(err.message.contains("captur"), "{err}");
+    let y = &x * 3.0;
+    assert_eq!(y.double_value(&[7]), 3.0);
+}
