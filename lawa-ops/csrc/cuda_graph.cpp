@@ -1,5 +1,6 @@
 // CUDA graphs through libtorch's at::cuda::CUDAGraph, as torch.cuda.graph drives it: the
-// device synchronized and the caching allocator's free blocks released, then the work the
+// device synchronized and the caching allocators' free blocks released (device memory, and the
+// pinned host memory whose pending events a capture may not query), then the work the
 // caller queues is recorded on a side stream (a graph must not be captured on the default
 // stream), its allocations taken from the graph's private memory pool, and the stream the caller
 // had is current again afterwards. A replay queues the recorded kernels, with the same memory,
@@ -8,6 +9,7 @@
 // Compiled only when libtorch has CUDA and the CUDA headers were found at build time (the
 // build defines LAWA_WITH_CUDA_GRAPHS; lawa-ops's Rust side says so otherwise).
 
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -58,6 +60,7 @@ int lawa_cuda_graph_begin(int device, void** graph, char** error) {
     g->previous_device = c10::cuda::ExchangeDevice(index);
     c10::cuda::device_synchronize();
     c10::cuda::CUDACachingAllocator::emptyCache();
+    at::getHostAllocator(at::kCUDA)->empty_cache();
     g->previous_stream = c10::cuda::getCurrentCUDAStream(index);
     c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
     try {
