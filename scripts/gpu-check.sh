@@ -223,8 +223,9 @@ kernels() {
 # On the GPU: lawa-ops' CudaGraph tests on the device; parity with transformers through lawa's
 # three kernels and the graph (PARITY_ARGS as kernels takes them), its losses set beside
 # parity_bf16_fused's, the same steps taken eagerly (equal if a replay computes what an eager
-# step does); and lawa alone with the three kernels, the fused AdamW and the graph (SPEED_ARGS,
-# whose warm-up must leave room for the recording). On the CPU: the option is refused, naming why.
+# step does); lawa alone with the three kernels, the fused AdamW and the graph (SPEED_ARGS, whose
+# warm-up must leave room for the recording); and a short `lawa train` with evaluations and
+# averagers, eager and graphed, the curves compared. On the CPU: the option is refused, naming why.
 cuda_graph() {
     local parity=$1 status
     shift
@@ -250,8 +251,28 @@ cuda_graph() {
     # shellcheck disable=SC2086 # split on purpose
     bench parity parity_bf16_graph $parity "${all[@]}" --cuda-graph || return 1
     bench train speed_small_graph --no-reference "$@" "${all[@]}" --adamw-kernel fused --cuda-graph || return 1
+    # The trainer's path: one run eager and the same run replayed from a graph, with evaluations
+    # and averagers (an EMA in host memory, whose copies must be settled before the recording).
+    if [ ! -f "$work/data/meta.json" ]; then
+        "$lawa" prepare sotu --tokenizer gpt2 --out "$work/data" || return 1
+    fi
+    local name graph
+    for name in eager graph; do
+        graph=$([ $name = graph ] && echo ", cuda_graph: true")
+        cat >"$work/graph-$name.yaml" <<EOF
+name: graph-$name
+data: $work/data
+out: $work/graph-$name
+device: cuda
+model: {n_layer: 4, n_head: 4, n_embd: 256, block_size: 256}
+train: {steps: 40, batch_size: 16, block_size: 256, grad_accum: 2, lr: 1.0e-3, schedule: {kind: constant}$graph}
+eval: {every: 10, windows: 16}
+averagers: [{kind: lawa, k: 2, nu: 5}, {kind: ema, decay: 0.9, storage: cpu}]
+EOF
+        "$lawa" train "$work/graph-$name.yaml" || return 1
+    done
     "$LAWA_PYTHON" - "$work" <<'EOF'
-import json, sys
+import csv, json, sys
 work = sys.argv[1]
 graph = json.load(open(f"{work}/parity_bf16_graph.json"))["lawa"]
 try:
@@ -259,10 +280,15 @@ try:
     diff = max(abs(a - b) for a, b in zip(graph, eager))
 except (OSError, ValueError, KeyError):
     diff = None  # the kernels section left no parity run
+rows = [list(csv.DictReader(open(f"{work}/graph-{n}/curves.csv"))) for n in ("eager", "graph")]
+same = len(rows[0]) == len(rows[1]) and all(a["weights"] == b["weights"] for a, b in zip(*rows))
+run_diff = max(abs(float(a["val_loss"]) - float(b["val_loss"])) for a, b in zip(*rows)) if same else None
 out = {"parts": ["parity_bf16_graph", "speed_small_graph"], "steps": len(graph),
-       "max_loss_difference_vs_eager": diff}
+       "max_loss_difference_vs_eager": diff, "run_rows": len(rows[1]),
+       "run_max_val_loss_difference_vs_eager": run_diff}
 print(json.dumps(out))
 json.dump(out, open(f"{work}/cuda_graph.json", "w"))
+sys.exit(0 if same and run_diff < 5e-2 else 1)
 EOF
 }
 

@@ -145,7 +145,10 @@ def main():
     if graph and "steps" in graph:
         md += [f"Steps replayed from a CUDA graph (parity_bf16_graph) beside the same steps taken eagerly "
                f"(parity_bf16_fused), largest loss difference over {graph['steps']} steps: "
-               f"**{num(graph.get('max_loss_difference_vs_eager'), '.3e')}**", ""]
+               f"**{num(graph.get('max_loss_difference_vs_eager'), '.3e')}**; `lawa train` with "
+               f"`cuda_graph: true` beside the same run eager, {graph.get('run_rows')} curve rows (raw, LAWA, "
+               f"an EMA in host memory), largest validation-loss difference "
+               f"**{num(graph.get('run_max_val_loss_difference_vs_eager'), '.3e')}**", ""]
     elif graph and graph.get("refused_on_cpu"):
         md += ["CUDA graphs: refused on the CPU, as they should be (`--cuda-graph needs a CUDA device`).", ""]
     speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",

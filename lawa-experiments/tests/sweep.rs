@@ -236,6 +236,20 @@ fn bad_sweeps_are_refused_and_nothing_is_overwritten() {
             "repeats run",
         ),
         (good.replace("warmup: 4", "warmup: 400"), "warmup = 400"),
+        (
+            good.replace(
+                "  block_size: 32\n",
+                "  block_size: 32\n  cuda_graph: true\n",
+            ),
+            "run custom-l1-h2-d32-b32-lr0.001-s0: train.cuda_graph = true needs a CUDA device",
+        ),
+        (
+            good.replace(
+                "  block_size: 32\n",
+                "  block_size: 32\n  loss_kernel: fast\n",
+            ),
+            "train.loss_kernel",
+        ),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.yaml"));

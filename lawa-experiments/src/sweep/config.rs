@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::Storage;
+use lawa_models::Kernel;
 use serde::{Deserialize, Serialize};
 
 use crate::train::config::{check_name, CheckpointSpec, EvalSpec, ModelSpec, TrainSpec};
@@ -107,6 +108,21 @@ pub struct TrainRecipe {
     /// `auto`, `f32`, `bf16`.
     #[serde(default = "auto")]
     pub precision: String,
+    /// Run the LM head and the loss this many tokens at a time (see [`TrainSpec::loss_chunk`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_chunk: Option<usize>,
+    /// What computes the softmax and loss: `aten` or `fused` (see [`TrainSpec::loss_kernel`]).
+    #[serde(default, skip_serializing_if = "Kernel::is_default")]
+    pub loss_kernel: Kernel,
+    /// What computes the residual adds and LayerNorms (see [`TrainSpec::norm_kernel`]).
+    #[serde(default, skip_serializing_if = "Kernel::is_default")]
+    pub norm_kernel: Kernel,
+    /// What computes the linear layers (see [`TrainSpec::linear_kernel`]).
+    #[serde(default, skip_serializing_if = "Kernel::is_default")]
+    pub linear_kernel: Kernel,
+    /// Replay each step from a CUDA graph (see [`TrainSpec::cuda_graph`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graph: bool,
 }
 
 fn one() -> usize {
@@ -372,11 +388,11 @@ impl SweepConfig {
                             seed,
                             precision: r.precision.clone(),
                             allreduce_fp32: false,
-                            loss_chunk: None,
-                            loss_kernel: Default::default(),
-                            norm_kernel: Default::default(),
-                            linear_kernel: Default::default(),
-                            cuda_graph: false,
+                            loss_chunk: r.loss_chunk,
+                            loss_kernel: r.loss_kernel,
+                            norm_kernel: r.norm_kernel,
+                            linear_kernel: r.linear_kernel,
+                            cuda_graph: r.cuda_graph,
                         },
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),
@@ -393,5 +409,48 @@ impl SweepConfig {
             }
         }
         Ok(runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The training step's options reach every run of the grid as they were written, and the
+    /// runs of a sweep that leaves them out take the defaults.
+    #[test]
+    fn the_step_options_reach_every_run() {
+        let yaml = |extra: &str| {
+            format!(
+                "name: s\ndata: {{path: d}}\nmodels: [{{preset: tiny}}]\nlrs: [1.0e-3, 1.0e-2]\nseeds: [0, 1]\ntrain:\n  steps: 10\n  batch_size: 2\n  block_size: 16\n  schedule: {{kind: constant}}\n{extra}eval: {{every: 5, windows: 4}}\naveragers:\n  lawa: {{k: [2], nu: [2]}}\ndevice: cpu\n"
+            )
+        };
+        let plan = |extra: &str| {
+            SweepConfig::parse(&yaml(extra), Path::new("s.yaml"))
+                .unwrap()
+                .plan(Path::new("d"))
+                .unwrap()
+        };
+        let runs = plan(
+            "  loss_chunk: 64\n  loss_kernel: fused\n  norm_kernel: fused\n  linear_kernel: fused\n",
+        );
+        assert_eq!(runs.len(), 4);
+        for r in &runs {
+            let t = &r.plan.config.train;
+            assert_eq!(t.loss_chunk, Some(64));
+            assert_eq!(
+                [t.loss_kernel, t.norm_kernel, t.linear_kernel],
+                [Kernel::Fused; 3]
+            );
+            assert!(!t.cuda_graph);
+        }
+        for r in plan("") {
+            let t = &r.plan.config.train;
+            assert_eq!(t.loss_chunk, None);
+            assert_eq!(
+                [t.loss_kernel, t.norm_kernel, t.linear_kernel],
+                [Kernel::Aten; 3]
+            );
+        }
     }
 }
