@@ -283,9 +283,11 @@ except (OSError, ValueError, KeyError):
 rows = [list(csv.DictReader(open(f"{work}/graph-{n}/curves.csv"))) for n in ("eager", "graph")]
 same = len(rows[0]) == len(rows[1]) and all(a["weights"] == b["weights"] for a, b in zip(*rows))
 run_diff = max(abs(float(a["val_loss"]) - float(b["val_loss"])) for a, b in zip(*rows)) if same else None
+checks = {n: json.load(open(f"{work}/{n}.json")).get("cuda_graph_check")
+          for n in ("parity_bf16_graph", "speed_small_graph")}
 out = {"parts": ["parity_bf16_graph", "speed_small_graph"], "steps": len(graph),
        "max_loss_difference_vs_eager": diff, "run_rows": len(rows[1]),
-       "run_max_val_loss_difference_vs_eager": run_diff}
+       "run_max_val_loss_difference_vs_eager": run_diff, "recording_checks": checks}
 print(json.dumps(out))
 json.dump(out, open(f"{work}/cuda_graph.json", "w"))
 sys.exit(0 if same and run_diff < 5e-2 else 1)
@@ -405,7 +407,7 @@ section parity_f32 $limit bench parity parity_f32 "${p32[@]}"
 section parity_bf16 $limit bench parity parity_bf16 $parity
 section speed_small 210 bench train speed_small "${small[@]}" --profile "$work/profile"
 section kernels 150 kernels "$parity" "${small[@]}"
-section cuda_graph 120 cuda_graph "$parity" "${graphed[@]}"
+section cuda_graph 180 cuda_graph "$parity" "${graphed[@]}"
 section averaging 100 bench averaging averaging "${averaging[@]}"
 section sweep $([ $mode = gpu ] && echo 120 || echo 240) sweep
 section data_parallel 90 data_parallel "${dp[@]}"

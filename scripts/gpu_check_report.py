@@ -149,6 +149,12 @@ def main():
                f"`cuda_graph: true` beside the same run eager, {graph.get('run_rows')} curve rows (raw, LAWA, "
                f"an EMA in host memory), largest validation-loss difference "
                f"**{num(graph.get('run_max_val_loss_difference_vs_eager'), '.3e')}**", ""]
+        for name, c in (graph.get("recording_checks") or {}).items():
+            if c:
+                md += [f"- {name}: the recorded step's first replay against the same step taken eagerly: "
+                       f"loss {c['loss']:.1e}, gradient norm {c['norm']:.1e}, gradients {c['gradients']:.1e} "
+                       f"of the largest (at most 1e-2 passes)"]
+        md.append("")
     elif graph and graph.get("refused_on_cpu"):
         md += ["CUDA graphs: refused on the CPU, as they should be (`--cuda-graph needs a CUDA device`).", ""]
     speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",

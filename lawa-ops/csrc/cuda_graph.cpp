@@ -6,14 +6,23 @@
 // had is current again afterwards. A replay queues the recorded kernels, with the same memory,
 // on the caller's current stream.
 //
-// Compiled only when libtorch has CUDA and the CUDA headers were found at build time (the
-// build defines LAWA_WITH_CUDA_GRAPHS; lawa-ops's Rust side says so otherwise).
+// A capture that fails (CUDA invalidates it when the work synchronizes or reads a value on the
+// host) leaves libtorch's allocators recording into the graph's pool: CUDAGraph::capture_end
+// throws before it ends that, and a later capture would then fail too. So a failed capture is
+// abandoned here: the stream's capture ended if it is still open, the allocators' recording
+// ended and the pool released.
+//
+// Compiled only when libtorch has CUDA and the CUDA headers were found at build time
+// (lawa-ops's Rust side says so otherwise). The few CUDA runtime calls are looked up in the
+// runtime libtorch loaded, so that nothing here links against it.
 
 #include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <dlfcn.h>
 
 #include <memory>
 #include <optional>
@@ -24,10 +33,26 @@
 
 namespace {
 
+// The CUDA runtime's `name`, from the runtime libtorch loaded.
+template <typename F>
+F runtime(const char* name) {
+  void* found = dlsym(RTLD_DEFAULT, name);
+  if (found == nullptr) throw std::runtime_error(std::string("the CUDA runtime has no ") + name);
+  return reinterpret_cast<F>(found);
+}
+
+// Runs `f`, ignoring what it throws (cleaning up after a failure already being reported).
+template <typename F>
+void quietly(F&& f) {
+  try {
+    f();
+  } catch (...) {
+  }
+}
+
 // A graph, and while it is being captured, what the capture changed: the current device and
-// the device's current stream.
-struct LawaGraph {
-  at::cuda::CUDAGraph graph;
+// the device's current stream. A CUDAGraph itself, to reach what abandoning a capture needs.
+struct LawaGraph : at::cuda::CUDAGraph {
   c10::DeviceIndex device;
   c10::DeviceIndex previous_device = -1;
   std::optional<c10::cuda::CUDAStream> previous_stream;
@@ -40,6 +65,28 @@ struct LawaGraph {
     previous_stream.reset();
     if (previous_device >= 0) c10::cuda::set_device(previous_device);
     previous_device = -1;
+  }
+
+  // Undoes what a capture that failed left behind (see the file's note), then restores.
+  void abandon() {
+    quietly([&] {
+      auto is_capturing = runtime<cudaError_t (*)(cudaStream_t, cudaStreamCaptureStatus*)>("cudaStreamIsCapturing");
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      if (is_capturing(capture_stream_.stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+        auto end = runtime<cudaError_t (*)(cudaStream_t, cudaGraph_t*)>("cudaStreamEndCapture");
+        cudaGraph_t partial = nullptr;
+        end(capture_stream_.stream(), &partial);
+        if (partial != nullptr) runtime<cudaError_t (*)(cudaGraph_t)>("cudaGraphDestroy")(partial);
+      }
+    });
+    bool allocating = mempool_id_.first != 0 || mempool_id_.second != 0;
+    if (allocating && !capture_ended_) {  // once it has ended, the destructor releases the pool
+      quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_); });
+      quietly([&] { at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(mempool_id_); });
+      quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_); });
+      quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(mempool_id_); });
+    }
+    restore();
   }
 };
 
@@ -58,15 +105,15 @@ int lawa_cuda_graph_begin(int device, void** graph, char** error) {
     auto index = static_cast<c10::DeviceIndex>(device);
     auto g = std::make_unique<LawaGraph>(index);
     g->previous_device = c10::cuda::ExchangeDevice(index);
-    c10::cuda::device_synchronize();
-    c10::cuda::CUDACachingAllocator::emptyCache();
-    at::getHostAllocator(at::kCUDA)->empty_cache();
-    g->previous_stream = c10::cuda::getCurrentCUDAStream(index);
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
     try {
-      g->graph.capture_begin();
+      c10::cuda::device_synchronize();
+      c10::cuda::CUDACachingAllocator::emptyCache();
+      at::getHostAllocator(at::kCUDA)->empty_cache();
+      g->previous_stream = c10::cuda::getCurrentCUDAStream(index);
+      c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+      g->capture_begin();
     } catch (...) {
-      g->restore();
+      g->abandon();
       throw;
     }
     *graph = g.release();
@@ -74,14 +121,15 @@ int lawa_cuda_graph_begin(int device, void** graph, char** error) {
 }
 
 // Ends the recording lawa_cuda_graph_begin started, and makes the graph ready to replay. The
-// device and stream current before the capture are current again, whether or not it succeeds.
+// device and stream current before the capture are current again, whether or not it succeeds;
+// a capture that failed is abandoned (see the file's note) and the graph cannot be replayed.
 int lawa_cuda_graph_end(void* graph, char** error) {
   auto* g = static_cast<LawaGraph*>(graph);
   return lawa_guarded(error, [&] {
     try {
-      g->graph.capture_end();
+      g->capture_end();
     } catch (...) {
-      g->restore();
+      g->abandon();
       throw;
     }
     g->restore();
@@ -94,7 +142,7 @@ int lawa_cuda_graph_replay(void* graph, char** error) {
   return lawa_guarded(error, [&] {
     c10::DeviceIndex previous = c10::cuda::ExchangeDevice(g->device);
     try {
-      g->graph.replay();
+      g->replay();
     } catch (...) {
       c10::cuda::set_device(previous);
       throw;

@@ -88,8 +88,7 @@ fn on_a_gpu_a_recorded_backward_gives_the_eager_gradients() {
     };
     let eager = |input: &Tensor| {
         x.shallow_clone().copy_(input);
-        let mut g = w.grad();
-        let _ = g.zero_();
+        w.shallow_clone().zero_grad(); // no gradient yet at the first call
         let loss = step();
         (loss.to_device(Device::Cpu), w.grad().to_device(Device::Cpu))
     };
@@ -101,8 +100,7 @@ fn on_a_gpu_a_recorded_backward_gives_the_eager_gradients() {
     let (graph, loss) = CudaGraph::capture(gpu, || Ok::<_, OpsError>(step())).unwrap();
     for (input, (want_loss, want_grad)) in inputs.iter().zip(&want) {
         x.shallow_clone().copy_(input);
-        let mut g = w.grad();
-        let _ = g.zero_();
+        w.shallow_clone().zero_grad();
         graph.replay().unwrap();
         assert!(loss.to_device(Device::Cpu).equal(want_loss));
         assert!(w.grad().to_device(Device::Cpu).equal(want_grad));
@@ -110,9 +108,10 @@ fn on_a_gpu_a_recorded_backward_gives_the_eager_gradients() {
 }
 
 /// Reading a value on the host inside a capture is refused with libtorch's reason, and the body's
-/// error is what the caller gets; the device works afterwards.
+/// error is what the caller gets; the device works afterwards, and so does the next capture (the
+/// failed one was abandoned, its memory pool released).
 #[test]
-fn on_a_gpu_a_host_read_inside_a_capture_is_refused() {
+fn on_a_gpu_a_host_read_inside_a_capture_is_refused_and_the_next_capture_works() {
     let Some(gpu) = gpu() else { return };
     let x = Tensor::ones([8], (Kind::Float, gpu));
     let _ = x.sum(Kind::Float);
@@ -128,4 +127,8 @@ fn on_a_gpu_a_host_read_inside_a_capture_is_refused() {
     assert!(err.message.contains("captur"), "{err}");
     let y = &x * 3.0;
     assert_eq!(y.double_value(&[7]), 3.0);
+    let (graph, z) = CudaGraph::capture(gpu, || Ok::<_, OpsError>(&x * 5.0)).unwrap();
+    let _ = x.shallow_clone().fill_(2.0);
+    graph.replay().unwrap();
+    assert_eq!(Vec::<f32>::try_from(&z).unwrap(), [10.0; 8]);
 }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::{reference, Bench};
-use crate::train::gradients::{GradientPass, GradientRecipe};
+use crate::train::gradients::{GradientPass, GradientRecipe, RecordingCheck};
 use crate::train::trainer::decays;
 
 /// Learning rate of the parity run (constant: the schedule is tested elsewhere).
@@ -59,8 +59,15 @@ fn batches(b: &Bench) -> (Tensor, Tensor) {
     (x, y)
 }
 
-/// lawa's losses of `b.steps` steps on `x`, `y`, from `gpt`'s current weights.
-fn train_losses(b: &Bench, vs: &VarStore, gpt: &Gpt, x: &Tensor, y: &Tensor) -> Result<Vec<f64>> {
+/// lawa's losses of `b.steps` steps on `x`, `y`, from `gpt`'s current weights, and with
+/// `--cuda-graph` how the recorded step compared with the same step taken eagerly.
+fn train_losses(
+    b: &Bench,
+    vs: &VarStore,
+    gpt: &Gpt,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(Vec<f64>, Option<RecordingCheck>)> {
     let mut opt = AdamW::new(vs.variables(), AdamWConfig::default(), decays)?;
     let params = opt.parameters();
     let recipe = GradientRecipe {
@@ -80,7 +87,7 @@ fn train_losses(b: &Bench, vs: &VarStore, gpt: &Gpt, x: &Tensor, y: &Tensor) -> 
         opt.step(LR)?;
         opt.zero_grad();
     }
-    Ok(losses)
+    Ok((losses, gradients.recording_check()))
 }
 
 /// Runs the parity check in the folder `dir` (it holds the initial weights and the batches the
@@ -98,7 +105,7 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
     let file = dir.join("batches.safetensors");
     Tensor::write_safetensors(&[("x", &x), ("y", &y)], &file)
         .with_context(|| format!("cannot write {}", file.display()))?;
-    let ours = train_losses(b, &vs, &gpt, &x, &y)?;
+    let (ours, graph_check) = train_losses(b, &vs, &gpt, &x, &y)?;
     let adamw = AdamWConfig::default();
     let mut config = b.reference_config();
     config["parity"] = json!({
@@ -144,7 +151,8 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
         "transformers": r["transformers"], "lawa": ours, "reference": theirs,
         "max_abs_diff": max, "first_step_abs_diff": first, "tolerance": tol,
         "first_step_tolerance": first_tol, "reference_math_attention": math,
-        "reference_spread": floor, "passed": passed,
+        "reference_spread": floor, "passed": passed, "cuda_graph": b.cuda_graph,
+        "cuda_graph_check": graph_check,
     }))
 }
 

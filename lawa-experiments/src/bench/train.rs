@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tch::{nn::VarStore, Kind, Tensor};
 
 use super::{gpu_memory_used_mib, gpu_peak_flops, profile, reference, sync, Bench};
-use crate::train::gradients::{GradientPass, GradientRecipe};
+use crate::train::gradients::{GradientPass, GradientRecipe, RecordingCheck};
 use crate::train::trainer::decays;
 
 /// A model, its optimizer and fixed random batches, ready to take steps.
@@ -76,6 +76,12 @@ impl StepLoop {
         Ok(())
     }
 
+    /// How the recorded step compared with the same step taken eagerly, with `--cuda-graph`
+    /// once recorded.
+    pub(crate) fn recording_check(&self) -> Option<RecordingCheck> {
+        self.gradients.recording_check()
+    }
+
     /// Seconds per step over `steps` steps after `warmup` untimed ones.
     pub(crate) fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<f64> {
         self.time_steps_with(warmup, steps, &mut |_| Ok(()))
@@ -121,6 +127,14 @@ pub fn run(b: &Bench) -> Result<Value> {
         Some((dir, n)) => Some(profile::profile_lawa(&mut steps, *n, b.device, dir)?),
         None => None,
     };
+    let graph_check = steps.recording_check();
+    if let Some(c) = &graph_check {
+        println!(
+            "CUDA graph: the recorded step's first replay against the same step taken eagerly: \
+             loss {:.1e}, gradient norm {:.1e}, gradients {:.1e} of the largest",
+            c.loss, c.norm, c.gradients
+        );
+    }
     drop(steps);
     let peak = (b.device.is_cuda() && b.precision == Precision::Bf16)
         .then(gpu_peak_flops)
@@ -159,7 +173,7 @@ pub fn run(b: &Bench) -> Result<Value> {
                   "params": b.cfg.num_params(false)},
         "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
         "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel,
-        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel, "cuda_graph": b.cuda_graph,
+        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel, "cuda_graph": b.cuda_graph, "cuda_graph_check": graph_check,
         "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
         "flops_per_token": flops,
         "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},

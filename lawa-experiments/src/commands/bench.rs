@@ -153,13 +153,27 @@ fn cuda_graph(args: &BenchArgs, device: Device) -> Result<bool> {
     if !args.cuda_graph {
         return Ok(false);
     }
+    if !matches!(args.what, BenchKind::Train | BenchKind::Parity) {
+        bail!("--cuda-graph is for bench train and bench parity, which take training steps");
+    }
     if !device.is_cuda() {
         bail!("--cuda-graph needs a CUDA device; this benchmark runs on {device:?}");
     }
-    let eager = crate::train::gradients::EAGER_STEPS_BEFORE_GRAPH as usize;
-    if args.warmup <= eager && args.what != BenchKind::Parity {
+    if !lawa_ops::cuda_graphs_built() {
         bail!(
-            "--cuda-graph needs --warmup of at least {} ({eager} eager steps, then the recording)",
+            "--cuda-graph: this build of lawa has no CUDA graphs (the CUDA headers were not found \
+             when it was built: run scripts/bootstrap.sh, then rebuild)"
+        );
+    }
+    // The recording must happen where it is not timed (train) and within the run (parity).
+    let eager = crate::train::gradients::EAGER_STEPS_BEFORE_GRAPH as usize;
+    let (flag, given) = match args.what {
+        BenchKind::Parity => ("--steps", args.steps),
+        _ => ("--warmup", args.warmup),
+    };
+    if given <= eager {
+        bail!(
+            "--cuda-graph needs {flag} of at least {} ({eager} eager steps, then the recording)",
             eager + 1
         );
     }

@@ -18,6 +18,31 @@ use tch::{Kind, Tensor};
 /// capture.
 pub const EAGER_STEPS_BEFORE_GRAPH: u64 = 3;
 
+/// The largest difference accepted between a recorded step's first replay and the same step
+/// taken eagerly, relative to the eager step's loss, gradient norm and largest gradient: a
+/// replay computes the same kernels on the same values, so anything beyond rounding means the
+/// recording is wrong (gradients doubled or not zeroed, inputs not refilled), and the run stops.
+pub const RECORDING_TOLERANCE: f64 = 1e-2;
+
+/// How a recorded step's first replay compared with the same step taken eagerly, each as a
+/// difference relative to the eager step's value.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RecordingCheck {
+    /// |loss difference| / |eager loss|.
+    pub loss: f64,
+    /// |gradient-norm difference| / eager norm (0 without clipping).
+    pub norm: f64,
+    /// The largest |gradient difference| / the eager step's largest |gradient|.
+    pub gradients: f64,
+}
+
+impl RecordingCheck {
+    /// The largest of the three differences.
+    pub fn largest(&self) -> f64 {
+        self.loss.max(self.norm).max(self.gradients)
+    }
+}
+
 /// How a step's gradients are computed.
 #[derive(Debug, Clone, Copy)]
 pub struct GradientRecipe {
@@ -43,6 +68,8 @@ pub struct Gradients {
 pub struct GradientPass {
     recipe: GradientRecipe,
     graph: Option<Graphed>,
+    /// The recording's check against the eager step, once recorded.
+    check: Option<RecordingCheck>,
 }
 
 /// A graphed pass: eager steps left before the recording, then the recording.
@@ -68,7 +95,13 @@ impl GradientPass {
             graph: cuda_graph.then_some(Graphed::Warming {
                 eager_left: EAGER_STEPS_BEFORE_GRAPH,
             }),
+            check: None,
         }
+    }
+
+    /// How the recorded step compared with the same step taken eagerly (`None` until recorded).
+    pub fn recording_check(&self) -> Option<RecordingCheck> {
+        self.check
     }
 
     /// Whether the next [`run`](Self::run) records the graph. Work of other threads on the
@@ -82,25 +115,30 @@ impl GradientPass {
     /// (given the loss sum: a data-parallel run averages the gradients and loss there), then
     /// clipping. A graphed pass records `reduce` with the rest, once, so it may only queue
     /// device work. The results are overwritten by a graphed pass's next run.
+    ///
+    /// The step that records the graph also takes the step eagerly first (holding a copy of its
+    /// gradients: one more copy of the weights, for that step) and compares the first replay
+    /// with it ([`RecordingCheck`]); beyond [`RECORDING_TOLERANCE`] it is an error.
     pub fn run(
         &mut self,
         gpt: &Gpt,
         params: &[Tensor],
         batches: &[Batch],
-        reduce: impl FnOnce(&Tensor) -> Result<()>,
+        mut reduce: impl FnMut(&Tensor) -> Result<()>,
     ) -> Result<Gradients> {
         let recipe = self.recipe;
         match &mut self.graph {
-            None => compute(&recipe, gpt, params, batches, reduce),
+            None => compute(&recipe, gpt, params, batches, &mut reduce),
             Some(Graphed::Warming { eager_left }) if *eager_left > 0 => {
                 *eager_left -= 1;
-                compute(&recipe, gpt, params, batches, reduce)
+                compute(&recipe, gpt, params, batches, &mut reduce)
             }
             Some(graphed @ Graphed::Warming { .. }) => {
-                let recorded = record(&recipe, gpt, params, batches, reduce)?;
-                let out = recorded.replay(batches);
+                let (recorded, out, check) =
+                    record_checked(&recipe, gpt, params, batches, &mut reduce)?;
                 *graphed = Graphed::Recorded(recorded);
-                out
+                self.check = Some(check);
+                Ok(out)
             }
             Some(Graphed::Recorded(recorded)) => recorded.replay(batches),
         }
@@ -113,7 +151,7 @@ fn compute(
     gpt: &Gpt,
     params: &[Tensor],
     batches: &[Batch],
-    reduce: impl FnOnce(&Tensor) -> Result<()>,
+    mut reduce: impl FnMut(&Tensor) -> Result<()>,
 ) -> Result<Gradients> {
     let device = gpt.device();
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
@@ -129,13 +167,98 @@ fn compute(
     Ok(Gradients { loss_sum, norm })
 }
 
+/// Takes the step eagerly, then records it and replays the recording from the same gradients
+/// (zeroed), and compares the two.
+fn record_checked(
+    recipe: &GradientRecipe,
+    gpt: &Gpt,
+    params: &[Tensor],
+    batches: &[Batch],
+    mut reduce: impl FnMut(&Tensor) -> Result<()>,
+) -> Result<(Recorded, Gradients, RecordingCheck)> {
+    let eager = compute(recipe, gpt, params, batches, &mut reduce)?;
+    let eager_grads: Vec<Tensor> = params.iter().map(grad_copy).collect();
+    for p in params {
+        p.shallow_clone().zero_grad();
+    }
+    let recorded = record(recipe, gpt, params, batches, &mut reduce)?;
+    let replayed = recorded.replay(batches)?;
+    let check = compare_with_eager(&eager, &eager_grads, &replayed, params)?;
+    if check.largest() > RECORDING_TOLERANCE {
+        bail!(
+            "cuda_graph: the recorded step's first replay differs from the same step taken \
+             eagerly (loss by {:.2e}, gradient norm by {:.2e}, gradients by {:.2e} of the \
+             largest; at most {RECORDING_TOLERANCE:.0e} is accepted): the recording is wrong, \
+             so the run stops (without cuda_graph the steps run eagerly)",
+            check.loss,
+            check.norm,
+            check.gradients
+        );
+    }
+    Ok((recorded, replayed, check))
+}
+
+/// A copy of `p`'s gradient (an undefined tensor when it has none).
+fn grad_copy(p: &Tensor) -> Tensor {
+    let g = p.grad();
+    if g.defined() {
+        g.copy()
+    } else {
+        g
+    }
+}
+
+/// How `replayed` (with the gradients `params` hold now) differs from `eager` and the
+/// gradients it left (`eager_grads`, one per parameter).
+fn compare_with_eager(
+    eager: &Gradients,
+    eager_grads: &[Tensor],
+    replayed: &Gradients,
+    params: &[Tensor],
+) -> Result<RecordingCheck> {
+    let relative = |got: &Tensor, want: &Tensor| -> Result<f64> {
+        let (got, want) = (got.f_double_value(&[])?, want.f_double_value(&[])?);
+        let scale = if want == 0.0 { 1.0 } else { want.abs() };
+        Ok((got - want).abs() / scale)
+    };
+    let largest = |t: &Tensor| -> Result<f64> {
+        Ok(t.f_abs()?
+            .f_max()?
+            .f_to_kind(Kind::Double)?
+            .f_double_value(&[])?)
+    };
+    let (mut scale, mut difference) = (0f64, 0f64);
+    for (p, want) in params.iter().zip(eager_grads) {
+        let got = p.grad();
+        match (got.defined(), want.defined()) {
+            (false, false) => continue,
+            (true, true) => {
+                scale = scale.max(largest(want)?);
+                difference = difference.max(largest(&got.f_sub(want)?)?);
+            }
+            _ => bail!(
+                "cuda_graph: the replay and the eager step gave gradients to different parameters"
+            ),
+        }
+    }
+    Ok(RecordingCheck {
+        loss: relative(&replayed.loss_sum, &eager.loss_sum)?,
+        norm: relative(&replayed.norm, &eager.norm)?,
+        gradients: if scale > 0.0 {
+            difference / scale
+        } else {
+            difference
+        },
+    })
+}
+
 /// Records the pass over copies of `batches`, which every replay refills.
 fn record(
     recipe: &GradientRecipe,
     gpt: &Gpt,
     params: &[Tensor],
     batches: &[Batch],
-    reduce: impl FnOnce(&Tensor) -> Result<()>,
+    reduce: impl FnMut(&Tensor) -> Result<()>,
 ) -> Result<Recorded> {
     let inputs: Vec<Batch> = batches
         .iter()
@@ -148,8 +271,8 @@ fn record(
         compute(recipe, gpt, params, &inputs, reduce)
     })
     .context(
-        "train.cuda_graph: the step could not be recorded as a CUDA graph (train without \
-         cuda_graph to go on)",
+        "cuda_graph: the step could not be recorded as a CUDA graph (without cuda_graph the \
+         steps run eagerly)",
     )?;
     Ok(Recorded {
         inputs,
@@ -325,7 +448,45 @@ mod tests {
         assert!(graphed.records_next());
         let err = graphed.run(&gpt, &params, &data, |_| Ok(())).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("train.cuda_graph"), "{msg}");
+        assert!(
+            msg.contains("cuda_graph: the step could not be recorded"),
+            "{msg}"
+        );
         assert!(msg.contains("needs a CUDA device"), "{msg}");
+    }
+
+    /// The recording's check measures each difference against the eager step's own scale: a
+    /// replay that doubled the gradients differs by the whole of the largest gradient, an equal
+    /// one by nothing, and gradients given to other parameters are an error.
+    #[test]
+    fn the_recording_check_measures_the_replay_against_the_eager_step() {
+        let data = batches(3);
+        let (_vs, gpt, params) = model();
+        let eager = GradientPass::new(recipe(0.0), false)
+            .run(&gpt, &params, &data, |_| Ok(()))
+            .unwrap();
+        let eager_grads: Vec<Tensor> = params.iter().map(grad_copy).collect();
+        let same = Gradients {
+            loss_sum: eager.loss_sum.copy(),
+            norm: eager.norm.copy(),
+        };
+        let check = compare_with_eager(&eager, &eager_grads, &same, &params).unwrap();
+        assert_eq!(check.largest(), 0.0);
+        for p in &params {
+            let _ = p.grad().g_mul_scalar_(2.0);
+        }
+        let doubled = Gradients {
+            loss_sum: &eager.loss_sum * 1.5,
+            norm: eager.norm.copy(),
+        };
+        let check = compare_with_eager(&eager, &eager_grads, &doubled, &params).unwrap();
+        assert!((check.gradients - 1.0).abs() < 1e-6, "{check:?}");
+        assert!((check.loss - 0.5).abs() < 1e-6, "{check:?}");
+        assert_eq!(check.norm, 0.0);
+        assert!(check.largest() > RECORDING_TOLERANCE);
+        let mut fewer: Vec<Tensor> = eager_grads.iter().map(Tensor::shallow_clone).collect();
+        fewer[0] = Tensor::new();
+        let err = compare_with_eager(&eager, &fewer, &same, &params).unwrap_err();
+        assert!(err.to_string().contains("different parameters"), "{err}");
     }
 }

@@ -200,12 +200,6 @@ impl<'a> Trainer<'a> {
             p.take_leaders_state(&params, &mut optimizer, &mut state)?;
             sampler.restore(state.sampler);
         }
-        if parallel.is_some() && t.cuda_graph {
-            bail!(
-                "train.cuda_graph = true is not supported over several ranks (the gradient \
-                 all-reduce is not recorded): leave it out, or train on one device"
-            );
-        }
         let parallel = parallel.map(|p| (p, p.reducer(&params, t.allreduce_fp32)));
         Ok(Trainer {
             plan,
@@ -267,7 +261,8 @@ impl<'a> Trainer<'a> {
         let batches = (0..t.grad_accum)
             .map(|_| self.sampler.next_batch_share(device, part, parts))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.gradients.records_next() {
+        let records = self.gradients.records_next();
+        if records {
             // The host copies of averages in host memory wait on the device from their thread.
             self.averagers.settle()?;
         }
@@ -281,6 +276,17 @@ impl<'a> Trainer<'a> {
                 None => Ok(()),
             },
         )?;
+        if let Some(check) = self.gradients.recording_check().filter(|_| records) {
+            tracing::info!(
+                "{}: step {} recorded as a CUDA graph; its first replay against the same step \
+                 taken eagerly: loss {:.1e}, gradient norm {:.1e}, gradients {:.1e} of the largest",
+                self.plan.config.name,
+                self.state.step + 1,
+                check.loss,
+                check.norm,
+                check.gradients
+            );
+        }
         let read = Vec::<f64>::try_from(
             Tensor::stack(&[loss_sum / t.grad_accum as f64, norm.to_device(device)], 0)
                 .to_kind(Kind::Double),
@@ -505,6 +511,12 @@ pub fn train_with(
     let data = Dataset::open(&cfg.data)?;
     let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
     super::memory::ensure_fits(plan, &model_cfg, parallel.map(|p| p.is_leader()))?;
+    if parallel.is_some() && cfg.train.cuda_graph {
+        bail!(
+            "train.cuda_graph = true is not supported over several ranks (the gradient all-reduce \
+             is not recorded): leave it out, or train on one device"
+        );
+    }
     let leader = parallel.is_none_or(|p| p.is_leader());
     let (_claim, ended) = match leader {
         true => (Some(super::run_dir::claim(plan)?), status::read(&plan.dir)?),
