@@ -152,7 +152,8 @@ def main():
         for name, c in (graph.get("recording_checks") or {}).items():
             if c:
                 md += [f"- {name}: the recorded step's first replay against the same step taken eagerly: "
-                       f"loss {c['loss']:.1e}, gradient norm {c['norm']:.1e}, gradients {c['gradients']:.1e} "
+                       f"loss {num(c.get('loss'), '.1e')}, gradient norm {num(c.get('norm'), '.1e')}, "
+                       f"gradients {num(c.get('gradients'), '.1e')} "
                        f"of the largest (at most 1e-2 passes)"]
         md.append("")
     elif graph and graph.get("refused_on_cpu"):

@@ -8,15 +8,18 @@
 //
 // A capture that fails (CUDA invalidates it when the work synchronizes or reads a value on the
 // host) leaves libtorch's allocators recording into the graph's pool: CUDAGraph::capture_end
-// throws before it ends that, and a later capture would then fail too. So a failed capture is
-// abandoned here: the stream's capture ended if it is still open, the allocators' recording
-// ended and the pool released.
+// throws before it ends that, and a later capture would then fail too; and the CUDA random
+// generator stays marked as capturing, so that every random op after would fail. So a failed
+// capture is abandoned here: the stream's capture ended if it is still open (and the error that
+// leaves cleared), the allocators' recording ended and the pool released, the generator's mark
+// cleared.
 //
 // Compiled only when libtorch has CUDA and the CUDA headers were found at build time
 // (lawa-ops's Rust side says so otherwise). The few CUDA runtime calls are looked up in the
 // runtime libtorch loaded, so that nothing here links against it.
 
 #include <ATen/core/CachingHostAllocator.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -56,6 +59,8 @@ struct LawaGraph : at::cuda::CUDAGraph {
   c10::DeviceIndex device;
   c10::DeviceIndex previous_device = -1;
   std::optional<c10::cuda::CUDAStream> previous_stream;
+  // The stream the capture runs on, once chosen (before, capture_stream_ is the caller's).
+  std::optional<c10::cuda::CUDAStream> side_stream;
 
   explicit LawaGraph(c10::DeviceIndex device) : device(device) {}
 
@@ -69,24 +74,29 @@ struct LawaGraph : at::cuda::CUDAGraph {
 
   // Undoes what a capture that failed left behind (see the file's note), then restores.
   void abandon() {
-    quietly([&] {
-      auto is_capturing = runtime<cudaError_t (*)(cudaStream_t, cudaStreamCaptureStatus*)>("cudaStreamIsCapturing");
-      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-      if (is_capturing(capture_stream_.stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
-        auto end = runtime<cudaError_t (*)(cudaStream_t, cudaGraph_t*)>("cudaStreamEndCapture");
-        cudaGraph_t partial = nullptr;
-        end(capture_stream_.stream(), &partial);
-        if (partial != nullptr) runtime<cudaError_t (*)(cudaGraph_t)>("cudaGraphDestroy")(partial);
+    if (side_stream) quietly([&] { end_stream_capture(side_stream->stream()); });
+    if (!capture_ended_) {  // once it has ended, the destructor releases the pool
+      for (auto& [state, increment] : captured_generator_states_) state->capturing_ = false;
+      if (mempool_id_.first != 0 || mempool_id_.second != 0) {
+        quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_); });
+        quietly([&] { at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(mempool_id_); });
+        quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_); });
+        quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(mempool_id_); });
       }
-    });
-    bool allocating = mempool_id_.first != 0 || mempool_id_.second != 0;
-    if (allocating && !capture_ended_) {  // once it has ended, the destructor releases the pool
-      quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_); });
-      quietly([&] { at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(mempool_id_); });
-      quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_); });
-      quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(mempool_id_); });
     }
     restore();
+  }
+
+  // Ends `stream`'s capture if one is open, dropping what it recorded, and clears the error
+  // that leaves behind (c10 would report it at the next kernel launch).
+  static void end_stream_capture(cudaStream_t stream) {
+    auto is_capturing = runtime<cudaError_t (*)(cudaStream_t, cudaStreamCaptureStatus*)>("cudaStreamIsCapturing");
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (is_capturing(stream, &status) != cudaSuccess || status == cudaStreamCaptureStatusNone) return;
+    cudaGraph_t partial = nullptr;
+    runtime<cudaError_t (*)(cudaStream_t, cudaGraph_t*)>("cudaStreamEndCapture")(stream, &partial);
+    if (partial != nullptr) runtime<cudaError_t (*)(cudaGraph_t)>("cudaGraphDestroy")(partial);
+    runtime<cudaError_t (*)()>("cudaGetLastError")();
   }
 };
 
@@ -110,7 +120,8 @@ int lawa_cuda_graph_begin(int device, void** graph, char** error) {
       c10::cuda::CUDACachingAllocator::emptyCache();
       at::getHostAllocator(at::kCUDA)->empty_cache();
       g->previous_stream = c10::cuda::getCurrentCUDAStream(index);
-      c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, index));
+      g->side_stream = c10::cuda::getStreamFromPool(false, index);
+      c10::cuda::setCurrentCUDAStream(*g->side_stream);
       g->capture_begin();
     } catch (...) {
       g->abandon();

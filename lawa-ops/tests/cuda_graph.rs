@@ -26,20 +26,23 @@ fn this_build_has_cuda_graphs_when_libtorch_has_cuda() {
     }
 }
 
-fn gpu() -> Option<Device> {
+/// A GPU when there is one, held by this test alone: captures are process-wide (global capture
+/// mode, one random generator), so two at once would fail each other.
+fn gpu() -> Option<(Device, std::sync::MutexGuard<'static, ()>)> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        eprintln!("skipped: no GPU here");
-        None
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        return Some((Device::Cuda(0), guard));
     }
+    eprintln!("skipped: no GPU here");
+    None
 }
 
 /// A capture runs nothing; each replay recomputes the outputs from the inputs as they are then
 /// (refilled in place), and the device's stream is the caller's again after the capture.
 #[test]
 fn on_a_gpu_replays_recompute_the_outputs_from_the_refilled_inputs() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _one)) = gpu() else { return };
     let x = Tensor::arange(1024, (Kind::Float, gpu));
     let w = Tensor::full([1024, 1024], 0.5, (Kind::Float, gpu));
     let _ = (&x * 2.0 + 1.0).matmul(&w); // warm-up: cuBLAS's plans before the capture
@@ -77,7 +80,7 @@ fn on_a_gpu_replays_recompute_the_outputs_from_the_refilled_inputs() {
 /// for bit, accumulated into the same gradient tensors.
 #[test]
 fn on_a_gpu_a_recorded_backward_gives_the_eager_gradients() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _one)) = gpu() else { return };
     tch::manual_seed(0);
     let w = Tensor::randn([256, 256], (Kind::Float, gpu)).set_requires_grad(true);
     let x = Tensor::zeros([64, 256], (Kind::Float, gpu));
@@ -112,7 +115,7 @@ fn on_a_gpu_a_recorded_backward_gives_the_eager_gradients() {
 /// failed one was abandoned, its memory pool released).
 #[test]
 fn on_a_gpu_a_host_read_inside_a_capture_is_refused_and_the_next_capture_works() {
-    let Some(gpu) = gpu() else { return };
+    let Some((gpu, _one)) = gpu() else { return };
     let x = Tensor::ones([8], (Kind::Float, gpu));
     let _ = x.sum(Kind::Float);
     let err = CudaGraph::capture(gpu, || {
@@ -127,6 +130,9 @@ fn on_a_gpu_a_host_read_inside_a_capture_is_refused_and_the_next_capture_works()
     assert!(err.message.contains("captur"), "{err}");
     let y = &x * 3.0;
     assert_eq!(y.double_value(&[7]), 3.0);
+    // The random generator is not left marked as capturing.
+    let r = Tensor::randn([1024], (Kind::Float, gpu));
+    assert!(r.std(true).double_value(&[]) > 0.5);
     let (graph, z) = CudaGraph::capture(gpu, || Ok::<_, OpsError>(&x * 5.0)).unwrap();
     let _ = x.shallow_clone().fill_(2.0);
     graph.replay().unwrap();

@@ -37,9 +37,11 @@ pub struct RecordingCheck {
 }
 
 impl RecordingCheck {
-    /// The largest of the three differences.
-    pub fn largest(&self) -> f64 {
-        self.loss.max(self.norm).max(self.gradients)
+    /// Whether every difference is at most `tolerance` (a NaN is not).
+    pub fn within(&self, tolerance: f64) -> bool {
+        [self.loss, self.norm, self.gradients]
+            .iter()
+            .all(|d| *d <= tolerance)
     }
 }
 
@@ -184,7 +186,7 @@ fn record_checked(
     let recorded = record(recipe, gpt, params, batches, &mut reduce)?;
     let replayed = recorded.replay(batches)?;
     let check = compare_with_eager(&eager, &eager_grads, &replayed, params)?;
-    if check.largest() > RECORDING_TOLERANCE {
+    if !check.within(RECORDING_TOLERANCE) {
         bail!(
             "cuda_graph: the recorded step's first replay differs from the same step taken \
              eagerly (loss by {:.2e}, gradient norm by {:.2e}, gradients by {:.2e} of the \
@@ -234,7 +236,10 @@ fn compare_with_eager(
             (false, false) => continue,
             (true, true) => {
                 scale = scale.max(largest(want)?);
-                difference = difference.max(largest(&got.f_sub(want)?)?);
+                let d = largest(&got.f_sub(want)?)?;
+                if d.is_nan() || d > difference {
+                    difference = d; // a NaN stays: nothing compares greater
+                }
             }
             _ => bail!(
                 "cuda_graph: the replay and the eager step gave gradients to different parameters"
@@ -471,7 +476,8 @@ mod tests {
             norm: eager.norm.copy(),
         };
         let check = compare_with_eager(&eager, &eager_grads, &same, &params).unwrap();
-        assert_eq!(check.largest(), 0.0);
+        assert_eq!((check.loss, check.norm, check.gradients), (0.0, 0.0, 0.0));
+        assert!(check.within(0.0));
         for p in &params {
             let _ = p.grad().g_mul_scalar_(2.0);
         }
@@ -483,7 +489,12 @@ mod tests {
         assert!((check.gradients - 1.0).abs() < 1e-6, "{check:?}");
         assert!((check.loss - 0.5).abs() < 1e-6, "{check:?}");
         assert_eq!(check.norm, 0.0);
-        assert!(check.largest() > RECORDING_TOLERANCE);
+        assert!(!check.within(RECORDING_TOLERANCE));
+        // A NaN anywhere fails the check rather than vanishing in a max.
+        let _ = params[1].grad().g_mul_scalar_(f64::NAN);
+        let check = compare_with_eager(&eager, &eager_grads, &same, &params).unwrap();
+        assert!(check.gradients.is_nan(), "{check:?}");
+        assert!(!check.within(RECORDING_TOLERANCE));
         let mut fewer: Vec<Tensor> = eager_grads.iter().map(Tensor::shallow_clone).collect();
         fewer[0] = Tensor::new();
         let err = compare_with_eager(&eager, &fewer, &same, &params).unwrap_err();

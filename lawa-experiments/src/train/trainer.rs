@@ -200,6 +200,10 @@ impl<'a> Trainer<'a> {
             p.take_leaders_state(&params, &mut optimizer, &mut state)?;
             sampler.restore(state.sampler);
         }
+        if parallel.is_some() && t.cuda_graph {
+            // train_with refuses this before the run folder is touched; a direct caller too.
+            bail!("train.cuda_graph = true is not supported over several ranks");
+        }
         let parallel = parallel.map(|p| (p, p.reducer(&params, t.allreduce_fp32)));
         Ok(Trainer {
             plan,
