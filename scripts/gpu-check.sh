@@ -187,6 +187,22 @@ speed_options() {
     printf '{"options": ["speed_small_chunked_loss", "speed_small_fused_adamw"]}\n' >"$work/speed_small_options.json"
 }
 
+# device_tests NAME FILTER...: lawa-ops' NAME tests built by --prepare, those matching FILTER,
+# on the device (their log in the work folder); fails when one fails or says it was skipped.
+device_tests() {
+    local t=$1 status
+    shift
+    # LIBTORCH: where the NVRTC test finds the wheel's NVRTC (beside torch).
+    LIBTORCH=$torch_dir "$root/.gpu/tests/$t" "$@" --nocapture --test-threads 1 >"$work/tests_$t.log" 2>&1
+    status=$?
+    cat "$work/tests_$t.log"
+    [ $status -eq 0 ] || return 1
+    if grep -q "skipped" "$work/tests_$t.log"; then
+        echo "a GPU test of $t was skipped" >&2
+        return 1
+    fi
+}
+
 # kernels "PARITY_ARGS" SPEED_ARGS...: lawa's own CUDA kernels (train.loss_kernel,
 # train.norm_kernel and train.linear_kernel: fused): their tests on the device (GPU only:
 # cross-entropy against log_softmax + nll_loss, add + LayerNorm against the ops, linear against
@@ -195,19 +211,11 @@ speed_options() {
 # runs it (PARITY_ARGS, split at spaces); and lawa alone as speed_small runs it, with the
 # cross-entropy kernels, with all three (profiled), and with all three and the fused AdamW.
 kernels() {
-    local parity=$1 t status
+    local parity=$1 t
     shift
     if [ "$device" = cuda ]; then
         for t in kernels cross_entropy layer_norm linear host_copy; do
-            # LIBTORCH: where the NVRTC test finds the wheel's NVRTC (beside torch).
-            LIBTORCH=$torch_dir "$root/.gpu/tests/$t" on_a_gpu nvrtc --nocapture --test-threads 1 >"$work/tests_$t.log" 2>&1
-            status=$?
-            cat "$work/tests_$t.log"
-            [ $status -eq 0 ] || return 1
-            if grep -q "skipped" "$work/tests_$t.log"; then
-                echo "a GPU test of $t was skipped" >&2
-                return 1
-            fi
+            device_tests "$t" on_a_gpu nvrtc || return 1
         done
     fi
     # shellcheck disable=SC2086 # split on purpose
@@ -227,7 +235,7 @@ kernels() {
 # warm-up must leave room for the recording); and a short `lawa train` with evaluations and
 # averagers, eager and graphed, the curves compared. On the CPU: the option is refused, naming why.
 cuda_graph() {
-    local parity=$1 status
+    local parity=$1
     shift
     if [ "$device" != cuda ]; then
         if "$lawa" bench train --device cpu --cuda-graph --no-reference "$@" 2>"$work/cuda_graph.err"; then
@@ -239,14 +247,7 @@ cuda_graph() {
         printf '{"refused_on_cpu": true}\n' >"$work/cuda_graph.json"
         return 0
     fi
-    LIBTORCH=$torch_dir "$root/.gpu/tests/cuda_graph" on_a_gpu --nocapture --test-threads 1 >"$work/tests_cuda_graph.log" 2>&1
-    status=$?
-    cat "$work/tests_cuda_graph.log"
-    [ $status -eq 0 ] || return 1
-    if grep -q "skipped" "$work/tests_cuda_graph.log"; then
-        echo "a GPU test of cuda_graph was skipped" >&2
-        return 1
-    fi
+    device_tests cuda_graph on_a_gpu || return 1
     local all=(--loss-kernel fused --norm-kernel fused --linear-kernel fused)
     # shellcheck disable=SC2086 # split on purpose
     bench parity parity_bf16_graph $parity "${all[@]}" --cuda-graph || return 1
@@ -366,7 +367,7 @@ EOF
 }
 
 export lawa work out device root torch_dir
-export -f environment bench speed_options kernels cuda_graph sweep data_parallel
+export -f environment bench device_tests speed_options kernels cuda_graph sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"

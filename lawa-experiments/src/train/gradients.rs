@@ -36,6 +36,18 @@ pub struct RecordingCheck {
     pub gradients: f64,
 }
 
+/// "loss …, gradient norm …, gradients … of the largest": how the logs, the benchmarks and the
+/// error state the three differences.
+impl std::fmt::Display for RecordingCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loss {:.1e}, gradient norm {:.1e}, gradients {:.1e} of the largest",
+            self.loss, self.norm, self.gradients
+        )
+    }
+}
+
 impl RecordingCheck {
     /// Whether every difference is at most `tolerance` (a NaN is not).
     pub fn within(&self, tolerance: f64) -> bool {
@@ -189,12 +201,8 @@ fn record_checked(
     if !check.within(RECORDING_TOLERANCE) {
         bail!(
             "cuda_graph: the recorded step's first replay differs from the same step taken \
-             eagerly (loss by {:.2e}, gradient norm by {:.2e}, gradients by {:.2e} of the \
-             largest; at most {RECORDING_TOLERANCE:.0e} is accepted): the recording is wrong, \
-             so the run stops (without cuda_graph the steps run eagerly)",
-            check.loss,
-            check.norm,
-            check.gradients
+             eagerly ({check}; at most {RECORDING_TOLERANCE:.0e} is accepted): the recording is \
+             wrong, so the run stops (without cuda_graph the steps run eagerly)"
         );
     }
     Ok((recorded, replayed, check))

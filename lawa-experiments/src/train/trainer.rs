@@ -200,10 +200,8 @@ impl<'a> Trainer<'a> {
             p.take_leaders_state(&params, &mut optimizer, &mut state)?;
             sampler.restore(state.sampler);
         }
-        if parallel.is_some() && t.cuda_graph {
-            // train_with refuses this before the run folder is touched; a direct caller too.
-            bail!("train.cuda_graph = true is not supported over several ranks");
-        }
+        // train_with refuses this before the run folder is touched; a direct caller too.
+        ensure_graph_on_one_rank(t, parallel.is_some())?;
         let parallel = parallel.map(|p| (p, p.reducer(&params, t.allreduce_fp32)));
         Ok(Trainer {
             plan,
@@ -283,12 +281,9 @@ impl<'a> Trainer<'a> {
         if let Some(check) = self.gradients.recording_check().filter(|_| records) {
             tracing::info!(
                 "{}: step {} recorded as a CUDA graph; its first replay against the same step \
-                 taken eagerly: loss {:.1e}, gradient norm {:.1e}, gradients {:.1e} of the largest",
+                 taken eagerly: {check}",
                 self.plan.config.name,
                 self.state.step + 1,
-                check.loss,
-                check.norm,
-                check.gradients
             );
         }
         let read = Vec::<f64>::try_from(
@@ -495,6 +490,17 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Refuses `train.cuda_graph` in a data-parallel run (`ranks`): the all-reduce is not recorded.
+fn ensure_graph_on_one_rank(t: &super::config::TrainSpec, ranks: bool) -> Result<()> {
+    if ranks && t.cuda_graph {
+        bail!(
+            "train.cuda_graph = true is not supported over several ranks (the gradient all-reduce \
+             is not recorded): leave it out, or train on one device"
+        );
+    }
+    Ok(())
+}
+
 /// Runs (or resumes, or skips if it already ended) the training run `plan`.
 /// `on_progress(step, total)` is called after each step (for a sweep's overall progress).
 pub fn train(plan: &RunPlan, on_progress: impl FnMut(u64, u64)) -> Result<RunOutcome> {
@@ -515,12 +521,7 @@ pub fn train_with(
     let data = Dataset::open(&cfg.data)?;
     let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
     super::memory::ensure_fits(plan, &model_cfg, parallel.map(|p| p.is_leader()))?;
-    if parallel.is_some() && cfg.train.cuda_graph {
-        bail!(
-            "train.cuda_graph = true is not supported over several ranks (the gradient all-reduce \
-             is not recorded): leave it out, or train on one device"
-        );
-    }
+    ensure_graph_on_one_rank(&cfg.train, parallel.is_some())?;
     let leader = parallel.is_none_or(|p| p.is_leader());
     let (_claim, ended) = match leader {
         true => (Some(super::run_dir::claim(plan)?), status::read(&plan.dir)?),
