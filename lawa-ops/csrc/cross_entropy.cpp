@@ -47,18 +47,26 @@ void check_cross_entropy_inputs(const at::Tensor& logits, const at::Tensor& targ
 
 namespace {
 
-lawa::KernelModule& kernels() {
-  static lawa::KernelModule module(
-#include "cross_entropy_cu.inc"
-      , "cross_entropy.cu");
-  return module;
-}
-
 // The forward or backward kernel for logits of `dtype` (bf16; fp32 otherwise).
 const char* kernel_name(at::ScalarType dtype, bool forward) {
   bool bf16 = dtype == at::kBFloat16;
   if (forward) return bf16 ? "lawa_ce_forward_bf16" : "lawa_ce_forward_f32";
   return bf16 ? "lawa_ce_backward_bf16" : "lawa_ce_backward_f32";
+}
+
+// Every kernel kernel_name can name.
+std::vector<std::string> kernel_names() {
+  std::vector<std::string> names;
+  for (auto dtype : {at::kBFloat16, at::kFloat})
+    for (bool forward : {true, false}) names.push_back(kernel_name(dtype, forward));
+  return names;
+}
+
+lawa::KernelModule& kernels() {
+  static lawa::KernelModule module(
+#include "cross_entropy_cu.inc"
+      , "cross_entropy.cu", kernel_names());
+  return module;
 }
 
 // (losses, lse) with the kernel: one block per row.
@@ -170,10 +178,7 @@ int lawa_cross_entropy(const at::Tensor* logits, const at::Tensor* targets, int6
 // empty for the one beside libtorch.
 int lawa_cross_entropy_compile(const char* arch, const char* library, size_t* bytes, char** error) {
   return lawa_guarded(error, [&] {
-    std::vector<std::string> names;
-    for (auto dtype : {at::kBFloat16, at::kFloat})
-      for (bool forward : {true, false}) names.push_back(kernel_name(dtype, forward));
-    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, names).size();
+    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, kernels().kernels()).size();
   });
 }
 

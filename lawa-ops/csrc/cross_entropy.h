@@ -6,7 +6,8 @@
 
 namespace lawa {
 
-// Threads per block (one block per row).
+// Threads per block (one block per row); the kernels' __launch_bounds__ (cross_entropy.cu)
+// promise no more, so that the compiler keeps each thread's registers within what 512 may use.
 constexpr unsigned kCrossEntropyThreads = 512;
 
 // Whether the kernels may read (and write) rows 16 bytes at a time: rows of a multiple of 16

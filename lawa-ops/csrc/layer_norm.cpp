@@ -61,10 +61,23 @@ namespace {
 
 using Tensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// Every kernel the launchers can name.
+std::vector<std::string> kernel_names() {
+  std::vector<std::string> names;
+  for (auto [base, most] : {std::pair{"lawa_ln_forward", lawa::kLayerNormForwardGroups},
+                            std::pair{"lawa_ln_backward_input", lawa::kLayerNormBackwardGroups}})
+    for (int groups : {0, 2, 4, 8, 16})
+      for (auto delta : {at::kBFloat16, at::kFloat})
+        for (auto out : {at::kBFloat16, at::kFloat})
+          if (groups <= most) names.push_back(lawa::layer_norm_kernel(base, groups, delta, out));
+  for (auto out : {at::kBFloat16, at::kFloat}) names.push_back("lawa_ln_backward_params_" + lawa::kernel_dtype(out));
+  return names;
+}
+
 lawa::KernelModule& kernels() {
   static lawa::KernelModule module(
 #include "layer_norm_cu.inc"
-      , "layer_norm.cu");
+      , "layer_norm.cu", kernel_names());
   return module;
 }
 
@@ -210,15 +223,7 @@ int lawa_add_layer_norm(const at::Tensor* x, const at::Tensor* delta, const at::
 // Compiles the add + LayerNorm kernels with NVRTC for `arch`: see lawa_cross_entropy_compile.
 int lawa_layer_norm_compile(const char* arch, const char* library, size_t* bytes, char** error) {
   return lawa_guarded(error, [&] {
-    std::vector<std::string> names;
-    for (auto [base, most] : {std::pair{"lawa_ln_forward", lawa::kLayerNormForwardGroups},
-                              std::pair{"lawa_ln_backward_input", lawa::kLayerNormBackwardGroups}})
-      for (int groups : {0, 2, 4, 8, 16})
-        for (auto delta : {at::kBFloat16, at::kFloat})
-          for (auto out : {at::kBFloat16, at::kFloat})
-            if (groups <= most) names.push_back(lawa::layer_norm_kernel(base, groups, delta, out));
-    for (auto out : {at::kBFloat16, at::kFloat}) names.push_back("lawa_ln_backward_params_" + lawa::kernel_dtype(out));
-    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, names).size();
+    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, kernels().kernels()).size();
   });
 }
 

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -115,8 +116,33 @@ void load_builtins(void* nvrtc) {
   closedir(listing);
 }
 
-// NVRTC as libtorch finds it: libcaffe2_nvrtc.so (torch's own NVRTC wrapper) is linked against
-// it with a run path into the wheel, so loading that loads NVRTC, found then by its soname.
+// The wheel's libnvrtc beside libtorch: site-packages/nvidia/cu*/lib/libnvrtc.so.<major> next to
+// site-packages/torch/lib, the newest CUDA first; empty if there is none.
+std::string wheel_nvrtc(const std::string& torch_lib) {
+  std::string nvidia = torch_lib + "/../../nvidia";
+  std::vector<std::string> found;
+  if (DIR* cuda = opendir(nvidia.c_str())) {
+    while (dirent* version = readdir(cuda)) {
+      std::string lib = nvidia + "/" + version->d_name + "/lib";
+      DIR* listing = version->d_name[0] == '.' ? nullptr : opendir(lib.c_str());
+      if (listing == nullptr) continue;
+      while (dirent* entry = readdir(listing)) {
+        std::string name = entry->d_name;
+        if (name.rfind("libnvrtc.so.", 0) == 0 && name.find("builtins") == std::string::npos &&
+            name.find(".alt") == std::string::npos)
+          found.push_back(lib + "/" + name);
+      }
+      closedir(listing);
+    }
+    closedir(cuda);
+  }
+  std::sort(found.begin(), found.end());
+  return found.empty() ? "" : found.back();
+}
+
+// NVRTC as libtorch finds it: the wheel's copy (see wheel_nvrtc); else through
+// libcaffe2_nvrtc.so (torch's own NVRTC wrapper, linked against it with a run path), which loads
+// NVRTC, found then by its soname; else by soname on the loader's path.
 void* open_nvrtc(const std::string& library) {
   if (!library.empty()) {
     void* h = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -124,6 +150,8 @@ void* open_nvrtc(const std::string& library) {
     return h;
   }
   std::string dir = folder_of(reinterpret_cast<void*>(&at::globalContext));  // libtorch_cpu.so's
+  std::string wheel = dir.empty() ? "" : wheel_nvrtc(dir);
+  if (!wheel.empty()) return open_nvrtc(wheel);
   std::string wrapper_error;
   if (!dir.empty() && dlopen((dir + "/libcaffe2_nvrtc.so").c_str(), RTLD_NOW | RTLD_LOCAL) == nullptr)
     wrapper_error = dlerror();
@@ -185,34 +213,46 @@ class CurrentContext {
 
 }  // namespace
 
-KernelModule::KernelModule(const char* source, const char* name)
+KernelModule::KernelModule(const char* source, const char* name, std::vector<std::string> kernels)
     : source_(std::string(
 #include "common_cuh.inc"
                           ) +
               source),
-      name_(name) {}
+      name_(name),
+      kernels_(std::move(kernels)) {}
+
+namespace {
+
+// Destroys an NVRTC program however its compilation ends.
+struct Program {
+  const Nvrtc& n;
+  void* handle = nullptr;
+  ~Program() {
+    if (handle != nullptr) n.destroy(&handle);
+  }
+};
+
+}  // namespace
 
 std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library) {
   const Nvrtc& n = nvrtc(library);
-  void* program = nullptr;
-  n.check(n.create(&program, source.c_str(), "lawa.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  Program program{n};
+  n.check(n.create(&program.handle, source.c_str(), "lawa.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
   std::string architecture = "--gpu-architecture=" + arch;
   const char* options[] = {architecture.c_str(), "--std=c++17"};
-  Result compiled = n.compile(program, 2, options);
+  Result compiled = n.compile(program.handle, 2, options);
   size_t size = 0;
-  std::string out;
   if (compiled != 0) {
-    n.log_size(program, &size);
+    n.log_size(program.handle, &size);
     std::string log(size, '\0');
-    n.log(program, log.data());
-    n.destroy(&program);
+    n.log(program.handle, log.data());
     throw std::runtime_error("NVRTC could not compile the kernels for " + arch + ": " + n.error_string(compiled) +
                              "\n" + log);
   }
-  n.check(n.cubin_size(program, &size), "nvrtcGetCUBINSize");
+  std::string out;
+  n.check(n.cubin_size(program.handle, &size), "nvrtcGetCUBINSize");
   out.resize(size);
-  n.check(n.cubin(program, out.data()), "nvrtcGetCUBIN");
-  n.destroy(&program);
+  n.check(n.cubin(program.handle, out.data()), "nvrtcGetCUBIN");
   return out;
 }
 
@@ -230,31 +270,44 @@ std::string nvrtc_compile_checked(const std::string& source, const std::string& 
 KernelModule::Loaded& KernelModule::load(int device) {
   auto found = loaded_.find(device);
   if (found != loaded_.end()) return found->second;
+  auto failed = failed_.find(device);
+  if (failed != failed_.end()) throw std::runtime_error(failed->second);
+  try {
+    return loaded_.emplace(device, compile_and_load(device)).first->second;
+  } catch (const std::exception& e) {
+    failed_.emplace(device, std::string(name_) + " on CUDA device " + std::to_string(device) + ": " + e.what());
+    throw std::runtime_error(failed_.at(device));
+  }
+}
+
+KernelModule::Loaded KernelModule::compile_and_load(int device) const {
   const Driver& d = driver();
   int handle = 0, major = 0, minor = 0;
   d.check(d.device_get(&handle, device), "cuDeviceGet");
   d.check(d.attribute(&major, kComputeCapabilityMajor, handle), "cuDeviceGetAttribute");
   d.check(d.attribute(&minor, kComputeCapabilityMinor, handle), "cuDeviceGetAttribute");
+  std::string cubin = nvrtc_compile(source_, "sm_" + std::to_string(major) + std::to_string(minor), "");
   Loaded loaded;
   d.check(d.primary_context(&loaded.context, handle), "cuDevicePrimaryCtxRetain");
-  std::string cubin = nvrtc_compile(source_, "sm_" + std::to_string(major) + std::to_string(minor), "");
   CurrentContext current(loaded.context);
   d.check(d.load_module(&loaded.module, cubin.data()), "cuModuleLoadData");
-  return loaded_.emplace(device, std::move(loaded)).first->second;
+  for (const auto& kernel : kernels_) {
+    void* function = nullptr;
+    d.check(d.get_function(&function, loaded.module, kernel.c_str()), "cuModuleGetFunction ", kernel);
+    loaded.functions.emplace(kernel, function);
+  }
+  return loaded;
 }
 
 void KernelModule::launch(int device, const char* kernel, unsigned grid, unsigned block, std::vector<void*> args) {
   if (grid == 0) return;
   std::lock_guard<std::mutex> lock(mutex_);
   Loaded& loaded = load(device);
+  auto found = loaded.functions.find(kernel);
+  if (found == loaded.functions.end())
+    throw std::logic_error(std::string(name_) + " has no kernel `" + kernel + "` among those its launcher names");
   const Driver& d = driver();
   CurrentContext current(loaded.context);
-  auto found = loaded.functions.find(kernel);
-  if (found == loaded.functions.end()) {
-    void* function = nullptr;
-    d.check(d.get_function(&function, loaded.module, kernel), "cuModuleGetFunction ", kernel);
-    found = loaded.functions.emplace(kernel, function).first;
-  }
   c10::Device where(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device));
   c10::Stream stream = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(where);
   d.check(d.launch(found->second, grid, 1, 1, block, 1, 1, 0, stream.native_handle(), args.data(), nullptr),

@@ -12,7 +12,7 @@
 namespace lawa {
 
 // NVRTC's binary (cubin) of `source` for `arch` (e.g. "sm_90"). `library`: the path of
-// libnvrtc, or empty to find the one libtorch loads. Throws with NVRTC's log on failure.
+// libnvrtc, or empty to find the one libtorch's wheel ships (see open_nvrtc). Throws with NVRTC's log on failure.
 std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library);
 
 // nvrtc_compile, then a check that the binary defines every kernel in `kernels` (the names its
@@ -22,17 +22,24 @@ std::string nvrtc_compile_checked(const std::string& source, const std::string& 
                                   const std::vector<std::string>& kernels);
 
 // One source of kernels, compiled once per device on first use (for that device's
-// architecture) and launched on libtorch's current stream of the device.
+// architecture), every kernel of `kernels` looked up as soon as the binary is loaded (so that
+// none is loaded later, inside a CUDA graph's capture, and a missing one is an error at once),
+// and launched on libtorch's current stream of the device. A device whose compilation or
+// loading failed is not tried again: its launches throw the first error.
 class KernelModule {
  public:
-  // `source`: the kernels, compiled with kernels/common.cuh before them.
-  KernelModule(const char* source, const char* name);
+  // `source`: the kernels, compiled with kernels/common.cuh before them; `kernels`: the names of
+  // every kernel its launcher can ask for.
+  KernelModule(const char* source, const char* name, std::vector<std::string> kernels);
 
   // The whole source NVRTC compiles (common.cuh, then the kernels).
   const std::string& source() const { return source_; }
 
-  // Launches `kernel` (an extern "C" __global__ function of the source) on `device` with
-  // `grid` x `block` threads; `args` point at the kernel's arguments, in order.
+  // The kernels the launcher can ask for.
+  const std::vector<std::string>& kernels() const { return kernels_; }
+
+  // Launches `kernel` (one of `kernels`) on `device` with `grid` x `block` threads; `args`
+  // point at the kernel's arguments, in order.
   void launch(int device, const char* kernel, unsigned grid, unsigned block, std::vector<void*> args);
 
  private:
@@ -42,11 +49,14 @@ class KernelModule {
     std::unordered_map<std::string, void*> functions;
   };
   Loaded& load(int device);
+  Loaded compile_and_load(int device) const;
 
   std::string source_;
   const char* name_;
+  std::vector<std::string> kernels_;
   std::mutex mutex_;
   std::unordered_map<int, Loaded> loaded_;
+  std::unordered_map<int, std::string> failed_;  // device -> why it could not load
 };
 
 }  // namespace lawa

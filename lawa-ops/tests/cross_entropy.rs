@@ -172,6 +172,58 @@ fn the_kernels_source_run_on_the_cpu_equals_log_softmax_and_nll_loss() {
     assert!(e.message.contains("multiple of 32"), "{e}");
 }
 
+/// A NaN logit among the vocabulary makes its row's loss and gradient NaN, as torch's do,
+/// wherever it falls: first among a thread's columns, after a -inf, filling a 16-byte group;
+/// a NaN in the padding columns changes nothing. (The kernels' source, run on the CPU.)
+#[test]
+fn a_nan_logit_makes_its_row_nan_as_in_torch() {
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for cols in WIDTHS {
+            let (logits, targets) = inputs(kind, Device::Cpu, cols);
+            let _ = logits.get(0).get(0).fill_(f64::NAN);
+            let _ = logits.get(1).narrow(0, 0, 8).fill_(f64::NAN);
+            let _ = logits.get(2).get(VOCAB - 1).fill_(f64::NAN);
+            let _ = logits.get(6).get(0).fill_(f64::NEG_INFINITY);
+            let _ = logits.get(6).get(1).fill_(f64::NAN);
+            let _ = logits.get(7).get(cols - 1).fill_(f64::NAN); // padding
+            let want = reference(&logits, &targets);
+            let nan_rows = want.isnan();
+            assert_eq!(
+                nan_rows.sum(Kind::Int64).int64_value(&[]),
+                4,
+                "torch's NaN rows"
+            );
+            let finite = nan_rows.logical_not();
+            for threads in [32, 64] {
+                let (losses, _, grad) = emulate_cross_entropy_kernels(
+                    &logits,
+                    &targets,
+                    VOCAB,
+                    &weights(Device::Cpu),
+                    threads,
+                )
+                .unwrap();
+                let case = format!("{kind:?}, {cols} columns, blocks of {threads}");
+                assert!(losses.isnan().equal(&nan_rows), "{case}: NaN losses");
+                let d = max_abs_diff(&losses.masked_select(&finite), &want.masked_select(&finite));
+                assert!(d < 1e-4, "{case}: the other losses differ by {d}");
+                for row in [0, 1, 2, 6] {
+                    let g = grad.get(row).narrow(0, 0, VOCAB).isnan();
+                    assert!(
+                        g.all().int64_value(&[]) == 1,
+                        "{case}: row {row}'s gradient"
+                    );
+                }
+                assert_eq!(
+                    grad.get(7).isnan().any().int64_value(&[]),
+                    0,
+                    "{case}: row 7"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn on_a_gpu_the_kernels_equal_log_softmax_and_nll_loss() {
     if !Cuda::is_available() {

@@ -38,6 +38,15 @@ fn nvrtc_compiles_every_kernel_source_for_ampere_and_hopper() {
             assert!(bytes > 1000, "{source:?} for {arch}: a {bytes}-byte binary");
         }
     }
+    // Without a path, NVRTC is found as a GPU run finds it (the wheel's, beside libtorch): the
+    // same library, so the same binary.
+    for source in KernelSource::ALL {
+        assert_eq!(
+            compile_kernels(source, "sm_90", None).unwrap(),
+            compile_kernels(source, "sm_90", Some(&nvrtc)).unwrap(),
+            "{source:?}"
+        );
+    }
     let e = compile_kernels(KernelSource::LayerNorm, "sm_1", Some(&nvrtc)).unwrap_err();
     assert!(e.message.contains("sm_1"), "{e}");
     let e = compile_kernels(

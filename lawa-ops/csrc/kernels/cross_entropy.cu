@@ -33,8 +33,10 @@ __device__ __forceinline__ LawaMaxSum lawa_combine(LawaMaxSum a, LawaMaxSum b) {
 template <int N>
 __device__ __forceinline__ LawaMaxSum lawa_add(LawaMaxSum a, const float (&x)[N], int count) {
   float m = a.m;
+  // A maximum that keeps a NaN (fmaxf drops it): a NaN logit must make the loss NaN, as in
+  // torch, wherever it falls, also when it is all a thread has seen so far.
   for (int k = 0; k < N; ++k)
-    if (k < count) m = fmaxf(m, x[k]);
+    if (k < count && (x[k] > m || x[k] != x[k])) m = x[k];
   if (m == LAWA_NEG_INF) return a;  // only -inf so far
   float s = a.s * lawa_rescale(a.m, m);
   for (int k = 0; k < N; ++k)
@@ -143,26 +145,26 @@ __device__ void lawa_ce_backward(const T* logits, const long long* targets, cons
   }
 }
 
-extern "C" __global__ void lawa_ce_forward_bf16(const lawa_bf16* logits, const long long* targets,
+extern "C" __global__ void __launch_bounds__(512) lawa_ce_forward_bf16(const lawa_bf16* logits, const long long* targets,
                                                 float* losses, float* lse, long long cols,
                                                 long long vocab, long long ignore_index, int vectorized) {
   lawa_ce_forward(logits, targets, losses, lse, cols, vocab, ignore_index, vectorized);
 }
 
-extern "C" __global__ void lawa_ce_forward_f32(const float* logits, const long long* targets,
+extern "C" __global__ void __launch_bounds__(512) lawa_ce_forward_f32(const float* logits, const long long* targets,
                                                float* losses, float* lse, long long cols,
                                                long long vocab, long long ignore_index, int vectorized) {
   lawa_ce_forward(logits, targets, losses, lse, cols, vocab, ignore_index, vectorized);
 }
 
-extern "C" __global__ void lawa_ce_backward_bf16(const lawa_bf16* logits, const long long* targets,
+extern "C" __global__ void __launch_bounds__(512) lawa_ce_backward_bf16(const lawa_bf16* logits, const long long* targets,
                                                  const float* lse, const float* grad,
                                                  lawa_bf16* grad_logits, long long cols,
                                                  long long vocab, long long ignore_index, int vectorized) {
   lawa_ce_backward(logits, targets, lse, grad, grad_logits, cols, vocab, ignore_index, vectorized);
 }
 
-extern "C" __global__ void lawa_ce_backward_f32(const float* logits, const long long* targets,
+extern "C" __global__ void __launch_bounds__(512) lawa_ce_backward_f32(const float* logits, const long long* targets,
                                                 const float* lse, const float* grad,
                                                 float* grad_logits, long long cols,
                                                 long long vocab, long long ignore_index, int vectorized) {
