@@ -64,7 +64,11 @@ impl CudaGraph {
     /// allocator's free blocks released, as `torch.cuda.graph` does; while `body` runs, the
     /// device's current stream is a side stream, and the one before is current again on return.
     /// An error of `body` ends the capture and is returned as it is; a capture that CUDA or
-    /// libtorch refuses is an [`OpsError`] naming the reason.
+    /// libtorch refuses is an [`OpsError`] naming the reason, also when `body` panics (tch's
+    /// panicking operations, when CUDA refuses work mid-capture): its message is the panic's.
+    ///
+    /// A capture is process-wide (libtorch's global capture mode): no other thread may touch
+    /// the device (an event query, a pinned-memory copy) until `body` returns.
     pub fn capture<T, E: From<OpsError>>(
         device: Device,
         body: impl FnOnce() -> Result<T, E>,
@@ -77,9 +81,12 @@ impl CudaGraph {
             .into());
         };
         let capture = Capture::begin(index)?;
-        let out = body();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
         let graph = capture.end();
-        let out = out?;
+        let out = out.map_err(|panic| OpsError {
+            op: OP,
+            message: format!("the captured work panicked: {}", panic_message(&*panic)),
+        })??;
         Ok((graph?, out))
     }
 
@@ -93,6 +100,17 @@ impl CudaGraph {
 impl Drop for CudaGraph {
     fn drop(&mut self) {
         free(self.raw);
+    }
+}
+
+/// The text a panic carries (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(no message)"
     }
 }
 
