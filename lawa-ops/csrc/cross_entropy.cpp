@@ -175,10 +175,10 @@ int lawa_cross_entropy(const at::Tensor* logits, const at::Tensor* targets, int6
 
 // Compiles the cross-entropy kernels with NVRTC for `arch` (e.g. "sm_90") and returns the size
 // of the binary in *bytes: a check that needs NVRTC but no GPU. `library`: libnvrtc's path, or
-// empty for the one beside libtorch.
+// empty for the one beside libtorch, through the kernel cache (see KernelModule::binary).
 int lawa_cross_entropy_compile(const char* arch, const char* library, size_t* bytes, char** error) {
   return lawa_guarded(error, [&] {
-    *bytes = lawa::nvrtc_compile_checked(kernels().source(), arch, library, kernels().kernels()).size();
+    *bytes = kernels().binary(arch, library).size();
   });
 }
 

@@ -5,8 +5,15 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 
@@ -40,6 +47,7 @@ struct Nvrtc {
   Result (*cubin)(void* program, char* cubin);
   Result (*destroy)(void** program);
   const char* (*error_string)(Result result);
+  Result (*version)(int* major, int* minor);
 
   explicit Nvrtc(void* h)
       : create(symbol<decltype(create)>(h, "nvrtcCreateProgram", "NVRTC")),
@@ -49,7 +57,8 @@ struct Nvrtc {
         cubin_size(symbol<decltype(cubin_size)>(h, "nvrtcGetCUBINSize", "NVRTC")),
         cubin(symbol<decltype(cubin)>(h, "nvrtcGetCUBIN", "NVRTC")),
         destroy(symbol<decltype(destroy)>(h, "nvrtcDestroyProgram", "NVRTC")),
-        error_string(symbol<decltype(error_string)>(h, "nvrtcGetErrorString", "NVRTC")) {}
+        error_string(symbol<decltype(error_string)>(h, "nvrtcGetErrorString", "NVRTC")),
+        version(symbol<decltype(version)>(h, "nvrtcVersion", "NVRTC")) {}
 
   void check(Result r, const char* what) const {
     if (r != 0) throw std::runtime_error(std::string("NVRTC ") + what + ": " + error_string(r));
@@ -213,6 +222,13 @@ class CurrentContext {
 
 }  // namespace
 
+std::string nvrtc_version(const std::string& library) {
+  const Nvrtc& n = nvrtc(library);
+  int major = 0, minor = 0;
+  n.check(n.version(&major, &minor), "nvrtcVersion");
+  return std::to_string(major) + "." + std::to_string(minor);
+}
+
 KernelModule::KernelModule(const char* source, const char* name, std::vector<std::string> kernels)
     : source_(std::string(
 #include "common_cuh.inc"
@@ -256,15 +272,77 @@ std::string nvrtc_compile(const std::string& source, const std::string& arch, co
   return out;
 }
 
-std::string nvrtc_compile_checked(const std::string& source, const std::string& arch, const std::string& library,
-                                  const std::vector<std::string>& kernels) {
-  std::string binary = nvrtc_compile(source, arch, library);
+namespace {
+
+// Why `binary` is not a usable module for `kernels`, or empty: an ELF file (a cubin) whose
+// string table names every kernel (symbol names sit there NUL-separated).
+std::string unusable(const std::string& binary, const std::vector<std::string>& kernels) {
+  if (binary.compare(0, 4, "\x7f" "ELF") != 0) return "not a cubin";
   for (const auto& kernel : kernels) {
-    // Symbol names sit NUL-separated in the cubin's string table.
     if (binary.find(std::string(1, '\0') + kernel + std::string(1, '\0')) == std::string::npos)
-      throw std::runtime_error("the kernels compiled for " + arch + " lack `" + kernel + "`, which the launcher uses");
+      return "lacks `" + kernel + "`, which the launcher uses";
   }
-  return binary;
+  return "";
+}
+
+// 64-bit FNV-1a: a hash that stays the same across builds and machines.
+uint64_t fnv1a(const std::string& text, uint64_t hash = 14695981039346656037ull) {
+  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ull;
+  return hash;
+}
+
+// The kernel cache's folder (see KernelModule::binary), or empty when no base folder is set.
+std::filesystem::path cache_folder() {
+  if (const char* lawa = std::getenv("LAWA_CACHE"); lawa && *lawa) return std::filesystem::path(lawa) / "kernels";
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
+    return std::filesystem::path(xdg) / "lawa" / "kernels";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::filesystem::path(home) / ".cache" / "lawa" / "kernels";
+  return {};
+}
+
+std::string read_all(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return in ? std::string(std::istreambuf_iterator<char>(in), {}) : "";
+}
+
+// Writes `bytes` to `path` through a temporary file renamed over it, so that a reader never
+// sees half a binary. A cache that cannot be written is no error: the next process compiles.
+void write_atomically(const std::filesystem::path& path, const std::string& bytes) {
+  std::error_code ignored;
+  std::filesystem::create_directories(path.parent_path(), ignored);
+  auto partial = path;
+  partial += "." + std::to_string(getpid()) + ".partial";
+  {
+    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+    if (!out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return;
+  }
+  std::filesystem::rename(partial, path, ignored);
+  if (ignored) std::filesystem::remove(partial, ignored);
+}
+
+}  // namespace
+
+std::string KernelModule::binary(const std::string& arch, const std::string& library) const {
+  auto compile = [&] {
+    std::string out = nvrtc_compile(source_, arch, library);
+    std::string why = unusable(out, kernels_);
+    if (!why.empty()) throw std::runtime_error("the kernels of " + std::string(name_) + " compiled for " + arch + ": " + why);
+    return out;
+  };
+  std::filesystem::path folder = library.empty() ? cache_folder() : std::filesystem::path();
+  if (folder.empty()) return compile();
+  std::string stem = name_;
+  stem = stem.substr(0, stem.rfind('.'));
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(fnv1a(arch + '\0' + nvrtc_version(library) + '\0' + source_)));
+  std::filesystem::path path = folder / (stem + "-" + arch + "-" + hash + ".cubin");
+  std::string cached = read_all(path);
+  if (!cached.empty() && unusable(cached, kernels_).empty()) return cached;
+  std::string out = compile();
+  write_atomically(path, out);
+  return out;
 }
 
 KernelModule::Loaded& KernelModule::load(int device) {
@@ -286,7 +364,7 @@ KernelModule::Loaded KernelModule::compile_and_load(int device) const {
   d.check(d.device_get(&handle, device), "cuDeviceGet");
   d.check(d.attribute(&major, kComputeCapabilityMajor, handle), "cuDeviceGetAttribute");
   d.check(d.attribute(&minor, kComputeCapabilityMinor, handle), "cuDeviceGetAttribute");
-  std::string cubin = nvrtc_compile(source_, "sm_" + std::to_string(major) + std::to_string(minor), "");
+  std::string cubin = binary("sm_" + std::to_string(major) + std::to_string(minor), "");
   Loaded loaded;
   d.check(d.primary_context(&loaded.context, handle), "cuDevicePrimaryCtxRetain");
   CurrentContext current(loaded.context);

@@ -15,11 +15,8 @@ namespace lawa {
 // libnvrtc, or empty to find the one libtorch's wheel ships (see open_nvrtc). Throws with NVRTC's log on failure.
 std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library);
 
-// nvrtc_compile, then a check that the binary defines every kernel in `kernels` (the names its
-// launcher can ask for): throws naming the first one missing. What the tests run, so that a
-// name the launcher spells differently from the source fails without a GPU.
-std::string nvrtc_compile_checked(const std::string& source, const std::string& arch, const std::string& library,
-                                  const std::vector<std::string>& kernels);
+// The version of NVRTC (`library`, or the one beside libtorch when empty), as "major.minor".
+std::string nvrtc_version(const std::string& library);
 
 // One source of kernels, compiled once per device on first use (for that device's
 // architecture), every kernel of `kernels` looked up as soon as the binary is loaded (so that
@@ -32,11 +29,16 @@ class KernelModule {
   // every kernel its launcher can ask for.
   KernelModule(const char* source, const char* name, std::vector<std::string> kernels);
 
-  // The whole source NVRTC compiles (common.cuh, then the kernels).
-  const std::string& source() const { return source_; }
-
   // The kernels the launcher can ask for.
   const std::vector<std::string>& kernels() const { return kernels_; }
+
+  // The binary (cubin) of the source for `arch` (e.g. "sm_90"), checked to define every one of
+  // kernels() (throws naming the first one missing). `library`: libnvrtc's path, or empty for
+  // the one beside libtorch, whose binaries are kept between processes in the kernel cache
+  // ($LAWA_CACHE/kernels, else $XDG_CACHE_HOME/lawa/kernels, else ~/.cache/lawa/kernels) under a
+  // hash of the source, the architecture and NVRTC's version; a cached binary that fails the
+  // check is compiled again and replaced.
+  std::string binary(const std::string& arch, const std::string& library) const;
 
   // Launches `kernel` (one of `kernels`) on `device` with `grid` x `block` threads; `args`
   // point at the kernel's arguments, in order.

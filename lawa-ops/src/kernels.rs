@@ -51,8 +51,13 @@ impl KernelSource {
 /// Compiles `source` with NVRTC for `arch` (such as `"sm_90"`), as a GPU run does on first use,
 /// checks that the binary defines every kernel its launcher can ask for by name, and returns
 /// the size of the binary: the check that the kernels compile and link up, which needs NVRTC
-/// but no GPU. `nvrtc`: the path of `libnvrtc.so`, or `None` for the one libtorch loads. NVRTC's log
-/// is in the error.
+/// but no GPU. NVRTC's log is in the error.
+///
+/// `nvrtc`: the path of `libnvrtc.so`, or `None` for the one beside libtorch, as a GPU run
+/// finds it; then, as a GPU run, the binary comes from the kernel cache when an earlier process
+/// left it there (`$LAWA_CACHE/kernels`, else `$XDG_CACHE_HOME/lawa/kernels`, else
+/// `~/.cache/lawa/kernels`; keyed by a hash of the source, `arch` and NVRTC's version), and is
+/// written there otherwise.
 pub fn compile_kernels(
     source: KernelSource,
     arch: &str,

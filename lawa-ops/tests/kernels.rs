@@ -31,6 +31,11 @@ fn nvrtc_compiles_every_kernel_source_for_ampere_and_hopper() {
         eprintln!("skipped: this libtorch has no NVRTC beside it (a CPU-only build)");
         return;
     };
+    // The kernel cache of this test alone (set before any compilation reads it; this binary's
+    // only test, so no other thread reads the environment meanwhile).
+    let cache = std::env::temp_dir().join(format!("lawa-kernel-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    std::env::set_var("LAWA_CACHE", &cache);
     for source in KernelSource::ALL {
         for arch in ["sm_80", "sm_90"] {
             let bytes = compile_kernels(source, arch, Some(&nvrtc))
@@ -38,15 +43,49 @@ fn nvrtc_compiles_every_kernel_source_for_ampere_and_hopper() {
             assert!(bytes > 1000, "{source:?} for {arch}: a {bytes}-byte binary");
         }
     }
+    assert!(
+        !cache.exists(),
+        "a compilation with NVRTC's path named uses no cache"
+    );
     // Without a path, NVRTC is found as a GPU run finds it (the wheel's, beside libtorch): the
-    // same library, so the same binary.
+    // same library, so the same binary, kept in the kernel cache; the next process reads it
+    // back, and a damaged one is compiled again and replaced.
     for source in KernelSource::ALL {
+        let want = compile_kernels(source, "sm_90", Some(&nvrtc)).unwrap();
+        let started = std::time::Instant::now();
         assert_eq!(
             compile_kernels(source, "sm_90", None).unwrap(),
-            compile_kernels(source, "sm_90", Some(&nvrtc)).unwrap(),
+            want,
             "{source:?}"
         );
+        let compiled = started.elapsed();
+        let cached = cached_binaries(&cache, source);
+        assert_eq!(cached.len(), 1, "{source:?}: {cached:?}");
+        assert_eq!(std::fs::metadata(&cached[0]).unwrap().len(), want as u64);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            compile_kernels(source, "sm_90", None).unwrap(),
+            want,
+            "{source:?}"
+        );
+        eprintln!(
+            "{source:?}: compiled in {compiled:.2?}, read from the cache in {:.2?}",
+            started.elapsed()
+        );
+        std::fs::write(&cached[0], b"\x7fELF but not a cubin").unwrap();
+        assert_eq!(
+            compile_kernels(source, "sm_90", None).unwrap(),
+            want,
+            "{source:?}"
+        );
+        assert_eq!(std::fs::metadata(&cached[0]).unwrap().len(), want as u64);
     }
+    assert_eq!(
+        std::fs::read_dir(cache.join("kernels")).unwrap().count(),
+        3,
+        "no partial files left"
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
     let e = compile_kernels(KernelSource::LayerNorm, "sm_1", Some(&nvrtc)).unwrap_err();
     assert!(e.message.contains("sm_1"), "{e}");
     let e = compile_kernels(
@@ -56,4 +95,23 @@ fn nvrtc_compiles_every_kernel_source_for_ampere_and_hopper() {
     )
     .unwrap_err();
     assert!(e.message.contains("/nonexistent/libnvrtc.so"), "{e}");
+}
+
+/// The binaries of `source` in the kernel cache `cache`.
+fn cached_binaries(cache: &std::path::Path, source: KernelSource) -> Vec<PathBuf> {
+    let stem = match source {
+        KernelSource::CrossEntropy => "cross_entropy-sm_90-",
+        KernelSource::LayerNorm => "layer_norm-sm_90-",
+        KernelSource::BiasGrad => "bias_grad-sm_90-",
+    };
+    std::fs::read_dir(cache.join("kernels"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(stem) && name.ends_with(".cubin")
+        })
+        .collect()
 }
