@@ -13,7 +13,7 @@
 #       on the device, parity and speed), cuda_graph (steps replayed from a CUDA graph: tests,
 #       parity beside the eager steps, speed), averaging, sweep, data_parallel (a process group of
 #       one on NCCL beside the lone run), speed_small_options, speed_medium, speed_large;
-#       at most GPU_CHECK_BUDGET seconds (default 350) on an H100. DIR defaults to $OUT.
+#       at most GPU_CHECK_BUDGET seconds (default 350). DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
 #       reference: the test suite runs it, so the check cannot rot between GPU sessions.

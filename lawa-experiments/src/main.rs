@@ -18,7 +18,7 @@ struct Cli {
 enum Command {
     /// Tokenize a text corpus into train.bin / val.bin / meta.json (nanoGPT's format).
     Prepare(commands::prepare::PrepareArgs),
-    /// Average saved checkpoints (safetensors) into one, streaming a chunk at a time.
+    /// Average saved checkpoints (safetensors or PyTorch .bin) into one, streaming a chunk at a time.
     Average(commands::average::AverageArgs),
     /// Mean next-token loss (and perplexity) of a checkpoint over every window of a split.
     Eval(commands::eval::EvalArgs),

@@ -11,7 +11,7 @@ use crate::posthoc::{self, PosthocReport};
 /// The study file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PosthocArgs {
-    /// A post-hoc study YAML file (a bare name is looked up in configs/).
+    /// A post-hoc study YAML file (a path that does not exist is looked up in configs/).
     pub config: PathBuf,
 }
 

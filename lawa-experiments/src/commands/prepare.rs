@@ -1,4 +1,5 @@
-//! `lawa prepare`: a corpus -> `train.bin`, `val.bin` (uint16 token ids) and `meta.json`.
+//! `lawa prepare`: a corpus -> `train.bin`, `val.bin` (uint16 token ids) and `meta.json` (and
+//! `tokenizer.json` for `bpe:N` or a Hugging Face tokenizer).
 
 use std::path::PathBuf;
 

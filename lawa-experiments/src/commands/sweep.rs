@@ -10,7 +10,8 @@ use crate::sweep::{self, Shard, SweepOptions, SweepReport};
 /// The sweep file, and how to divide its runs between processes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SweepArgs {
-    /// A sweep YAML file (a bare name such as `lr.yaml` is looked up in configs/).
+    /// A sweep YAML file (a path that does not exist, such as `lr.yaml` or `paper/small.yaml`,
+    /// is looked up in configs/).
     pub config: PathBuf,
     /// Train only share I of N of the runs (e.g. `--shard $((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT`)
     /// and gather nothing; a final `lawa sweep` without it gathers and draws.

@@ -11,7 +11,7 @@ use crate::train::{train_with, DataParallel, RunConfig, RunOutcome};
 /// The run file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
-    /// A run YAML file (a bare name is looked up in configs/).
+    /// A run YAML file (a path that does not exist is looked up in configs/).
     pub config: PathBuf,
     /// Train over N processes on this machine (data-parallel; for a CUDA run, one GPU each),
     /// started as `torchrun --nproc-per-node N` would start them.
@@ -19,21 +19,23 @@ pub struct TrainArgs {
     pub nproc: Option<usize>,
 }
 
-/// A config path as given, or `configs/<name>[.yaml]` for a bare name.
+/// A config path as given when it exists; else, for a relative path, the same under `configs/`
+/// (`lr.yaml`, `paper/small.yaml`, or without the `.yaml`) when that exists; else as given (so
+/// that the error names what was asked for).
 pub fn resolve_config(path: &std::path::Path) -> PathBuf {
-    if path.exists() || path.components().count() > 1 {
+    resolve_config_in(path, std::path::Path::new("configs"))
+}
+
+fn resolve_config_in(path: &std::path::Path, configs: &std::path::Path) -> PathBuf {
+    if path.exists() || path.is_absolute() {
         return path.to_owned();
     }
-    let in_configs = PathBuf::from("configs").join(path);
-    if in_configs.exists() {
-        return in_configs;
-    }
+    let in_configs = configs.join(path);
     let with_ext = in_configs.with_extension("yaml");
-    if with_ext.exists() {
-        with_ext
-    } else {
-        path.to_owned()
-    }
+    [in_configs, with_ext]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| path.to_owned())
 }
 
 /// Runs `lawa train` (`None` from the process that started `--nproc` ranks).
@@ -78,4 +80,38 @@ fn start_ranks(n: usize) -> Result<()> {
     }
     tracing::info!("starting {n} ranks");
     Ok(lawa_dist::run_local_ranks(&program, &args, n)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path that exists is taken as it is; one that does not is looked up under configs/,
+    /// folders included, with or without `.yaml`; one found nowhere is left as given.
+    #[test]
+    fn a_config_is_found_as_given_or_under_configs() {
+        let root = std::env::temp_dir().join(format!("lawa-resolve-config-{}", std::process::id()));
+        let configs = root.join("configs");
+        std::fs::create_dir_all(configs.join("paper")).unwrap();
+        for name in ["lr.yaml", "paper/small.yaml"] {
+            std::fs::write(configs.join(name), "name: x\n").unwrap();
+        }
+        let resolve = |p: &str| resolve_config_in(std::path::Path::new(p), &configs);
+        assert_eq!(resolve("lr.yaml"), configs.join("lr.yaml"));
+        assert_eq!(resolve("lr"), configs.join("lr.yaml"));
+        assert_eq!(
+            resolve("paper/small.yaml"),
+            configs.join("paper/small.yaml")
+        );
+        assert_eq!(resolve("paper/small"), configs.join("paper/small.yaml"));
+        assert_eq!(resolve("paper/none.yaml"), PathBuf::from("paper/none.yaml"));
+        assert_eq!(
+            resolve("paper"),
+            PathBuf::from("paper"),
+            "a folder is not a config"
+        );
+        let given = configs.join("lr.yaml");
+        assert_eq!(resolve_config_in(&given, &root.join("elsewhere")), given);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
