@@ -101,6 +101,20 @@ impl NeoxConfig {
                 "must be in [0, 1]",
             ));
         }
+        let rotated = self.rotary_ndims().div_ceil(2) * 2;
+        if rotated > self.head_size() {
+            // An odd count rotates one more dimension (as transformers does): there must be one.
+            return Err(checks::bad(
+                "rotary_pct",
+                self.rotary_pct,
+                format!(
+                    "rotates {rotated} dimensions of the head's {} (its {} rotary dimensions, \
+                     rounded up to pairs)",
+                    self.head_size(),
+                    self.rotary_ndims()
+                ),
+            ));
+        }
         if !(self.rotary_emb_base > 0.0 && self.rotary_emb_base.is_finite()) {
             return Err(checks::bad(
                 "rotary_emb_base",

@@ -565,6 +565,15 @@ fn configs_that_cannot_be_built_are_refused_naming_the_field_and_the_rule() {
         &["hidden_size", "multiple of num_attention_heads = 5"],
     );
     refused(with(&|c| c.rotary_pct = 1.5), &["rotary_pct", "[0, 1]"]);
+    // Head size 5: all 5 dimensions rotary, rounded up to 3 pairs, one more than there is.
+    refused(
+        with(&|c| {
+            c.hidden_size = 10;
+            c.num_attention_heads = 2;
+            c.rotary_pct = 1.0;
+        }),
+        &["rotary_pct", "rotates 6 dimensions of the head's 5"],
+    );
     refused(
         with(&|c| c.rotary_emb_base = 0.0),
         &["rotary_emb_base", "positive"],

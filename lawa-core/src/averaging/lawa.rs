@@ -63,7 +63,7 @@ impl Lawa {
             k,
             cadence: Cadence::new(0, nu),
             storage: Storage::default(),
-            queue: VecDeque::with_capacity(k + 1),
+            queue: VecDeque::new(), // k comes from input: no allocation before the memory check
             layout: None,
             own: SnapshotStore::default(),
         })

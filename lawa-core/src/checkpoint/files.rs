@@ -197,6 +197,18 @@ impl TensorFiles {
             path: self.path.clone(),
             reason: format!("tensor `{name}` is missing"),
         })?;
+        let numel = entry.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        let want = numel.and_then(|n| n.checked_mul(entry.dtype.size() as u64));
+        if want != Some(entry.bytes) {
+            // libtorch copies numel × size bytes without looking at the buffer's length.
+            return Err(CheckpointError::BadFile {
+                path: self.file_of(entry).to_owned(),
+                reason: format!(
+                    "tensor `{name}`: {} bytes for shape {:?}",
+                    entry.bytes, entry.shape
+                ),
+            });
+        }
         let mut bytes = vec![0u8; entry.bytes as usize];
         self.read_bytes(entry, 0, &mut bytes)?;
         Tensor::f_from_data_size(&bytes, &entry.shape_i64(), entry.dtype.kind()).map_err(|e| {

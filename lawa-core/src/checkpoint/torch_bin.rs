@@ -164,6 +164,12 @@ fn locate(name: String, t: &TensorRef, start: u64, size: u64) -> Result<BinTenso
             t.dtype.name()
         ));
     }
+    if t.stride.len() != t.shape.len() {
+        return Err(format!(
+            "tensor `{name}`: stride {:?} does not match shape {:?}",
+            t.stride, t.shape
+        ));
+    }
     let mut expected = 1u64;
     for (d, (&n, &s)) in t.shape.iter().zip(&t.stride).enumerate().rev() {
         if n != 1 && s != expected {
@@ -613,5 +619,34 @@ fn reduce(callable: &Value, args: &Value) -> Result<Value, String> {
         other => Err(format!(
             "the file asks for `{other}`, which lawa does not run (only tensors and dicts are read)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(shape: Vec<u64>, stride: Vec<u64>, storage_elements: u64) -> TensorRef {
+        TensorRef {
+            key: "0".into(),
+            dtype: Dtype::F32,
+            storage_elements,
+            offset: 0,
+            shape,
+            stride,
+        }
+    }
+
+    /// A contiguous view is located with its bytes; one whose stride lists fewer dimensions than
+    /// its shape (which would count 4 elements of a [4, 3] tensor and let libtorch read past the
+    /// buffer) is refused, as is a strided one.
+    #[test]
+    fn a_view_is_located_only_when_contiguous_with_a_stride_per_dimension() {
+        let t = locate("w".into(), &view(vec![4, 3], vec![3, 1], 12), 100, 48).unwrap();
+        assert_eq!((t.offset, t.bytes, t.shape), (100, 48, vec![4, 3]));
+        let e = locate("w".into(), &view(vec![4, 3], vec![1], 4), 100, 16).unwrap_err();
+        assert!(e.contains("stride [1] does not match shape [4, 3]"), "{e}");
+        let e = locate("w".into(), &view(vec![4, 3], vec![1, 4], 12), 100, 48).unwrap_err();
+        assert!(e.contains("not contiguous"), "{e}");
     }
 }

@@ -33,7 +33,8 @@ pub struct Scored {
 
 /// The harness's `_encode_pair`: trailing whitespace of the context moves to the continuation;
 /// the continuation is what follows the context's tokens in the tokens of the whole string. An
-/// empty context becomes the end-of-text token.
+/// empty context becomes the end-of-text token, and so does one of whitespace alone (whose
+/// tokens all move to the continuation, leaving none to predict its first token from).
 pub fn encode_pair(
     tokenizer: &TextTokenizer,
     context: &str,
@@ -61,7 +62,11 @@ pub fn encode_pair(
     let ctx = to_i64(tokenizer.encode(trimmed)?);
     let cont = whole[ctx.len().min(whole.len())..].to_vec();
     Ok(Request {
-        context: ctx,
+        context: if ctx.is_empty() {
+            vec![tokenizer.eot() as i64]
+        } else {
+            ctx
+        },
         continuation: cont,
     })
 }
@@ -131,6 +136,9 @@ pub fn score(
 fn input_of(r: &Request, max_length: usize) -> Result<(Vec<i64>, usize)> {
     if r.continuation.is_empty() {
         bail!("a continuation tokenizes to nothing");
+    }
+    if r.context.is_empty() {
+        bail!("a request has no context tokens (not even the end-of-text token)");
     }
     if r.continuation.len() > max_length {
         bail!(
@@ -296,5 +304,26 @@ mod tests {
             "a continuation longer than the model"
         );
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1, "ties go to the first");
+        let no_context = Request {
+            context: vec![],
+            continuation: vec![6, 7],
+        };
+        assert!(input_of(&no_context, 100).is_err(), "nothing predicts 6");
+    }
+
+    /// A context of whitespace alone gives its whitespace to the continuation and is scored
+    /// after the end-of-text token, as an empty one is.
+    #[test]
+    fn a_context_of_whitespace_alone_becomes_the_end_of_text_token() {
+        let t = TextTokenizer::byte();
+        let r = encode_pair(&t, " \n", "yes").unwrap();
+        assert_eq!(r.context, [256]);
+        assert_eq!(r.continuation, [32, 10, 121, 101, 115]);
+        assert_eq!(input_of(&r, 100).unwrap(), (vec![256, 32, 10, 121, 101], 5));
+        let r = encode_pair(&t, "", "yes").unwrap();
+        assert_eq!(
+            (r.context, r.continuation),
+            (vec![256], vec![121, 101, 115])
+        );
     }
 }
