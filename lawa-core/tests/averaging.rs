@@ -380,6 +380,12 @@ fn bad_parameters_are_refused_with_the_field_named() {
     let msg = |e: AveragingError| e.to_string();
     assert!(msg(Lawa::new(0, 10).unwrap_err()).contains("k = 0"));
     assert!(msg(Lawa::new(5, 0).unwrap_err()).contains("nu = 0"));
+    // A window of 2^40 snapshots is only a number until snapshots are taken (a run's memory
+    // check refuses it before): nothing is allocated for it up front.
+    assert_eq!(
+        Lawa::new(1 << 40, 10).unwrap().label(),
+        "lawa_k1099511627776_nu10"
+    );
     assert!(msg(Ema::new(1.0).unwrap_err()).contains("decay = 1"));
     assert!(msg(Ema::new(-0.1).unwrap_err()).contains("decay = -0.1"));
     assert!(Ema::new(0.0).is_ok(), "decay 0 is a copy, allowed");
