@@ -27,10 +27,12 @@ pub fn assets_dir() -> PathBuf {
 }
 
 fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LAWA_CACHE") {
+    // Set and empty counts as unset, as in scripts/bootstrap.sh and lawa-ops' kernel cache.
+    let set = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = set("LAWA_CACHE") {
         return PathBuf::from(dir);
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+    if let Some(dir) = set("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("lawa");
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <thread>
 #include <stdexcept>
 #include <string>
 
@@ -126,7 +127,7 @@ void load_builtins(void* nvrtc) {
 }
 
 // The wheel's libnvrtc beside libtorch: site-packages/nvidia/cu*/lib/libnvrtc.so.<major> next to
-// site-packages/torch/lib, the newest CUDA first; empty if there is none.
+// site-packages/torch/lib, the newest NVRTC of them; empty if there is none.
 std::string wheel_nvrtc(const std::string& torch_lib) {
   std::string nvidia = torch_lib + "/../../nvidia";
   std::vector<std::string> found;
@@ -145,7 +146,11 @@ std::string wheel_nvrtc(const std::string& torch_lib) {
     }
     closedir(cuda);
   }
-  std::sort(found.begin(), found.end());
+  // By the major version after ".so." (cu13/lib/libnvrtc.so.13 over cuda_nvrtc/lib/libnvrtc.so.12).
+  auto major = [](const std::string& path) { return std::atoi(path.c_str() + path.rfind(".so.") + 4); };
+  std::sort(found.begin(), found.end(), [&](const std::string& a, const std::string& b) {
+    return major(a) != major(b) ? major(a) < major(b) : a < b;
+  });
   return found.empty() ? "" : found.back();
 }
 
@@ -250,12 +255,15 @@ struct Program {
 
 }  // namespace
 
+// NVRTC's options besides the architecture (part of the kernel cache's key).
+constexpr const char* kNvrtcOptions = "--std=c++17";
+
 std::string nvrtc_compile(const std::string& source, const std::string& arch, const std::string& library) {
   const Nvrtc& n = nvrtc(library);
   Program program{n};
   n.check(n.create(&program.handle, source.c_str(), "lawa.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
   std::string architecture = "--gpu-architecture=" + arch;
-  const char* options[] = {architecture.c_str(), "--std=c++17"};
+  const char* options[] = {architecture.c_str(), kNvrtcOptions};
   Result compiled = n.compile(program.handle, 2, options);
   size_t size = 0;
   if (compiled != 0) {
@@ -312,36 +320,39 @@ void write_atomically(const std::filesystem::path& path, const std::string& byte
   std::error_code ignored;
   std::filesystem::create_directories(path.parent_path(), ignored);
   auto partial = path;
-  partial += "." + std::to_string(getpid()) + ".partial";
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    if (!out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return;
-  }
-  std::filesystem::rename(partial, path, ignored);
-  if (ignored) std::filesystem::remove(partial, ignored);
+  partial += "." + std::to_string(getpid()) + "-" + std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id())) +
+             ".partial";
+  std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();  // a write that fails late (a full disk, a quota) fails here
+  if (out) std::filesystem::rename(partial, path, ignored);
+  if (!out || ignored) std::filesystem::remove(partial, ignored);
 }
 
 }  // namespace
 
-std::string KernelModule::binary(const std::string& arch, const std::string& library) const {
-  auto compile = [&] {
-    std::string out = nvrtc_compile(source_, arch, library);
-    std::string why = unusable(out, kernels_);
-    if (!why.empty()) throw std::runtime_error("the kernels of " + std::string(name_) + " compiled for " + arch + ": " + why);
-    return out;
-  };
+std::filesystem::path KernelModule::cache_path(const std::string& arch, const std::string& library) const {
   std::filesystem::path folder = library.empty() ? cache_folder() : std::filesystem::path();
-  if (folder.empty()) return compile();
+  if (folder.empty()) return folder;
   std::string stem = name_;
   stem = stem.substr(0, stem.rfind('.'));
+  // NVRTC's major.minor: a patch release reuses the binaries of the one before.
+  std::string key = arch + '\0' + kNvrtcOptions + '\0' + nvrtc_version(library) + '\0' + source_;
   char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx",
-                static_cast<unsigned long long>(fnv1a(arch + '\0' + nvrtc_version(library) + '\0' + source_)));
-  std::filesystem::path path = folder / (stem + "-" + arch + "-" + hash + ".cubin");
-  std::string cached = read_all(path);
-  if (!cached.empty() && unusable(cached, kernels_).empty()) return cached;
-  std::string out = compile();
-  write_atomically(path, out);
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a(key)));
+  return folder / (stem + "-" + arch + "-" + hash + ".cubin");
+}
+
+std::string KernelModule::binary(const std::string& arch, const std::string& library) const {
+  std::filesystem::path path = cache_path(arch, library);
+  if (!path.empty()) {
+    std::string cached = read_all(path);
+    if (!cached.empty() && unusable(cached, kernels_).empty()) return cached;
+  }
+  std::string out = nvrtc_compile(source_, arch, library);
+  std::string why = unusable(out, kernels_);
+  if (!why.empty()) throw std::runtime_error("the kernels of " + std::string(name_) + " compiled for " + arch + ": " + why);
+  if (!path.empty()) write_atomically(path, out);
   return out;
 }
 
@@ -364,11 +375,18 @@ KernelModule::Loaded KernelModule::compile_and_load(int device) const {
   d.check(d.device_get(&handle, device), "cuDeviceGet");
   d.check(d.attribute(&major, kComputeCapabilityMajor, handle), "cuDeviceGetAttribute");
   d.check(d.attribute(&minor, kComputeCapabilityMinor, handle), "cuDeviceGetAttribute");
-  std::string cubin = binary("sm_" + std::to_string(major) + std::to_string(minor), "");
+  std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
+  std::string cubin = binary(arch, "");
   Loaded loaded;
   d.check(d.primary_context(&loaded.context, handle), "cuDevicePrimaryCtxRetain");
   CurrentContext current(loaded.context);
-  d.check(d.load_module(&loaded.module, cubin.data()), "cuModuleLoadData");
+  if (d.load_module(&loaded.module, cubin.data()) != 0) {
+    // A cached binary the driver refuses (damaged past what binary() checks): compiled afresh.
+    std::error_code ignored;
+    std::filesystem::remove(cache_path(arch, ""), ignored);
+    cubin = binary(arch, "");
+    d.check(d.load_module(&loaded.module, cubin.data()), "cuModuleLoadData");
+  }
   for (const auto& kernel : kernels_) {
     void* function = nullptr;
     d.check(d.get_function(&function, loaded.module, kernel.c_str()), "cuModuleGetFunction ", kernel);

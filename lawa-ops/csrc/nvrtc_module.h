@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -36,8 +37,8 @@ class KernelModule {
   // kernels() (throws naming the first one missing). `library`: libnvrtc's path, or empty for
   // the one beside libtorch, whose binaries are kept between processes in the kernel cache
   // ($LAWA_CACHE/kernels, else $XDG_CACHE_HOME/lawa/kernels, else ~/.cache/lawa/kernels) under a
-  // hash of the source, the architecture and NVRTC's version; a cached binary that fails the
-  // check is compiled again and replaced.
+  // hash of the source, the architecture, NVRTC's options and its version; a cached binary that
+  // fails the check (or that the driver refuses to load) is compiled again and replaced.
   std::string binary(const std::string& arch, const std::string& library) const;
 
   // Launches `kernel` (one of `kernels`) on `device` with `grid` x `block` threads; `args`
@@ -52,6 +53,9 @@ class KernelModule {
   };
   Loaded& load(int device);
   Loaded compile_and_load(int device) const;
+  // Where the kernel cache keeps the binary for `arch`; empty when there is no cache (a named
+  // `library`, or no cache folder).
+  std::filesystem::path cache_path(const std::string& arch, const std::string& library) const;
 
   std::string source_;
   const char* name_;

@@ -65,7 +65,8 @@ impl CudaGraph {
     /// device's current stream is a side stream, and the one before is current again on return.
     /// An error of `body` ends the capture and is returned as it is; a capture that CUDA or
     /// libtorch refuses is an [`OpsError`] naming the reason, also when `body` panics (tch's
-    /// panicking operations, when CUDA refuses work mid-capture): its message is the panic's.
+    /// panicking operations, when CUDA refuses work mid-capture): its message is the panic's
+    /// (which the default panic hook has printed to stderr as well).
     ///
     /// A capture is process-wide (libtorch's global capture mode): no other thread may touch
     /// the device (an event query, a pinned-memory copy) until `body` returns.
@@ -114,8 +115,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
-/// A capture in progress: ended by [`end`](Self::end), or when dropped (a `body` that panicked),
-/// so that the device's stream is always put back.
+/// A capture in progress: ended by [`end`](Self::end), or when dropped (an early return), so
+/// that the device's stream is always put back.
 struct Capture {
     raw: *mut c_void,
 }

@@ -72,6 +72,12 @@ fn nvrtc_compiles_every_kernel_source_for_ampere_and_hopper() {
             "{source:?}: compiled in {compiled:.2?}, read from the cache in {:.2?}",
             started.elapsed()
         );
+        // What the cache holds is what is used: a binary with bytes added (still a cubin naming
+        // every kernel) comes back as it is.
+        let mut grown = std::fs::read(&cached[0]).unwrap();
+        grown.extend_from_slice(&[0; 16]);
+        std::fs::write(&cached[0], &grown).unwrap();
+        assert_eq!(compile_kernels(source, "sm_90", None).unwrap(), want + 16);
         std::fs::write(&cached[0], b"\x7fELF but not a cubin").unwrap();
         assert_eq!(
             compile_kernels(source, "sm_90", None).unwrap(),

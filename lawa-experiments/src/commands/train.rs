@@ -19,20 +19,27 @@ pub struct TrainArgs {
     pub nproc: Option<usize>,
 }
 
-/// A config path as given when it exists; else, for a relative path, the same under `configs/`
-/// (`lr.yaml`, `paper/small.yaml`, or without the `.yaml`) when that exists; else as given (so
-/// that the error names what was asked for).
+/// A config path as given when it exists; else, for a relative path not starting with `.` or
+/// `..`, the same under `configs/` (`lr.yaml`, `paper/small.yaml`, or without the `.yaml`) when
+/// that exists; else as given (so that the error names what was asked for).
 pub fn resolve_config(path: &std::path::Path) -> PathBuf {
     resolve_config_in(path, std::path::Path::new("configs"))
 }
 
 fn resolve_config_in(path: &std::path::Path, configs: &std::path::Path) -> PathBuf {
-    if path.exists() || path.is_absolute() {
+    use std::path::Component;
+    let explicit = path.is_absolute()
+        || matches!(
+            path.components().next(),
+            Some(Component::CurDir | Component::ParentDir)
+        );
+    if path.exists() || explicit {
         return path.to_owned();
     }
     let in_configs = configs.join(path);
-    let with_ext = in_configs.with_extension("yaml");
-    [in_configs, with_ext]
+    let mut with_ext = in_configs.clone().into_os_string();
+    with_ext.push(".yaml");
+    [in_configs, PathBuf::from(with_ext)]
         .into_iter()
         .find(|p| p.is_file())
         .unwrap_or_else(|| path.to_owned())
@@ -109,6 +116,18 @@ mod tests {
             resolve("paper"),
             PathBuf::from("paper"),
             "a folder is not a config"
+        );
+        assert_eq!(
+            resolve("./lr.yaml"),
+            PathBuf::from("./lr.yaml"),
+            "said to be here"
+        );
+        assert_eq!(resolve("../lr.yaml"), PathBuf::from("../lr.yaml"));
+        std::fs::write(configs.join("lr-2.5e-3.yaml"), "name: x\n").unwrap();
+        assert_eq!(
+            resolve("lr-2.5e-3"),
+            configs.join("lr-2.5e-3.yaml"),
+            "a dot in the name"
         );
         let given = configs.join("lr.yaml");
         assert_eq!(resolve_config_in(&given, &root.join("elsewhere")), given);
