@@ -175,6 +175,43 @@ fn runs_killed_at_random_moments_resume_to_the_uninterrupted_results() {
     assert_eq!(leftovers(&killed), Vec::<String>::new(), "no staging left");
 }
 
+/// A save cut short after its second rename leaves the previous checkpoint beside the new one,
+/// and one cut between the renames leaves only the previous one: the next `lawa train` of the
+/// finished run completes the save (removes the first, publishes the second again) and changes
+/// no row.
+#[test]
+fn a_save_cut_short_is_completed_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let run = dir.path().join("run");
+    write(dir.path(), "r.yaml", &run_yaml(&data, &run, 4, 2));
+    let o = lawa(&["train", "r.yaml"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = curves(&run);
+    let (checkpoint, old) = (run.join("checkpoint"), run.join(".checkpoint.old"));
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir(to).unwrap();
+        for f in std::fs::read_dir(from).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    };
+    copy(&checkpoint, &old);
+    let o = lawa(&["train", "r.yaml"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        leftovers(&run),
+        Vec::<String>::new(),
+        "the previous checkpoint removed"
+    );
+    std::fs::rename(&checkpoint, &old).unwrap();
+    let o = lawa(&["train", "r.yaml"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(checkpoint.join("trainer.json").is_file(), "published again");
+    assert_eq!(leftovers(&run), Vec::<String>::new());
+    assert_eq!(curves(&run), rows, "no row added, lost or changed");
+}
+
 #[test]
 fn a_run_killed_before_its_first_checkpoint_writes_its_first_rows_once() {
     let dir = tempfile::tempdir().unwrap();

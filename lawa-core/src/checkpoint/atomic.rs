@@ -85,7 +85,7 @@ pub fn staging_dir(target: &Path) -> std::io::Result<PathBuf> {
 /// Publishes a complete `staging` folder as `target`: its files and the folder are synced,
 /// the previous `target` (if any) moves aside to `.NAME.old`, `staging` is renamed to `target`,
 /// and the old one is removed. A crash at any point leaves `target` or `.NAME.old` complete;
-/// [`published_or_previous`] finds whichever it is.
+/// [`finish_publish`] completes what the crash interrupted.
 pub fn publish_dir(staging: &Path, target: &Path) -> std::io::Result<()> {
     sync_tree(staging)?;
     let old = old_dir(target)?;
@@ -112,12 +112,31 @@ fn old_dir(target: &Path) -> std::io::Result<PathBuf> {
     Ok(parent_of(target).join(format!(".{}.old", name.to_string_lossy())))
 }
 
-/// The folder [`publish_dir`] last completed for `target`: `target` itself, or the previous
-/// one if a crash came between the two renames. `complete(dir)` says whether a folder holds
-/// what a published one must (e.g. its last-written file).
-pub fn published_or_previous(target: &Path, complete: impl Fn(&Path) -> bool) -> Option<PathBuf> {
-    let old = old_dir(target).ok()?;
-    [target.to_owned(), old].into_iter().find(|d| complete(d))
+/// Completes a [`publish_dir`] of `target` that a crash interrupted, and says whether `target`
+/// now holds a published folder. `complete(dir)` says whether a folder holds what a published
+/// one must (e.g. its last-written file). A complete `target` stays and a leftover `.NAME.old`
+/// (a crash after the second rename) is removed; otherwise a complete `.NAME.old` (a crash
+/// between the renames) is renamed back to `target`, replacing an incomplete one. Call it only
+/// while holding the folder's lock, with no publish of `target` running.
+pub fn finish_publish(target: &Path, complete: impl Fn(&Path) -> bool) -> std::io::Result<bool> {
+    let old = old_dir(target)?;
+    let parent = parent_of(target);
+    if complete(target) {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+            sync_dir(&parent)?;
+        }
+        return Ok(true);
+    }
+    if !complete(&old) {
+        return Ok(false);
+    }
+    if target.exists() {
+        std::fs::remove_dir_all(target)?;
+    }
+    std::fs::rename(&old, target)?;
+    sync_dir(&parent)?;
+    Ok(true)
 }
 
 /// Removes the staging folders and temporary files in `dir` (`.NAME.partial-PID`,
@@ -212,10 +231,38 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["checkpoint"]);
-        // A crash between the renames leaves the previous folder, which is found.
-        std::fs::rename(&target, dir.path().join(".checkpoint.old")).unwrap();
-        let found = published_or_previous(&target, |d| d.join("f").is_file()).unwrap();
-        assert!(found.ends_with(".checkpoint.old"));
+        let complete = |d: &Path| d.join("f").is_file();
+        let names = || -> Vec<_> {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        // A crash between the renames leaves only the previous folder: it is published again.
+        let old = dir.path().join(".checkpoint.old");
+        std::fs::rename(&target, &old).unwrap();
+        assert!(finish_publish(&target, complete).unwrap());
+        assert_eq!(names(), ["checkpoint"]);
+        assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "two");
+        // A crash after the second rename leaves the previous folder beside the new one: removed.
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("f"), "one").unwrap();
+        assert!(finish_publish(&target, complete).unwrap());
+        assert_eq!(names(), ["checkpoint"]);
+        assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "two");
+        // An incomplete target with a complete previous one: the previous one wins.
+        std::fs::remove_file(target.join("f")).unwrap();
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("f"), "one").unwrap();
+        assert!(finish_publish(&target, complete).unwrap());
+        assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "one");
+        assert_eq!(names(), ["checkpoint"]);
+        // Neither complete: nothing published, nothing removed.
+        std::fs::remove_file(target.join("f")).unwrap();
+        assert!(!finish_publish(&target, complete).unwrap());
+        assert_eq!(names(), ["checkpoint"]);
     }
 
     #[test]

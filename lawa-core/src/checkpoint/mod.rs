@@ -26,7 +26,7 @@ mod torch_bin;
 use std::path::{Path, PathBuf};
 
 pub use atomic::{
-    process_alive, publish_dir, published_or_previous, remove_stale_staging, staging_dir, sync_dir,
+    finish_publish, process_alive, publish_dir, remove_stale_staging, staging_dir, sync_dir,
     write_atomic, write_atomic_with,
 };
 pub use average::{average_checkpoints, average_safetensors, AverageReport};

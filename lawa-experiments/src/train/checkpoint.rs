@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::{AveragerSet, Weights};
-use lawa_core::checkpoint::{publish_dir, published_or_previous, staging_dir, write_atomic};
+use lawa_core::checkpoint::{finish_publish, publish_dir, staging_dir, write_atomic};
 use lawa_core::data::SamplerState;
 use lawa_core::optim::AdamW;
 use lawa_models::Gpt;
@@ -33,12 +33,13 @@ pub struct TrainerState {
     pub dataset: String,
 }
 
-/// The checkpoint folder of a run, if any: `checkpoint/`, or the previous one if a crash came
-/// between the two renames of a save.
-pub fn find(run_dir: &Path) -> Option<PathBuf> {
-    published_or_previous(&run_dir.join(CHECKPOINT_DIR), |d| {
-        d.join(STATE_FILE).is_file()
-    })
+/// The checkpoint folder of a run, if any, after completing a save a crash interrupted (see
+/// [`finish_publish`]): call it only while holding the run folder.
+pub fn recover(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let target = run_dir.join(CHECKPOINT_DIR);
+    let found = finish_publish(&target, |d| d.join(STATE_FILE).is_file())
+        .with_context(|| format!("{}: cannot complete the last save", target.display()))?;
+    Ok(found.then_some(target))
 }
 
 /// The pieces of a run a checkpoint holds.

@@ -171,7 +171,12 @@ impl<'a> Trainer<'a> {
             wall_time: 0.0,
             dataset: data.identity(),
         };
-        let resumed = match checkpoint::find(&plan.dir).filter(|_| leader) {
+        let found = if leader {
+            checkpoint::recover(&plan.dir)?
+        } else {
+            None
+        };
+        let resumed = match found {
             Some(dir) => {
                 let expect = Expected {
                     steps: t.steps,
@@ -524,7 +529,12 @@ pub fn train_with(
     ensure_graph_on_one_rank(&cfg.train, parallel.is_some())?;
     let leader = parallel.is_none_or(|p| p.is_leader());
     let (_claim, ended) = match leader {
-        true => (Some(super::run_dir::claim(plan)?), status::read(&plan.dir)?),
+        true => {
+            let claim = super::run_dir::claim(plan)?;
+            // A save a crash cut short is completed first, whether the run goes on or not.
+            checkpoint::recover(&plan.dir)?;
+            (Some(claim), status::read(&plan.dir)?)
+        }
         false => (None, None),
     };
     let go_on = match parallel {
