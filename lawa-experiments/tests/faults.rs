@@ -189,14 +189,7 @@ fn a_save_cut_short_is_completed_by_the_next_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     let rows = curves(&run);
     let (checkpoint, old) = (run.join("checkpoint"), run.join(".checkpoint.old"));
-    let copy = |from: &Path, to: &Path| {
-        std::fs::create_dir(to).unwrap();
-        for f in std::fs::read_dir(from).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-        }
-    };
-    copy(&checkpoint, &old);
+    copy_dir(&checkpoint, &old);
     let o = lawa(&["train", "r.yaml"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
