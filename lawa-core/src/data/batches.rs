@@ -22,8 +22,8 @@ fn gather(
     block: usize,
     device: Device,
 ) -> Result<Batch, DataError> {
-    let mut x = Vec::with_capacity(starts.len() * block);
-    let mut y = Vec::with_capacity(starts.len() * block);
+    let mut x = host_ids(starts.len(), block)?;
+    let mut y = host_ids(starts.len(), block)?;
     let mut window = Vec::with_capacity(block + 1);
     for &s in starts {
         window.clear();
@@ -36,6 +36,20 @@ fn gather(
         x: to_device(Tensor::from_slice(&x).reshape(shape), device)?,
         y: to_device(Tensor::from_slice(&y).reshape(shape), device)?,
     })
+}
+
+/// An empty buffer for a batch's `windows × block` int64 ids, or a clear error where host memory
+/// cannot hold it (instead of the process aborting on a failed allocation).
+fn host_ids(windows: usize, block: usize) -> Result<Vec<i64>, DataError> {
+    let too_large = || DataError::BatchTooLarge {
+        windows,
+        block,
+        bytes: 2 * 8 * windows as u128 * block as u128,
+    };
+    let count = windows.checked_mul(block).ok_or_else(too_large)?;
+    let mut ids = Vec::new();
+    ids.try_reserve_exact(count).map_err(|_| too_large())?;
+    Ok(ids)
 }
 
 /// `t` (int64, on the host) on `device`. To CUDA it goes through pinned memory with an
@@ -242,5 +256,28 @@ impl ValidationWindows {
             .skip(part)
             .step_by(parts.max(1))
             .map(move |(i, starts)| (i, gather(&self.file, starts, self.block_size, device)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_beyond_host_memory_is_an_error_not_an_abort() {
+        assert_eq!(host_ids(3, 5).unwrap().capacity(), 15);
+        // 2^60 ids of 8 bytes: more than any allocation may be.
+        let err = host_ids(1 << 40, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, DataError::BatchTooLarge { windows, block, bytes }
+                if windows == 1 << 40 && block == 1 << 20 && bytes == 1 << 64),
+            "{err}"
+        );
+        // A count that overflows usize itself.
+        let err = host_ids(usize::MAX / 2, 3).unwrap_err();
+        assert!(
+            err.to_string().contains("lower the batch or block size"),
+            "{err}"
+        );
     }
 }

@@ -98,6 +98,16 @@ pub enum DataError {
         /// The parameter's name.
         name: &'static str,
     },
+    /// A batch whose token ids do not fit in host memory.
+    #[error("a batch of {windows} windows of {block} tokens needs {bytes} bytes of host memory for its inputs and targets, more than can be allocated; lower the batch or block size (or use gradient accumulation)")]
+    BatchTooLarge {
+        /// Windows in the batch.
+        windows: usize,
+        /// Tokens per window.
+        block: usize,
+        /// Bytes asked for (saturated at `u128::MAX` where the count overflows).
+        bytes: u128,
+    },
     /// A batch that does not split evenly into the requested shares.
     #[error("a batch of {batch_size} sequences does not split into {parts} equal shares")]
     Uneven {

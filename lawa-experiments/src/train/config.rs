@@ -286,6 +286,18 @@ impl RunConfig {
                 bail!("{field} = {value} is invalid: must be at least 1");
             }
         }
+        if t.batch_size
+            .checked_mul(t.block_size)
+            .and_then(|n| n.checked_mul(t.grad_accum))
+            .is_none_or(|n| n > i64::MAX as usize)
+        {
+            bail!(
+                "train.batch_size × block_size × grad_accum = {} × {} × {} tokens per step is too large to count",
+                t.batch_size,
+                t.block_size,
+                t.grad_accum
+            );
+        }
         check_name("name", &self.name)?;
         if let Some(name) = &self.model.name {
             check_name("model.name", name)?;
@@ -557,6 +569,14 @@ mod tests {
         assert!(err.to_string().contains("warmup = 2000"), "{err}");
         let err = run("{steps: 100, batch_size: 2, block_size: 8, lr: 1.0, horizon: 1000, schedule: {kind: wsd, warmup: 10, cooldown: 2000, min_lr: 0.0}}").unwrap_err();
         assert!(err.to_string().contains("cooldown = 2000"), "{err}");
+    }
+
+    #[test]
+    fn a_step_too_large_to_count_is_refused() {
+        let err = run("{steps: 1, batch_size: 4611686018427387904, block_size: 8, lr: 1.0, schedule: {kind: constant}}").unwrap_err();
+        assert!(err.to_string().contains("too large to count"), "{err}");
+        let ok = run("{steps: 1, batch_size: 3, block_size: 8, grad_accum: 5, lr: 1.0, schedule: {kind: constant}}").unwrap();
+        assert_eq!(ok.config.tokens_per_step(), 120);
     }
 
     #[test]
