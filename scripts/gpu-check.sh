@@ -9,11 +9,11 @@
 #       travel beside the checkout: `run` with carry [".gpu"].
 #   scripts/gpu-check.sh [--out DIR] [--only a,b]
 #       On the GPU machine (PyTorch 2.11 + CUDA, no Rust), from the checkout's root:
-#       env, parity_f32, parity_bf16, speed_small, kernels (lawa's CUDA kernels: their tests
-#       on the device, parity and speed), cuda_graph (steps replayed from a CUDA graph: tests,
-#       parity beside the eager steps, speed), averaging, sweep, data_parallel (a process group of
+#       env, parity_bf16, kernels (lawa's CUDA kernels: their tests on the device, parity and
+#       speed), cuda_graph (steps replayed from a CUDA graph: tests, parity beside the eager
+#       steps, speed), speed_small, averaging, parity_f32, sweep, data_parallel (a process group of
 #       one on NCCL beside the lone run), speed_small_options, speed_medium, speed_large;
-#       at most GPU_CHECK_BUDGET seconds (default 350). DIR defaults to $OUT.
+#       at most GPU_CHECK_BUDGET seconds (default 420). DIR defaults to $OUT.
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
 #       reference: the test suite runs it, so the check cannot rot between GPU sessions.
@@ -53,6 +53,11 @@ if [ $mode = prepare ]; then
     # (grep without -q reads all of nm's output: under pipefail, -q's early exit fails nm.)
     if ! nm -D --undefined-only "$root/target/release/lawa" | grep ProcessGroupNCCL >/dev/null; then
         echo "gpu-check: target/release/lawa was built without NCCL (run scripts/bootstrap.sh for the headers)" >&2
+        exit 1
+    fi
+    # lawa-ops builds without CUDA graphs (a cargo warning only) when the CUDA headers are missing.
+    if ! nm "$root/target/release/lawa" | grep lawa_cuda_graph_begin >/dev/null; then
+        echo "gpu-check: target/release/lawa was built without CUDA graphs (run scripts/bootstrap.sh for the CUDA headers)" >&2
         exit 1
     fi
     rm -rf "$root/.gpu"
@@ -100,8 +105,8 @@ export LAWA_REFERENCE_DIR=$root/lawa-experiments/reference
 export LAWA_CACHE=$work/cache
 if [ $mode = gpu ]; then
     lawa=${lawa:-$root/.gpu/lawa}
-    chmod +x "$lawa" 2>/dev/null # in case the transfer dropped the mode
-    budget=${GPU_CHECK_BUDGET:-350}
+    chmod +x "$lawa" "$root"/.gpu/tests/* 2>/dev/null # in case the transfer dropped the mode
+    budget=${GPU_CHECK_BUDGET:-420}
     export LAWA_PYTHON=${LAWA_PYTHON:-python3}
     export LAWA_ASSETS=${LAWA_ASSETS:-$root/.gpu/assets}
     torch_dir=$("$LAWA_PYTHON" -c 'import torch,os;print(os.path.dirname(torch.__file__))')
@@ -211,20 +216,22 @@ device_tests() {
 # runs it (PARITY_ARGS, split at spaces); and lawa alone as speed_small runs it, with the
 # cross-entropy kernels, with all three (profiled), and with all three and the fused AdamW.
 kernels() {
-    local parity=$1 t
+    local parity=$1 t failed=0
     shift
     if [ "$device" = cuda ]; then
         for t in kernels cross_entropy layer_norm linear host_copy; do
-            device_tests "$t" on_a_gpu nvrtc || return 1
+            device_tests "$t" on_a_gpu nvrtc || failed=1
         done
     fi
-    # shellcheck disable=SC2086 # split on purpose
+    # Every part runs even when one before it failed: a first run on a device shows them all.
     local all=(--loss-kernel fused --norm-kernel fused --linear-kernel fused)
-    bench parity parity_bf16_fused $parity "${all[@]}" || return 1
-    bench train speed_small_fused_loss --no-reference "$@" --loss-kernel fused || return 1
-    bench train speed_small_fused --no-reference "$@" "${all[@]}" --profile "$work/profile/fused" || return 1
-    bench train speed_small_fused_all --no-reference "$@" "${all[@]}" --adamw-kernel fused || return 1
+    # shellcheck disable=SC2086 # split on purpose
+    bench parity parity_bf16_fused $parity "${all[@]}" || failed=1
+    bench train speed_small_fused_loss --no-reference "$@" --loss-kernel fused || failed=1
+    bench train speed_small_fused --no-reference "$@" "${all[@]}" --profile "$work/profile/fused" || failed=1
+    bench train speed_small_fused_all --no-reference "$@" "${all[@]}" --adamw-kernel fused || failed=1
     printf '{"parts": ["parity_bf16_fused", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all"]}\n' >"$work/kernels.json"
+    return $failed
 }
 
 # cuda_graph "PARITY_ARGS" SPEED_ARGS...: steps replayed from a CUDA graph (train.cuda_graph).
@@ -247,11 +254,12 @@ cuda_graph() {
         printf '{"refused_on_cpu": true}\n' >"$work/cuda_graph.json"
         return 0
     fi
-    device_tests cuda_graph on_a_gpu || return 1
+    local failed=0
+    device_tests cuda_graph on_a_gpu || failed=1
     local all=(--loss-kernel fused --norm-kernel fused --linear-kernel fused)
     # shellcheck disable=SC2086 # split on purpose
-    bench parity parity_bf16_graph $parity "${all[@]}" --cuda-graph || return 1
-    bench train speed_small_graph --no-reference "$@" "${all[@]}" --adamw-kernel fused --cuda-graph || return 1
+    bench parity parity_bf16_graph $parity "${all[@]}" --cuda-graph || failed=1
+    bench train speed_small_graph --no-reference "$@" "${all[@]}" --adamw-kernel fused --cuda-graph || failed=1
     # The trainer's path: one run eager and the same run replayed from a graph, with evaluations
     # and averagers (an EMA in host memory, whose copies must be settled before the recording).
     if [ ! -f "$work/data/meta.json" ]; then
@@ -272,27 +280,34 @@ averagers: [{kind: lawa, k: 2, nu: 5}, {kind: ema, decay: 0.9, storage: cpu}]
 EOF
         "$lawa" train "$work/graph-$name.yaml" || return 1
     done
-    "$LAWA_PYTHON" - "$work" <<'EOF'
-import csv, json, sys
+    "$LAWA_PYTHON" - "$work" <<'EOF' || failed=1
+import csv, json, math, sys
 work = sys.argv[1]
-graph = json.load(open(f"{work}/parity_bf16_graph.json"))["lawa"]
-try:
-    eager = json.load(open(f"{work}/parity_bf16_fused.json"))["lawa"]
-    diff = max(abs(a - b) for a, b in zip(graph, eager))
-except (OSError, ValueError, KeyError):
-    diff = None  # the kernels section left no parity run
+def losses(name):
+    """A parity run's lawa losses (a NaN one is null in the JSON), or None where it left none."""
+    try:
+        return [math.nan if x is None else x for x in json.load(open(f"{work}/{name}.json"))["lawa"]]
+    except (OSError, ValueError, KeyError):
+        return None
+def check(name):
+    try:
+        return json.load(open(f"{work}/{name}.json")).get("cuda_graph_check")
+    except (OSError, ValueError):
+        return None
+graph, eager = losses("parity_bf16_graph"), losses("parity_bf16_fused")
+diff = max(abs(a - b) for a, b in zip(graph, eager)) if graph and eager else None
 rows = [list(csv.DictReader(open(f"{work}/graph-{n}/curves.csv"))) for n in ("eager", "graph")]
 same = len(rows[0]) == len(rows[1]) and all(a["weights"] == b["weights"] for a, b in zip(*rows))
 run_diff = max(abs(float(a["val_loss"]) - float(b["val_loss"])) for a, b in zip(*rows)) if same else None
-checks = {n: json.load(open(f"{work}/{n}.json")).get("cuda_graph_check")
-          for n in ("parity_bf16_graph", "speed_small_graph")}
-out = {"parts": ["parity_bf16_graph", "speed_small_graph"], "steps": len(graph),
+checks = {n: check(n) for n in ("parity_bf16_graph", "speed_small_graph")}
+out = {"parts": ["parity_bf16_graph", "speed_small_graph"], "steps": len(graph or []),
        "max_loss_difference_vs_eager": diff, "run_rows": len(rows[1]),
        "run_max_val_loss_difference_vs_eager": run_diff, "recording_checks": checks}
 print(json.dumps(out))
 json.dump(out, open(f"{work}/cuda_graph.json", "w"))
 sys.exit(0 if same and run_diff < 5e-2 else 1)
 EOF
+    return $failed
 }
 
 sweep_config() {
@@ -374,9 +389,11 @@ if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-
     rm -rf "$work"
     exit 1 # no usable CUDA: the other sections cannot pass
 fi
-# The sections' sizes: GPT-2 on the GPU, toy models on the CPU. The order puts what has not been
-# measured yet, and the end-to-end runs, before what a spent budget may skip (the speed options,
-# medium and large, measured in earlier checks).
+# The sections' sizes: GPT-2 on the GPU, toy models on the CPU. The order puts what has never
+# run on a device (lawa's kernels, CUDA graphs, host-memory averages) right after the bf16
+# parity, then the speed table beside torch.compile and the end-to-end runs, and last what a
+# spent budget may skip (fp32 parity, the speed options, medium and large: measured in earlier
+# checks).
 if [ $mode = gpu ]; then
     limit=90
     p32=(--preset small --precision f32 --batch-size 4 --steps 10)
@@ -403,13 +420,13 @@ else
     sweep_config 40 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
     dp=(10 "n_layer: 1, n_head: 2, n_embd: 32" 4 32)
 fi
-section parity_f32 $limit bench parity parity_f32 "${p32[@]}"
 # shellcheck disable=SC2086 # split on purpose
 section parity_bf16 $limit bench parity parity_bf16 $parity
-section speed_small 210 bench train speed_small "${small[@]}" --profile "$work/profile"
-section kernels 150 kernels "$parity" "${small[@]}"
+section kernels 240 kernels "$parity" "${small[@]}"
 section cuda_graph 180 cuda_graph "$parity" "${graphed[@]}"
+section speed_small 210 bench train speed_small "${small[@]}" --profile "$work/profile"
 section averaging 100 bench averaging averaging "${averaging[@]}"
+section parity_f32 $limit bench parity parity_f32 "${p32[@]}"
 section sweep $([ $mode = gpu ] && echo 120 || echo 240) sweep
 section data_parallel 90 data_parallel "${dp[@]}"
 # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.

@@ -38,8 +38,10 @@ def parity_md(name, p):
     head = "| step | lawa | transformers | abs diff |" + (" math attention |" if math else "")
     lines += ["", head, "|---:|---:|---:|---:|" + ("---:|" if math else "")]
     for i, (a, b) in enumerate(zip(p["lawa"], p["reference"]), 1):
-        extra = f" {math[i - 1]:.7f} |" if i <= len(math) else ""
-        lines.append(f"| {i} | {a:.7f} | {b:.7f} | {abs(a - b):.2e} |{extra}")
+        # A NaN loss is null in the JSON: a dash here, the row kept.
+        extra = f" {num(math[i - 1], '.7f')} |" if i <= len(math) else ""
+        diff = None if a is None or b is None else abs(a - b)
+        lines.append(f"| {i} | {num(a, '.7f')} | {num(b, '.7f')} | {num(diff, '.2e')} |{extra}")
     return lines + [""]
 
 
@@ -114,6 +116,15 @@ def averaging_md(a):
     return lines + [""]
 
 
+def safe(name, render, *args):
+    """The lines render(*args) gives, or one line saying why it could not: one malformed
+    figure (a first run on a new device may write anything) must not cost the rest of the report."""
+    try:
+        return render(*args)
+    except Exception as e:  # noqa: BLE001 (any error in a figure is reported, not raised)
+        return [f"({name}: could not be rendered: {type(e).__name__}: {e}; see report.json)", ""]
+
+
 def main():
     work, out, mode = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
     sections = [load(p) for p in sorted((work / "status").glob("*.json"))]
@@ -140,8 +151,27 @@ def main():
     md.append("")
     for name in ("parity_f32", "parity_bf16", "parity_bf16_fused", "parity_bf16_graph"):
         if figures.get(name):
-            md += parity_md(name, figures[name])
-    graph = figures.get("cuda_graph")
+            md += safe(name, parity_md, name, figures[name])
+    md += safe("cuda_graph", graph_md, figures.get("cuda_graph"))
+    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
+                                        "speed_small_graph",
+                                        "speed_small_chunked_loss", "speed_small_fused_adamw",
+                                        "speed_medium", "speed_large") if figures.get(n)]
+    if speeds:
+        md += ["## Training speed (one card, one invocation)", ""] + safe("speed", speed_md, speeds)
+        profiles = [line for n, sp in speeds for line in safe(n, profile_md, n, sp)]
+        if profiles:
+            md += ["## Where a step's time goes (profiler)", ""] + profiles
+    if figures.get("averaging"):
+        md += ["## Averaging cost", ""] + safe("averaging", averaging_md, figures["averaging"])
+    md += safe("data_parallel", data_parallel_md, figures.get("data_parallel"))
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0 if ok else 1
+
+
+def graph_md(graph):
+    md = []
     if graph and "steps" in graph:
         md += [f"Steps replayed from a CUDA graph (parity_bf16_graph) beside the same steps taken eagerly "
                f"(parity_bf16_fused), largest loss difference over {graph['steps']} steps: "
@@ -158,25 +188,15 @@ def main():
         md.append("")
     elif graph and graph.get("refused_on_cpu"):
         md += ["CUDA graphs: refused on the CPU, as they should be (`--cuda-graph needs a CUDA device`).", ""]
-    speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
-                                        "speed_small_graph",
-                                        "speed_small_chunked_loss", "speed_small_fused_adamw",
-                                        "speed_medium", "speed_large") if figures.get(n)]
-    if speeds:
-        md += ["## Training speed (one card, one invocation)", ""] + speed_md(speeds)
-        profiles = [line for n, sp in speeds for line in profile_md(n, sp)]
-        if profiles:
-            md += ["## Where a step's time goes (profiler)", ""] + profiles
-    if figures.get("averaging"):
-        md += ["## Averaging cost", ""] + averaging_md(figures["averaging"])
-    dp = figures.get("data_parallel")
-    if dp:
-        md += ["## Data-parallel path", "",
-               f"A process group of one on {dp['backend']} beside the lone run: {dp['rows']} curve rows, "
-               f"largest validation-loss difference {dp['max_val_loss_difference']:.2e}.", ""]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0 if ok else 1
+    return md
+
+
+def data_parallel_md(dp):
+    if not dp:
+        return []
+    return ["## Data-parallel path", "",
+            f"A process group of one on {dp['backend']} beside the lone run: {dp['rows']} curve rows, "
+            f"largest validation-loss difference {dp['max_val_loss_difference']:.2e}.", ""]
 
 
 if __name__ == "__main__":

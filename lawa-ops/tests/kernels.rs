@@ -21,7 +21,17 @@ fn wheel_nvrtc() -> Option<PathBuf> {
             name.starts_with("libnvrtc.so.") && !name.contains("builtins") && !name.contains("alt")
         })
         .collect();
-    found.sort();
+    // The highest major version, as the shim picks it (`libnvrtc.so.13` over `.so.12`, which a
+    // plain sort of the paths would not give when they sit in different folders).
+    found.sort_by_key(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let version = name.trim_start_matches("libnvrtc.so.");
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        (major, p.clone())
+    });
     found.pop()
 }
 
