@@ -44,7 +44,10 @@ fn host_ids(windows: usize, block: usize) -> Result<Vec<i64>, DataError> {
     let too_large = || DataError::BatchTooLarge {
         windows,
         block,
-        bytes: 2 * 8 * windows as u128 * block as u128,
+        // Inputs and targets, 8 bytes an id.
+        bytes: (windows as u128)
+            .saturating_mul(block as u128)
+            .saturating_mul(16),
     };
     let count = windows.checked_mul(block).ok_or_else(too_large)?;
     let mut ids = Vec::new();
