@@ -110,12 +110,27 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Runs `lawa args` to the end (it must succeed) and returns the milliseconds per step from
+/// its first row in `run`'s curves.csv to its exit: the pace of training, start-up excluded.
+fn ms_per_step_after_start_up(args: &[&str], cwd: &Path, run: &Path, steps: u64) -> u64 {
+    let mut child = spawn(args, cwd);
+    let started = Instant::now();
+    while row_count(run) == 0 && child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no row");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let first_row = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    (first_row.elapsed().as_millis() as u64 / steps).max(2)
+}
+
 /// A deterministic stream of delays (an LCG), so that the "random" kill moments are the same
 /// on every run of the suite.
 struct Moments(u64);
 
 impl Moments {
-    fn next_ms(&mut self, max: u64) -> u64 {
+    fn next_below(&mut self, max: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -132,30 +147,31 @@ fn runs_killed_at_random_moments_resume_to_the_uninterrupted_results() {
     let killed = dir.path().join("killed");
     write(dir.path(), "a.yaml", &run_yaml(&data, &straight, 40, 1));
     write(dir.path(), "b.yaml", &run_yaml(&data, &killed, 40, 1));
-    let timer = Instant::now();
-    let o = lawa(&["train", "a.yaml"], dir.path());
-    assert!(o.status.success(), "{}", stderr(&o));
-    // A generous bound on one step (start-up included), so that kill moments span a few steps
-    // whatever the speed of the machine and the build.
-    let step_ms = (timer.elapsed().as_millis() as u64 / 40).max(5);
+    // The time of one step after start-up, measured on this machine and build under the load of
+    // the suite, so that kill moments span a few steps whatever their speed. (A bound that
+    // counted start-up in spread one kill over up to ten steps of a fast build, and a run of 40
+    // steps then finished after two kills.)
+    let step_ms = ms_per_step_after_start_up(&["train", "a.yaml"], dir.path(), &straight, 40);
 
     let mut moments = Moments(7);
     let mut kills = 0;
     let started = Instant::now();
-    // Kill, restart, kill again, until a re-run finishes alone. Each kill comes at a seeded
-    // random moment within a few steps after the run has written a new row, so every restart
-    // makes progress and lands its kill anywhere in training, evaluation or checkpoint writes.
+    // Kill, restart, kill again, until a re-run finishes alone. Each kill comes after the run
+    // has written a seeded random number (1 to 3) of new rows, at a seeded random moment within
+    // one step: every restart makes progress, the count of kills does not hang on the pace of
+    // the machine, and kills land anywhere in training, evaluation or checkpoint writes.
     while kills < 12 && started.elapsed() < Duration::from_secs(240) {
         let rows_before = row_count(&killed);
+        let rows_wanted = rows_before + 1 + moments.next_below(3) as usize;
         let mut child = spawn(&["train", "b.yaml"], dir.path());
         let progressed = Instant::now();
-        while row_count(&killed) <= rows_before
+        while row_count(&killed) < rows_wanted
             && child.try_wait().unwrap().is_none()
             && progressed.elapsed() < Duration::from_secs(60)
         {
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(moments.next_ms(4 * step_ms)));
+        std::thread::sleep(Duration::from_millis(moments.next_below(step_ms)));
         if child.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }
