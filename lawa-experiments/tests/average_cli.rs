@@ -51,6 +51,60 @@ fn latest_checkpoints_average_into_a_loadable_model() {
     }
 }
 
+/// An existing output is never replaced silently: a file or a non-empty folder needs --force,
+/// a folder holding weights of another form is refused even then, and a PyTorch name is refused.
+#[test]
+fn an_existing_output_is_replaced_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = [save_checkpoint(&dir.path().join("a"), 1, 32)];
+    save_checkpoint(&dir.path().join("b"), 2, 32);
+    save_checkpoint(&dir.path().join("c"), 3, 32);
+    let avg = |args: &[&str]| {
+        let mut all = vec!["average"];
+        all.extend_from_slice(args);
+        let o = lawa(&all, dir.path());
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let before = std::fs::read(dir.path().join("c/model.safetensors")).unwrap();
+    let (ok, msg) = avg(&["a", "b", "--out", "c"]);
+    assert!(
+        !ok && msg.contains("not empty") && msg.contains("--force"),
+        "{msg}"
+    );
+    let after = std::fs::read(dir.path().join("c/model.safetensors")).unwrap();
+    assert_eq!(before, after, "the checkpoint in c untouched");
+    let (ok, msg) = avg(&["a", "a", "--out", "c", "--force"]);
+    assert!(ok, "{msg}");
+    assert!(msg.contains("given more than once"), "{msg}");
+    let vs = VarStore::new(Device::Cpu);
+    let _avg = Gpt::from_pretrained(vs.root(), dir.path().join("c")).unwrap();
+    for (name, t) in vs.variables() {
+        assert!(
+            t.equal(&stores[0].variables()[&name]),
+            "{name}: replaced by a"
+        );
+    }
+    let (ok, msg) = avg(&["a", "b", "--out", "x.safetensors"]);
+    assert!(ok, "{msg}");
+    let (ok, msg) = avg(&["a", "b", "--out", "x.safetensors"]);
+    assert!(!ok && msg.contains("exists; pass --force"), "{msg}");
+    let (ok, msg) = avg(&["a", "b", "--out", "x.safetensors", "--force"]);
+    assert!(ok, "{msg}");
+    std::fs::create_dir(dir.path().join("torch")).unwrap();
+    std::fs::write(dir.path().join("torch/pytorch_model.bin"), b"weights").unwrap();
+    let (ok, msg) = avg(&["a", "b", "--out", "torch", "--force"]);
+    assert!(
+        !ok && msg.contains("holds other weights (pytorch_model.bin)"),
+        "{msg}"
+    );
+    let (ok, msg) = avg(&["a", "b", "--out", "avg.bin"]);
+    assert!(!ok && msg.contains("lawa writes safetensors"), "{msg}");
+    assert!(!dir.path().join("avg.bin").exists());
+}
+
 #[test]
 fn mismatched_checkpoints_are_refused() {
     let dir = tempfile::tempdir().unwrap();

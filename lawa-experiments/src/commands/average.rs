@@ -26,6 +26,10 @@ pub struct AverageArgs {
     /// With --last: checkpoints NU steps apart, counting back from the newest.
     #[arg(long, value_name = "NU", requires = "last")]
     pub every: Option<u64>,
+    /// Replace an existing output (a `.safetensors` file, or a folder's `model.safetensors`
+    /// and `config.json`); never an input.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Whether a checkpoint tensor is a buffer rather than a weight (attention masks and rotary
@@ -78,6 +82,8 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
             );
         }
     }
+    check_output(&args.out, to_folder, args.force)?;
+    warn_repeated(&opened);
     let parent = out_file.parent().unwrap_or(Path::new("."));
     if !parent.as_os_str().is_empty() {
         std::fs::create_dir_all(parent)
@@ -127,6 +133,88 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
         report.bytes as f64 / 1e6
     );
     Ok(report)
+}
+
+/// Refuses an output lawa would not write cleanly: a PyTorch weights name (lawa writes
+/// safetensors), an existing file or non-empty folder without `force`, and, even with it, a
+/// folder holding weights in another form (the result would be two checkpoints in one).
+fn check_output(out: &Path, to_folder: bool, force: bool) -> Result<()> {
+    if let Some(ext) = out.extension().and_then(|e| e.to_str()) {
+        if ["bin", "pt", "pth", "ckpt"].contains(&ext) {
+            bail!(
+                "--out {}: lawa writes safetensors; name a `.safetensors` file or a folder",
+                out.display()
+            );
+        }
+    }
+    if !to_folder {
+        if out.exists() && !force {
+            bail!(
+                "--out {}: exists; pass --force to replace it",
+                out.display()
+            );
+        }
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(out) else {
+        if out.exists() {
+            bail!("--out {}: exists and is not a folder", out.display());
+        }
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        bail!(
+            "--out {}: the folder is not empty ({}); pass --force to replace its \
+             model.safetensors and config.json, or choose another",
+            out.display(),
+            names.join(", ")
+        );
+    }
+    let other: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".index.json") || is_shard(n))
+        .collect();
+    if !other.is_empty() {
+        bail!(
+            "--out {}: the folder holds other weights ({}); choose an empty folder",
+            out.display(),
+            other
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `model-00001-of-00002.safetensors` and the like: one shard of a sharded checkpoint.
+fn is_shard(name: &str) -> bool {
+    name.ends_with(".safetensors") && name.contains("-of-")
+}
+
+/// Warns when one checkpoint is given more than once: it counts once per mention.
+fn warn_repeated(inputs: &[TensorFiles]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for input in inputs {
+        let key = input
+            .path
+            .canonicalize()
+            .unwrap_or_else(|_| input.path.clone());
+        if !seen.insert(key) {
+            tracing::warn!(
+                "{}: given more than once; it weighs once per mention in the mean",
+                input.path.display()
+            );
+        }
+    }
 }
 
 /// From a folder of step-numbered checkpoints (checkpoint folders, or `.safetensors` / `.bin`
