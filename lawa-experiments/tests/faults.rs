@@ -385,6 +385,21 @@ fn every_artifact_corrupted_gives_one_error_naming_it() {
             &["curves.csv:2", "strategy"],
         ),
         (
+            "trainer state deleted",
+            |r, _| std::fs::remove_file(r.join("checkpoint/trainer.json")).unwrap(),
+            &["checkpoint", "no trainer.json", "no previous checkpoint"],
+        ),
+        (
+            "run curves deleted",
+            |r, _| std::fs::remove_file(r.join("curves.csv")).unwrap(),
+            &["curves.csv", "missing", "step 20"],
+        ),
+        (
+            "checkpoint deleted",
+            |r, _| std::fs::remove_dir_all(r.join("checkpoint")).unwrap(),
+            &["curves.csv", "rows up to step 20", "checkpoint", "is gone"],
+        ),
+        (
             "dataset re-prepared",
             |_, d| {
                 let path = d.join("train.bin");
@@ -410,6 +425,7 @@ fn every_artifact_corrupted_gives_one_error_naming_it() {
         std::fs::remove_file(run.join("status.json")).unwrap();
         corrupt(&run, &data);
         let before = snapshot(&ckpt);
+        let curves_before = std::fs::read(run.join("curves.csv")).ok();
         let o = lawa(&["train", "r.yaml"], dir.path());
         let msg = stderr(&o);
         assert!(!o.status.success(), "{what}: accepted");
@@ -421,6 +437,11 @@ fn every_artifact_corrupted_gives_one_error_naming_it() {
             snapshot(&ckpt),
             before,
             "{what}: the checkpoint is left as it was"
+        );
+        assert_eq!(
+            std::fs::read(run.join("curves.csv")).ok(),
+            curves_before,
+            "{what}: curves.csv is left as it was"
         );
     }
     // A corrupt status.json: an error, not a silent re-run.

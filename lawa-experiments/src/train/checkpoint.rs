@@ -39,6 +39,15 @@ pub fn recover(run_dir: &Path) -> Result<Option<PathBuf>> {
     let target = run_dir.join(CHECKPOINT_DIR);
     let found = finish_publish(&target, |d| d.join(STATE_FILE).is_file())
         .with_context(|| format!("{}: cannot complete the last save", target.display()))?;
+    if !found && target.exists() {
+        // A save publishes whole folders: one without its trainer.json was damaged since.
+        bail!(
+            "{}: no {STATE_FILE} (the checkpoint was damaged after it was written) and no \
+             previous checkpoint to fall back on; restore it, or remove the run folder to train \
+             from step 0",
+            target.display()
+        );
+    }
     Ok(found.then_some(target))
 }
 

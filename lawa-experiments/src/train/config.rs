@@ -457,6 +457,16 @@ impl RunConfig {
     pub fn tokens_per_step(&self) -> u64 {
         (self.train.batch_size * self.train.block_size * self.train.grad_accum) as u64
     }
+
+    /// Steps between checkpoints: `checkpoint.every`, else `eval.every`.
+    pub fn checkpoint_every(&self) -> u64 {
+        self.checkpoint.every.unwrap_or(self.eval.every)
+    }
+
+    /// The step of the run's first checkpoint (its last step, if that comes first).
+    pub fn first_checkpoint_step(&self) -> u64 {
+        self.checkpoint_every().min(self.train.steps)
+    }
 }
 
 /// A run name or model name: it names a folder and a CSV value, so no path separators, no

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::results::schema::{parse_rows, rows_without_header, to_csv};
 use crate::results::CurveRow;
@@ -20,13 +20,42 @@ impl CurvesLog {
     /// Rows of later steps were written after the checkpoint being resumed and are about to be
     /// produced again: they are dropped (atomically), as is everything on a fresh start, so no
     /// row is ever duplicated.
-    pub fn open(path: &Path, resume: Option<u64>) -> Result<Self> {
-        let kept: Vec<CurveRow> = match (resume, std::fs::read(path)) {
-            (Some(step), Ok(text)) => parse_rows::<CurveRow>(path, &text)?
-                .into_iter()
-                .filter(|r| r.step <= step)
-                .collect(),
-            _ => Vec::new(),
+    ///
+    /// Rows that could not be made again are never dropped: a resume without the file, or a
+    /// fresh start over rows past `first_checkpoint` (the step of the run's first checkpoint:
+    /// rows after it mean a checkpoint was written, and has since been removed), is refused.
+    pub fn open(path: &Path, resume: Option<u64>, first_checkpoint: u64) -> Result<Self> {
+        let existing = match std::fs::read(path) {
+            Ok(text) => parse_rows::<CurveRow>(path, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(step) = resume.filter(|&s| s > 0) {
+                    bail!(
+                        "{}: missing, but the run's checkpoint is at step {step}: the evaluations \
+                         before it cannot be made again; restore the file, or remove the run \
+                         folder to train from step 0",
+                        path.display()
+                    );
+                }
+                Vec::new()
+            }
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        };
+        let kept: Vec<CurveRow> = match resume {
+            Some(step) => existing.into_iter().filter(|r| r.step <= step).collect(),
+            None => {
+                if let Some(last) = existing.iter().map(|r| r.step).max() {
+                    if last > first_checkpoint {
+                        bail!(
+                            "{}: rows up to step {last}, but the run's checkpoint (written at step \
+                             {first_checkpoint}) is gone: starting again from step 0 would drop \
+                             them; restore the checkpoint, or remove the run folder to train from \
+                             step 0",
+                            path.display()
+                        );
+                    }
+                }
+                Vec::new()
+            }
         };
         let text = to_csv(&kept).with_context(|| format!("{}: cannot write", path.display()))?;
         lawa_core::checkpoint::write_atomic(path, &text)
