@@ -180,7 +180,7 @@ fn eval_equals_the_loss_transformers_computes_on_the_same_windows() {
 }
 
 #[test]
-fn eval_rejects_a_larger_vocabulary_a_longer_block_and_a_broken_checkpoint() {
+fn eval_rejects_another_vocabulary_a_longer_block_and_a_broken_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let model = dir.path().join("model");
@@ -189,7 +189,14 @@ fn eval_rejects_a_larger_vocabulary_a_longer_block_and_a_broken_checkpoint() {
     let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
     let msg = fails(&["eval", "--checkpoint", m, "--data", d]);
     assert!(
-        msg.contains("vocabulary of 257 tokens (byte) exceeds the model's vocab_size 200"),
+        msg.contains("vocabulary of 257 tokens (byte), more than the model's 200"),
+        "{msg}"
+    );
+    // A smaller vocabulary than the model's is another tokenizer's too (unless padding).
+    checkpoint(&model, 300, 16);
+    let msg = fails(&["eval", "--checkpoint", m, "--data", d]);
+    assert!(
+        msg.contains("257 tokens (byte), not the model's 300") && msg.contains("tokenizer"),
         "{msg}"
     );
 

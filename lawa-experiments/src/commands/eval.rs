@@ -188,16 +188,8 @@ fn run_loss(args: &EvalArgs, data_dir: &std::path::Path) -> Result<EvalReport> {
     let vs = nn::VarStore::new(device);
     let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
     model.set_precision(args.precision);
-    let vocab = data.meta().vocab_size as usize;
-    if vocab > model.vocab_size() {
-        bail!(
-            "{}: vocabulary of {vocab} tokens ({}) exceeds the model's vocab_size {} ({})",
-            data_dir.display(),
-            data.meta().tokenizer,
-            model.vocab_size(),
-            args.checkpoint.display()
-        );
-    }
+    crate::vocabulary::ensure_same_vocabulary(data_dir, data.meta(), model.vocab_size())
+        .with_context(|| format!("{}", args.checkpoint.display()))?;
     let block_size = args.block_size.unwrap_or(model.max_positions());
     if block_size > model.max_positions() {
         bail!(

@@ -124,23 +124,21 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
     let device = crate::train::config::parse_device(&cfg.device)?;
     crate::train::config::ensure_available(device)?;
     let data = Dataset::open(&cfg.data)?;
-    if data.meta().vocab_size as usize > model_cfg.vocab_size() {
-        bail!(
-            "{}: a vocabulary of {} ({}) is larger than the model's {}; prepare the data with the model's tokenizer",
-            cfg.data.display(),
-            data.meta().vocab_size,
-            data.meta().tokenizer,
-            model_cfg.vocab_size()
-        );
-    }
+    crate::vocabulary::ensure_same_vocabulary(&cfg.data, data.meta(), model_cfg.vocab_size())?;
     let block = cfg.eval.block_size.unwrap_or(model_cfg.max_positions());
     if block > model_cfg.max_positions() {
         bail!(
-            "eval.block_size = {block} is longer than the model's {}",
+            "{}: eval.block_size = {block} is longer than the model's {}",
+            path.display(),
             model_cfg.max_positions()
         );
     }
     let windows = ValidationWindows::new(data.split(Split::Val), block, cfg.eval.windows)?;
+    crate::train::evaluate::warn_if_overlapping(
+        &path.display().to_string(),
+        "eval.windows",
+        &windows,
+    );
     for t in &cfg.tasks {
         crate::tasks::format::check(&t.path)?;
     }
