@@ -137,6 +137,10 @@ fn validation_windows_are_fixed_and_cover_the_split() {
     );
     let again = ValidationWindows::new(data.split(Split::Val), 100, 11).unwrap();
     assert_eq!(w.starts(), again.starts());
+    // 11 windows 90 tokens apart overlap; 10 fit side by side (starts 0, 100, ..., 900).
+    assert_eq!(w.overlap(), Some(10));
+    let apart = ValidationWindows::new(data.split(Split::Val), 100, 10).unwrap();
+    assert_eq!((apart.starts()[1], apart.overlap()), (100, None));
     let batches: Vec<_> = w
         .batches(4, tch::Device::Cpu)
         .collect::<Result<_, _>>()

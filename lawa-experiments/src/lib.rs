@@ -19,4 +19,6 @@ pub mod progress;
 pub mod results;
 pub mod sweep;
 pub mod tasks;
+pub mod torch_panic;
 pub mod train;
+pub mod vocabulary;

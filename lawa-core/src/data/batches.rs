@@ -213,6 +213,18 @@ impl ValidationWindows {
         })
     }
 
+    /// When some windows overlap (more were asked of [`new`](Self::new) than the split holds
+    /// side by side): how many windows fit without overlapping. Overlapping windows share
+    /// tokens, so their losses are not independent and a standard error over them understates
+    /// the spread.
+    pub fn overlap(&self) -> Option<u64> {
+        let block = self.block_size as u64;
+        self.starts
+            .windows(2)
+            .any(|w| w[1] - w[0] < block)
+            .then(|| (self.file.len() - 1) / block)
+    }
+
     /// The window start positions.
     pub fn starts(&self) -> &[u64] {
         &self.starts

@@ -6,7 +6,7 @@
 //! window order ([`combine`]), so a data-parallel evaluation, where each rank scores some of the
 //! batches, gives the very numbers of one process scoring them all.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use lawa_core::data::ValidationWindows;
 use lawa_models::CausalLm;
 use tch::Kind;
@@ -40,6 +40,21 @@ pub struct BatchScore {
     pub per_window: Vec<f64>,
 }
 
+/// Warns, naming `field` (`eval.windows`, `eval.train_windows`), when `windows` overlap: the
+/// losses are then not independent, and their standard errors (and the paired gains' spread)
+/// come out too small.
+pub fn warn_if_overlapping(name: &str, field: &str, windows: &ValidationWindows) {
+    if let Some(fit) = windows.overlap() {
+        tracing::warn!(
+            "{name}: {field} asks for {} windows of {} tokens, but the split holds {fit} side by \
+             side: they overlap, their losses are not independent, and the standard errors \
+             understate the spread; ask for {fit} or fewer",
+            windows.len(),
+            windows.block_size()
+        );
+    }
+}
+
 /// The losses of `model` on `windows`, in batches of `batch_size`, without gradients and in eval
 /// mode. Reads each batch's numbers once, after its forward pass.
 pub fn evaluate(
@@ -64,15 +79,24 @@ pub fn score_share(
     let mut scores = Vec::new();
     for (index, batch) in windows.batches_share(batch_size, model.device(), part, parts) {
         let batch = batch?;
-        let (mean, per_window) = model.window_losses(&batch.x, &batch.y)?;
-        scores.push((
-            index,
-            BatchScore {
+        let score = crate::torch_panic::catch(|| {
+            let (mean, per_window) = model.window_losses(&batch.x, &batch.y)?;
+            Ok(BatchScore {
                 mean: mean.to_kind(Kind::Double).double_value(&[]),
                 tokens: batch.y.numel() as u64,
                 per_window: Vec::<f64>::try_from(per_window.to_kind(Kind::Double))?,
-            },
-        ));
+            })
+        })
+        .with_context(|| {
+            let size = batch.x.size();
+            format!(
+                "scoring {} windows of {} tokens at once; if memory ran out, lower the \
+                 evaluation batch size (eval.batch_size, or `lawa eval --batch-size`)",
+                size[0],
+                size.get(1).copied().unwrap_or(0)
+            )
+        })?;
+        scores.push((index, score));
     }
     Ok(scores)
 }

@@ -40,16 +40,22 @@ struct Windows {
 impl Windows {
     fn new(plan: &RunPlan, data: &Dataset) -> Result<Self> {
         let (cfg, t) = (&plan.config, &plan.config.train);
+        let val = ValidationWindows::new(data.split(Split::Val), t.block_size, cfg.eval.windows)?;
+        super::evaluate::warn_if_overlapping(&cfg.name, "eval.windows", &val);
+        let train = match cfg.eval.train_windows {
+            0 => None,
+            n => Some(ValidationWindows::new(
+                data.split(Split::Train),
+                t.block_size,
+                n,
+            )?),
+        };
+        if let Some(w) = &train {
+            super::evaluate::warn_if_overlapping(&cfg.name, "eval.train_windows", w);
+        }
         Ok(Windows {
-            val: ValidationWindows::new(data.split(Split::Val), t.block_size, cfg.eval.windows)?,
-            train: match cfg.eval.train_windows {
-                0 => None,
-                n => Some(ValidationWindows::new(
-                    data.split(Split::Train),
-                    t.block_size,
-                    n,
-                )?),
-            },
+            val,
+            train,
             batch: cfg.eval.batch_size.unwrap_or(t.batch_size),
         })
     }
@@ -198,7 +204,11 @@ impl<'a> Trainer<'a> {
             None => None,
         };
         let curves = match leader {
-            true => Some(CurvesLog::open(&plan.dir.join(CURVES_FILE), resumed)?),
+            true => Some(CurvesLog::open(
+                &plan.dir.join(CURVES_FILE),
+                resumed,
+                plan.config.first_checkpoint_step(),
+            )?),
             false => None,
         };
         if let Some(p) = parallel {
@@ -598,7 +608,7 @@ fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> R
     };
     bar.set_position(trainer.steps_done());
     let log_every = (steps / 20).max(1);
-    let checkpoint_every = cfg.checkpoint.every.unwrap_or(cfg.eval.every);
+    let checkpoint_every = cfg.checkpoint_every();
     while trainer.steps_done() < steps {
         let report = trainer.step()?;
         let step = trainer.steps_done();

@@ -1,0 +1,99 @@
+//! libtorch failures that tch reports by panicking (its operations without an `f_` prefix, an
+//! allocation that fails among them) turned into errors, so that a command ends with one line
+//! saying what to change instead of a C++ stack trace.
+
+use std::cell::Cell;
+use std::sync::Once;
+
+use anyhow::{anyhow, Result};
+
+thread_local! {
+    /// Set while [`catch`] runs a body on this thread: its panics are reported as errors, so
+    /// the panic hook stays quiet about them.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wraps the process's panic hook once so that it prints nothing for panics [`catch`] turns
+/// into errors (every other panic is printed as before).
+fn quiet_hook_for_caught_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `body`; a panic inside it (a libtorch error tch raised as one) becomes an error holding
+/// the first line of libtorch's message, without the C++ frames.
+///
+/// ```
+/// let err = lawa_experiments::torch_panic::catch(|| -> anyhow::Result<()> {
+///     let _ = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)).view([3]);
+///     Ok(())
+/// })
+/// .unwrap_err();
+/// assert!(err.to_string().contains("shape '[3]' is invalid"), "{err}");
+/// ```
+pub fn catch<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
+    quiet_hook_for_caught_panics();
+    let was = CATCHING.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    CATCHING.with(|c| c.set(was));
+    out.unwrap_or_else(|panic| Err(anyhow!("{}", first_line(panic_text(&*panic)))))
+}
+
+/// The text a panic carries (`panic!` with a message gives a `&str` or a `String`).
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "a libtorch operation failed (no message)"
+    }
+}
+
+/// libtorch's own message out of tch's (`called Result::unwrap() on an Err value:
+/// Torch("MESSAGE\nException raised from ... frame #0 ...")`): its first line.
+fn first_line(text: &str) -> String {
+    let inner = text
+        .split_once("Torch(\"")
+        .map_or(text, |(_, rest)| rest.trim_end_matches("\")"));
+    let line = inner.lines().next().unwrap_or(inner);
+    line.replace("\\n", "\n")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torch_panic_becomes_its_first_line_and_other_results_pass_through() {
+        let wrapped = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at \
+                       alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: you \
+                       tried to allocate 662364160 bytes.\\nException raised from alloc_cpu at \
+                       ...\\nframe #0: c10::ThrowEnforceNotMet\")";
+        assert_eq!(
+            first_line(wrapped),
+            "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: \
+             you tried to allocate 662364160 bytes."
+        );
+        assert_eq!(first_line("plain\nsecond"), "plain");
+        let err = catch(|| -> Result<()> { panic!("boom") }).unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert_eq!(catch(|| Ok(7)).unwrap(), 7);
+        let err = catch(|| -> Result<()> { Err(anyhow!("as it was")) }).unwrap_err();
+        assert_eq!(err.to_string(), "as it was");
+        // The flag is back off: a later panic outside `catch` is printed as usual.
+        assert!(!CATCHING.with(Cell::get));
+    }
+}
