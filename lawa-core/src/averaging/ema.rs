@@ -60,7 +60,7 @@ impl Ema {
 
     /// Updates every `every` steps (at least 1) instead of every step.
     pub fn every(mut self, every: u64) -> Result<Self, AveragingError> {
-        self.cadence.every = checked_every(&self.label(), every)?;
+        self.cadence.every = checked_every("ema", every)?;
         Ok(self)
     }
 

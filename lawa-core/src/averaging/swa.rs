@@ -43,7 +43,7 @@ impl Swa {
 
     /// Samples every `every` steps (at least 1).
     pub fn every(mut self, every: u64) -> Result<Self, AveragingError> {
-        self.cadence.every = checked_every(&self.label(), every)?;
+        self.cadence.every = checked_every("swa", every)?;
         Ok(self)
     }
 
@@ -63,7 +63,7 @@ impl Swa {
     ) -> Result<Self, AveragingError> {
         if !(0.0..1.0).contains(&fraction) {
             return Err(AveragingError::invalid(
-                self.label(),
+                "swa",
                 "start",
                 fraction,
                 "a fraction of training must be in [0, 1)",

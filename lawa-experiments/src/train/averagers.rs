@@ -131,6 +131,22 @@ impl AveragerSpec {
             }
             Ok(())
         };
+        // With `start` 0 the first update comes `every` steps in: after the end, the averager
+        // would never be ready, and never evaluated.
+        let first_after_end = |field: &'static str, start: u64, every: u64| {
+            if start == 0 && every > total_steps {
+                return Err(AveragingError::InvalidParameter {
+                    averager: self.kind().into(),
+                    field,
+                    value: every.to_string(),
+                    reason: format!(
+                        "its first update would come at step {every}, after the end of training \
+                         (step {total_steps}), so it would never be evaluated"
+                    ),
+                });
+            }
+            Ok(())
+        };
         Ok(match *self {
             AveragerSpec::Lawa {
                 k,
@@ -139,6 +155,7 @@ impl AveragerSpec {
                 storage,
             } => {
                 after_end(start)?;
+                first_after_end("nu", start, nu)?;
                 let lawa = Lawa::new(k, nu)?.start(start);
                 Box::new(lawa.storage(storage.unwrap_or(default_storage)))
             }
@@ -150,6 +167,7 @@ impl AveragerSpec {
                 storage,
             } => {
                 after_end(start)?;
+                first_after_end("every", start, every)?;
                 let ema = if warmup {
                     Ema::with_warmup(decay)?
                 } else {
@@ -167,9 +185,14 @@ impl AveragerSpec {
                 let swa = match start {
                     SwaStart::Step(s) => {
                         after_end(s)?;
+                        first_after_end("every", s, every)?;
                         swa.start(s)
                     }
-                    SwaStart::Fraction(x) => swa.start_fraction(x, total_steps)?,
+                    SwaStart::Fraction(x) => {
+                        let swa = swa.start_fraction(x, total_steps)?;
+                        first_after_end("every", (x * total_steps as f64).round() as u64, every)?;
+                        swa
+                    }
                 };
                 Box::new(swa.storage(storage.unwrap_or(default_storage)))
             }
@@ -362,5 +385,43 @@ mod tests {
             storage: None,
         };
         assert!(msg(swa).contains("start = 1.5"));
+    }
+
+    /// An averager whose first update would come after the last step would never be
+    /// evaluated: refused, naming the interval; one that updates at the last step is not.
+    #[test]
+    fn first_updates_after_the_end_are_refused() {
+        let build = |s: AveragerSpec| s.build(1000, Storage::Training).map(|_| ());
+        let lawa = |nu, start| AveragerSpec::Lawa {
+            k: 2,
+            nu,
+            start,
+            storage: None,
+        };
+        let msg = build(lawa(100_000, 0)).unwrap_err().to_string();
+        assert!(
+            msg.contains("nu = 100000") && msg.contains("never be evaluated"),
+            "{msg}"
+        );
+        assert!(build(lawa(1000, 0)).is_ok());
+        assert!(build(lawa(100_000, 10)).is_ok(), "a snapshot at step 10");
+        let ema = AveragerSpec::Ema {
+            decay: 0.9,
+            warmup: false,
+            every: 1001,
+            start: 0,
+            storage: None,
+        };
+        assert!(build(ema).unwrap_err().to_string().contains("every = 1001"));
+        let swa = |start| AveragerSpec::Swa {
+            start,
+            every: 5000,
+            storage: None,
+        };
+        assert!(build(swa(SwaStart::Fraction(0.0))).is_err());
+        assert!(
+            build(swa(SwaStart::Fraction(0.5))).is_ok(),
+            "a sample at step 500"
+        );
     }
 }
