@@ -171,10 +171,15 @@ pub fn claim_folder_as(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", marker_path.display())),
     };
+    let differences = match &existing {
+        Some(t) if t != text => config_differences(t, text),
+        _ => Vec::new(),
+    };
     match &existing {
-        Some(t) if t != text => bail!(
-            "{}: the folder holds a {what} of a different config; {hint} or delete the folder",
-            dir.display()
+        Some(_) if !differences.is_empty() => bail!(
+            "{}: the folder holds a {what} of a different config ({}); {hint} or delete the folder",
+            dir.display(),
+            summarize(&differences)
         ),
         Some(_) => {}
         None if !empty_or_owned(dir, owns)? => bail!(
@@ -200,6 +205,94 @@ pub fn claim_folder_as(
     Ok(claim)
 }
 
+/// Where the config recorded in a folder (`there`, YAML) and the one given (`here`) differ,
+/// one `field: A there, B here` each, in field order. Text that differs only in form (key
+/// order, quoting) is no difference, nor are two paths naming the same file (relative and
+/// absolute, a trailing slash, a symbolic link). An unreadable record differs as a whole.
+pub fn config_differences(there: &str, here: &str) -> Vec<String> {
+    match (
+        serde_yaml::from_str::<serde_yaml::Value>(there),
+        serde_yaml::from_str::<serde_yaml::Value>(here),
+    ) {
+        (Ok(a), Ok(b)) => {
+            let mut out = Vec::new();
+            differ("", &a, &b, &mut out);
+            out
+        }
+        _ => vec!["the recorded config cannot be read".to_string()],
+    }
+}
+
+/// Appends to `out` the fields under `field` where `a` (there) and `b` (here) differ.
+fn differ(field: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: &mut Vec<String>) {
+    use serde_yaml::Value;
+    let child = |key: &str| match field {
+        "" => key.to_string(),
+        _ => format!("{field}.{key}"),
+    };
+    match (a, b) {
+        (Value::Mapping(x), Value::Mapping(y)) => {
+            let mut keys: Vec<&Value> = x.keys().collect();
+            keys.extend(y.keys().filter(|k| !x.contains_key(*k)));
+            for key in keys {
+                let name = child(&compact(key));
+                let (va, vb) = (x.get(key), y.get(key));
+                differ(
+                    &name,
+                    va.unwrap_or(&Value::Null),
+                    vb.unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Sequence(x), Value::Sequence(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                differ(&format!("{field}[{i}]"), va, vb, out);
+            }
+        }
+        (Value::String(x), Value::String(y)) if same_path(x, y) => {}
+        _ if a == b => {}
+        _ => out.push(format!(
+            "{field}: {} there, {} here",
+            compact(a),
+            compact(b)
+        )),
+    }
+}
+
+/// Whether two strings name one existing file or folder.
+fn same_path(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (Path::new(a).canonicalize(), Path::new(b).canonicalize()),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// A YAML value on one line.
+fn compact(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Null => "(absent)".to_string(),
+        other => serde_json::to_string(other).unwrap_or_else(|_| {
+            serde_yaml::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .replace('\n', " ")
+        }),
+    }
+}
+
+/// The first few differences on one line.
+fn summarize(differences: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut text = differences[..differences.len().min(SHOWN)].join("; ");
+    if differences.len() > SHOWN {
+        text.push_str(&format!("; and {} more", differences.len() - SHOWN));
+    }
+    text
+}
+
 /// Claims the run folder of `plan` (see [`claim_folder`]).
 pub fn claim(plan: &RunPlan) -> Result<Claim> {
     let text = serde_yaml::to_string(&plan.config)?;
@@ -218,6 +311,43 @@ pub fn claim(plan: &RunPlan) -> Result<Claim> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_differences_name_each_field_and_ignore_form_and_equal_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&data, &link).unwrap();
+        let there = format!(
+            "name: r\ndata: {}\ntrain: {{lr: 0.001, steps: 20}}\naveragers: [{{kind: ema, decay: 0.9}}]\n",
+            data.display()
+        );
+        // Key order, flow style, a trailing slash and a symbolic link: the same config.
+        let same = format!(
+            "train:\n  steps: 20\n  lr: 1.0e-3\nname: r\ndata: {}/\naveragers:\n- {{decay: 0.9, kind: ema}}\n",
+            link.display()
+        );
+        assert_eq!(config_differences(&there, &same), Vec::<String>::new());
+        let other = there
+            .replace("lr: 0.001", "lr: 0.002")
+            .replace("decay: 0.9", "decay: 0.99")
+            .replace("name: r", "name: r\nseed: 3");
+        assert_eq!(
+            config_differences(&there, &other),
+            [
+                "train.lr: 0.001 there, 0.002 here",
+                "averagers[0].decay: 0.9 there, 0.99 here",
+                "seed: (absent) there, 3 here",
+            ]
+        );
+        assert_eq!(
+            config_differences("a: [", &there),
+            ["the recorded config cannot be read"]
+        );
+        let many: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+        assert_eq!(summarize(&many), "f0; f1; f2; f3; and 2 more");
+    }
 
     fn busy(result: Result<Claim>) -> String {
         let err = result.expect_err("the folder is held");
