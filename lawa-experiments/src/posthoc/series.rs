@@ -29,7 +29,8 @@ pub struct Series {
 }
 
 impl Series {
-    /// The step-numbered checkpoint folders of `dir` (sub-folders holding `config.json`).
+    /// The step-numbered checkpoint folders of `dir` (sub-folders holding `config.json`); a
+    /// step-numbered folder without one is an error, hidden (staging) folders are passed over.
     pub fn discover(dir: &Path) -> Result<Series> {
         let entries =
             std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))?;
@@ -38,7 +39,21 @@ impl Series {
             let path = entry
                 .with_context(|| format!("{}: cannot read", dir.display()))?
                 .path();
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            // Hidden names are lawa's staging folders (`.step8.partial-PID`), still being written.
+            if hidden || !path.is_dir() {
+                continue;
+            }
             if !path.join("config.json").is_file() {
+                if step_in_name(&path).is_some() {
+                    bail!(
+                        "{}: a step-numbered folder without config.json (an incomplete \
+                         checkpoint?); complete it, or move it out of the series",
+                        path.display()
+                    );
+                }
                 continue;
             }
             if let Some(step) = step_in_name(&path) {
@@ -104,7 +119,18 @@ mod tests {
             std::fs::create_dir(&d).unwrap();
             std::fs::write(d.join("config.json"), "{}").unwrap();
         }
-        std::fs::create_dir(dir.path().join("step9000")).unwrap(); // no config.json: not one
+        // A staging folder still being written (hidden) is passed over, digits and all.
+        let staging = dir.path().join(".step7000.partial-99");
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("config.json"), "{}").unwrap();
+        // A step folder without config.json is an error, not a checkpoint silently skipped.
+        std::fs::create_dir(dir.path().join("step9000")).unwrap();
+        let err = Series::discover(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("step9000: a step-numbered folder without config.json"),
+            "{err}"
+        );
+        std::fs::remove_dir(dir.path().join("step9000")).unwrap();
         let series = Series::discover(dir.path()).unwrap();
         assert_eq!(
             series.steps.keys().copied().collect::<Vec<_>>(),
