@@ -42,9 +42,14 @@ fn init_logging() {
         .iter()
         .find_map(|v| std::env::var(v).ok())
         .is_some_and(|r| r.trim() != "0");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAWA_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if follower { "warn" } else { "info" })
-    });
+    let default = if follower { "warn" } else { "info" };
+    let filter = match std::env::var("LAWA_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new(default),
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!("LAWA_LOG={text:?} is not a log filter ({e}); logging at {default}");
+            tracing_subscriber::EnvFilter::new(default)
+        }),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -207,6 +207,16 @@ fn a_diverging_run_ends_cleanly_and_is_recorded() {
     assert_eq!(status["status"], "diverged");
     // Running it again does not retry.
     assert_eq!(train(&plan, |_, _| {}).unwrap().status, RunStatus::Diverged);
+    // The command says so in one line, and fails: it did not train the model asked for.
+    std::fs::write(dir.path().join("d.yaml"), &yaml).unwrap();
+    let o = lawa(&["train", "d.yaml"], dir.path());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{msg}");
+    let line = msg.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!("diverged at step {}", outcome.step)) && line.contains("curves.csv"),
+        "{msg}"
+    );
 }
 
 #[test]

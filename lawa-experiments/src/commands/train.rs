@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::train::{train_with, DataParallel, RunConfig, RunOutcome};
+use crate::train::{train_with, DataParallel, RunConfig, RunOutcome, RunStatus};
 
 /// The run file.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,8 +45,18 @@ fn resolve_config_in(path: &std::path::Path, configs: &std::path::Path) -> PathB
         .unwrap_or_else(|| path.to_owned())
 }
 
-/// Runs `lawa train` (`None` from the process that started `--nproc` ranks).
+/// Runs `lawa train` (`None` from the process that started `--nproc` ranks). A run that
+/// diverged (now or before) is recorded and then reported as an error.
 pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match args.nproc {
+        Some(0) => bail!("--nproc must be at least 1"),
+        Some(n) if n > cores => bail!(
+            "--nproc {n}: this machine has {cores} cores; each rank is a process of its own \
+             (one per GPU on a CUDA run): start at most {cores}"
+        ),
+        _ => {}
+    }
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         start_ranks(n)?;
         return Ok(None);
@@ -60,6 +70,18 @@ pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
         })?;
     if parallel.as_ref().is_some_and(|p| !p.is_leader()) {
         return Ok(Some(outcome));
+    }
+    if outcome.status == RunStatus::Diverged {
+        // Recorded in status.json (a sweep goes on past it), but this command did not train
+        // the model it was asked for: its exit status says so.
+        bail!(
+            "{}: diverged at step {} (a loss or gradient norm not finite); its evaluations before \
+             that are in {}; to train it again, lower train.lr or set train.grad_clip, and change \
+             `out` or remove that folder",
+            plan.config.name,
+            outcome.step,
+            plan.dir.join("curves.csv").display()
+        );
     }
     tracing::info!(
         "{}: {:?} at step {}, final raw val loss {:.4}; results in {}",

@@ -152,6 +152,12 @@ impl PosthocConfig {
             }
         }
         crate::train::config::parse_device(&self.device)?;
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            bail!(
+                "lr = {} is invalid: the run's peak learning rate is positive (or 0: unknown)",
+                self.lr
+            );
+        }
         self.precision
             .parse::<lawa_models::Precision>()
             .map_err(|e| anyhow::anyhow!("precision = {:?} is invalid: {e}", self.precision))?;

@@ -130,6 +130,13 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
     if args.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(n) = args.threads.filter(|&n| n > cores) {
+        bail!("--threads {n}: this machine has {cores} cores; more threads only contend for them");
+    }
+    if args.bpe_sample_bytes == 0 && matches!(args.tokenizer, TokenizerSpec::Bpe(_)) {
+        bail!("--bpe-sample-mb 0 leaves no text to train the vocabulary on: give at least 1");
+    }
     let (source, name) = resolve_source(&args.source)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("data").join(format!("{name}-{}", args.tokenizer.dir_suffix()))

@@ -7,7 +7,7 @@ pub mod parallel;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::prepare::{prepare, PrepareOptions};
 use crate::results::{
@@ -140,7 +140,9 @@ fn plan_with_data(
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let cfg = SweepConfig::parse(&text, path)?;
-    let data_dir = cfg.data_dir()?;
+    let data_dir = cfg
+        .data_dir()
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     let runs = cfg
         .plan(&data_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
@@ -152,11 +154,19 @@ fn plan_with_data(
             .tokenizer
             .parse()
             .map_err(|e| anyhow::anyhow!("{}: data.prepare.tokenizer: {e}", path.display()))?;
+        if !(p.val_fraction > 0.0 && p.val_fraction < 1.0) {
+            bail!(
+                "{}: data.prepare.val_fraction = {} is invalid: must be between 0 and 1 (exclusive)",
+                path.display(),
+                p.val_fraction
+            );
+        }
         prepare(&PrepareOptions {
             out: Some(data_dir.clone()),
             val_fraction: p.val_fraction,
             ..PrepareOptions::new(p.source.clone(), tokenizer)
-        })?;
+        })
+        .with_context(|| format!("{}: data.prepare", path.display()))?;
     }
     let data = lawa_core::data::Dataset::open(&data_dir).with_context(|| match may_prepare {
         true => String::new(),
