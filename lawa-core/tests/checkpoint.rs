@@ -117,6 +117,21 @@ fn disagreeing_checkpoints_are_refused_and_nothing_is_written() {
         2,
         "no temporary left"
     );
+    // Checkpoints without a tensor: an error, not an empty average.
+    let (e1, e2) = (
+        dir.path().join("e1.safetensors"),
+        dir.path().join("e2.safetensors"),
+    );
+    write_safetensors(&e1, &[]).unwrap();
+    write_safetensors(&e2, &[]).unwrap();
+    let err = average_safetensors(&[e1, e2], &out, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("e1.safetensors: no tensors to average"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// A safetensors file with `header` as its JSON header and `data` bytes after it.

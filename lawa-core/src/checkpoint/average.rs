@@ -117,6 +117,11 @@ pub fn average_checkpoints(
         check_same_tensors(first, other, &keep)?;
     }
     let kept: Vec<&TensorEntry> = first.entries().filter(|e| keep(&e.name)).collect();
+    if kept.is_empty() {
+        return Err(CheckpointError::NoTensors {
+            path: first.path.clone(),
+        });
+    }
     let mut metadata: BTreeMap<String, String> = BTreeMap::new();
     metadata.insert("format".into(), "pt".into());
     metadata.insert(

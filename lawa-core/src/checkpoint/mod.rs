@@ -92,6 +92,12 @@ pub enum CheckpointError {
     /// No inputs.
     #[error("no checkpoints to average")]
     Empty,
+    /// Inputs without a tensor to average (all left out, or none there).
+    #[error("{}: no tensors to average", .path.display())]
+    NoTensors {
+        /// The first input.
+        path: PathBuf,
+    },
 }
 
 impl CheckpointError {
