@@ -634,6 +634,10 @@ fn bad_configs_and_absurd_sizes_are_refused_before_anything_is_written() {
             vec!["n_embd"],
         ),
         (
+            good.replace("k: 3, nu: 2", "k: 100000000, nu: 2"),
+            vec!["needs", "GB", "averagers[0] holds 100000001"],
+        ),
+        (
             good.replace("name: f", "name: \"..\""),
             vec!["name = \"..\""],
         ),

@@ -67,18 +67,35 @@ pub fn ensure_fits(plan: &RunPlan, model: &GptConfig, rank_leads: Option<bool>) 
         None => "the weights, gradients, two AdamW moments, an evaluation copy and the averagers'",
     };
     let what = format!(
-        "training a GPT-2 of {} ({} copies of its weights: {held})",
+        "training a GPT-2 of {} ({} copies of its weights: {held}{})",
         model.describe(),
-        copies.on_device
+        copies.on_device,
+        largest_averager(&plan.config)
     );
     lawa_models::memory::ensure_fits(&what, bytes(copies.on_device), plan.device)?;
     let what = format!(
-        "the averagers kept in host memory ({} copies of a GPT-2 of {})",
+        "the averagers kept in host memory ({} copies of a GPT-2 of {}{})",
         copies.on_host,
-        model.describe()
+        model.describe(),
+        largest_averager(&plan.config)
     );
     lawa_models::memory::ensure_fits(&what, bytes(copies.on_host), tch::Device::Cpu)?;
     Ok(())
+}
+
+/// `; averagers[i] holds n`, for the averager holding the most copies of the weights when it
+/// holds more than one (a LAWA window), so that a message says which field to lower.
+fn largest_averager(config: &RunConfig) -> String {
+    config
+        .averagers
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| (spec.copies_held().0, i))
+        .max()
+        .filter(|&(n, _)| n > 1)
+        .map_or(String::new(), |(n, i)| {
+            format!("; averagers[{i}] holds {n}")
+        })
 }
 
 #[cfg(test)]
@@ -124,5 +141,14 @@ mod tests {
         assert_eq!(copies(false, Some(true)), (11, 3));
         assert_eq!(copies(false, Some(false)), (6, 0));
         assert_eq!(copies(true, Some(false)), (6, 0));
+    }
+
+    #[test]
+    fn the_averager_holding_most_copies_is_named() {
+        // LAWA k = 4 holds 5 copies (the new snapshot before the oldest goes), EMA one.
+        assert_eq!(largest_averager(&config()), "; averagers[0] holds 5");
+        let mut ema_only = config();
+        ema_only.averagers.remove(0);
+        assert_eq!(largest_averager(&ema_only), "");
     }
 }
