@@ -113,6 +113,32 @@ fn rank(args: &[&str], cwd: &Path, rank: usize, world: usize, port: u16) -> Chil
         .unwrap()
 }
 
+/// `--nproc` is checked once, before any rank starts: a batch that does not split over the
+/// ranks names the file, 0 ranks and more ranks than cores are refused; nothing is written.
+#[test]
+fn nproc_is_checked_before_any_rank_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sotu_subset(dir.path(), 30, "byte");
+    let odd = run_yaml(&data, "odd", 10, 10).replace("batch_size: 8", "batch_size: 3");
+    write(dir.path(), "odd.yaml", &odd);
+    let cases = [
+        (
+            "2",
+            "odd.yaml: train.batch_size: 3 sequences do not split over 2 ranks",
+        ),
+        ("0", "--nproc must be at least 1"),
+        ("100000", "--nproc 100000: this machine has"),
+    ];
+    for (n, needle) in cases {
+        let o = lawa(&["train", "odd.yaml", "--nproc", n], dir.path());
+        let msg = stderr(&o);
+        assert!(!o.status.success(), "--nproc {n} accepted");
+        assert!(msg.contains(needle), "--nproc {n}: {msg}");
+        assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
+    }
+    assert!(!dir.path().join("odd").exists(), "nothing written");
+}
+
 /// The 2-rank run (4 sequences a rank) and the lone run (8 sequences) of the same config agree
 /// over 60 steps: every averager's curve and the final weights within 1e-5.
 #[test]

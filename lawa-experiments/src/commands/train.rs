@@ -58,6 +58,11 @@ pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
         _ => {}
     }
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
+        // Checked once here, naming the file, rather than once in every rank.
+        let path = resolve_config(&args.config);
+        let plan = RunConfig::load(&path)?;
+        crate::train::distributed::ensure_batch_splits(&plan.config.train, n)
+            .with_context(|| path.display().to_string())?;
         start_ranks(n)?;
         return Ok(None);
     }

@@ -30,6 +30,18 @@ pub struct DataParallel {
     reducing: std::cell::Cell<(f64, u64)>,
 }
 
+/// Refuses a global batch that does not split evenly over `world_size` ranks.
+pub fn ensure_batch_splits(t: &super::config::TrainSpec, world_size: usize) -> Result<()> {
+    if !t.batch_size.is_multiple_of(world_size) {
+        bail!(
+            "train.batch_size: {} sequences do not split over {world_size} ranks; the global \
+             batch must be a multiple of the world size",
+            t.batch_size
+        );
+    }
+    Ok(())
+}
+
 impl DataParallel {
     /// Joins the process group the launcher's variables describe (`None` for a lone process):
     /// Gloo for a CPU run, NCCL for CUDA, where the device becomes `cuda:LOCAL_RANK`. Refuses a
@@ -38,14 +50,7 @@ impl DataParallel {
         let Some(launch) = Launch::from_env()? else {
             return Ok(None);
         };
-        let t = &plan.config.train;
-        if !t.batch_size.is_multiple_of(launch.world_size) {
-            bail!(
-                "train.batch_size: {} sequences do not split over {} ranks; the global batch must be a multiple of the world size",
-                t.batch_size,
-                launch.world_size
-            );
-        }
+        ensure_batch_splits(&plan.config.train, launch.world_size)?;
         if plan.device.is_cuda() {
             // One GPU visible (srun --gpus-per-task 1, CUDA_VISIBLE_DEVICES per rank): it is
             // this rank's. Otherwise the local rank picks it.
