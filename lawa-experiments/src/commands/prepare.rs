@@ -25,7 +25,7 @@ pub struct PrepareArgs {
     pub tokenizer: TokenizerSpec,
     /// Fraction of the corpus held out for validation: whole documents when there are several,
     /// the tail of the text when there is one.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub val_fraction: f64,
     /// Replace an existing, different dataset in the output folder (only lawa's files are
     /// replaced; other files there stay).
