@@ -1,17 +1,21 @@
 //! Whether a dataset's token ids mean what a model was trained on: its vocabulary must be the
-//! model's, or the model's padded (nanoGPT and GPT-NeoX round the embedding up to a multiple
-//! of 64 or 128). A loss scored on ids of another tokenizer is a number that means nothing.
+//! model's, or fit in the model's padded embedding (GPT-2's 50,304 rows, Pythia's 50,304 to
+//! 50,688: a multiple of 64). A loss scored on ids of another tokenizer is a number that means
+//! nothing. Sizes are all a checkpoint says of its tokenizer, so a vocabulary that happens to
+//! fit a padded embedding passes.
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use lawa_core::data::DatasetMeta;
 
-/// The multiples a model's vocabulary is commonly padded to.
-const PADDINGS: [usize; 2] = [64, 128];
+/// The multiple a model's embedding is padded to (nanoGPT, GPT-NeoX and Pythia use 64 or a
+/// multiple of it).
+const PADDING: usize = 64;
 
 /// Refuses data from `data_dir` (described by `meta`) for a model of `model_vocab` tokens
-/// unless the vocabularies match, exactly or up to padding.
+/// unless the vocabularies are the same, or the model's is a padded embedding (a multiple of
+/// 64) the data's ids fit in.
 ///
 /// ```
 /// # use lawa_experiments::vocabulary::ensure_same_vocabulary;
@@ -19,6 +23,7 @@ const PADDINGS: [usize; 2] = [64, 128];
 /// let data = std::path::Path::new("data/owt");
 /// assert!(ensure_same_vocabulary(data, &meta, 50257).is_ok()); // GPT-2 as released
 /// assert!(ensure_same_vocabulary(data, &meta, 50304).is_ok()); // padded to 64
+/// assert!(ensure_same_vocabulary(data, &meta, 50432).is_ok()); // padded further (Pythia-6.9b)
 /// assert!(ensure_same_vocabulary(data, &meta, 50300).is_err()); // another tokenizer's
 /// ```
 pub fn ensure_same_vocabulary(
@@ -27,8 +32,7 @@ pub fn ensure_same_vocabulary(
     model_vocab: usize,
 ) -> Result<()> {
     let vocab = meta.vocab_size as usize;
-    let padded = |m: usize| vocab.div_ceil(m) * m;
-    if vocab == model_vocab || PADDINGS.iter().any(|&m| padded(m) == model_vocab) {
+    if vocab == model_vocab || (model_vocab > vocab && model_vocab.is_multiple_of(PADDING)) {
         return Ok(());
     }
     let relation = if vocab > model_vocab {
@@ -37,10 +41,10 @@ pub fn ensure_same_vocabulary(
         "not"
     };
     bail!(
-        "{}: a vocabulary of {vocab} tokens ({}), {relation} the model's {model_vocab} (nor that \
-         padded to a multiple of 64 or 128): the data was not made with the model's tokenizer, \
-         and a loss on it would mean nothing; prepare it with the tokenizer the model was \
-         trained with",
+        "{}: a vocabulary of {vocab} tokens ({}), {relation} the model's {model_vocab} (nor a \
+         padded embedding it fits in, a multiple of 64): the data was not made with the model's \
+         tokenizer, and a loss on it would mean nothing; prepare it with the tokenizer the \
+         model was trained with",
         data_dir.display(),
         meta.tokenizer
     )
@@ -73,8 +77,11 @@ mod tests {
             (&byte, 384, true),
             (&byte, 300, false), // a bpe:300 model on byte-level data
             (&byte, 256, false),
+            (&pythia, 50432, true), // Pythia-6.9b's embedding
+            (&pythia, 50688, true), // Pythia-12b's
             (&gpt2, 50280, false),
-            (&gpt2, 50432, false), // 50257 padded to 64 is 50304, to 128 also 50304
+            (&gpt2, 50258, false), // GPT-2 with an added token: not told from another's
+            (&byte, 200, false),
         ] {
             let got = ensure_same_vocabulary(dir, m, model);
             assert_eq!(got.is_ok(), ok, "{} on {model}: {got:?}", m.vocab_size);
