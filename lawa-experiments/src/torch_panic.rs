@@ -13,22 +13,28 @@ thread_local! {
     static CATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Wraps the process's panic hook once so that it prints nothing for panics [`catch`] turns
-/// into errors (every other panic is printed as before).
+/// Wraps the process's panic hook once so that it prints nothing for the panics [`catch`] turns
+/// into errors: libtorch's, under `catch` (every other panic is printed as before).
 fn quiet_hook_for_caught_panics() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !CATCHING.with(Cell::get) {
+            if !(CATCHING.with(Cell::get) && is_torch_error(panic_text(info.payload()))) {
                 previous(info);
             }
         }));
     });
 }
 
-/// Runs `body`; a panic inside it (a libtorch error tch raised as one) becomes an error holding
-/// the first line of libtorch's message, without the C++ frames.
+/// Whether a panic's text is a libtorch error tch raised (`... Torch("...")`).
+fn is_torch_error(text: &str) -> bool {
+    text.contains("Torch(\"")
+}
+
+/// Runs `body`; a libtorch error tch raised as a panic inside it becomes an error holding the
+/// first line of libtorch's message, without the C++ frames. Any other panic (a bug) goes on
+/// as a panic, printed with its location.
 ///
 /// ```
 /// let err = lawa_experiments::torch_panic::catch(|| -> anyhow::Result<()> {
@@ -43,7 +49,13 @@ pub fn catch<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
     let was = CATCHING.with(|c| c.replace(true));
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
     CATCHING.with(|c| c.set(was));
-    out.unwrap_or_else(|panic| Err(anyhow!("{}", first_line(panic_text(&*panic)))))
+    match out {
+        Ok(result) => result,
+        Err(panic) if is_torch_error(panic_text(&*panic)) => {
+            Err(anyhow!("{}", first_line(panic_text(&*panic))))
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// The text a panic carries (`panic!` with a message gives a `&str` or a `String`).
@@ -88,8 +100,13 @@ mod tests {
              you tried to allocate 662364160 bytes."
         );
         assert_eq!(first_line("plain\nsecond"), "plain");
-        let err = catch(|| -> Result<()> { panic!("boom") }).unwrap_err();
+        let err = catch(|| -> Result<()> { panic!("called unwrap: Torch(\"boom\nframe\")") })
+            .unwrap_err();
         assert_eq!(err.to_string(), "boom");
+        // A panic that is not libtorch's is a bug: it goes on as a panic.
+        let bug = std::panic::catch_unwind(|| catch(|| -> Result<()> { panic!("index 3") }));
+        let payload = bug.expect_err("the panic went on");
+        assert_eq!(panic_text(&*payload), "index 3");
         assert_eq!(catch(|| Ok(7)).unwrap(), 7);
         let err = catch(|| -> Result<()> { Err(anyhow!("as it was")) }).unwrap_err();
         assert_eq!(err.to_string(), "as it was");
