@@ -114,29 +114,43 @@ fn rank(args: &[&str], cwd: &Path, rank: usize, world: usize, port: u16) -> Chil
 }
 
 /// `--nproc` is checked once, before any rank starts: a batch that does not split over the
-/// ranks names the file, 0 ranks and more ranks than cores are refused; nothing is written.
+/// ranks names the file, 0 ranks and more CUDA ranks than GPUs are refused; nothing is written.
 #[test]
 fn nproc_is_checked_before_any_rank_starts() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::sotu_subset(dir.path(), 30, "byte");
     let odd = run_yaml(&data, "odd", 10, 10).replace("batch_size: 8", "batch_size: 3");
     write(dir.path(), "odd.yaml", &odd);
+    let cuda = run_yaml(&data, "cuda", 10, 10).replace("device: cpu", "device: cuda");
+    write(dir.path(), "cuda.yaml", &cuda);
+    let gpus = tch::Cuda::device_count();
     let cases = [
         (
+            "odd.yaml",
             "2",
             "odd.yaml: train.batch_size: 3 sequences do not split over 2 ranks",
         ),
-        ("0", "--nproc must be at least 1"),
-        ("100000", "--nproc 100000: this machine has"),
+        ("odd.yaml", "0", "--nproc must be at least 1"),
+        ("odd.yaml", "1000000", "do not split over 1000000 ranks"),
+        (
+            "cuda.yaml",
+            "2",
+            "a CUDA run takes one GPU a rank, and 0 are visible",
+        ),
     ];
-    for (n, needle) in cases {
-        let o = lawa(&["train", "odd.yaml", "--nproc", n], dir.path());
+    for (file, n, needle) in cases {
+        if file == "cuda.yaml" && gpus != 0 {
+            println!("skipped the CUDA case: {gpus} GPUs are visible here");
+            continue;
+        }
+        let o = lawa(&["train", file, "--nproc", n], dir.path());
         let msg = stderr(&o);
-        assert!(!o.status.success(), "--nproc {n} accepted");
-        assert!(msg.contains(needle), "--nproc {n}: {msg}");
+        assert!(!o.status.success(), "{file} --nproc {n} accepted");
+        assert!(msg.contains(needle), "{file} --nproc {n}: {msg}");
         assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
     }
     assert!(!dir.path().join("odd").exists(), "nothing written");
+    assert!(!dir.path().join("cuda").exists(), "nothing written");
 }
 
 /// The 2-rank run (4 sequences a rank) and the lone run (8 sequences) of the same config agree

@@ -48,14 +48,8 @@ fn resolve_config_in(path: &std::path::Path, configs: &std::path::Path) -> PathB
 /// Runs `lawa train` (`None` from the process that started `--nproc` ranks). A run that
 /// diverged (now or before) is recorded and then reported as an error.
 pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match args.nproc {
-        Some(0) => bail!("--nproc must be at least 1"),
-        Some(n) if n > cores => bail!(
-            "--nproc {n}: this machine has {cores} cores; each rank is a process of its own \
-             (one per GPU on a CUDA run): start at most {cores}"
-        ),
-        _ => {}
+    if args.nproc == Some(0) {
+        bail!("--nproc must be at least 1");
     }
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         // Checked once here, naming the file, rather than once in every rank.
@@ -63,6 +57,7 @@ pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
         let plan = RunConfig::load(&path)?;
         crate::train::distributed::ensure_batch_splits(&plan.config.train, n)
             .with_context(|| path.display().to_string())?;
+        ensure_ranks_fit(n, plan.device)?;
         start_ranks(n)?;
         return Ok(None);
     }
@@ -97,6 +92,30 @@ pub fn run(args: &TrainArgs) -> Result<Option<RunOutcome>> {
         plan.dir.display()
     );
     Ok(Some(outcome))
+}
+
+/// Refuses more local ranks than a CUDA run has GPUs (one each), or than a CPU run could
+/// sensibly share this machine's cores among (eight a core); warns when CPU ranks outnumber the
+/// cores this process may use.
+fn ensure_ranks_fit(n: usize, device: tch::Device) -> Result<()> {
+    if device.is_cuda() {
+        let gpus = tch::Cuda::device_count().max(0) as usize;
+        if n > gpus {
+            bail!("--nproc {n}: a CUDA run takes one GPU a rank, and {gpus} are visible");
+        }
+        return Ok(());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n > 8 * cores {
+        bail!(
+            "--nproc {n}: {n} CPU ranks on {cores} cores would only contend for them (and each \
+             holds its own copy of the model); start at most {cores}"
+        );
+    }
+    if n > cores {
+        tracing::warn!("--nproc {n}: more CPU ranks than the {cores} cores this process may use");
+    }
+    Ok(())
 }
 
 /// Re-runs this command as `n` local ranks (its arguments less `--nproc`) and waits for them.

@@ -131,9 +131,14 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
         bail!("--threads must be at least 1");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some(n) = args.threads.filter(|&n| n > cores) {
-        bail!("--threads {n}: this machine has {cores} cores; more threads only contend for them");
-    }
+    let threads = args.threads.map(|n| {
+        if n > cores {
+            tracing::warn!(
+                "--threads {n}: this process may use {cores} cores; tokenizing on {cores}"
+            );
+        }
+        n.min(cores)
+    });
     if args.bpe_sample_bytes == 0 && matches!(args.tokenizer, TokenizerSpec::Bpe(_)) {
         bail!("--bpe-sample-mb 0 leaves no text to train the vocabulary on: give at least 1");
     }
@@ -164,7 +169,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
     lawa_core::checkpoint::remove_stale_staging(parent)
         .with_context(|| format!("{}: cannot clear stale staging folders", parent.display()))?;
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads.unwrap_or(0))
+        .num_threads(threads.unwrap_or(0))
         .build()
         .context("starting the tokenizing threads")?;
     let staging = pool.install(|| build(args, &source, &files, &out, fingerprint))?;
