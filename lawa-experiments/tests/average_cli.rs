@@ -40,6 +40,19 @@ fn latest_checkpoints_average_into_a_loadable_model() {
         dir.path().join("avg/config.json").is_file(),
         "config.json copied from the newest"
     );
+    // Not into the folder of the series itself, even with --force.
+    let o = lawa(
+        &[
+            "average", "ckpts", "--last", "2", "--out", "ckpts/", "--force",
+        ],
+        dir.path(),
+    );
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && msg.contains("the folder of the checkpoints"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("ckpts/model.safetensors").exists());
 
     let vs = VarStore::new(Device::Cpu);
     let _avg = Gpt::from_pretrained(vs.root(), dir.path().join("avg")).unwrap();

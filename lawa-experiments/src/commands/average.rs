@@ -82,6 +82,12 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
             );
         }
     }
+    if args.last.is_some() && same_folder(&args.out, &args.checkpoints[0]) {
+        bail!(
+            "--out {}: the folder of the checkpoints to average; choose another",
+            args.out.display()
+        );
+    }
     check_output(&args.out, to_folder, args.force)?;
     warn_repeated(&opened);
     let parent = out_file.parent().unwrap_or(Path::new("."));
@@ -193,6 +199,11 @@ fn check_output(out: &Path, to_folder: bool, force: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether two paths name one existing folder.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// `model-00001-of-00002.safetensors` and the like: one shard of a sharded checkpoint.

@@ -19,6 +19,21 @@ pub fn step_in_name(path: &Path) -> Option<u64> {
     name[start..end].parse().ok()
 }
 
+/// Whether a folder's name is a step's alone (`step8`, `step-143000`, `checkpoint-500`, `1000`),
+/// not merely one holding digits (`notes2`, `eval-v2`).
+fn names_a_step(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let digits = ["step", "checkpoint"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(&name)
+        .trim_start_matches(['-', '_']);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Checkpoint folders (holding a `config.json`) by step.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -47,7 +62,7 @@ impl Series {
                 continue;
             }
             if !path.join("config.json").is_file() {
-                if step_in_name(&path).is_some() {
+                if names_a_step(&path) {
                     bail!(
                         "{}: a step-numbered folder without config.json (an incomplete \
                          checkpoint?); complete it, or move it out of the series",
@@ -131,6 +146,10 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir(dir.path().join("step9000")).unwrap();
+        // Other folders with digits in their names are not step folders.
+        std::fs::create_dir(dir.path().join("notes2")).unwrap();
+        assert!(names_a_step(Path::new("checkpoint-500")) && names_a_step(Path::new("1000")));
+        assert!(!names_a_step(Path::new("eval-v2")) && !names_a_step(Path::new("step")));
         let series = Series::discover(dir.path()).unwrap();
         assert_eq!(
             series.steps.keys().copied().collect::<Vec<_>>(),

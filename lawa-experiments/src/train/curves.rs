@@ -46,10 +46,10 @@ impl CurvesLog {
                 if let Some(last) = existing.iter().map(|r| r.step).max() {
                     if last > first_checkpoint {
                         bail!(
-                            "{}: rows up to step {last}, but the run's checkpoint (written at step \
-                             {first_checkpoint}) is gone: starting again from step 0 would drop \
-                             them; restore the checkpoint, or remove the run folder to train from \
-                             step 0",
+                            "{}: rows up to step {last}, but the run's checkpoint is gone (one \
+                             was written by then, the first at step {first_checkpoint}): starting \
+                             again from step 0 would drop them; restore the checkpoint, or remove \
+                             the run folder to train from step 0",
                             path.display()
                         );
                     }

@@ -70,26 +70,38 @@ pub fn ensure_fits(plan: &RunPlan, model: &GptConfig, rank_leads: Option<bool>) 
         "training a GPT-2 of {} ({} copies of its weights: {held}{})",
         model.describe(),
         copies.on_device,
-        largest_averager(&plan.config)
+        largest_averager(&plan.config, rank_leads, |on_host| on_cpu || !on_host)
     );
     lawa_models::memory::ensure_fits(&what, bytes(copies.on_device), plan.device)?;
     let what = format!(
         "the averagers kept in host memory ({} copies of a GPT-2 of {}{})",
         copies.on_host,
         model.describe(),
-        largest_averager(&plan.config)
+        largest_averager(&plan.config, rank_leads, |on_host| !on_cpu && on_host)
     );
     lawa_models::memory::ensure_fits(&what, bytes(copies.on_host), tch::Device::Cpu)?;
     Ok(())
 }
 
-/// `; averagers[i] holds n`, for the averager holding the most copies of the weights when it
-/// holds more than one (a LAWA window), so that a message says which field to lower.
-fn largest_averager(config: &RunConfig) -> String {
+/// `; averagers[i] holds n`, for the averager holding the most copies of the weights among
+/// those a process keeps (none on a rank other than 0) where `counted(kept in host memory)`
+/// says, when it holds more than one (a LAWA window): the field a message should say to lower.
+fn largest_averager(
+    config: &RunConfig,
+    rank_leads: Option<bool>,
+    counted: impl Fn(bool) -> bool,
+) -> String {
+    if rank_leads == Some(false) {
+        return String::new();
+    }
     config
         .averagers
         .iter()
         .enumerate()
+        .filter(|(_, spec)| {
+            let storage = spec.copies_held().1.unwrap_or(config.averager_storage);
+            counted(storage == Storage::Cpu)
+        })
         .map(|(i, spec)| (spec.copies_held().0, i))
         .max()
         .filter(|&(n, _)| n > 1)
@@ -146,9 +158,22 @@ mod tests {
     #[test]
     fn the_averager_holding_most_copies_is_named() {
         // LAWA k = 4 holds 5 copies (the new snapshot before the oldest goes), EMA one.
-        assert_eq!(largest_averager(&config()), "; averagers[0] holds 5");
-        let mut ema_only = config();
-        ema_only.averagers.remove(0);
-        assert_eq!(largest_averager(&ema_only), "");
+        let on_device = |c: &RunConfig, leads| largest_averager(c, leads, |host| !host);
+        let on_host = |c: &RunConfig| largest_averager(c, None, |host| host);
+        assert_eq!(on_device(&config(), None), "; averagers[0] holds 5");
+        assert_eq!(
+            on_device(&config(), Some(false)),
+            "",
+            "a follower holds none"
+        );
+        assert_eq!(
+            on_host(&config()),
+            "",
+            "only the EMA, one copy, is on the host"
+        );
+        let mut host = config();
+        host.averager_storage = Storage::Cpu;
+        assert_eq!(on_host(&host), "; averagers[0] holds 5");
+        assert_eq!(on_device(&host, None), "");
     }
 }
