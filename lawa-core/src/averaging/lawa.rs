@@ -75,6 +75,12 @@ impl Lawa {
         self
     }
 
+    /// The optimizer step of its first snapshot: `start`, or `nu` when `start` is 0. An averager
+    /// whose first update comes after a run's last step is never ready.
+    pub fn first_update(&self) -> u64 {
+        self.cadence.first_step()
+    }
+
     /// Keeps the snapshots in `storage` (default: on the training device).
     pub fn storage(mut self, storage: Storage) -> Self {
         self.storage = storage;

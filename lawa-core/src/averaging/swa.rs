@@ -47,6 +47,12 @@ impl Swa {
         Ok(self)
     }
 
+    /// The optimizer step of its first sample: `start`, or `every` when `start` is 0. An averager
+    /// whose first update comes after a run's last step is never ready.
+    pub fn first_update(&self) -> u64 {
+        self.cadence.first_step()
+    }
+
     /// Takes the first sample at step `start`.
     pub fn start(mut self, start: u64) -> Self {
         self.cadence.start = start;

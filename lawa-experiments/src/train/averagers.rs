@@ -131,16 +131,16 @@ impl AveragerSpec {
             }
             Ok(())
         };
-        // With `start` 0 the first update comes `every` steps in: after the end, the averager
-        // would never be ready, and never evaluated.
-        let first_after_end = |field: &'static str, start: u64, every: u64| {
-            if start == 0 && every > total_steps {
+        // An averager whose first update comes after the last step would never be ready, and
+        // never evaluated: refused, naming its interval.
+        let first_after_end = |field: &'static str, every: u64, first: u64| {
+            if first > total_steps {
                 return Err(AveragingError::InvalidParameter {
                     averager: self.kind().into(),
                     field,
                     value: every.to_string(),
                     reason: format!(
-                        "its first update would come at step {every}, after the end of training \
+                        "its first update would come at step {first}, after the end of training \
                          (step {total_steps}), so it would never be evaluated"
                     ),
                 });
@@ -155,8 +155,8 @@ impl AveragerSpec {
                 storage,
             } => {
                 after_end(start)?;
-                first_after_end("nu", start, nu)?;
                 let lawa = Lawa::new(k, nu)?.start(start);
+                first_after_end("nu", nu, lawa.first_update())?;
                 Box::new(lawa.storage(storage.unwrap_or(default_storage)))
             }
             AveragerSpec::Ema {
@@ -167,13 +167,13 @@ impl AveragerSpec {
                 storage,
             } => {
                 after_end(start)?;
-                first_after_end("every", start, every)?;
                 let ema = if warmup {
                     Ema::with_warmup(decay)?
                 } else {
                     Ema::new(decay)?
                 };
                 let ema = ema.every(every)?.start(start);
+                first_after_end("every", every, ema.first_update())?;
                 Box::new(ema.storage(storage.unwrap_or(default_storage)))
             }
             AveragerSpec::Swa {
@@ -185,15 +185,11 @@ impl AveragerSpec {
                 let swa = match start {
                     SwaStart::Step(s) => {
                         after_end(s)?;
-                        first_after_end("every", s, every)?;
                         swa.start(s)
                     }
-                    SwaStart::Fraction(x) => {
-                        let swa = swa.start_fraction(x, total_steps)?;
-                        first_after_end("every", (x * total_steps as f64).round() as u64, every)?;
-                        swa
-                    }
+                    SwaStart::Fraction(x) => swa.start_fraction(x, total_steps)?,
                 };
+                first_after_end("every", every, swa.first_update())?;
                 Box::new(swa.storage(storage.unwrap_or(default_storage)))
             }
         })
