@@ -6,7 +6,8 @@
 //! - for their build scripts, [`Libtorch`]: the libtorch that torch-sys found, and a
 //!   [`cc::Build`] set up as torch-sys compiles its own wrapper (C++17, the C++11 ABI, libtorch's
 //!   headers), with `lawa_guarded.h` on the include path;
-//! - at run time, [`take_error`]: the message of a C++ exception that `lawa_guarded` caught.
+//! - at run time, [`take_error`]: the message of a C++ exception that `lawa_guarded` caught,
+//!   on one line ([`fold`]); and [`panic_message`], the text of a panic (tch's errors).
 //!
 //! A build script:
 //!
@@ -155,13 +156,26 @@ pub unsafe fn take_text(text: *mut c_char) -> String {
     out
 }
 
-/// `message` up to libtorch's stack trace, its whitespace folded to single spaces.
-fn fold(message: &str) -> String {
+/// `message` up to libtorch's stack trace, its whitespace folded to single spaces: how lawa
+/// shows a libtorch error on one line.
+pub fn fold(message: &str) -> String {
     let first = message
         .split("\nException raised from")
         .next()
         .unwrap_or(message);
     first.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The text a panic carries (`panic!` with a message gives a `&str` or a `String`; tch's
+/// panicking operations give libtorch's error), or "(no message)".
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(no message)"
+    }
 }
 
 #[cfg(test)]

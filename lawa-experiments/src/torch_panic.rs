@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::sync::Once;
 
 use anyhow::{anyhow, Result};
+use lawa_cxx::panic_message;
 
 thread_local! {
     /// Set while [`catch`] runs a body on this thread: its panics are reported as errors, so
@@ -20,7 +21,7 @@ fn quiet_hook_for_caught_panics() {
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !(CATCHING.with(Cell::get) && is_torch_error(panic_text(info.payload()))) {
+            if !(CATCHING.with(Cell::get) && is_torch_error(panic_message(info.payload()))) {
                 previous(info);
             }
         }));
@@ -32,8 +33,8 @@ fn is_torch_error(text: &str) -> bool {
     text.contains("Torch(\"")
 }
 
-/// Runs `body`; a libtorch error tch raised as a panic inside it becomes an error holding the
-/// first line of libtorch's message, without the C++ frames. Any other panic (a bug) goes on
+/// Runs `body`; a libtorch error tch raised as a panic inside it becomes an error holding
+/// libtorch's message on one line, without the C++ frames. Any other panic (a bug) goes on
 /// as a panic, printed with its location.
 ///
 /// ```
@@ -51,37 +52,21 @@ pub fn catch<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
     CATCHING.with(|c| c.set(was));
     match out {
         Ok(result) => result,
-        Err(panic) if is_torch_error(panic_text(&*panic)) => {
-            Err(anyhow!("{}", first_line(panic_text(&*panic))))
+        Err(panic) if is_torch_error(panic_message(&*panic)) => {
+            Err(anyhow!("{}", libtorch_message(panic_message(&*panic))))
         }
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
-/// The text a panic carries (`panic!` with a message gives a `&str` or a `String`).
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text
-    } else {
-        "a libtorch operation failed (no message)"
-    }
-}
-
-/// libtorch's own message out of tch's (`called Result::unwrap() on an Err value:
-/// Torch("MESSAGE\nException raised from ... frame #0 ...")`): its first line.
-fn first_line(text: &str) -> String {
+/// libtorch's own message out of tch's panic text (`called Result::unwrap() on an Err value:
+/// Torch("MESSAGE\nException raised from ... frame #0 ...")`, the message escaped as Rust's
+/// debug form escapes it), on one line as lawa shows libtorch's errors ([`lawa_cxx::fold`]).
+fn libtorch_message(text: &str) -> String {
     let inner = text
         .split_once("Torch(\"")
         .map_or(text, |(_, rest)| rest.trim_end_matches("\")"));
-    let line = inner.lines().next().unwrap_or(inner);
-    line.replace("\\n", "\n")
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    lawa_cxx::fold(&inner.replace("\\n", "\n").replace("\\\"", "\""))
 }
 
 #[cfg(test)]
@@ -89,24 +74,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_torch_panic_becomes_its_first_line_and_other_results_pass_through() {
+    fn a_torch_panic_becomes_its_message_on_one_line_and_other_panics_go_on() {
         let wrapped = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at \
                        alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: you \
                        tried to allocate 662364160 bytes.\\nException raised from alloc_cpu at \
                        ...\\nframe #0: c10::ThrowEnforceNotMet\")";
         assert_eq!(
-            first_line(wrapped),
+            libtorch_message(wrapped),
             "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: \
              you tried to allocate 662364160 bytes."
         );
-        assert_eq!(first_line("plain\nsecond"), "plain");
-        let err = catch(|| -> Result<()> { panic!("called unwrap: Torch(\"boom\nframe\")") })
-            .unwrap_err();
+        // A message of several lines keeps them all, on one line, up to the stack trace.
+        let two_lines = "Torch(\"The size of a (3) must match\\n the size of b (4)\\nException \
+                         raised from check\\nframe #0\")";
+        assert_eq!(
+            libtorch_message(two_lines),
+            "The size of a (3) must match the size of b (4)"
+        );
+        let err = catch(|| -> Result<()> {
+            panic!("called unwrap: Torch(\"boom\\nException raised from x\\nframe #0\")")
+        })
+        .unwrap_err();
         assert_eq!(err.to_string(), "boom");
         // A panic that is not libtorch's is a bug: it goes on as a panic.
         let bug = std::panic::catch_unwind(|| catch(|| -> Result<()> { panic!("index 3") }));
         let payload = bug.expect_err("the panic went on");
-        assert_eq!(panic_text(&*payload), "index 3");
+        assert_eq!(panic_message(&*payload), "index 3");
         assert_eq!(catch(|| Ok(7)).unwrap(), 7);
         let err = catch(|| -> Result<()> { Err(anyhow!("as it was")) }).unwrap_err();
         assert_eq!(err.to_string(), "as it was");

@@ -86,7 +86,10 @@ impl CudaGraph {
         let graph = capture.end();
         let out = out.map_err(|panic| OpsError {
             op: OP,
-            message: format!("the captured work panicked: {}", panic_message(&*panic)),
+            message: format!(
+                "the captured work panicked: {}",
+                lawa_cxx::panic_message(&*panic)
+            ),
         })??;
         Ok((graph?, out))
     }
@@ -101,17 +104,6 @@ impl CudaGraph {
 impl Drop for CudaGraph {
     fn drop(&mut self) {
         free(self.raw);
-    }
-}
-
-/// The text a panic carries (`panic!` with a message gives a `&str` or a `String`).
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text
-    } else {
-        "(no message)"
     }
 }
 
