@@ -32,25 +32,27 @@ impl WeightCopies {
         if rank_leads.unwrap_or(true) {
             let mut snapshots_on_host = false;
             for spec in &config.averagers {
-                let (n, storage) = spec.copies_held();
-                match storage.unwrap_or(config.averager_storage) {
-                    Storage::Training => copies.on_device += n,
-                    Storage::Cpu if on_cpu => copies.on_host += n,
-                    Storage::Cpu => {
-                        copies.on_host += n + spec.host_staging_copies();
-                        snapshots_on_host |= spec.takes_snapshots();
-                    }
+                let n = spec.copies_held().0;
+                if kept_on_host(config, spec, on_cpu) {
+                    copies.on_host += n + spec.host_staging_copies();
+                    snapshots_on_host |= spec.takes_snapshots();
+                } else {
+                    copies.on_device += n;
                 }
             }
             if snapshots_on_host {
                 copies.on_host += AveragerSpec::SNAPSHOT_STAGING_COPIES;
             }
         }
-        if on_cpu {
-            copies.on_device += std::mem::take(&mut copies.on_host);
-        }
         copies
     }
+}
+
+/// Whether a process keeps `spec`'s copies in host memory apart from the training device: an
+/// averager stored on the CPU (its own `storage`, else the run's) of a run on a GPU. On a CPU
+/// run all of it is the device's memory.
+fn kept_on_host(config: &RunConfig, spec: &AveragerSpec, on_cpu: bool) -> bool {
+    !on_cpu && spec.copies_held().1.unwrap_or(config.averager_storage) == Storage::Cpu
 }
 
 /// Refuses a run whose copies of the weights ([`WeightCopies`]) cannot fit in the memory
@@ -70,26 +72,28 @@ pub fn ensure_fits(plan: &RunPlan, model: &GptConfig, rank_leads: Option<bool>) 
         "training a GPT-2 of {} ({} copies of its weights: {held}{})",
         model.describe(),
         copies.on_device,
-        largest_averager(&plan.config, rank_leads, |on_host| on_cpu || !on_host)
+        largest_averager(&plan.config, rank_leads, on_cpu, false)
     );
     lawa_models::memory::ensure_fits(&what, bytes(copies.on_device), plan.device)?;
     let what = format!(
         "the averagers kept in host memory ({} copies of a GPT-2 of {}{})",
         copies.on_host,
         model.describe(),
-        largest_averager(&plan.config, rank_leads, |on_host| !on_cpu && on_host)
+        largest_averager(&plan.config, rank_leads, on_cpu, true)
     );
     lawa_models::memory::ensure_fits(&what, bytes(copies.on_host), tch::Device::Cpu)?;
     Ok(())
 }
 
 /// `; averagers[i] holds n`, for the averager holding the most copies of the weights among
-/// those a process keeps (none on a rank other than 0) where `counted(kept in host memory)`
-/// says, when it holds more than one (a LAWA window): the field a message should say to lower.
+/// those a process keeps (none on a rank other than 0) in host memory (`on_host`) or on the
+/// training device (see [`kept_on_host`]), when it holds more than one (a LAWA window): the
+/// field a message should say to lower.
 fn largest_averager(
     config: &RunConfig,
     rank_leads: Option<bool>,
-    counted: impl Fn(bool) -> bool,
+    on_cpu: bool,
+    on_host: bool,
 ) -> String {
     if rank_leads == Some(false) {
         return String::new();
@@ -98,10 +102,7 @@ fn largest_averager(
         .averagers
         .iter()
         .enumerate()
-        .filter(|(_, spec)| {
-            let storage = spec.copies_held().1.unwrap_or(config.averager_storage);
-            counted(storage == Storage::Cpu)
-        })
+        .filter(|(_, spec)| kept_on_host(config, spec, on_cpu) == on_host)
         .map(|(i, spec)| (spec.copies_held().0, i))
         .max()
         .filter(|&(n, _)| n > 1)
@@ -158,8 +159,9 @@ mod tests {
     #[test]
     fn the_averager_holding_most_copies_is_named() {
         // LAWA k = 4 holds 5 copies (the new snapshot before the oldest goes), EMA one.
-        let on_device = |c: &RunConfig, leads| largest_averager(c, leads, |host| !host);
-        let on_host = |c: &RunConfig| largest_averager(c, None, |host| host);
+        // A run on a GPU.
+        let on_device = |c: &RunConfig, leads| largest_averager(c, leads, false, false);
+        let on_host = |c: &RunConfig| largest_averager(c, None, false, true);
         assert_eq!(on_device(&config(), None), "; averagers[0] holds 5");
         assert_eq!(
             on_device(&config(), Some(false)),
@@ -175,5 +177,11 @@ mod tests {
         host.averager_storage = Storage::Cpu;
         assert_eq!(on_host(&host), "; averagers[0] holds 5");
         assert_eq!(on_device(&host, None), "");
+        // On a CPU run every averager is in the device's memory.
+        assert_eq!(
+            largest_averager(&host, None, true, false),
+            "; averagers[0] holds 5"
+        );
+        assert_eq!(largest_averager(&host, None, true, true), "");
     }
 }
