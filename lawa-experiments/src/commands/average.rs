@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use lawa_core::checkpoint::{average_checkpoints, AverageReport, TensorFiles};
 
 use crate::posthoc::series::step_in_name;
+use crate::train::run_dir::same_file;
 
 /// Which checkpoints to average, and where to write the mean.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,14 +76,14 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
         .map(|p| TensorFiles::open(p))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     for input in &opened {
-        if input.path.canonicalize().ok() == out_file.canonicalize().ok() && out_file.exists() {
+        if same_file(&input.path, &out_file) {
             bail!(
                 "{}: the output would overwrite an input",
                 out_file.display()
             );
         }
     }
-    if args.last.is_some() && same_folder(&args.out, &args.checkpoints[0]) {
+    if args.last.is_some() && same_file(&args.out, &args.checkpoints[0]) {
         bail!(
             "--out {}: the folder of the checkpoints to average; choose another",
             args.out.display()
@@ -199,11 +200,6 @@ fn check_output(out: &Path, to_folder: bool, force: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Whether two paths name one existing folder.
-fn same_folder(a: &Path, b: &Path) -> bool {
-    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// `model-00001-of-00002.safetensors` and the like: one shard of a sharded checkpoint.

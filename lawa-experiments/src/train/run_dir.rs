@@ -171,16 +171,17 @@ pub fn claim_folder_as(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", marker_path.display())),
     };
-    let differences = match &existing {
-        Some(t) if t != text => config_differences(t, text),
-        _ => Vec::new(),
-    };
     match &existing {
-        Some(_) if !differences.is_empty() => bail!(
-            "{}: the folder holds a {what} of a different config ({}); {hint} or delete the folder",
-            dir.display(),
-            summarize(&differences)
-        ),
+        Some(t) if t != text => {
+            let differences = config_differences(t, text);
+            if !differences.is_empty() {
+                bail!(
+                    "{}: the folder holds a {what} of a different config ({}); {hint} or delete the folder",
+                    dir.display(),
+                    summarize(&differences)
+                );
+            }
+        }
         Some(_) => {}
         None if !empty_or_owned(dir, owns)? => bail!(
             "{}: the folder holds files that are not a lawa {what}'s, and no {marker}; a {what} writes only into an empty folder or its own ({hint})",
@@ -250,7 +251,7 @@ fn differ(field: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: &mut V
                 differ(&format!("{field}[{i}]"), va, vb, out);
             }
         }
-        (Value::String(x), Value::String(y)) if same_path(x, y) => {}
+        (Value::String(x), Value::String(y)) if x == y || same_file(x.as_ref(), y.as_ref()) => {}
         _ if a == b => {}
         _ => out.push(format!(
             "{field}: {} there, {} here",
@@ -260,13 +261,10 @@ fn differ(field: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, out: &mut V
     }
 }
 
-/// Whether two strings name one existing file or folder.
-fn same_path(a: &str, b: &str) -> bool {
-    a == b
-        || matches!(
-            (Path::new(a).canonicalize(), Path::new(b).canonicalize()),
-            (Ok(x), Ok(y)) if x == y
-        )
+/// Whether two paths name one existing file or folder (relative or absolute, through a
+/// symbolic link or a trailing slash).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// A YAML value on one line.
