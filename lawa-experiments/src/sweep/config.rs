@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lawa_core::averaging::Storage;
-use lawa_models::Kernel;
 use serde::{Deserialize, Serialize};
 
-use crate::train::config::{check_name, CheckpointSpec, EvalSpec, ModelSpec, TrainSpec};
+use crate::train::config::{check_name, CheckpointSpec, EvalSpec, ModelSpec, SetByGrid, TrainSpec};
 use crate::train::{AveragerSpec, RunConfig, RunPlan, SwaStart};
 
 /// One sweep.
@@ -81,57 +80,9 @@ fn default_val_fraction() -> f64 {
     0.05
 }
 
-/// The recipe of [`TrainSpec`] without `lr` and `seed`, which the grid sets.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainRecipe {
-    /// Optimizer steps.
-    pub steps: u64,
-    /// Sequences per micro-batch.
-    pub batch_size: usize,
-    /// Tokens per sequence.
-    pub block_size: usize,
-    /// Micro-batches per step.
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    /// Schedule; a `min_lr` written as `min_lr_ratio` scales with each lr.
-    pub schedule: ScheduleRecipe,
-    /// Length of the schedule when the runs stop before its end (see [`TrainSpec::horizon`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub horizon: Option<u64>,
-    /// AdamW hyperparameters.
-    #[serde(default)]
-    pub adamw: lawa_core::optim::AdamWConfig,
-    /// Gradient clipping (0: off).
-    #[serde(default = "clip")]
-    pub grad_clip: f64,
-    /// `auto`, `f32`, `bf16`.
-    #[serde(default = "auto")]
-    pub precision: String,
-    /// Run the LM head and the loss this many tokens at a time (see [`TrainSpec::loss_chunk`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_chunk: Option<usize>,
-    /// What computes the softmax and loss: `aten` or `fused` (see [`TrainSpec::loss_kernel`]).
-    #[serde(default, skip_serializing_if = "Kernel::is_default")]
-    pub loss_kernel: Kernel,
-    /// What computes the residual adds and LayerNorms (see [`TrainSpec::norm_kernel`]).
-    #[serde(default, skip_serializing_if = "Kernel::is_default")]
-    pub norm_kernel: Kernel,
-    /// What computes the linear layers (see [`TrainSpec::linear_kernel`]).
-    #[serde(default, skip_serializing_if = "Kernel::is_default")]
-    pub linear_kernel: Kernel,
-    /// Replay each step from a CUDA graph (see [`TrainSpec::cuda_graph`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cuda_graph: bool,
-}
-
-fn one() -> usize {
-    1
-}
-
-fn clip() -> f64 {
-    1.0
-}
+/// The recipe of [`TrainSpec`] without `lr` and `seed`, which the grid sets, and with a schedule
+/// whose final rate is a fraction of each run's peak: every other option is [`TrainSpec`]'s own.
+pub type TrainRecipe = TrainSpec<ScheduleRecipe, SetByGrid, SetByGrid>;
 
 /// A schedule whose final rate is a fraction of each run's peak (the paper's min_lr = lr / 10).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -375,25 +326,7 @@ impl SweepConfig {
                         name: id.clone(),
                         data: data_dir.to_owned(),
                         model: model.clone(),
-                        train: TrainSpec {
-                            steps: r.steps,
-                            batch_size: r.batch_size,
-                            block_size: r.block_size,
-                            grad_accum: r.grad_accum,
-                            lr,
-                            schedule: r.schedule.for_lr(lr),
-                            horizon: r.horizon,
-                            adamw: r.adamw,
-                            grad_clip: r.grad_clip,
-                            seed,
-                            precision: r.precision.clone(),
-                            allreduce_fp32: false,
-                            loss_chunk: r.loss_chunk,
-                            loss_kernel: r.loss_kernel,
-                            norm_kernel: r.norm_kernel,
-                            linear_kernel: r.linear_kernel,
-                            cuda_graph: r.cuda_graph,
-                        },
+                        train: r.with_run(lr, r.schedule.for_lr(lr), seed),
                         eval: self.eval.clone(),
                         checkpoint: self.checkpoint.clone(),
                         averagers: averagers.clone(),
@@ -415,6 +348,7 @@ impl SweepConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lawa_models::Kernel;
 
     /// The training step's options reach every run of the grid as they were written, and the
     /// runs of a sweep that leaves them out take the defaults.
@@ -444,13 +378,29 @@ mod tests {
             );
             assert!(!t.cuda_graph);
         }
+        for r in plan("  allreduce_fp32: true\n") {
+            assert!(r.plan.config.train.allreduce_fp32);
+        }
         for r in plan("") {
             let t = &r.plan.config.train;
+            assert!(!t.allreduce_fp32);
             assert_eq!(t.loss_chunk, None);
             assert_eq!(
                 [t.loss_kernel, t.norm_kernel, t.linear_kernel],
                 [Kernel::Aten; 3]
             );
         }
+        for extra in ["  lr: 0.1\n", "  seed: 3\n"] {
+            let e = SweepConfig::parse(&yaml(extra), Path::new("s.yaml")).unwrap_err();
+            let message = format!("{e:#}");
+            assert!(
+                message.contains("s.yaml: train: a sweep's grid sets each run's `lr` and `seed`"),
+                "{message}"
+            );
+        }
+        // Written as nothing, they are as absent.
+        let runs = plan("  lr: ~\n");
+        assert_eq!(runs[3].plan.config.train.lr, 1.0e-2);
+        assert_eq!(runs[3].plan.config.train.seed, 1);
     }
 }

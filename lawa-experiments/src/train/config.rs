@@ -107,10 +107,20 @@ impl ModelSpec {
     }
 }
 
-/// The training recipe.
+/// The training recipe: one run's (`TrainSpec`, its parameters left at their defaults), or a
+/// sweep's, whose grid sets the learning rate and the seed of each run
+/// ([`TrainRecipe`](crate::sweep::config::TrainRecipe): `Lr` and `Seed` are [`SetByGrid`], the schedule
+/// a [`ScheduleRecipe`](crate::sweep::config::ScheduleRecipe)). One definition serves both, so an option
+/// of the training step that a run takes, a sweep takes too.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSpec {
+#[serde(
+    deny_unknown_fields,
+    bound(
+        serialize = "S: Serialize, Lr: Serialize + GridValue, Seed: Serialize + GridValue",
+        deserialize = "S: Deserialize<'de>, Lr: Deserialize<'de>, Seed: Deserialize<'de> + Default"
+    )
+)]
+pub struct TrainSpec<S = Schedule, Lr = f64, Seed = u64> {
     /// Optimizer steps.
     pub steps: u64,
     /// Sequences per micro-batch.
@@ -121,9 +131,10 @@ pub struct TrainSpec {
     #[serde(default = "one")]
     pub grad_accum: usize,
     /// Peak learning rate.
-    pub lr: f64,
+    #[serde(skip_serializing_if = "GridValue::set_by_grid")]
+    pub lr: Lr,
     /// Learning-rate schedule.
-    pub schedule: Schedule,
+    pub schedule: S,
     /// Length of the schedule, when the run stops before its end: a run of `steps` steps that is
     /// the start of a `horizon`-step schedule (the paper's early-training regime: the first
     /// steps of a long cosine, the learning rate still near its peak) [default: `steps`].
@@ -136,8 +147,8 @@ pub struct TrainSpec {
     #[serde(default = "default_clip")]
     pub grad_clip: f64,
     /// Seed of the initialization, the batch order and dropout.
-    #[serde(default)]
-    pub seed: u64,
+    #[serde(default, skip_serializing_if = "GridValue::set_by_grid")]
+    pub seed: Seed,
     /// `auto` (bf16 on CUDA, f32 on CPU), `f32` or `bf16`.
     #[serde(default = "default_device")]
     pub precision: String,
@@ -177,12 +188,96 @@ fn one() -> usize {
     1
 }
 
-impl TrainSpec {
+/// The learning rate or seed of a sweep's recipe: not written there, since the grid (`lrs`,
+/// `seeds`) sets it for each run. Writing one anyway is an error that says so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetByGrid;
+
+impl<'de> Deserialize<'de> for SetByGrid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Absent;
+        impl<'de> serde::de::Visitor<'de> for Absent {
+            type Value = SetByGrid;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("nothing: a sweep's grid sets it (`lrs:` and `seeds:`)")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<SetByGrid, E> {
+                Ok(SetByGrid)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<SetByGrid, E> {
+                Ok(SetByGrid)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, _: D) -> Result<SetByGrid, D::Error> {
+                Err(serde::de::Error::custom(
+                    "a sweep's grid sets each run's `lr` and `seed`: list the learning rates \
+                     under `lrs:` and the seeds under `seeds:`, not in `train:`",
+                ))
+            }
+        }
+        // A missing field reaches here as `None` (serde asks an absent field for an option).
+        deserializer.deserialize_option(Absent)
+    }
+}
+
+impl Serialize for SetByGrid {
+    fn serialize<Se: serde::Serializer>(&self, serializer: Se) -> Result<Se::Ok, Se::Error> {
+        serializer.serialize_none()
+    }
+}
+
+/// A value of the recipe that a run writes and a sweep's grid may set instead.
+pub trait GridValue {
+    /// Whether the grid sets it (then it is not written).
+    fn set_by_grid(&self) -> bool {
+        false
+    }
+}
+
+impl GridValue for f64 {}
+impl GridValue for u64 {}
+impl GridValue for SetByGrid {
+    fn set_by_grid(&self) -> bool {
+        true
+    }
+}
+
+impl<S, Lr, Seed> TrainSpec<S, Lr, Seed> {
     /// Steps the learning-rate schedule spans: the horizon, or the run's steps.
     pub fn schedule_steps(&self) -> u64 {
         self.horizon.unwrap_or(self.steps)
     }
 
+    /// The same recipe with another learning rate, schedule and seed, every other option kept:
+    /// how a sweep's recipe becomes each run's.
+    pub fn with_run<S2, Lr2, Seed2>(
+        &self,
+        lr: Lr2,
+        schedule: S2,
+        seed: Seed2,
+    ) -> TrainSpec<S2, Lr2, Seed2> {
+        TrainSpec {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            block_size: self.block_size,
+            grad_accum: self.grad_accum,
+            lr,
+            schedule,
+            horizon: self.horizon,
+            adamw: self.adamw,
+            grad_clip: self.grad_clip,
+            seed,
+            precision: self.precision.clone(),
+            allreduce_fp32: self.allreduce_fp32,
+            loss_chunk: self.loss_chunk,
+            loss_kernel: self.loss_kernel,
+            norm_kernel: self.norm_kernel,
+            linear_kernel: self.linear_kernel,
+            cuda_graph: self.cuda_graph,
+        }
+    }
+}
+
+impl TrainSpec {
     /// How each micro-batch's loss is computed.
     pub fn loss_plan(&self) -> LossPlan {
         LossPlan {
