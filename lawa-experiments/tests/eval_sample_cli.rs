@@ -218,6 +218,82 @@ fn eval_rejects_another_vocabulary_a_longer_block_and_a_broken_checkpoint() {
     );
 }
 
+/// A checkpoint lawa wrote names its tokenizer: data of another, even of the same size, is
+/// refused by eval and sample; the model's own is taken; a checkpoint naming none (not lawa's)
+/// is held to the sizes alone.
+#[test]
+fn a_recorded_tokenizer_refuses_another_of_the_same_size() {
+    use lawa_experiments::vocabulary;
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, trained, model) = (
+        dir.path().join("bytes"),
+        dir.path().join("trained"),
+        dir.path().join("model"),
+    );
+    dataset(&bytes, 300, 300);
+    // The same ids, said to come from a trained vocabulary of 300; the model's padded
+    // embedding (320) fits either by size.
+    dataset(&trained, 300, 300);
+    std::fs::write(trained.join("tokenizer.json"), "{\"model\": 1}").unwrap();
+    let mut meta = DatasetMeta::load(&trained.join("meta.json")).unwrap();
+    meta.tokenizer = "bpe:300".into();
+    meta.vocab_size = 300;
+    meta.tokenizer_file = Some("tokenizer.json".into());
+    meta.save(&trained).unwrap();
+    checkpoint(&model, 320, 16);
+    let (b, t, m) = (
+        bytes.to_str().unwrap(),
+        trained.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    // Not recorded: sizes alone, both pass.
+    for d in [b, t] {
+        let o = lawa(&["eval", "--checkpoint", m, "--data", d]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let name = vocabulary::tokenizer_of(
+        &trained,
+        &DatasetMeta::load(&trained.join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        name.starts_with("bpe:300 sha256:") && name.len() == 31,
+        "{name}"
+    );
+    vocabulary::record(&model, "byte").unwrap();
+    let o = lawa(&["eval", "--checkpoint", m, "--data", b]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let msg = fails(&["eval", "--checkpoint", m, "--data", t]);
+    assert!(
+        msg.contains(&format!(
+            "the tokenizer {name}, but the model was trained on data made with byte"
+        )),
+        "{msg}"
+    );
+    let msg = fails(&["sample", "--checkpoint", m, "--data", t, "--prompt", "a"]);
+    assert!(msg.contains("trained on data made with byte"), "{msg}");
+    // Recorded as the trained one, the byte data is refused in turn, and a ready-made byte
+    // tokenizer too.
+    vocabulary::record(&model, &name).unwrap();
+    let o = lawa(&["eval", "--checkpoint", m, "--data", t]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let msg = fails(&["eval", "--checkpoint", m, "--data", b]);
+    assert!(msg.contains("the tokenizer byte, but"), "{msg}");
+    let msg = fails(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--tokenizer",
+        "byte",
+        "--prompt",
+        "a",
+    ]);
+    assert!(
+        msg.contains("--tokenizer byte: the tokenizer byte, but"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn sample_is_seeded_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,12 @@ fn post_hoc_lawa_equals_the_online_lawa_of_the_same_run() {
     let (data, run) = trained_run(dir.path());
     let series: Vec<_> = std::fs::read_dir(run.join("series")).unwrap().collect();
     assert_eq!(series.len(), 10, "steps 4, 8, ..., 40");
+    // Each checkpoint names the tokenizer of its data.
+    for config in [run.join("series/step4"), run.join("checkpoint")] {
+        let text = std::fs::read_to_string(config.join("config.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["lawa_tokenizer"], "byte", "{}", config.display());
+    }
     let task = write(
         dir.path(),
         "hand.jsonl",
@@ -161,7 +167,25 @@ fn bad_studies_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let (data, run) = trained_run(dir.path());
     let good = study(dir.path(), &data, &run, "");
+    // The same corpus in another tokenizer's ids.
+    let o = lawa(
+        &[
+            "prepare",
+            "corpus",
+            "--out",
+            "bpe",
+            "--tokenizer",
+            "bpe:300",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bpe = dir.path().join("bpe");
     let cases = [
+        (
+            good.replace(&data.display().to_string(), &bpe.display().to_string()),
+            "but the model was trained on data made with byte",
+        ),
         (good.replace("k: [3, 2]", "k: [0]"), "lawa.k = 0"),
         (
             good.replace("nu: [4, 8]", "nu: [6]"),

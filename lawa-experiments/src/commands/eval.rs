@@ -154,6 +154,8 @@ fn run_tasks(args: &EvalArgs) -> Result<Vec<TaskResult>> {
     for t in &args.tasks {
         crate::tasks::format::check(&t.path)?;
     }
+    let (data, spec) = (args.data.as_deref(), args.tokenizer.as_ref());
+    crate::vocabulary::ensure_tokenizer_fits(&args.checkpoint, data, spec)?;
     let tokenizer = match (&args.data, &args.tokenizer) {
         (Some(dir), _) => {
             let data = Dataset::open(dir)?;
@@ -188,7 +190,8 @@ fn run_loss(args: &EvalArgs, data_dir: &std::path::Path) -> Result<EvalReport> {
     let vs = nn::VarStore::new(device);
     let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
     model.set_precision(args.precision);
-    crate::vocabulary::ensure_same_vocabulary(data_dir, data.meta(), model.vocab_size())
+    let config = lawa_models::hf::CheckpointFiles::locate(&args.checkpoint)?.config;
+    crate::vocabulary::ensure_checkpoint_fits(data_dir, data.meta(), &config, model.vocab_size())
         .with_context(|| format!("{}", args.checkpoint.display()))?;
     let block_size = args.block_size.unwrap_or(model.max_positions());
     if block_size > model.max_positions() {

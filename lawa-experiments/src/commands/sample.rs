@@ -41,6 +41,8 @@ pub struct SampleArgs {
 
 /// Runs `lawa sample` and returns the prompt followed by the generated text.
 pub fn run(args: &SampleArgs) -> Result<String> {
+    let spec = args.tokenizer.as_ref().unwrap_or(&TokenizerSpec::Gpt2);
+    crate::vocabulary::ensure_tokenizer_fits(&args.checkpoint, args.data.as_deref(), Some(spec))?;
     let tokenizer = match (&args.data, &args.tokenizer) {
         (Some(dir), _) => {
             let data = Dataset::open(dir)?;

@@ -61,6 +61,8 @@ pub struct Parts<'a> {
     pub averagers: &'a AveragerSet,
     /// Counters.
     pub state: &'a TrainerState,
+    /// The tokenizer of the data (see [`crate::vocabulary::record`]).
+    pub tokenizer: &'a str,
 }
 
 /// Writes a checkpoint of the run into `run_dir/checkpoint`.
@@ -70,6 +72,7 @@ pub fn save(run_dir: &Path, parts: Parts) -> Result<()> {
         let staging = staging_dir(&target)?;
         let written = (|| -> Result<()> {
             parts.gpt.save_pretrained(&staging)?;
+            crate::vocabulary::record(&staging, parts.tokenizer)?;
             parts.optimizer.save(&staging.join(OPTIMIZER_FILE))?;
             parts.averagers.save(&staging)?;
             let json = serde_json::to_vec_pretty(parts.state)?;

@@ -108,6 +108,8 @@ pub struct Trainer<'a> {
     state: TrainerState,
     session: Session,
     last_val: f64,
+    /// The tokenizer of the data, recorded in every checkpoint's config.json.
+    tokenizer: String,
     // Kept alive for the models' variables.
     _stores: [VarStore; 2],
 }
@@ -241,6 +243,7 @@ impl<'a> Trainer<'a> {
             },
             state,
             last_val: f64::NAN,
+            tokenizer: crate::vocabulary::tokenizer_of(data.dir(), data.meta())?,
             _stores: [vs, eval_vs],
         })
     }
@@ -442,6 +445,7 @@ impl<'a> Trainer<'a> {
                 optimizer: &self.optimizer,
                 averagers: &self.averagers,
                 state: &self.state,
+                tokenizer: &self.tokenizer,
             },
         )
     }
@@ -457,6 +461,7 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(target.parent().unwrap_or(&self.plan.dir))?;
         let staging = lawa_core::checkpoint::staging_dir(&target)?;
         self.gpt.save_pretrained(&staging)?;
+        crate::vocabulary::record(&staging, &self.tokenizer)?;
         lawa_core::checkpoint::publish_dir(&staging, &target)
             .with_context(|| format!("{}: cannot write", target.display()))
     }
