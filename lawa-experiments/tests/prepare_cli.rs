@@ -628,15 +628,20 @@ fn force_replaces_only_lawas_files_and_links_loops_are_read_once() {
         11,
         "each file read once"
     );
+    let another = ["prepare", "corpus", "--out", "ds", "--tokenizer", "bpe:300"];
+    let o = lawa(&another, p);
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && msg.contains("ds: already holds another dataset (another corpus, tokenizer or split); pass --force to replace it, or choose another --out"),
+        "{msg}"
+    );
     // The user's own file beside the dataset survives a forced re-preparation.
     std::fs::write(p.join("ds/NOTES.md"), "my notes").unwrap();
-    let o = lawa(
-        &["prepare", "corpus", "--out", "ds", "--tokenizer", "bpe:300"],
-        p,
-    );
+    let o = lawa(&another, p);
+    let msg = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success(),
-        "another dataset there: refused without --force"
+        !o.status.success() && msg.contains("ds: holds files that are not a dataset's"),
+        "another dataset there: refused without --force: {msg}"
     );
     let o = lawa(
         &[

@@ -250,6 +250,18 @@ fn bad_sweeps_are_refused_and_nothing_is_overwritten() {
             ),
             "train.loss_kernel",
         ),
+        // Preparing into a folder that holds another dataset: the sweep's own way out.
+        (
+            good.replace(
+                &format!("data: {{path: {}}}", data.display()),
+                &format!(
+                    "data: {{prepare: {{source: corpus, tokenizer: \"bpe:300\", out: {}}}}}",
+                    data.display()
+                ),
+            ),
+            "already holds another dataset (another corpus, tokenizer or split); give another \
+             data.prepare.out, or replace that dataset (`lawa prepare corpus --tokenizer bpe:300",
+        ),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.yaml"));

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 use crate::prepare::tokenizer::TokenizerSpec;
-use crate::prepare::{prepare, PrepareOptions, Prepared, DEFAULT_BPE_SAMPLE_BYTES};
+use crate::prepare::{prepare, AnotherDataset, PrepareOptions, Prepared, DEFAULT_BPE_SAMPLE_BYTES};
 
 /// What to prepare, and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,5 +59,9 @@ pub fn run(args: &PrepareArgs) -> Result<Prepared> {
         skip_bad: args.skip_bad,
         bpe_sample_bytes: (args.bpe_sample_mb as usize) << 20,
         threads: args.threads,
+    })
+    .map_err(|e| match e.downcast_ref::<AnotherDataset>() {
+        Some(another) => anyhow!("{another}; pass --force to replace it, or choose another --out"),
+        None => e,
     })
 }

@@ -158,7 +158,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
     let nanogpt = out.join(Split::Train.file_name()).exists() && existing.is_none();
     let other_settings = existing.as_ref().is_some_and(|m| !same_settings(m, args));
     if !args.force && (nanogpt || other_settings) {
-        bail!("{}: {ANOTHER_DATASET}", out.display());
+        return Err(AnotherDataset(out).into());
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -189,7 +189,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
         }
         if !args.force {
             let _ = std::fs::remove_dir_all(&staging);
-            bail!("{}: {ANOTHER_DATASET}", out.display());
+            return Err(AnotherDataset(out).into());
         }
     }
     publish(&staging, &out)?;
@@ -201,7 +201,12 @@ pub fn prepare(args: &PrepareOptions) -> Result<Prepared> {
     })
 }
 
-const ANOTHER_DATASET: &str = "already holds another dataset (another corpus, tokenizer or split); pass --force to replace it or choose another --out";
+/// The output folder holds another dataset (another corpus, tokenizer or split) and
+/// [`PrepareOptions::force`] is off: each caller says how to choose (`lawa prepare`'s
+/// `--force` and `--out`, a sweep's `data.prepare.out`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: already holds another dataset (another corpus, tokenizer or split)", .0.display())]
+pub struct AnotherDataset(pub PathBuf);
 
 /// The report of an identical preparation found in `out`.
 fn already(out: PathBuf, m: &DatasetMeta) -> Prepared {

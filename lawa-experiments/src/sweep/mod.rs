@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::prepare::{prepare, PrepareOptions};
+use crate::prepare::{prepare, AnotherDataset, PrepareOptions};
 use crate::results::{
     read_rows, seed_gains, summarize, write_rows, CurveRow, CURVES_FILE, GAINS_FILE, SUMMARY_FILE,
 };
@@ -166,7 +166,17 @@ fn plan_with_data(
             val_fraction: p.val_fraction,
             ..PrepareOptions::new(p.source.clone(), tokenizer)
         })
-        .with_context(|| format!("{}: data.prepare", path.display()))?;
+        .map_err(|e| match e.downcast_ref::<AnotherDataset>() {
+            Some(another) => anyhow::anyhow!(
+                "{}: data.prepare: {another}; give another data.prepare.out, or replace that \
+                 dataset (`lawa prepare {} --tokenizer {} --out {} --force`)",
+                path.display(),
+                p.source,
+                p.tokenizer,
+                data_dir.display()
+            ),
+            None => e.context(format!("{}: data.prepare", path.display())),
+        })?;
     }
     let data = lawa_core::data::Dataset::open(&data_dir).with_context(|| match may_prepare {
         true => String::new(),
