@@ -242,6 +242,10 @@ fn bad_configs_are_refused_with_the_field_named_and_nothing_written() {
             "train.batch_size = 0",
         ),
         (
+            run_yaml(&data, &out, u64::MAX, ""),
+            "train.steps = 18446744073709551615 is invalid",
+        ),
+        (
             good.replace("block_size: 32\n  grad", "block_size: 0\n  grad"),
             "train.block_size = 0",
         ),

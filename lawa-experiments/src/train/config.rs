@@ -393,6 +393,15 @@ impl RunConfig {
                 t.grad_accum
             );
         }
+        let per_step = (t.batch_size * t.block_size * t.grad_accum) as u64;
+        if t.steps.checked_mul(per_step).is_none() {
+            bail!(
+                "train.steps = {} is invalid: {} steps of {per_step} tokens are more tokens than \
+                 a run can count (2^64)",
+                t.steps,
+                t.steps
+            );
+        }
         check_name("name", &self.name)?;
         if let Some(name) = &self.model.name {
             check_name("model.name", name)?;
