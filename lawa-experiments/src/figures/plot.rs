@@ -102,7 +102,8 @@ pub struct Panel {
     /// When set, y values are indices into these names (a dot chart).
     pub y_categories: Option<Vec<String>>,
     /// Choose the y range from points past this fraction of the x span, so an early spike
-    /// (the first steps of training) does not flatten the rest; the spike is clipped.
+    /// (the first steps of training) does not flatten the rest; the spike is clipped, unless
+    /// showing it stretches the axis by at most a half (see [`SPIKE_SHOWN`]).
     pub y_from_x_fraction: f64,
     /// Leave this margin, as a fraction of the x span, on each side (for markers).
     pub x_pad: f64,
@@ -442,9 +443,11 @@ pub fn panel_ranges(panel: &Panel) -> ((f64, f64), (f64, f64)) {
     let main = points(&mut panel.series.iter().filter(|s| !s.outlier));
     let pool = if main.is_empty() { &all } else { &main };
     let late = min_max(pool.iter().filter(|p| p.0 >= cut).map(|p| p.1));
-    let (mut y0, mut y1) = late
-        .or_else(|| min_max(pool.iter().map(|p| p.1)))
-        .unwrap_or((0.0, 1.0));
+    let whole = min_max(pool.iter().map(|p| p.1));
+    let (mut y0, mut y1) = match (late, whole) {
+        (Some(l), Some(w)) if w.1 - w.0 > SPIKE_SHOWN * (l.1 - l.0) => l,
+        (_, w) => w.unwrap_or((0.0, 1.0)),
+    };
     if panel.zero_line {
         y0 = y0.min(0.0);
         y1 = y1.max(0.0);
@@ -456,6 +459,10 @@ pub fn panel_ranges(panel: &Panel) -> ((f64, f64), (f64, f64)) {
     let pad = (y1 - y0) * 0.06;
     (x, (y0 - pad, y1 + pad))
 }
+
+/// An early spike is shown when the whole y range is at most this many times the range of
+/// the later points (it stretches the axis by a half at most); a larger one is clipped.
+pub const SPIKE_SHOWN: f64 = 1.5;
 
 fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     values.fold(None, |acc, v| match acc {
@@ -848,5 +855,16 @@ mod tests {
             (y0 - 2.952).abs() < 1e-9 && (y1 - 3.848).abs() < 1e-9,
             "{y0} {y1}"
         );
+        // A small early excursion is shown: at 4.1 the later points' range (3.0 to 3.8)
+        // grows 1.375 times; at 4.4, 1.75 times, and it is clipped.
+        for (first, (lo, hi)) in [(4.1, (3.0, 4.1)), (4.4, (3.0, 3.8))] {
+            panel.series[0].points[0].1 = first;
+            let (_, (y0, y1)) = panel_ranges(&panel);
+            let pad = (hi - lo) * 0.06;
+            assert!(
+                (y0 - (lo - pad)).abs() < 1e-9 && (y1 - (hi + pad)).abs() < 1e-9,
+                "{first}: {y0} {y1}"
+            );
+        }
     }
 }
