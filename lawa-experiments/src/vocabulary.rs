@@ -1,20 +1,22 @@
 //! Whether a dataset's token ids mean what a model was trained on. A loss scored on ids of
 //! another tokenizer is a number that means nothing.
 //!
-//! A checkpoint lawa writes names its tokenizer in `config.json` (`lawa_tokenizer`: the
-//! dataset's tokenizer, with a hash of its file for a trained vocabulary), and data made with
-//! another is refused, even of the same size (two `bpe:4096` vocabularies trained on different
-//! corpora). Of other checkpoints (GPT-2, Pythia) only the sizes are known: the data's
-//! vocabulary must be the model's, or fit in the model's padded embedding (GPT-2's 50,304 rows,
-//! Pythia's 50,304 to 50,688: a multiple of 64), so a vocabulary that happens to fit passes.
+//! A checkpoint lawa writes names its tokenizer in `config.json` (`lawa_tokenizer`: `gpt2`,
+//! `byte`, or for a trained or Hugging Face vocabulary its kind and a hash of its tokens in id
+//! order, `bpe:4096 vocab:…`), and data or a tokenizer of another is refused, even of the same
+//! size (two `bpe:4096` vocabularies trained on different corpora). Of other checkpoints (GPT-2,
+//! Pythia) only the sizes are known: the data's vocabulary must be the model's, or fit in the
+//! model's padded embedding (GPT-2's 50,304 rows, Pythia's 50,304 to 50,688: a multiple of 64),
+//! so a vocabulary that happens to fit passes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use lawa_core::data::DatasetMeta;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
-use crate::prepare::tokenizer::TokenizerSpec;
+use crate::prepare::tokenizer::{TokenizerSpec, TOKENIZER_FILE};
 
 /// The multiple a model's embedding is padded to (nanoGPT, GPT-NeoX and Pythia use 64 or a
 /// multiple of it).
@@ -23,64 +25,123 @@ const PADDING: usize = 64;
 /// The key of `config.json` that names the tokenizer of a checkpoint lawa wrote.
 pub const CONFIG_KEY: &str = "lawa_tokenizer";
 
-/// The tokenizer a dataset was made with, as a checkpoint records it: its spec (`gpt2`, `byte`,
-/// `bpe:N`, a Hugging Face tokenizer), followed for a tokenizer file by the start of its
-/// sha256, so that two vocabularies trained alike on different corpora differ.
-pub fn tokenizer_of(data_dir: &Path, meta: &DatasetMeta) -> Result<String> {
-    // A Hugging Face tokenizer's spec names the file it was read from (`hf:PATH`): the hash
-    // of the copy in the dataset names the tokenizer, not where it came from.
-    let kind = match meta.tokenizer.split_once(':') {
-        Some(("hf", _)) => "hf",
-        _ => meta.tokenizer.as_str(),
-    };
-    match &meta.tokenizer_file {
-        None => Ok(kind.to_string()),
-        Some(file) => {
-            let hash = crate::assets::sha256_file(&data_dir.join(file))?;
-            Ok(format!("{kind} sha256:{}", &hash[..16]))
-        }
+/// The tokenizer a dataset was made with, as a checkpoint records it (see the module's doc);
+/// `None` for a trained or Hugging Face tokenizer whose file is not in the dataset folder.
+pub fn tokenizer_of(data_dir: &Path, meta: &DatasetMeta) -> Result<Option<String>> {
+    let spec: TokenizerSpec = meta
+        .tokenizer
+        .parse()
+        .map_err(|e| anyhow!("{}/meta.json: {e}", data_dir.display()))?;
+    let file = data_dir.join(meta.tokenizer_file.as_deref().unwrap_or(TOKENIZER_FILE));
+    match spec {
+        TokenizerSpec::Gpt2 | TokenizerSpec::Byte => Ok(Some(spec.to_string())),
+        TokenizerSpec::Bpe(_) | TokenizerSpec::Hf(_) if !file.is_file() => Ok(None),
+        TokenizerSpec::Bpe(n) => Ok(Some(named(&format!("bpe:{n}"), &file)?)),
+        TokenizerSpec::Hf(_) => Ok(Some(named("hf", &file)?)),
+    }
+}
+
+/// The name of a ready-made tokenizer (`--tokenizer`), as [`tokenizer_of`] names a dataset's;
+/// `None` for `bpe:N`, which is not ready-made.
+pub fn tokenizer_named(spec: &TokenizerSpec) -> Result<Option<String>> {
+    match spec {
+        TokenizerSpec::Gpt2 | TokenizerSpec::Byte => Ok(Some(spec.to_string())),
+        TokenizerSpec::Hf(path) => Ok(Some(named("hf", path)?)),
+        TokenizerSpec::Bpe(_) => Ok(None),
+    }
+}
+
+/// `KIND vocab:HASH`: the start of the sha256 of a tokenizer file's tokens in id order (one
+/// `id<TAB>token` line each), the same however the file is written out.
+fn named(kind: &str, file: &Path) -> Result<String> {
+    let tokenizer = tokenizers::Tokenizer::from_file(file)
+        .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", file.display()))?;
+    let mut tokens: Vec<(u32, String)> = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .map(|(token, id)| (id, token))
+        .collect();
+    tokens.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (id, token) in &tokens {
+        hasher.update(format!("{id}\t{token}\n").as_bytes());
+    }
+    let hash = crate::assets::hex(&hasher.finalize());
+    Ok(format!("{kind} vocab:{}", &hash[..16]))
+}
+
+/// The tokenizer to use with a checkpoint when none is given: the one it names when that is
+/// ready-made (`gpt2`, `byte`); `None` for a checkpoint that names none; an error naming the
+/// way out for a trained or Hugging Face one, which comes with its dataset or file.
+pub fn default_tokenizer(checkpoint: &Path) -> Result<Option<TokenizerSpec>> {
+    let config = lawa_models::hf::CheckpointFiles::locate(checkpoint)?.config;
+    match recorded(&config)?.as_deref() {
+        None => Ok(None),
+        Some("gpt2") => Ok(Some(TokenizerSpec::Gpt2)),
+        Some("byte") => Ok(Some(TokenizerSpec::Byte)),
+        Some(other) => bail!(
+            "{}: the model was trained with the tokenizer {other}: pass --data with the dataset \
+             it was trained on (or --tokenizer with the path of its tokenizer.json)",
+            checkpoint.display()
+        ),
     }
 }
 
 /// Refuses the tokenizer of `lawa sample` or of `lawa eval --task`, that of the dataset `data`
-/// or else the ready-made `spec`, when the checkpoint names another. A ready-made Hugging Face
-/// tokenizer is told from the others by kind alone (a dataset stores its file re-written).
+/// or else the ready-made `spec`, when the checkpoint names another.
 pub fn ensure_tokenizer_fits(
     checkpoint: &Path,
     data: Option<&Path>,
     spec: Option<&TokenizerSpec>,
 ) -> Result<()> {
     let config = lawa_models::hf::CheckpointFiles::locate(checkpoint)?.config;
-    let Some(model) = recorded(&config)? else {
+    if recorded(&config)?.is_none() {
         return Ok(());
-    };
+    }
     let (name, source) = match (data, spec) {
         (Some(dir), _) => {
             let meta = lawa_core::data::Dataset::open(dir)?.meta().clone();
             (tokenizer_of(dir, &meta)?, dir.display().to_string())
         }
-        (None, Some(TokenizerSpec::Hf(_))) if model.starts_with("hf ") => return Ok(()),
-        (None, Some(spec)) => (spec.to_string(), format!("--tokenizer {spec}")),
+        (None, Some(spec)) => (tokenizer_named(spec)?, format!("--tokenizer {spec}")),
         (None, None) => return Ok(()),
     };
-    ensure_recorded_is(&config, &name, &source)
+    // Without a name (a dataset's tokenizer file gone, `bpe:N` given as ready-made), the
+    // tokenizer cannot be loaded either, and the caller says so.
+    match name {
+        Some(name) => ensure_recorded_is(&config, &name, &source),
+        None => Ok(()),
+    }
 }
 
 /// Writes `tokenizer` into the `config.json` of the checkpoint folder `dir` (see
-/// [`CONFIG_KEY`]).
+/// [`CONFIG_KEY`]), as its last key, the rest of the file as it was.
 pub fn record(dir: &Path, tokenizer: &str) -> Result<()> {
     let path = dir.join("config.json");
-    let mut config = read_object(&path)?;
-    config.insert(CONFIG_KEY.into(), Value::String(tokenizer.into()));
-    let text = serde_json::to_vec_pretty(&config)?;
-    lawa_core::checkpoint::write_atomic(&path, &text)
+    let config = read_object(&path)?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let entry = format!("  \"{CONFIG_KEY}\": {}", Value::String(tokenizer.into()));
+    let spliced = match text.trim_end().strip_suffix('}') {
+        Some(body) if !config.contains_key(CONFIG_KEY) => {
+            let body = body.trim_end();
+            let comma = if config.is_empty() { "" } else { "," };
+            format!("{body}{comma}\n{entry}\n}}\n")
+        }
+        _ => {
+            let mut config = config;
+            config.insert(CONFIG_KEY.into(), Value::String(tokenizer.into()));
+            serde_json::to_string_pretty(&config)? + "\n"
+        }
+    };
+    lawa_core::checkpoint::write_atomic(&path, spliced.as_bytes())
         .with_context(|| format!("{}: cannot write", path.display()))
 }
 
-/// The tokenizer a checkpoint's `config.json` names, if lawa wrote it.
+/// The tokenizer a checkpoint's `config.json` names, if lawa wrote it (`null` is none).
 pub fn recorded(config: &Path) -> Result<Option<String>> {
     match read_object(config)?.get(CONFIG_KEY) {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::String(t)) => Ok(Some(t.clone())),
         Some(other) => bail!(
             "{}: {CONFIG_KEY} is {other}, not a tokenizer's name",
@@ -98,21 +159,31 @@ fn read_object(path: &Path) -> Result<serde_json::Map<String, Value>> {
     }
 }
 
-/// Refuses data from `data_dir` (described by `meta`) for a model whose checkpoint `config`
-/// (its `config.json`) names another tokenizer; for a checkpoint that names none, unless
-/// the model's `model_vocab` is the data's vocabulary, or a padded embedding (a multiple of 64)
-/// the data's ids fit in.
-pub fn ensure_checkpoint_fits(
+/// Refuses data from `data_dir` (described by `meta`) for a model of `model_vocab` tokens whose
+/// checkpoints (their `config.json` files, `configs`) name another tokenizer; for a checkpoint
+/// that names none (or data whose tokenizer file is gone), unless the model's vocabulary is the
+/// data's, or a padded embedding (a multiple of 64) the data's ids fit in.
+pub fn ensure_checkpoints_fit(
     data_dir: &Path,
     meta: &DatasetMeta,
-    config: &Path,
+    configs: &[PathBuf],
     model_vocab: usize,
 ) -> Result<()> {
-    if recorded(config)?.is_none() {
-        return ensure_same_vocabulary(data_dir, meta, model_vocab);
+    // The data's tokenizer, named once (hashing a vocabulary) when a checkpoint names one.
+    let mut data: Option<Option<String>> = None;
+    for config in configs {
+        if recorded(config)?.is_some() {
+            if data.is_none() {
+                data = Some(tokenizer_of(data_dir, meta)?);
+            }
+            if let Some(Some(name)) = &data {
+                ensure_recorded_is(config, name, &data_dir.display().to_string())?;
+                continue;
+            }
+        }
+        ensure_same_vocabulary(data_dir, meta, model_vocab)?;
     }
-    let data = tokenizer_of(data_dir, meta)?;
-    ensure_recorded_is(config, &data, &data_dir.display().to_string())
+    Ok(())
 }
 
 /// Refuses a tokenizer (`tokenizer`, as [`tokenizer_of`] names it; `source`, where it comes
@@ -121,8 +192,8 @@ pub fn ensure_checkpoint_fits(
 pub fn ensure_recorded_is(config: &Path, tokenizer: &str, source: &str) -> Result<()> {
     match recorded(config)? {
         Some(model) if model != tokenizer => bail!(
-            "{source}: the tokenizer {tokenizer}, but the model was trained on data made with \
-             {model} ({}); its ids would mean other tokens to the model: use the data or \
+            "{source} uses the tokenizer {tokenizer}, but the model was trained on data made \
+             with {model} ({}); its ids would mean other tokens to the model: use the data or \
              tokenizer the model was trained with",
             config.display()
         ),
@@ -179,53 +250,118 @@ mod tests {
         }
     }
 
-    /// The record is a key of config.json beside the others; a tokenizer file's name is
-    /// its kind and the start of its hash, where it was read from left out.
+    /// A word-level tokenizer of `words`, in that id order, saved to `file`.
+    fn word_tokenizer(file: &Path, words: &[&str]) {
+        let vocab = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("[UNK]".into())
+            .build()
+            .unwrap();
+        tokenizers::Tokenizer::new(model).save(file, true).unwrap();
+    }
+
+    /// A tokenizer file is named by its kind and its tokens in id order, however the file is
+    /// written; where it was read from is left out; a missing file leaves it unnamed.
     #[test]
-    fn tokenizers_are_named_by_kind_and_file_and_recorded_beside_the_config() {
+    fn tokenizers_are_named_by_kind_and_vocabulary() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        assert_eq!(tokenizer_of(d, &meta("gpt2", 50257)).unwrap(), "gpt2");
-        std::fs::write(d.join("tokenizer.json"), "abc").unwrap();
-        // sha256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
-        let with_file = |spec: &str| DatasetMeta {
+        assert_eq!(
+            tokenizer_of(d, &meta("gpt2", 50257)).unwrap().unwrap(),
+            "gpt2"
+        );
+        let bpe = meta("bpe:300", 300);
+        assert_eq!(tokenizer_of(d, &bpe).unwrap(), None, "no tokenizer.json");
+        let file = d.join("tokenizer.json");
+        word_tokenizer(&file, &["[UNK]", "a", "b"]);
+        // sha256 of "0\t[UNK]\n1\ta\n2\tb\n".
+        let hash = {
+            let mut h = Sha256::new();
+            h.update(b"0\t[UNK]\n1\ta\n2\tb\n");
+            crate::assets::hex(&h.finalize())[..16].to_string()
+        };
+        let named = tokenizer_of(d, &bpe).unwrap().unwrap();
+        assert_eq!(named, format!("bpe:300 vocab:{hash}"));
+        // The same tokens written compactly: the same name.
+        let text: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        std::fs::write(&file, serde_json::to_string(&text).unwrap()).unwrap();
+        assert_eq!(tokenizer_of(d, &bpe).unwrap().unwrap(), named);
+        let hf = DatasetMeta {
+            tokenizer: format!("hf:{}", file.display()),
             tokenizer_file: Some("tokenizer.json".into()),
-            ..meta(spec, 4096)
+            ..meta("x", 3)
         };
         assert_eq!(
-            tokenizer_of(d, &with_file("bpe:4096")).unwrap(),
-            "bpe:4096 sha256:ba7816bf8f01cfea"
+            tokenizer_of(d, &hf).unwrap().unwrap(),
+            format!("hf vocab:{hash}")
         );
+        let ready = TokenizerSpec::Hf(file.clone());
         assert_eq!(
-            tokenizer_of(d, &with_file("hf:/somewhere/tokenizer.json")).unwrap(),
-            "hf sha256:ba7816bf8f01cfea"
+            tokenizer_named(&ready).unwrap().unwrap(),
+            format!("hf vocab:{hash}")
         );
+        // Other ids for the same words: another vocabulary.
+        word_tokenizer(&file, &["[UNK]", "b", "a"]);
+        assert_ne!(tokenizer_of(d, &bpe).unwrap().unwrap(), named);
+        assert_eq!(tokenizer_named(&TokenizerSpec::Bpe(300)).unwrap(), None);
+    }
 
+    /// The record is config.json's last key, the rest kept as written; a checkpoint that
+    /// records a tokenizer refuses data of another even when the sizes would pass it.
+    #[test]
+    fn a_recorded_tokenizer_is_checked_before_the_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
         let config = d.join("config.json");
-        std::fs::write(&config, r#"{"n_embd": 36, "vocab_size": 4096}"#).unwrap();
+        let written = "{\n  \"model_type\": \"gpt2\",\n  \"vocab_size\": 320\n}\n";
+        std::fs::write(&config, written).unwrap();
         assert_eq!(recorded(&config).unwrap(), None);
-        record(d, "bpe:4096 sha256:ba7816bf8f01cfea").unwrap();
-        let written: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        assert_eq!(written["n_embd"], 36);
-        assert_eq!(written[CONFIG_KEY], "bpe:4096 sha256:ba7816bf8f01cfea");
+        record(d, "bpe:300 vocab:0123456789abcdef").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            "{\n  \"model_type\": \"gpt2\",\n  \"vocab_size\": 320,\n  \"lawa_tokenizer\": \"bpe:300 vocab:0123456789abcdef\"\n}\n"
+        );
         assert_eq!(
             recorded(&config).unwrap().as_deref(),
-            Some("bpe:4096 sha256:ba7816bf8f01cfea")
+            Some("bpe:300 vocab:0123456789abcdef")
         );
-        // The same spec and size, another file: refused; the sizes alone would pass it.
-        std::fs::write(d.join("tokenizer.json"), "abd").unwrap();
-        let other = with_file("bpe:4096");
-        assert!(ensure_same_vocabulary(d, &other, 4096).is_ok());
-        let msg = ensure_checkpoint_fits(d, &other, &config, 4096)
+        // Recorded again (another tokenizer): replaced, not repeated.
+        record(d, "byte").unwrap();
+        assert_eq!(recorded(&config).unwrap().as_deref(), Some("byte"));
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert_eq!(text.matches(CONFIG_KEY).count(), 1, "{text}");
+
+        let byte = meta("byte", 257);
+        let configs = [config.clone()];
+        assert!(ensure_checkpoints_fit(d, &byte, &configs, 320).is_ok());
+        let gpt2 = meta("gpt2", 50257);
+        std::fs::write(
+            &config,
+            r#"{"vocab_size": 50304, "lawa_tokenizer": "byte"}"#,
+        )
+        .unwrap();
+        let msg = ensure_checkpoints_fit(d, &gpt2, &configs, 50304)
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("the tokenizer bpe:4096 sha256:")
-                && msg.contains("made with bpe:4096 sha256:ba7816bf8f01cfea"),
+            msg.contains(
+                "uses the tokenizer gpt2, but the model was trained on data made with byte"
+            ),
             "{msg}"
         );
-        std::fs::write(d.join("tokenizer.json"), "abc").unwrap();
-        assert!(ensure_checkpoint_fits(d, &other, &config, 4096).is_ok());
+        assert!(
+            ensure_same_vocabulary(d, &gpt2, 50304).is_ok(),
+            "sizes alone pass it"
+        );
+        // Not recorded (null, as transformers may write it): the sizes.
+        std::fs::write(&config, r#"{"lawa_tokenizer": null}"#).unwrap();
+        assert!(ensure_checkpoints_fit(d, &gpt2, &configs, 50304).is_ok());
+        assert!(ensure_checkpoints_fit(d, &gpt2, &configs, 50300).is_err());
         std::fs::write(&config, r#"{"lawa_tokenizer": 3}"#).unwrap();
         assert!(recorded(&config).is_err());
     }

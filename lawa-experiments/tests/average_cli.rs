@@ -29,6 +29,10 @@ fn latest_checkpoints_average_into_a_loadable_model() {
         .iter()
         .map(|step| save_checkpoint(&ckpts.join(format!("step-{step}")), *step, 32))
         .collect();
+    for step in [100, 200, 300] {
+        let at = ckpts.join(format!("step-{step}"));
+        lawa_experiments::vocabulary::record(&at, "byte").unwrap();
+    }
     let o = lawa(
         &[
             "average", "ckpts", "--last", "2", "--every", "100", "--out", "avg",
@@ -39,6 +43,14 @@ fn latest_checkpoints_average_into_a_loadable_model() {
     assert!(
         dir.path().join("avg/config.json").is_file(),
         "config.json copied from the newest"
+    );
+    let avg_config = dir.path().join("avg/config.json");
+    assert_eq!(
+        lawa_experiments::vocabulary::recorded(&avg_config)
+            .unwrap()
+            .as_deref(),
+        Some("byte"),
+        "the tokenizer the inputs name"
     );
     // Not into the folder of the series itself, even with --force.
     let o = lawa(
@@ -131,6 +143,20 @@ fn mismatched_checkpoints_are_refused() {
     assert!(!o.status.success());
     assert!(
         msg.contains("b/model.safetensors") && msg.contains("shape"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("avg.safetensors").exists());
+    // Checkpoints of one shape whose configs name different tokenizers.
+    save_checkpoint(&dir.path().join("c"), 3, 32);
+    lawa_experiments::vocabulary::record(&dir.path().join("a"), "byte").unwrap();
+    lawa_experiments::vocabulary::record(&dir.path().join("c"), "gpt2").unwrap();
+    let o = lawa(
+        &["average", "a", "c", "--out", "avg.safetensors"],
+        dir.path(),
+    );
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && msg.contains("a was trained with the tokenizer byte, c with gpt2"),
         "{msg}"
     );
     assert!(!dir.path().join("avg.safetensors").exists());

@@ -218,67 +218,94 @@ fn eval_rejects_another_vocabulary_a_longer_block_and_a_broken_checkpoint() {
     );
 }
 
-/// A checkpoint lawa wrote names its tokenizer: data of another, even of the same size, is
-/// refused by eval and sample; the model's own is taken; a checkpoint naming none (not lawa's)
-/// is held to the sizes alone.
+/// A dataset of `dataset`'s ids said to come from a byte-level BPE trained on `text`.
+fn bpe_dataset(dir: &Path, text: &str) -> String {
+    use lawa_experiments::prepare::tokenizer::TextTokenizer;
+    dataset(dir, 300, 300);
+    let lines: Vec<String> = (0..50).map(|i| format!("{text} {i}")).collect();
+    let tokenizer = TextTokenizer::train_bpe(300, lines.iter().map(String::as_str)).unwrap();
+    let mut meta = DatasetMeta::load(&dir.join("meta.json")).unwrap();
+    meta.tokenizer = "bpe:300".into();
+    meta.vocab_size = tokenizer.vocab_size();
+    meta.tokenizer_file = tokenizer.save_into(dir).unwrap();
+    meta.save(dir).unwrap();
+    dir.to_str().unwrap().to_owned()
+}
+
+/// A checkpoint lawa wrote names its tokenizer: data or a tokenizer of another, even of the
+/// same spec and size, is refused by eval and sample; the model's own is taken, and is the
+/// default when ready-made; a checkpoint naming none (not lawa's) is held to the sizes alone.
 #[test]
 fn a_recorded_tokenizer_refuses_another_of_the_same_size() {
     use lawa_experiments::vocabulary;
     let dir = tempfile::tempdir().unwrap();
-    let (bytes, trained, model) = (
-        dir.path().join("bytes"),
-        dir.path().join("trained"),
-        dir.path().join("model"),
-    );
+    let (bytes, model) = (dir.path().join("bytes"), dir.path().join("model"));
     dataset(&bytes, 300, 300);
-    // The same ids, said to come from a trained vocabulary of 300; the model's padded
-    // embedding (320) fits either by size.
-    dataset(&trained, 300, 300);
-    std::fs::write(trained.join("tokenizer.json"), "{\"model\": 1}").unwrap();
-    let mut meta = DatasetMeta::load(&trained.join("meta.json")).unwrap();
-    meta.tokenizer = "bpe:300".into();
-    meta.vocab_size = 300;
-    meta.tokenizer_file = Some("tokenizer.json".into());
-    meta.save(&trained).unwrap();
+    let ours = bpe_dataset(
+        &dir.path().join("ours"),
+        "the quick brown fox jumps over the lazy dog",
+    );
+    let theirs = bpe_dataset(
+        &dir.path().join("theirs"),
+        "we hold these truths to be self evident",
+    );
+    // A padded embedding (320) fits every one of them by size.
     checkpoint(&model, 320, 16);
-    let (b, t, m) = (
-        bytes.to_str().unwrap(),
-        trained.to_str().unwrap(),
-        model.to_str().unwrap(),
-    );
-    // Not recorded: sizes alone, both pass.
-    for d in [b, t] {
-        let o = lawa(&["eval", "--checkpoint", m, "--data", d]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (b, m) = (bytes.to_str().unwrap(), model.to_str().unwrap());
+    let succeeds = |args: &[&str]| {
+        let o = lawa(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    for d in [b, &ours, &theirs] {
+        succeeds(&["eval", "--checkpoint", m, "--data", d]);
     }
-    let name = vocabulary::tokenizer_of(
-        &trained,
-        &DatasetMeta::load(&trained.join("meta.json")).unwrap(),
-    )
-    .unwrap();
+    let meta = |d: &str| DatasetMeta::load(&Path::new(d).join("meta.json")).unwrap();
+    let name = |d: &str| {
+        vocabulary::tokenizer_of(Path::new(d), &meta(d))
+            .unwrap()
+            .unwrap()
+    };
+    let (our_name, their_name) = (name(&ours), name(&theirs));
     assert!(
-        name.starts_with("bpe:300 sha256:") && name.len() == 31,
-        "{name}"
+        our_name.starts_with("bpe:300 vocab:") && our_name.len() == 30,
+        "{our_name}"
     );
-    vocabulary::record(&model, "byte").unwrap();
-    let o = lawa(&["eval", "--checkpoint", m, "--data", b]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let msg = fails(&["eval", "--checkpoint", m, "--data", t]);
+    assert_ne!(our_name, their_name);
+
+    vocabulary::record(&model, &our_name).unwrap();
+    succeeds(&["eval", "--checkpoint", m, "--data", &ours]);
+    succeeds(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--data",
+        &ours,
+        "--prompt",
+        "the",
+    ]);
+    let msg = fails(&["eval", "--checkpoint", m, "--data", &theirs]);
     assert!(
         msg.contains(&format!(
-            "the tokenizer {name}, but the model was trained on data made with byte"
+            "uses the tokenizer {their_name}, but the model was trained on data made with {our_name}"
         )),
         "{msg}"
     );
-    let msg = fails(&["sample", "--checkpoint", m, "--data", t, "--prompt", "a"]);
-    assert!(msg.contains("trained on data made with byte"), "{msg}");
-    // Recorded as the trained one, the byte data is refused in turn, and a ready-made byte
-    // tokenizer too.
-    vocabulary::record(&model, &name).unwrap();
-    let o = lawa(&["eval", "--checkpoint", m, "--data", t]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let msg = fails(&["eval", "--checkpoint", m, "--data", b]);
-    assert!(msg.contains("the tokenizer byte, but"), "{msg}");
+    assert!(msg.contains("uses the tokenizer byte, but"), "{msg}");
+    let msg = fails(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--data",
+        &theirs,
+        "--prompt",
+        "a",
+    ]);
+    assert!(msg.contains(&format!("made with {our_name}")), "{msg}");
     let msg = fails(&[
         "sample",
         "--checkpoint",
@@ -289,9 +316,51 @@ fn a_recorded_tokenizer_refuses_another_of_the_same_size() {
         "a",
     ]);
     assert!(
-        msg.contains("--tokenizer byte: the tokenizer byte, but"),
+        msg.contains("--tokenizer byte uses the tokenizer byte, but"),
         "{msg}"
     );
+    // With no tokenizer given, a trained one cannot be guessed; bpe:N names its way out.
+    let msg = fails(&["sample", "--checkpoint", m, "--prompt", "a"]);
+    assert!(
+        msg.contains(&format!(
+            "trained with the tokenizer {our_name}: pass --data"
+        )),
+        "{msg}"
+    );
+    let msg = fails(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--tokenizer",
+        "bpe:300",
+        "--prompt",
+        "a",
+    ]);
+    assert!(
+        msg.contains("a trained tokenizer is stored with its dataset"),
+        "{msg}"
+    );
+
+    // A ready-made tokenizer the checkpoint names is the default, for sample and tasks.
+    vocabulary::record(&model, "byte").unwrap();
+    succeeds(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--prompt",
+        "ab",
+        "--tokens",
+        "4",
+    ]);
+    let task = dir.path().join("task.jsonl");
+    std::fs::write(
+        &task,
+        "{\"context\": \"ab\", \"choices\": [\" c\", \" d\"], \"gold\": 0}\n",
+    )
+    .unwrap();
+    succeeds(&["eval", "--checkpoint", m, "--task", task.to_str().unwrap()]);
+    let msg = fails(&["eval", "--checkpoint", m, "--data", &ours]);
+    assert!(msg.contains("made with byte"), "{msg}");
 }
 
 #[test]

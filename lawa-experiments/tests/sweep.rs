@@ -255,12 +255,13 @@ fn bad_sweeps_are_refused_and_nothing_is_overwritten() {
             good.replace(
                 &format!("data: {{path: {}}}", data.display()),
                 &format!(
-                    "data: {{prepare: {{source: corpus, tokenizer: \"bpe:300\", out: {}}}}}",
+                    "data: {{prepare: {{source: corpus, tokenizer: \"bpe:300\", val_fraction: 0.2, out: {}}}}}",
                     data.display()
                 ),
             ),
             "already holds another dataset (another corpus, tokenizer or split); give another \
-             data.prepare.out, or replace that dataset (`lawa prepare corpus --tokenizer bpe:300",
+             data.prepare.out, or replace that dataset (`lawa prepare corpus --tokenizer bpe:300 \
+             --val-fraction 0.2 --out",
         ),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {

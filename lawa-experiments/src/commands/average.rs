@@ -50,6 +50,41 @@ fn weights_of(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The `config.json` of a checkpoint given as a folder or as a weights file beside it.
+fn config_of(input: &Path) -> PathBuf {
+    if input.is_dir() {
+        input.join("config.json")
+    } else {
+        input.parent().unwrap_or(Path::new(".")).join("config.json")
+    }
+}
+
+/// Refuses checkpoints whose configs name different tokenizers (see
+/// [`crate::vocabulary::record`]): their weights index different tokens.
+fn ensure_one_tokenizer(inputs: &[PathBuf]) -> Result<()> {
+    let mut first: Option<(String, &PathBuf)> = None;
+    for input in inputs {
+        let config = config_of(input);
+        if !config.is_file() {
+            continue;
+        }
+        let Some(name) = crate::vocabulary::recorded(&config)? else {
+            continue;
+        };
+        match &first {
+            Some((seen, at)) if *seen != name => bail!(
+                "{} was trained with the tokenizer {seen}, {} with {name}: their weights \
+                 index different tokens, and an average of them means nothing",
+                at.display(),
+                input.display()
+            ),
+            Some(_) => {}
+            None => first = Some((name, input)),
+        }
+    }
+    Ok(())
+}
+
 /// Runs `lawa average`.
 pub fn run(args: &AverageArgs) -> Result<AverageReport> {
     let inputs: Vec<PathBuf> = match args.last {
@@ -90,6 +125,7 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
         );
     }
     check_output(&args.out, to_folder, args.force)?;
+    ensure_one_tokenizer(&inputs)?;
     warn_repeated(&opened);
     let parent = out_file.parent().unwrap_or(Path::new("."));
     if !parent.as_os_str().is_empty() {
@@ -118,13 +154,7 @@ pub fn run(args: &AverageArgs) -> Result<AverageReport> {
     bar.finish_and_clear();
     let report = report?;
     if to_folder {
-        let newest = inputs.last().map(|p| {
-            if p.is_dir() {
-                p.join("config.json")
-            } else {
-                p.parent().unwrap_or(Path::new(".")).join("config.json")
-            }
-        });
+        let newest = inputs.last().map(|p| config_of(p));
         if let Some(config) = newest.filter(|c| c.is_file()) {
             let text = std::fs::read(&config)
                 .with_context(|| format!("{}: cannot read", config.display()))?;

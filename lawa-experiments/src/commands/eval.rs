@@ -30,7 +30,7 @@ pub struct EvalArgs {
     #[arg(long = "task")]
     pub tasks: Vec<TaskSpec>,
     /// With --task and without --data: the model's tokenizer (`gpt2`, `byte`, or a
-    /// tokenizer.json).
+    /// tokenizer.json) [default: the one a lawa checkpoint names, when `gpt2` or `byte`].
     #[arg(long, conflicts_with = "data")]
     pub tokenizer: Option<TokenizerSpec>,
     /// Which split to score.
@@ -162,7 +162,10 @@ fn run_tasks(args: &EvalArgs) -> Result<Vec<TaskResult>> {
             TextTokenizer::for_dataset(dir, data.meta())?
         }
         (None, Some(spec)) => TextTokenizer::ready_made(spec)?,
-        (None, None) => bail!("--task needs the model's tokenizer: give --data or --tokenizer"),
+        (None, None) => match crate::vocabulary::default_tokenizer(&args.checkpoint)? {
+            Some(spec) => TextTokenizer::ready_made(&spec)?,
+            None => bail!("--task needs the model's tokenizer: give --data or --tokenizer"),
+        },
     };
     let vs = nn::VarStore::new(Device::cuda_if_available());
     let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
@@ -191,7 +194,7 @@ fn run_loss(args: &EvalArgs, data_dir: &std::path::Path) -> Result<EvalReport> {
     let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;
     model.set_precision(args.precision);
     let config = lawa_models::hf::CheckpointFiles::locate(&args.checkpoint)?.config;
-    crate::vocabulary::ensure_checkpoint_fits(data_dir, data.meta(), &config, model.vocab_size())
+    crate::vocabulary::ensure_checkpoints_fit(data_dir, data.meta(), &[config], model.vocab_size())
         .with_context(|| format!("{}", args.checkpoint.display()))?;
     let block_size = args.block_size.unwrap_or(model.max_positions());
     if block_size > model.max_positions() {

@@ -34,21 +34,25 @@ pub struct SampleArgs {
     /// Use the tokenizer of this dataset folder (the one the model was trained on).
     #[arg(long, conflicts_with = "tokenizer")]
     pub data: Option<PathBuf>,
-    /// `gpt2` or `byte` (a trained `bpe:N` lives in its dataset: use --data) [default: gpt2].
+    /// `gpt2`, `byte` or a tokenizer.json (a trained `bpe:N` lives in its dataset: use --data)
+    /// [default: the one a lawa checkpoint names, else gpt2].
     #[arg(long)]
     pub tokenizer: Option<TokenizerSpec>,
 }
 
 /// Runs `lawa sample` and returns the prompt followed by the generated text.
 pub fn run(args: &SampleArgs) -> Result<String> {
-    let spec = args.tokenizer.as_ref().unwrap_or(&TokenizerSpec::Gpt2);
-    crate::vocabulary::ensure_tokenizer_fits(&args.checkpoint, args.data.as_deref(), Some(spec))?;
+    let (data, spec) = (args.data.as_deref(), args.tokenizer.as_ref());
+    crate::vocabulary::ensure_tokenizer_fits(&args.checkpoint, data, spec)?;
     let tokenizer = match (&args.data, &args.tokenizer) {
         (Some(dir), _) => {
             let data = Dataset::open(dir)?;
             TextTokenizer::for_dataset(dir, data.meta())?
         }
-        (None, None) => TextTokenizer::gpt2()?,
+        (None, None) => match crate::vocabulary::default_tokenizer(&args.checkpoint)? {
+            Some(spec) => TextTokenizer::ready_made(&spec)?,
+            None => TextTokenizer::gpt2()?,
+        },
         (None, Some(spec @ (TokenizerSpec::Gpt2 | TokenizerSpec::Byte | TokenizerSpec::Hf(_)))) => {
             TextTokenizer::ready_made(spec)?
         }

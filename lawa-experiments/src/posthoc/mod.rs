@@ -124,11 +124,11 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
     let device = crate::train::config::parse_device(&cfg.device)?;
     crate::train::config::ensure_available(device)?;
     let data = Dataset::open(&cfg.data)?;
-    for dir in series.steps.values() {
-        let config = CheckpointFiles::locate(dir)?.config;
-        let vocab = model_cfg.vocab_size();
-        crate::vocabulary::ensure_checkpoint_fits(&cfg.data, data.meta(), &config, vocab)?;
-    }
+    let configs = (series.steps.values())
+        .map(|dir| Ok(CheckpointFiles::locate(dir)?.config))
+        .collect::<Result<Vec<_>>>()?;
+    let vocab = model_cfg.vocab_size();
+    crate::vocabulary::ensure_checkpoints_fit(&cfg.data, data.meta(), &configs, vocab)?;
     let block = cfg.eval.block_size.unwrap_or(model_cfg.max_positions());
     if block > model_cfg.max_positions() {
         bail!(

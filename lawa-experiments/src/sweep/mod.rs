@@ -169,11 +169,12 @@ fn plan_with_data(
         .map_err(|e| match e.downcast_ref::<AnotherDataset>() {
             Some(another) => anyhow::anyhow!(
                 "{}: data.prepare: {another}; give another data.prepare.out, or replace that \
-                 dataset (`lawa prepare {} --tokenizer {} --out {} --force`)",
+                 dataset (`lawa prepare {} --tokenizer {} --val-fraction {} --out {} --force`)",
                 path.display(),
-                p.source,
+                shell_word(&p.source),
                 p.tokenizer,
-                data_dir.display()
+                p.val_fraction,
+                shell_word(&data_dir.display().to_string())
             ),
             None => e.context(format!("{}: data.prepare", path.display())),
         })?;
@@ -258,4 +259,28 @@ fn train_all(
         }
     }
     Ok(diverged)
+}
+
+/// `text` as one word of a shell command: as it is when it holds nothing a shell reads
+/// specially, else in single quotes.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=+,@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("data/sotu-bpe4096"), "data/sotu-bpe4096");
+        assert_eq!(shell_word("my data"), "'my data'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -61,8 +61,8 @@ pub struct Parts<'a> {
     pub averagers: &'a AveragerSet,
     /// Counters.
     pub state: &'a TrainerState,
-    /// The tokenizer of the data (see [`crate::vocabulary::record`]).
-    pub tokenizer: &'a str,
+    /// The tokenizer of the data, when it can be named (see [`crate::vocabulary::record`]).
+    pub tokenizer: Option<&'a str>,
 }
 
 /// Writes a checkpoint of the run into `run_dir/checkpoint`.
@@ -72,7 +72,9 @@ pub fn save(run_dir: &Path, parts: Parts) -> Result<()> {
         let staging = staging_dir(&target)?;
         let written = (|| -> Result<()> {
             parts.gpt.save_pretrained(&staging)?;
-            crate::vocabulary::record(&staging, parts.tokenizer)?;
+            if let Some(tokenizer) = parts.tokenizer {
+                crate::vocabulary::record(&staging, tokenizer)?;
+            }
             parts.optimizer.save(&staging.join(OPTIMIZER_FILE))?;
             parts.averagers.save(&staging)?;
             let json = serde_json::to_vec_pretty(parts.state)?;

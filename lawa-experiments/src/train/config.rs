@@ -133,7 +133,8 @@ pub struct TrainSpec<S = Schedule, Lr = f64, Seed = u64> {
     /// Peak learning rate.
     #[serde(skip_serializing_if = "GridValue::set_by_grid")]
     pub lr: Lr,
-    /// Learning-rate schedule.
+    /// Learning-rate schedule (in a sweep's recipe, its final rate written as `min_lr_ratio`,
+    /// a fraction of each run's peak).
     pub schedule: S,
     /// Length of the schedule, when the run stops before its end: a run of `steps` steps that is
     /// the start of a `horizon`-step schedule (the paper's early-training regime: the first

@@ -108,8 +108,9 @@ pub struct Trainer<'a> {
     state: TrainerState,
     session: Session,
     last_val: f64,
-    /// The tokenizer of the data, recorded in every checkpoint's config.json.
-    tokenizer: String,
+    /// The tokenizer of the data, recorded in every checkpoint's config.json (when its file
+    /// is there to name it).
+    tokenizer: Option<String>,
     // Kept alive for the models' variables.
     _stores: [VarStore; 2],
 }
@@ -243,7 +244,7 @@ impl<'a> Trainer<'a> {
             },
             state,
             last_val: f64::NAN,
-            tokenizer: crate::vocabulary::tokenizer_of(data.dir(), data.meta())?,
+            tokenizer: data_tokenizer(data, leader)?,
             _stores: [vs, eval_vs],
         })
     }
@@ -445,7 +446,7 @@ impl<'a> Trainer<'a> {
                 optimizer: &self.optimizer,
                 averagers: &self.averagers,
                 state: &self.state,
-                tokenizer: &self.tokenizer,
+                tokenizer: self.tokenizer.as_deref(),
             },
         )
     }
@@ -461,7 +462,9 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(target.parent().unwrap_or(&self.plan.dir))?;
         let staging = lawa_core::checkpoint::staging_dir(&target)?;
         self.gpt.save_pretrained(&staging)?;
-        crate::vocabulary::record(&staging, &self.tokenizer)?;
+        if let Some(tokenizer) = &self.tokenizer {
+            crate::vocabulary::record(&staging, tokenizer)?;
+        }
         lawa_core::checkpoint::publish_dir(&staging, &target)
             .with_context(|| format!("{}: cannot write", target.display()))
     }
@@ -511,6 +514,21 @@ impl<'a> Trainer<'a> {
 }
 
 /// Refuses `train.cuda_graph` in a data-parallel run (`ranks`): the all-reduce is not recorded.
+/// The data's tokenizer as checkpoints name it; a trained vocabulary whose file is gone is
+/// warned about (training needs only the token ids) and left unnamed.
+fn data_tokenizer(data: &Dataset, leader: bool) -> Result<Option<String>> {
+    let name = crate::vocabulary::tokenizer_of(data.dir(), data.meta())?;
+    if name.is_none() && leader {
+        tracing::warn!(
+            "{}: the {} tokenizer's file is missing; the checkpoints will not name their \
+             tokenizer, so evaluations can check only the vocabulary's size",
+            data.dir().display(),
+            data.meta().tokenizer
+        );
+    }
+    Ok(name)
+}
+
 fn ensure_graph_on_one_rank(t: &super::config::TrainSpec, ranks: bool) -> Result<()> {
     if ranks && t.cuda_graph {
         bail!(
