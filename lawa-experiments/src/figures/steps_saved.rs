@@ -73,6 +73,12 @@ pub fn steps_saved(scope: &Scope) -> Outcome {
             ),
         );
     }
+    let x_label = match evaluation_spacing(scope, &lrs) {
+        Some(n) => format!(
+            "optimizer steps saved, read at evaluations {n} steps apart (no dot: never reached)"
+        ),
+        None => "optimizer steps saved (no dot: never reached)".into(),
+    };
     Outcome::Drawn(Figure {
         name: scope.name(BASE),
         title: format!(
@@ -82,7 +88,7 @@ pub fn steps_saved(scope: &Scope) -> Outcome {
         ),
         panels: vec![Panel {
             title: None,
-            x_label: "optimizer steps saved (no dot: never reached)".into(),
+            x_label,
             y_label: "averaged weights".into(),
             series,
             zero_line: true,
@@ -96,4 +102,17 @@ pub fn steps_saved(scope: &Scope) -> Outcome {
             x_pad: 0.05,
         }],
     })
+}
+
+/// The smallest gap between the raw weights' evaluations: the resolution of the steps saved,
+/// which are read where the curves were scored.
+fn evaluation_spacing(scope: &Scope, lrs: &[f64]) -> Option<u64> {
+    lrs.iter()
+        .filter_map(|&lr| scope.sweep.mean(scope.model, lr, "raw"))
+        .flat_map(|m| {
+            let steps: Vec<u64> = m.pairs().iter().map(|p| p.0).collect();
+            steps.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        })
+        .filter(|&gap| gap > 0)
+        .min()
 }
