@@ -20,7 +20,10 @@ pub enum SpawnError {
         source: std::io::Error,
     },
     /// A rank ended with a failure (the first to fail is named).
-    #[error("rank {rank} failed ({status}){}", stopped_note(*.stopped))]
+    #[error(
+        "rank {rank} failed ({status}; its own message, if it printed one, is above){}",
+        stopped_note(*.stopped)
+    )]
     Failed {
         /// The first rank that failed.
         rank: usize,

@@ -299,3 +299,22 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
     );
     assert!(!dir.path().join("r").exists(), "nothing written");
 }
+
+/// A run that diverges on two ranks fails naming the divergence, and the launcher's closing
+/// line points back to it.
+#[test]
+fn a_diverged_data_parallel_run_names_the_divergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sotu_subset(dir.path(), 30, "byte");
+    let yaml = run_yaml(&data, "div", 40, 10).replace("lr: 3.0e-3", "lr: 1.0e6");
+    write(dir.path(), "div.yaml", &yaml);
+    let o = lawa(&["train", "div.yaml", "--nproc", "2"], dir.path());
+    let message = stderr(&o);
+    assert!(!o.status.success(), "{message}");
+    assert!(message.contains("error: dp: diverged at step"), "{message}");
+    let last = message.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("failed (exit status: 1; its own message, if it printed one, is above)"),
+        "{message}"
+    );
+}
