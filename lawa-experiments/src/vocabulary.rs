@@ -26,8 +26,12 @@ const PADDING: usize = 64;
 pub const CONFIG_KEY: &str = "lawa_tokenizer";
 
 /// The tokenizer a dataset was made with, as a checkpoint records it (see the module's doc);
-/// `None` for a trained or Hugging Face tokenizer whose file is not in the dataset folder.
+/// `None` for a trained or Hugging Face tokenizer whose file is not in the dataset folder, and
+/// for a nanoGPT preparation without `meta.json`, whose GPT-2 tokenizer is only assumed.
 pub fn tokenizer_of(data_dir: &Path, meta: &DatasetMeta) -> Result<Option<String>> {
+    if meta.split == lawa_core::data::SplitMethod::External {
+        return Ok(None);
+    }
     let spec: TokenizerSpec = meta
         .tokenizer
         .parse()
@@ -246,6 +250,7 @@ mod tests {
         DatasetMeta {
             tokenizer: tokenizer.into(),
             vocab_size,
+            split: lawa_core::data::SplitMethod::Position,
             ..DatasetMeta::nanogpt_gpt2(1, 1)
         }
     }
@@ -275,6 +280,9 @@ mod tests {
             tokenizer_of(d, &meta("gpt2", 50257)).unwrap().unwrap(),
             "gpt2"
         );
+        // A nanoGPT folder without meta.json: GPT-2 assumed, not named.
+        let nanogpt = DatasetMeta::nanogpt_gpt2(1, 1);
+        assert_eq!(tokenizer_of(d, &nanogpt).unwrap(), None);
         let bpe = meta("bpe:300", 300);
         assert_eq!(tokenizer_of(d, &bpe).unwrap(), None, "no tokenizer.json");
         let file = d.join("tokenizer.json");

@@ -31,7 +31,7 @@ fn averager_looks(scope: &Scope, lawa: Option<&str>) -> Vec<(String, Look)> {
                 label: describe_label(sweep, lawa),
                 color: RGBColor(31, 119, 180),
                 dash: Dash::Solid,
-                width: 4,
+                width: 6,
             },
         ));
     }
@@ -56,7 +56,7 @@ fn averager_looks(scope: &Scope, lawa: Option<&str>) -> Vec<(String, Look)> {
                 label: describe_label(sweep, label),
                 color: category_color(color),
                 dash: Dash::Dashed,
-                width: 3,
+                width: 4,
             },
         ));
         color += 1;
@@ -74,7 +74,7 @@ fn averager_looks(scope: &Scope, lawa: Option<&str>) -> Vec<(String, Look)> {
                 label: format!("{}{when}", describe_label(sweep, label)),
                 color: category_color(color),
                 dash: Dash::Dotted,
-                width: 4,
+                width: 6,
             },
         ));
         color += 1;
@@ -125,7 +125,7 @@ pub fn baselines(scope: &Scope) -> Vec<Outcome> {
                     label: "raw".into(),
                     color: BLACK,
                     dash: Dash::Solid,
-                    width: 3,
+                    width: 4,
                 },
             );
             for (label, look) in &looks {

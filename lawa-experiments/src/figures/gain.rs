@@ -33,7 +33,7 @@ pub fn gain_vs_step(scope: &Scope) -> Outcome {
                 label: format!("lr {}", format_lr(lr)),
                 color: ordered_color(i, lrs.len()),
                 dash: Dash::Solid,
-                width: 3,
+                width: 4,
             },
         ));
     }

@@ -31,7 +31,7 @@ pub(crate) fn raw_and_lawa_series(
                 label: format!("raw, lr {lr_text}"),
                 color,
                 dash: Dash::Solid,
-                width: 3,
+                width: 4,
             },
         ));
         series.extend(weights_lines(
@@ -44,7 +44,7 @@ pub(crate) fn raw_and_lawa_series(
                 label: format!("{lawa_name}, lr {lr_text}"),
                 color,
                 dash: Dash::Dashed,
-                width: 3,
+                width: 4,
             },
         ));
     }

@@ -63,13 +63,13 @@ pub struct Series {
 }
 
 impl Series {
-    /// A solid line of width 3 without markers.
+    /// A solid line of width 4 without markers.
     pub fn line(label: impl Into<String>, color: RGBColor, points: Vec<(f64, f64)>) -> Series {
         Series {
             label: label.into(),
             color,
             dash: Dash::Solid,
-            width: 3,
+            width: 4,
             points,
             band: Vec::new(),
             markers: false,
@@ -613,8 +613,8 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> R
 
 /// The style of a line `width` pixels wide. plotters fills a thick line as a polygon of whole
 /// pixels, which draws an odd width a pixel wider where the line is flat and a pixel narrower
-/// where it is steep (3 px came out 4 and 2); an even width comes out even, so odd widths
-/// above 1 are drawn a pixel wider.
+/// where it is steep (3 px came out 4 and 2); an even width comes out even. Figures ask for
+/// even widths (4, and 6 for the curve a figure is about); an odd one above 1 is widened.
 fn stroke(color: RGBColor, width: u32) -> ShapeStyle {
     let even = if width > 1 { width + width % 2 } else { width };
     color.stroke_width(even)

@@ -29,9 +29,9 @@ pub fn perplexity(scope: &Scope) -> Outcome {
             .map(|(s, v)| (s as f64, v.exp()))
             .collect();
         let (color, dash, width) = if label == "raw" {
-            (plotters::style::RGBColor(40, 40, 40), Dash::Solid, 4)
+            (plotters::style::RGBColor(40, 40, 40), Dash::Solid, 6)
         } else {
-            (category_color(i), Dash::Dashed, 3)
+            (category_color(i), Dash::Dashed, 4)
         };
         let mut s = Series::line(describe_label(scope.sweep, label), color, points).dashed(dash);
         s.width = width;

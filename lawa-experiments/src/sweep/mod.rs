@@ -172,7 +172,7 @@ fn plan_with_data(
                  dataset (`lawa prepare {} --tokenizer {} --val-fraction {} --out {} --force`)",
                 path.display(),
                 shell_word(&p.source),
-                p.tokenizer,
+                shell_word(&p.tokenizer),
                 p.val_fraction,
                 shell_word(&data_dir.display().to_string())
             ),

@@ -244,7 +244,7 @@ impl<'a> Trainer<'a> {
             },
             state,
             last_val: f64::NAN,
-            tokenizer: data_tokenizer(data, leader)?,
+            tokenizer: data_tokenizer(data, leader),
             _stores: [vs, eval_vs],
         })
     }
@@ -513,22 +513,28 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Refuses `train.cuda_graph` in a data-parallel run (`ranks`): the all-reduce is not recorded.
-/// The data's tokenizer as checkpoints name it; a trained vocabulary whose file is gone is
-/// warned about (training needs only the token ids) and left unnamed.
-fn data_tokenizer(data: &Dataset, leader: bool) -> Result<Option<String>> {
-    let name = crate::vocabulary::tokenizer_of(data.dir(), data.meta())?;
-    if name.is_none() && leader {
-        tracing::warn!(
-            "{}: the {} tokenizer's file is missing; the checkpoints will not name their \
-             tokenizer, so evaluations can check only the vocabulary's size",
-            data.dir().display(),
-            data.meta().tokenizer
-        );
+/// The data's tokenizer as the leader's checkpoints name it (followers save none). Training
+/// needs only the token ids: a tokenizer that cannot be named (its file gone or unreadable, a
+/// nanoGPT folder's assumed GPT-2) is warned about and left unnamed, never an error.
+fn data_tokenizer(data: &Dataset, leader: bool) -> Option<String> {
+    if !leader {
+        return None;
     }
-    Ok(name)
+    let why = match crate::vocabulary::tokenizer_of(data.dir(), data.meta()) {
+        Ok(Some(name)) => return Some(name),
+        Ok(None) => "it cannot be named".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    tracing::warn!(
+        "{}: the checkpoints will not name their tokenizer ({} tokenizer: {why}), so \
+         evaluations can check only the vocabulary's size",
+        data.dir().display(),
+        data.meta().tokenizer
+    );
+    None
 }
 
+/// Refuses `train.cuda_graph` in a data-parallel run (`ranks`): the all-reduce is not recorded.
 fn ensure_graph_on_one_rank(t: &super::config::TrainSpec, ranks: bool) -> Result<()> {
     if ranks && t.cuda_graph {
         bail!(
