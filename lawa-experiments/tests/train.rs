@@ -323,3 +323,35 @@ fn bad_configs_are_refused_with_the_field_named_and_nothing_written() {
         ckpt
     );
 }
+
+/// Checkpoints name the data's trained tokenizer; when its file is gone the run still trains
+/// (it needs only the ids), warns once, and its checkpoints name none.
+#[test]
+fn checkpoints_name_a_trained_tokenizer_and_train_without_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sotu_subset(dir.path(), 20, "bpe:300");
+    let recorded = |run: &Path| {
+        let config = run.join("checkpoint/config.json");
+        lawa_experiments::vocabulary::recorded(&config).unwrap()
+    };
+    let named = dir.path().join("named");
+    std::fs::write(dir.path().join("a.yaml"), run_yaml(&data, &named, 10, "")).unwrap();
+    let o = lawa(&["train", "a.yaml"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let name = recorded(&named).unwrap();
+    assert!(name.starts_with("bpe:300 vocab:"), "{name}");
+
+    std::fs::remove_file(data.join("tokenizer.json")).unwrap();
+    let unnamed = dir.path().join("unnamed");
+    std::fs::write(dir.path().join("b.yaml"), run_yaml(&data, &unnamed, 10, "")).unwrap();
+    let o = lawa(&["train", "b.yaml"], dir.path());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{msg}");
+    assert_eq!(
+        msg.matches("the checkpoints will not name their tokenizer")
+            .count(),
+        1,
+        "{msg}"
+    );
+    assert_eq!(recorded(&unnamed), None);
+}
