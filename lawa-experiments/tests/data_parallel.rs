@@ -312,6 +312,8 @@ fn a_diverged_data_parallel_run_names_the_divergence() {
     let message = stderr(&o);
     assert!(!o.status.success(), "{message}");
     assert!(message.contains("error: dp: diverged at step"), "{message}");
+    // Said once, by rank 0: every rank sees the same loss.
+    assert_eq!(message.matches("WARN dp: diverged").count(), 1, "{message}");
     let last = message.trim().lines().last().unwrap_or_default();
     assert!(
         last.contains("failed (exit status: 1; its own message, if it printed one, is above)"),

@@ -643,13 +643,15 @@ fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> R
         let step = trainer.steps_done();
         if !report.loss.is_finite() || !report.grad_norm.is_finite() {
             bar.finish_and_clear();
-            tracing::warn!(
-                "{}: diverged at step {} (loss {}, grad norm {}); run stopped",
-                cfg.name,
-                step + 1,
-                report.loss,
-                report.grad_norm
-            );
+            if leader {
+                tracing::warn!(
+                    "{}: diverged at step {} (loss {}, grad norm {}); run stopped",
+                    cfg.name,
+                    step + 1,
+                    report.loss,
+                    report.grad_norm
+                );
+            }
             return trainer.finish(RunStatus::Diverged);
         }
         bar.set_position(step);
