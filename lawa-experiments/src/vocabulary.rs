@@ -99,9 +99,9 @@ pub fn ensure_tokenizer_fits(
     spec: Option<&TokenizerSpec>,
 ) -> Result<()> {
     let config = lawa_models::hf::CheckpointFiles::locate(checkpoint)?.config;
-    if recorded(&config)?.is_none() {
+    let Some(model) = recorded(&config)? else {
         return Ok(());
-    }
+    };
     let (name, source) = match (data, spec) {
         (Some(dir), _) => {
             let meta = lawa_core::data::Dataset::open(dir)?.meta().clone();
@@ -113,7 +113,7 @@ pub fn ensure_tokenizer_fits(
     // Without a name (a dataset's tokenizer file gone, `bpe:N` given as ready-made), the
     // tokenizer cannot be loaded either, and the caller says so.
     match name {
-        Some(name) => ensure_recorded_is(&config, &name, &source),
+        Some(name) => ensure_same_name(&config, &model, &name, &source),
         None => Ok(()),
     }
 }
@@ -122,9 +122,9 @@ pub fn ensure_tokenizer_fits(
 /// [`CONFIG_KEY`]), as its last key, the rest of the file as it was.
 pub fn record(dir: &Path, tokenizer: &str) -> Result<()> {
     let path = dir.join("config.json");
-    let config = read_object(&path)?;
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    let config = parse_object(&path, text.as_bytes())?;
     let entry = format!("  \"{CONFIG_KEY}\": {}", Value::String(tokenizer.into()));
     let spliced = match text.trim_end().strip_suffix('}') {
         Some(body) if !config.contains_key(CONFIG_KEY) => {
@@ -156,7 +156,11 @@ pub fn recorded(config: &Path) -> Result<Option<String>> {
 
 fn read_object(path: &Path) -> Result<serde_json::Map<String, Value>> {
     let text = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    match serde_json::from_slice(&text) {
+    parse_object(path, &text)
+}
+
+fn parse_object(path: &Path, text: &[u8]) -> Result<serde_json::Map<String, Value>> {
+    match serde_json::from_slice(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => bail!("{}: not a JSON object", path.display()),
         Err(e) => bail!("{}: not valid JSON: {e}", path.display()),
@@ -176,12 +180,12 @@ pub fn ensure_checkpoints_fit(
     // The data's tokenizer, named once (hashing a vocabulary) when a checkpoint names one.
     let mut data: Option<Option<String>> = None;
     for config in configs {
-        if recorded(config)?.is_some() {
+        if let Some(model) = recorded(config)? {
             if data.is_none() {
                 data = Some(tokenizer_of(data_dir, meta)?);
             }
             if let Some(Some(name)) = &data {
-                ensure_recorded_is(config, name, &data_dir.display().to_string())?;
+                ensure_same_name(config, &model, name, &data_dir.display().to_string())?;
                 continue;
             }
         }
@@ -191,18 +195,17 @@ pub fn ensure_checkpoints_fit(
 }
 
 /// Refuses a tokenizer (`tokenizer`, as [`tokenizer_of`] names it; `source`, where it comes
-/// from, for the message) other than the one the checkpoint's `config` records, if it records
-/// one.
-pub fn ensure_recorded_is(config: &Path, tokenizer: &str, source: &str) -> Result<()> {
-    match recorded(config)? {
-        Some(model) if model != tokenizer => bail!(
+/// from, for the message) other than `model`, the one the checkpoint's `config` records.
+fn ensure_same_name(config: &Path, model: &str, tokenizer: &str, source: &str) -> Result<()> {
+    if model != tokenizer {
+        bail!(
             "{source} uses the tokenizer {tokenizer}, but the model was trained on data made \
              with {model} ({}); its ids would mean other tokens to the model: use the data or \
              tokenizer the model was trained with",
             config.display()
-        ),
-        _ => Ok(()),
+        );
     }
+    Ok(())
 }
 
 /// Refuses data from `data_dir` (described by `meta`) for a model of `model_vocab` tokens

@@ -65,16 +65,23 @@ pub struct Parts<'a> {
     pub tokenizer: Option<&'a str>,
 }
 
+/// Writes the model alone into `dir` as a Hugging Face checkpoint, its config naming the
+/// data's `tokenizer` when it can be named (see [`crate::vocabulary::record`]).
+pub fn save_model(gpt: &Gpt, dir: &Path, tokenizer: Option<&str>) -> Result<()> {
+    gpt.save_pretrained(dir)?;
+    match tokenizer {
+        Some(tokenizer) => crate::vocabulary::record(dir, tokenizer),
+        None => Ok(()),
+    }
+}
+
 /// Writes a checkpoint of the run into `run_dir/checkpoint`.
 pub fn save(run_dir: &Path, parts: Parts) -> Result<()> {
     let target = run_dir.join(CHECKPOINT_DIR);
     let result = (|| -> Result<()> {
         let staging = staging_dir(&target)?;
         let written = (|| -> Result<()> {
-            parts.gpt.save_pretrained(&staging)?;
-            if let Some(tokenizer) = parts.tokenizer {
-                crate::vocabulary::record(&staging, tokenizer)?;
-            }
+            save_model(parts.gpt, &staging, parts.tokenizer)?;
             parts.optimizer.save(&staging.join(OPTIMIZER_FILE))?;
             parts.averagers.save(&staging)?;
             let json = serde_json::to_vec_pretty(parts.state)?;

@@ -461,10 +461,7 @@ impl<'a> Trainer<'a> {
             .join(format!("step{}", self.state.step));
         std::fs::create_dir_all(target.parent().unwrap_or(&self.plan.dir))?;
         let staging = lawa_core::checkpoint::staging_dir(&target)?;
-        self.gpt.save_pretrained(&staging)?;
-        if let Some(tokenizer) = &self.tokenizer {
-            crate::vocabulary::record(&staging, tokenizer)?;
-        }
+        checkpoint::save_model(&self.gpt, &staging, self.tokenizer.as_deref())?;
         lawa_core::checkpoint::publish_dir(&staging, &target)
             .with_context(|| format!("{}: cannot write", target.display()))
     }
