@@ -8,6 +8,10 @@
 //! Pythia) only the sizes are known: the data's vocabulary must be the model's, or fit in the
 //! model's padded embedding (GPT-2's 50,304 rows, Pythia's 50,304 to 50,688: a multiple of 64),
 //! so a vocabulary that happens to fit passes.
+//!
+//! GPT-2's vocabulary is named `gpt2` however it comes: from its `encoder.json` and `vocab.bpe`
+//! (`--tokenizer gpt2`) or as a Hugging Face `tokenizer.json` (`--tokenizer hf:…`), whose ids
+//! are the same tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +28,10 @@ const PADDING: usize = 64;
 
 /// The key of `config.json` that names the tokenizer of a checkpoint lawa wrote.
 pub const CONFIG_KEY: &str = "lawa_tokenizer";
+
+/// The hash [`tokenizer_of`] gives GPT-2's 50,257 tokens in id order (checked against the
+/// bootstrap's GPT-2 files by a test): a tokenizer file with this vocabulary is named `gpt2`.
+const GPT2_VOCAB: &str = "9cd30706cda2fb92";
 
 /// The tokenizer a dataset was made with, as a checkpoint records it (see the module's doc);
 /// `None` for a trained or Hugging Face tokenizer whose file is not in the dataset folder, and
@@ -56,7 +64,7 @@ pub fn tokenizer_named(spec: &TokenizerSpec) -> Result<Option<String>> {
 }
 
 /// `KIND vocab:HASH`: the start of the sha256 of a tokenizer file's tokens in id order (one
-/// `id<TAB>token` line each), the same however the file is written out.
+/// `id<TAB>token` line each), the same however the file is written out; `gpt2` for GPT-2's.
 fn named(kind: &str, file: &Path) -> Result<String> {
     let tokenizer = tokenizers::Tokenizer::from_file(file)
         .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", file.display()))?;
@@ -71,7 +79,15 @@ fn named(kind: &str, file: &Path) -> Result<String> {
         hasher.update(format!("{id}\t{token}\n").as_bytes());
     }
     let hash = crate::assets::hex(&hasher.finalize());
-    Ok(format!("{kind} vocab:{}", &hash[..16]))
+    Ok(canonical(format!("{kind} vocab:{}", &hash[..16])))
+}
+
+/// A tokenizer's name with GPT-2's vocabulary, however it was read, as `gpt2`.
+fn canonical(name: String) -> String {
+    match name.split_once(" vocab:") {
+        Some((_, GPT2_VOCAB)) => TokenizerSpec::Gpt2.to_string(),
+        _ => name,
+    }
 }
 
 /// The tokenizer to use with a checkpoint when none is given: the one it names when that is
@@ -146,7 +162,7 @@ pub fn record(dir: &Path, tokenizer: &str) -> Result<()> {
 pub fn recorded(config: &Path) -> Result<Option<String>> {
     match read_object(config)?.get(CONFIG_KEY) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(Value::String(t)) => Ok(Some(canonical(t.clone()))),
         Some(other) => bail!(
             "{}: {CONFIG_KEY} is {other}, not a tokenizer's name",
             config.display()
@@ -320,6 +336,56 @@ mod tests {
         word_tokenizer(&file, &["[UNK]", "b", "a"]);
         assert_ne!(tokenizer_of(d, &bpe).unwrap().unwrap(), named);
         assert_eq!(tokenizer_named(&TokenizerSpec::Bpe(300)).unwrap(), None);
+    }
+
+    /// GPT-2's vocabulary from a Hugging Face `tokenizer.json` is `gpt2`, as from its own
+    /// files: the hash [`GPT2_VOCAB`] is that of the bootstrap's GPT-2 tokens; a record made
+    /// before this rule reads as `gpt2` too.
+    #[test]
+    fn gpt2_is_gpt2_however_its_vocabulary_is_read() {
+        let (encoder, merges) = crate::assets::gpt2_tokenizer_files().unwrap();
+        let model = tokenizers::models::bpe::BPE::from_file(
+            &encoder.to_string_lossy(),
+            &merges.to_string_lossy(),
+        )
+        .build()
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokenizer.json");
+        tokenizers::Tokenizer::new(model)
+            .save(&file, false)
+            .unwrap();
+        let mut tokens: Vec<(u32, String)> = tokenizers::Tokenizer::from_file(&file)
+            .unwrap()
+            .get_vocab(true)
+            .into_iter()
+            .map(|(token, id)| (id, token))
+            .collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens.len(), 50257);
+        let mut h = Sha256::new();
+        for (id, token) in &tokens {
+            h.update(format!("{id}\t{token}\n").as_bytes());
+        }
+        assert_eq!(&crate::assets::hex(&h.finalize())[..16], GPT2_VOCAB);
+        assert_eq!(named("hf", &file).unwrap(), "gpt2");
+        assert_eq!(
+            tokenizer_named(&TokenizerSpec::Hf(file.clone()))
+                .unwrap()
+                .unwrap(),
+            "gpt2"
+        );
+        let hf = DatasetMeta {
+            tokenizer: format!("hf:{}", file.display()),
+            tokenizer_file: Some("tokenizer.json".into()),
+            ..meta("x", 50257)
+        };
+        assert_eq!(tokenizer_of(dir.path(), &hf).unwrap().unwrap(), "gpt2");
+        let config = dir.path().join("config.json");
+        let old = format!(r#"{{"lawa_tokenizer": "hf vocab:{GPT2_VOCAB}"}}"#);
+        std::fs::write(&config, old).unwrap();
+        assert_eq!(recorded(&config).unwrap().as_deref(), Some("gpt2"));
+        assert!(ensure_checkpoints_fit(dir.path(), &meta("gpt2", 50257), &[config], 50304).is_ok());
     }
 
     /// The record is config.json's last key, the rest kept as written; a checkpoint that
