@@ -20,7 +20,7 @@ use lawa_core::data::DatasetMeta;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::prepare::tokenizer::{TokenizerSpec, TOKENIZER_FILE};
+use crate::prepare::tokenizer::{TextTokenizer, TokenizerSpec, TOKENIZER_FILE};
 
 /// The multiple a model's embedding is padded to (nanoGPT, GPT-NeoX and Pythia use 64 or a
 /// multiple of it).
@@ -45,29 +45,29 @@ pub fn tokenizer_of(data_dir: &Path, meta: &DatasetMeta) -> Result<Option<String
         .parse()
         .map_err(|e| anyhow!("{}/meta.json: {e}", data_dir.display()))?;
     let file = data_dir.join(meta.tokenizer_file.as_deref().unwrap_or(TOKENIZER_FILE));
-    match spec {
-        TokenizerSpec::Gpt2 | TokenizerSpec::Byte => Ok(Some(spec.to_string())),
-        TokenizerSpec::Bpe(_) | TokenizerSpec::Hf(_) if !file.is_file() => Ok(None),
-        TokenizerSpec::Bpe(n) => Ok(Some(named(&format!("bpe:{n}"), &file)?)),
-        TokenizerSpec::Hf(_) => Ok(Some(named("hf", &file)?)),
-    }
-}
-
-/// The name of a ready-made tokenizer (`--tokenizer`), as [`tokenizer_of`] names a dataset's;
-/// `None` for `bpe:N`, which is not ready-made.
-pub fn tokenizer_named(spec: &TokenizerSpec) -> Result<Option<String>> {
-    match spec {
-        TokenizerSpec::Gpt2 | TokenizerSpec::Byte => Ok(Some(spec.to_string())),
-        TokenizerSpec::Hf(path) => Ok(Some(named("hf", path)?)),
-        TokenizerSpec::Bpe(_) => Ok(None),
-    }
-}
-
-/// `KIND vocab:HASH`: the start of the sha256 of a tokenizer file's tokens in id order (one
-/// `id<TAB>token` line each), the same however the file is written out; `gpt2` for GPT-2's.
-fn named(kind: &str, file: &Path) -> Result<String> {
-    let tokenizer = tokenizers::Tokenizer::from_file(file)
+    let kind = match spec {
+        TokenizerSpec::Gpt2 | TokenizerSpec::Byte => return Ok(Some(spec.to_string())),
+        TokenizerSpec::Bpe(_) | TokenizerSpec::Hf(_) if !file.is_file() => return Ok(None),
+        TokenizerSpec::Bpe(n) => format!("bpe:{n}"),
+        TokenizerSpec::Hf(_) => "hf".into(),
+    };
+    let tokenizer = tokenizers::Tokenizer::from_file(&file)
         .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", file.display()))?;
+    Ok(Some(named(&kind, &tokenizer)))
+}
+
+/// The name of a loaded tokenizer, as [`tokenizer_of`] names the dataset it comes from.
+pub fn name_of(tokenizer: &TextTokenizer) -> String {
+    match (tokenizer.spec(), tokenizer.vocabulary()) {
+        (TokenizerSpec::Bpe(n), Some(vocabulary)) => named(&format!("bpe:{n}"), vocabulary),
+        (TokenizerSpec::Hf(_), Some(vocabulary)) => named("hf", vocabulary),
+        (spec, _) => spec.to_string(),
+    }
+}
+
+/// `KIND vocab:HASH`: the start of the sha256 of a tokenizer's tokens in id order (one
+/// `id<TAB>token` line each), the same however its file is written out; `gpt2` for GPT-2's.
+fn named(kind: &str, tokenizer: &tokenizers::Tokenizer) -> String {
     let mut tokens: Vec<(u32, String)> = tokenizer
         .get_vocab(true)
         .into_iter()
@@ -79,7 +79,7 @@ fn named(kind: &str, file: &Path) -> Result<String> {
         hasher.update(format!("{id}\t{token}\n").as_bytes());
     }
     let hash = crate::assets::hex(&hasher.finalize());
-    Ok(canonical(format!("{kind} vocab:{}", &hash[..16])))
+    canonical(format!("{kind} vocab:{}", &hash[..16]))
 }
 
 /// A tokenizer's name with GPT-2's vocabulary, however it was read, as `gpt2`.
@@ -90,47 +90,55 @@ fn canonical(name: String) -> String {
     }
 }
 
-/// The tokenizer to use with a checkpoint when none is given: the one it names when that is
-/// ready-made (`gpt2`, `byte`); `None` for a checkpoint that names none; an error naming the
-/// way out for a trained or Hugging Face one, which comes with its dataset or file.
-pub fn default_tokenizer(checkpoint: &Path) -> Result<Option<TokenizerSpec>> {
+/// The tokenizer to read and write text for `checkpoint` with (`lawa sample`, `lawa eval
+/// --task`): that of the dataset `data`, else the ready-made `spec`, else the `gpt2` or `byte`
+/// tokenizer the checkpoint names; `None` when none is given and the checkpoint names none.
+/// Refused when the checkpoint names another, and for a checkpoint naming a trained or Hugging
+/// Face tokenizer when none is given (it comes with its dataset or file).
+pub fn tokenizer_for(
+    checkpoint: &Path,
+    data: Option<&Path>,
+    spec: Option<&TokenizerSpec>,
+) -> Result<Option<TextTokenizer>> {
     let config = lawa_models::hf::CheckpointFiles::locate(checkpoint)?.config;
-    match recorded(&config)?.as_deref() {
+    let model = recorded(&config)?;
+    let (tokenizer, name, source) = match (data, spec) {
+        (Some(dir), _) => {
+            let meta = lawa_core::data::Dataset::open(dir)?.meta().clone();
+            let tokenizer = TextTokenizer::for_dataset(dir, &meta)?;
+            // A nanoGPT folder's GPT-2 is only assumed: not checked against the record.
+            let external = meta.split == lawa_core::data::SplitMethod::External;
+            let name = (!external).then(|| name_of(&tokenizer));
+            (tokenizer, name, dir.display().to_string())
+        }
+        (None, Some(spec @ TokenizerSpec::Bpe(_))) => bail!(
+            "--tokenizer {spec}: a trained tokenizer is stored with its dataset; pass --data \
+             <dataset-dir> instead"
+        ),
+        (None, Some(spec)) => {
+            let tokenizer = TextTokenizer::ready_made(spec)?;
+            let name = Some(name_of(&tokenizer));
+            (tokenizer, name, format!("--tokenizer {spec}"))
+        }
+        (None, None) => return default_tokenizer(checkpoint, model.as_deref()),
+    };
+    if let (Some(model), Some(name)) = (&model, &name) {
+        ensure_same_name(&config, model, name, &source)?;
+    }
+    Ok(Some(tokenizer))
+}
+
+/// The ready-made tokenizer a checkpoint names (`model`), when none is given.
+fn default_tokenizer(checkpoint: &Path, model: Option<&str>) -> Result<Option<TextTokenizer>> {
+    match model {
         None => Ok(None),
-        Some("gpt2") => Ok(Some(TokenizerSpec::Gpt2)),
-        Some("byte") => Ok(Some(TokenizerSpec::Byte)),
+        Some("gpt2") => Ok(Some(TextTokenizer::gpt2()?)),
+        Some("byte") => Ok(Some(TextTokenizer::byte())),
         Some(other) => bail!(
             "{}: the model was trained with the tokenizer {other}: pass --data with the dataset \
              it was trained on (or --tokenizer with the path of its tokenizer.json)",
             checkpoint.display()
         ),
-    }
-}
-
-/// Refuses the tokenizer of `lawa sample` or of `lawa eval --task`, that of the dataset `data`
-/// or else the ready-made `spec`, when the checkpoint names another.
-pub fn ensure_tokenizer_fits(
-    checkpoint: &Path,
-    data: Option<&Path>,
-    spec: Option<&TokenizerSpec>,
-) -> Result<()> {
-    let config = lawa_models::hf::CheckpointFiles::locate(checkpoint)?.config;
-    let Some(model) = recorded(&config)? else {
-        return Ok(());
-    };
-    let (name, source) = match (data, spec) {
-        (Some(dir), _) => {
-            let meta = lawa_core::data::Dataset::open(dir)?.meta().clone();
-            (tokenizer_of(dir, &meta)?, dir.display().to_string())
-        }
-        (None, Some(spec)) => (tokenizer_named(spec)?, format!("--tokenizer {spec}")),
-        (None, None) => return Ok(()),
-    };
-    // Without a name (a dataset's tokenizer file gone, `bpe:N` given as ready-made), the
-    // tokenizer cannot be loaded either, and the caller says so.
-    match name {
-        Some(name) => ensure_same_name(&config, &model, &name, &source),
-        None => Ok(()),
     }
 }
 
@@ -327,15 +335,9 @@ mod tests {
             tokenizer_of(d, &hf).unwrap().unwrap(),
             format!("hf vocab:{hash}")
         );
-        let ready = TokenizerSpec::Hf(file.clone());
-        assert_eq!(
-            tokenizer_named(&ready).unwrap().unwrap(),
-            format!("hf vocab:{hash}")
-        );
         // Other ids for the same words: another vocabulary.
         word_tokenizer(&file, &["[UNK]", "b", "a"]);
         assert_ne!(tokenizer_of(d, &bpe).unwrap().unwrap(), named);
-        assert_eq!(tokenizer_named(&TokenizerSpec::Bpe(300)).unwrap(), None);
     }
 
     /// GPT-2's vocabulary from a Hugging Face `tokenizer.json` is `gpt2`, as from its own
@@ -368,19 +370,19 @@ mod tests {
             h.update(format!("{id}\t{token}\n").as_bytes());
         }
         assert_eq!(&crate::assets::hex(&h.finalize())[..16], GPT2_VOCAB);
-        assert_eq!(named("hf", &file).unwrap(), "gpt2");
-        assert_eq!(
-            tokenizer_named(&TokenizerSpec::Hf(file.clone()))
-                .unwrap()
-                .unwrap(),
-            "gpt2"
-        );
         let hf = DatasetMeta {
             tokenizer: format!("hf:{}", file.display()),
             tokenizer_file: Some("tokenizer.json".into()),
             ..meta("x", 50257)
         };
         assert_eq!(tokenizer_of(dir.path(), &hf).unwrap().unwrap(), "gpt2");
+        // Loaded (from the dataset, or as --tokenizer hf:FILE): the same name.
+        let loaded = TextTokenizer::for_dataset(dir.path(), &hf).unwrap();
+        assert_eq!(name_of(&loaded), "gpt2");
+        let ready = TextTokenizer::ready_made(&TokenizerSpec::Hf(file.clone())).unwrap();
+        assert_eq!(name_of(&ready), "gpt2");
+        assert_eq!(name_of(&TextTokenizer::gpt2().unwrap()), "gpt2");
+        assert_eq!(name_of(&TextTokenizer::byte()), "byte");
         let config = dir.path().join("config.json");
         let old = format!(r#"{{"lawa_tokenizer": "hf vocab:{GPT2_VOCAB}"}}"#);
         std::fs::write(&config, old).unwrap();

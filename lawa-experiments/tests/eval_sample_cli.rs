@@ -358,7 +358,21 @@ fn a_recorded_tokenizer_refuses_another_of_the_same_size() {
         "{\"context\": \"ab\", \"choices\": [\" c\", \" d\"], \"gold\": 0}\n",
     )
     .unwrap();
-    succeeds(&["eval", "--checkpoint", m, "--task", task.to_str().unwrap()]);
+    let t = task.to_str().unwrap();
+    succeeds(&["eval", "--checkpoint", m, "--task", t]);
+    let msg = fails(&[
+        "eval",
+        "--checkpoint",
+        m,
+        "--task",
+        t,
+        "--tokenizer",
+        "bpe:300",
+    ]);
+    assert!(
+        msg.contains("a trained tokenizer is stored with its dataset"),
+        "{msg}"
+    );
     let msg = fails(&["eval", "--checkpoint", m, "--data", &ours]);
     assert!(msg.contains("made with byte"), "{msg}");
 }

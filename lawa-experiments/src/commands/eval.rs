@@ -10,7 +10,7 @@ use lawa_models::{CausalLm, Model, Precision};
 use serde::Serialize;
 use tch::{nn, Device};
 
-use crate::prepare::tokenizer::{TextTokenizer, TokenizerSpec};
+use crate::prepare::tokenizer::TokenizerSpec;
 use crate::tasks::{run_task, TaskResult, TaskSpec};
 use crate::train::evaluate::evaluate;
 
@@ -155,17 +155,8 @@ fn run_tasks(args: &EvalArgs) -> Result<Vec<TaskResult>> {
         crate::tasks::format::check(&t.path)?;
     }
     let (data, spec) = (args.data.as_deref(), args.tokenizer.as_ref());
-    crate::vocabulary::ensure_tokenizer_fits(&args.checkpoint, data, spec)?;
-    let tokenizer = match (&args.data, &args.tokenizer) {
-        (Some(dir), _) => {
-            let data = Dataset::open(dir)?;
-            TextTokenizer::for_dataset(dir, data.meta())?
-        }
-        (None, Some(spec)) => TextTokenizer::ready_made(spec)?,
-        (None, None) => match crate::vocabulary::default_tokenizer(&args.checkpoint)? {
-            Some(spec) => TextTokenizer::ready_made(&spec)?,
-            None => bail!("--task needs the model's tokenizer: give --data or --tokenizer"),
-        },
+    let Some(tokenizer) = crate::vocabulary::tokenizer_for(&args.checkpoint, data, spec)? else {
+        bail!("--task needs the model's tokenizer: give --data or --tokenizer");
     };
     let vs = nn::VarStore::new(Device::cuda_if_available());
     let mut model = Model::from_pretrained(vs.root(), &args.checkpoint)?;

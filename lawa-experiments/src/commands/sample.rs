@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use lawa_core::data::Dataset;
 use lawa_models::{generate, CausalLm, Model, Sampling};
 use tch::{nn, Device};
 
@@ -43,22 +42,9 @@ pub struct SampleArgs {
 /// Runs `lawa sample` and returns the prompt followed by the generated text.
 pub fn run(args: &SampleArgs) -> Result<String> {
     let (data, spec) = (args.data.as_deref(), args.tokenizer.as_ref());
-    crate::vocabulary::ensure_tokenizer_fits(&args.checkpoint, data, spec)?;
-    let tokenizer = match (&args.data, &args.tokenizer) {
-        (Some(dir), _) => {
-            let data = Dataset::open(dir)?;
-            TextTokenizer::for_dataset(dir, data.meta())?
-        }
-        (None, None) => match crate::vocabulary::default_tokenizer(&args.checkpoint)? {
-            Some(spec) => TextTokenizer::ready_made(&spec)?,
-            None => TextTokenizer::gpt2()?,
-        },
-        (None, Some(spec @ (TokenizerSpec::Gpt2 | TokenizerSpec::Byte | TokenizerSpec::Hf(_)))) => {
-            TextTokenizer::ready_made(spec)?
-        }
-        (None, Some(spec @ TokenizerSpec::Bpe(_))) => bail!(
-            "--tokenizer {spec}: a trained tokenizer is stored with its dataset; pass --data <dataset-dir> instead"
-        ),
+    let tokenizer = match crate::vocabulary::tokenizer_for(&args.checkpoint, data, spec)? {
+        Some(tokenizer) => tokenizer,
+        None => TextTokenizer::gpt2()?,
     };
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         bail!(

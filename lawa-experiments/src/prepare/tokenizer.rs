@@ -262,6 +262,15 @@ impl TextTokenizer {
         &self.spec
     }
 
+    /// The Hugging Face tokenizer behind a BPE or `tokenizer.json` (`None` for bytes), whose
+    /// vocabulary names it (see [`crate::vocabulary::name_of`]).
+    pub fn vocabulary(&self) -> Option<&Tokenizer> {
+        match &self.inner {
+            Inner::Hf(tokenizer) => Some(tokenizer),
+            Inner::Byte => None,
+        }
+    }
+
     /// Number of token ids.
     pub fn vocab_size(&self) -> u32 {
         self.vocab_size
