@@ -123,34 +123,7 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
     let model_cfg = model_config(&series)?;
     let device = crate::train::config::parse_device(&cfg.device)?;
     crate::train::config::ensure_available(device)?;
-    let data = Dataset::open(&cfg.data)?;
-    let configs = (series.steps.values())
-        .map(|dir| Ok(CheckpointFiles::locate(dir)?.config))
-        .collect::<Result<Vec<_>>>()?;
-    let vocab = model_cfg.vocab_size();
-    crate::vocabulary::ensure_checkpoints_fit(&cfg.data, data.meta(), &configs, vocab)?;
-    let block = cfg.eval.block_size.unwrap_or(model_cfg.max_positions());
-    if block > model_cfg.max_positions() {
-        bail!(
-            "{}: eval.block_size = {block} is longer than the model's {}",
-            path.display(),
-            model_cfg.max_positions()
-        );
-    }
-    let windows = ValidationWindows::new(data.split(Split::Val), block, cfg.eval.windows)?;
-    crate::train::evaluate::warn_if_overlapping(
-        &path.display().to_string(),
-        "eval.windows",
-        &windows,
-    );
-    for t in &cfg.tasks {
-        crate::tasks::format::check(&t.path)?;
-    }
-    let tokenizer = if cfg.tasks.is_empty() {
-        None
-    } else {
-        Some(TextTokenizer::for_dataset(&cfg.data, data.meta())?)
-    };
+    let inputs = Inputs::check(path, &cfg, &series, &model_cfg)?;
     let dir = cfg.results_dir();
     let _claim = claim_folder(
         &dir,
@@ -160,23 +133,20 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
         "post-hoc study",
         "give the study another name",
     )?;
-    let curves_path = dir.join(CURVES_FILE);
-    let mut rows: Vec<CurveRow> = match std::fs::read(&curves_path) {
-        Ok(bytes) => parse_rows(&curves_path, &bytes)?,
-        Err(_) => Vec::new(),
-    };
+    let mut rows = resume(&dir, &cfg)?;
     let done: BTreeSet<(u64, String)> = rows.iter().map(|r| (r.step, r.weights.clone())).collect();
     let todo: Vec<&Planned> = planned
         .iter()
         .filter(|p| !done.contains(&(p.step, p.label())))
         .collect();
     tracing::info!(
-        "post-hoc study {}: {} checkpoints, {} evaluations ({} done before), {} windows of {block} tokens",
+        "post-hoc study {}: {} checkpoints, {} evaluations ({} done before), {} windows of {} tokens",
         cfg.name,
         series.steps.len(),
         planned.len(),
         planned.len() - todo.len(),
-        windows.len()
+        inputs.windows.len(),
+        inputs.block
     );
     let vs = VarStore::new(device);
     let mut model = Model::new(vs.root(), &model_cfg)?;
@@ -189,42 +159,89 @@ pub fn run(path: &Path) -> Result<PosthocReport> {
         cfg: &cfg,
         series: &series,
         model: &model,
-        windows: &windows,
-        tokenizer: tokenizer.as_ref(),
-        max_length: block,
+        windows: &inputs.windows,
+        tokenizer: inputs.tokenizer.as_ref(),
+        max_length: inputs.block,
         raw: BTreeMap::new(),
     };
-    if !curves_path.exists() {
-        lawa_core::checkpoint::write_atomic(&curves_path, &to_csv::<CurveRow>(&[])?)?;
-    }
-    let bar = crate::progress::bar(todo.len() as u64, &cfg.name, "evaluations");
-    let started = Instant::now();
-    let tasks_path = dir.join(TASKS_FILE);
-    if !cfg.tasks.is_empty() && !tasks_path.exists() {
-        lawa_core::checkpoint::write_atomic(&tasks_path, &to_csv::<TaskRow>(&[])?)?;
-    }
-    for (i, p) in todo.iter().enumerate() {
-        let (row, task_rows) = scorer
-            .score(p, started.elapsed().as_secs_f64())
-            .with_context(|| format!("{} at step {}", p.label(), p.step))?;
-        // Task rows first: the curve row marks the evaluation done.
-        if !task_rows.is_empty() {
-            append(&tasks_path, &task_rows)?;
-        }
-        append(&curves_path, std::slice::from_ref(&row))?;
-        rows.push(row);
-        bar.set_position(i as u64 + 1);
-        if !crate::progress::interactive() && (i + 1) % 10 == 0 {
-            tracing::info!("{}: {} of {} evaluations", cfg.name, i + 1, todo.len());
-        }
-    }
-    bar.finish_and_clear();
+    rows.extend(scorer.score_all(&dir, &todo)?);
     finish(&dir, &cfg, &mut rows)?;
     Ok(PosthocReport {
         dir,
         evaluated: todo.len(),
         total: planned.len(),
     })
+}
+
+/// What the checkpoints are scored on, checked against them: the validation windows, the
+/// longest input, and the tasks' tokenizer when there are tasks.
+struct Inputs {
+    windows: ValidationWindows,
+    block: usize,
+    tokenizer: Option<TextTokenizer>,
+}
+
+impl Inputs {
+    /// Refuses data of another tokenizer, a block longer than the model's, a bad task file.
+    fn check(
+        path: &Path,
+        cfg: &PosthocConfig,
+        series: &Series,
+        model_cfg: &ModelConfig,
+    ) -> Result<Inputs> {
+        let data = Dataset::open(&cfg.data)?;
+        let configs = (series.steps.values())
+            .map(|dir| Ok(CheckpointFiles::locate(dir)?.config))
+            .collect::<Result<Vec<_>>>()?;
+        let vocab = model_cfg.vocab_size();
+        crate::vocabulary::ensure_checkpoints_fit(&cfg.data, data.meta(), &configs, vocab)?;
+        let block = cfg.eval.block_size.unwrap_or(model_cfg.max_positions());
+        if block > model_cfg.max_positions() {
+            bail!(
+                "{}: eval.block_size = {block} is longer than the model's {}",
+                path.display(),
+                model_cfg.max_positions()
+            );
+        }
+        let windows = ValidationWindows::new(data.split(Split::Val), block, cfg.eval.windows)?;
+        crate::train::evaluate::warn_if_overlapping(
+            &path.display().to_string(),
+            "eval.windows",
+            &windows,
+        );
+        for t in &cfg.tasks {
+            crate::tasks::format::check(&t.path)?;
+        }
+        let tokenizer = if cfg.tasks.is_empty() {
+            None
+        } else {
+            Some(TextTokenizer::for_dataset(&cfg.data, data.meta())?)
+        };
+        Ok(Inputs {
+            windows,
+            block,
+            tokenizer,
+        })
+    }
+}
+
+/// The curve rows an earlier call wrote to `dir` (none at first), with `curves.csv` (and
+/// `tasks.csv` when the study has tasks) in place for this call's rows to be appended to.
+fn resume(dir: &Path, cfg: &PosthocConfig) -> Result<Vec<CurveRow>> {
+    let curves_path = dir.join(CURVES_FILE);
+    let rows = match std::fs::read(&curves_path) {
+        Ok(bytes) => parse_rows(&curves_path, &bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            lawa_core::checkpoint::write_atomic(&curves_path, &to_csv::<CurveRow>(&[])?)?;
+            Vec::new()
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", curves_path.display())),
+    };
+    let tasks_path = dir.join(TASKS_FILE);
+    if !cfg.tasks.is_empty() && !tasks_path.exists() {
+        lawa_core::checkpoint::write_atomic(&tasks_path, &to_csv::<TaskRow>(&[])?)?;
+    }
+    Ok(rows)
 }
 
 /// Sorts the rows, writes the summaries and draws the figures.
@@ -312,6 +329,32 @@ struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
+    /// Scores `todo` in order, appending each evaluation's rows to `dir`'s CSVs as it is made
+    /// (task rows first: the curve row marks the evaluation done); returns the curve rows.
+    fn score_all(&mut self, dir: &Path, todo: &[&Planned]) -> Result<Vec<CurveRow>> {
+        let name = &self.cfg.name;
+        let (curves_path, tasks_path) = (dir.join(CURVES_FILE), dir.join(TASKS_FILE));
+        let bar = crate::progress::bar(todo.len() as u64, name, "evaluations");
+        let started = Instant::now();
+        let mut rows = Vec::with_capacity(todo.len());
+        for (i, p) in todo.iter().enumerate() {
+            let (row, task_rows) = self
+                .score(p, started.elapsed().as_secs_f64())
+                .with_context(|| format!("{} at step {}", p.label(), p.step))?;
+            if !task_rows.is_empty() {
+                append(&tasks_path, &task_rows)?;
+            }
+            append(&curves_path, std::slice::from_ref(&row))?;
+            rows.push(row);
+            bar.set_position(i as u64 + 1);
+            if !crate::progress::interactive() && (i + 1) % 10 == 0 {
+                tracing::info!("{name}: {} of {} evaluations", i + 1, todo.len());
+            }
+        }
+        bar.finish_and_clear();
+        Ok(rows)
+    }
+
     fn open(&self, step: u64) -> Result<TensorFiles> {
         let files = CheckpointFiles::locate(&self.series.steps[&step])?;
         Ok(files.open_weights()?)
