@@ -330,10 +330,12 @@ impl<'a> Unpickler<'a> {
         Ok(Value::Str(s.into()))
     }
 
+    /// Executes the pickle up to its STOP and returns the value it leaves.
     fn run(mut self) -> Result<Value, String> {
         loop {
             let op = self.u8()?;
             match op {
+                b'.' => return self.pop(), // STOP
                 0x80 => {
                     let proto = self.u8()?;
                     if !(2..=5).contains(&proto) {
@@ -343,150 +345,24 @@ impl<'a> Unpickler<'a> {
                 0x95 => {
                     self.take(8)?; // FRAME
                 }
-                b'.' => return self.pop(),
-                b'(' => self.stack.push(Value::Mark),
-                b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)));
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    if self.stack.len() < n {
-                        return Err("stack underflow".into());
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)));
-                }
-                b']' => self.stack.push(Value::List(Rc::new(Vec::new()))),
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(items)));
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    self.extend_list(vec![v])?;
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    self.extend_list(items)?;
-                }
-                b'}' => self.stack.push(Value::Dict(Rc::new(Vec::new()))),
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let dict = pairs(items)?;
-                    self.stack.push(Value::Dict(Rc::new(dict)));
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.extend_dict(vec![(k, v)])?;
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    self.extend_dict(pairs(items)?)?;
-                }
-                b'N' => self.stack.push(Value::None),
-                0x88 | 0x89 => self.stack.push(Value::Other),
-                b'K' => {
-                    let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i64));
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.stack.push(Value::Int(v as i64));
-                }
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v as i64));
-                }
-                0x8a => {
-                    let n = self.u8()? as usize;
-                    let bytes = self.take(n)?;
-                    if n > 8 {
-                        return Err(format!("an integer of {n} bytes"));
-                    }
-                    let mut buf = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
-                        [0xff; 8]
-                    } else {
-                        [0; 8]
-                    };
-                    buf[..n].copy_from_slice(bytes);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
-                }
-                b'G' => {
-                    self.take(8)?;
-                    self.stack.push(Value::Other);
-                }
-                b'X' => {
-                    let n = self.u32()? as usize;
-                    let v = self.string(n)?;
+                b'('
+                | b')'
+                | b't'
+                | 0x85..=0x87
+                | b']'
+                | b'l'
+                | b'a'
+                | b'e'
+                | b'}'
+                | b'd'
+                | b's'
+                | b'u' => self.container(op)?,
+                b'N' | 0x88 | 0x89 | b'K' | b'M' | b'J' | 0x8a | b'G' | b'X' | 0x8c => {
+                    let v = self.scalar(op)?;
                     self.stack.push(v);
                 }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let v = self.string(n)?;
-                    self.stack.push(v);
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.stack
-                        .push(Value::Global(format!("{module}.{name}").into()));
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let (Value::Str(m), Value::Str(n)) = (module, name) else {
-                        return Err("STACK_GLOBAL of non-strings".into());
-                    };
-                    self.stack.push(Value::Global(format!("{m}.{n}").into()));
-                }
-                b'q' => {
-                    let i = self.u8()? as u32;
-                    self.memoize(i)?;
-                }
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memoize(i)?;
-                }
-                0x94 => {
-                    let i = self.memo.len() as u32;
-                    self.memoize(i)?;
-                }
-                b'h' => {
-                    let i = self.u8()? as u32;
-                    self.recall(i)?;
-                }
-                b'j' => {
-                    let i = self.u32()?;
-                    self.recall(i)?;
-                }
-                b'0' => {
-                    self.pop()?;
-                }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    let storage = persistent_storage(&pid)?;
-                    self.stack.push(storage);
-                }
-                b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let v = reduce(&callable, &args)?;
-                    self.stack.push(v);
-                }
-                b'b' => {
-                    // BUILD: state set on an object (OrderedDict's _metadata): ignored.
-                    self.pop()?;
-                    match self.stack.last() {
-                        Some(Value::Dict(_)) | Some(Value::Tensor(_)) => {}
-                        _ => return Err("BUILD on an object that is not a dict or tensor".into()),
-                    }
-                }
+                b'q' | b'r' | 0x94 | b'h' | b'j' | b'0' | b'1' => self.memo_or_pop(op)?,
+                b'c' | 0x93 | b'Q' | b'R' | 0x81 | b'b' => self.object(op)?,
                 other => {
                     return Err(format!(
                         "opcode 0x{other:02x} at byte {} is not one a saved state dict uses",
@@ -495,6 +371,159 @@ impl<'a> Unpickler<'a> {
                 }
             }
         }
+    }
+
+    /// Tuples, lists and dicts: built empty, from the stack, or extended.
+    fn container(&mut self, op: u8) -> Result<(), String> {
+        match op {
+            b'(' => self.stack.push(Value::Mark),
+            b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
+            b't' => {
+                let items = self.pop_mark()?;
+                self.stack.push(Value::Tuple(Rc::new(items)));
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                if self.stack.len() < n {
+                    return Err("stack underflow".into());
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.stack.push(Value::Tuple(Rc::new(items)));
+            }
+            b']' => self.stack.push(Value::List(Rc::new(Vec::new()))),
+            b'l' => {
+                let items = self.pop_mark()?;
+                self.stack.push(Value::List(Rc::new(items)));
+            }
+            b'a' => {
+                let v = self.pop()?;
+                self.extend_list(vec![v])?;
+            }
+            b'e' => {
+                let items = self.pop_mark()?;
+                self.extend_list(items)?;
+            }
+            b'}' => self.stack.push(Value::Dict(Rc::new(Vec::new()))),
+            b'd' => {
+                let items = self.pop_mark()?;
+                let dict = pairs(items)?;
+                self.stack.push(Value::Dict(Rc::new(dict)));
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.extend_dict(vec![(k, v)])?;
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                self.extend_dict(pairs(items)?)?;
+            }
+            _ => unreachable!("run() sends only container opcodes"),
+        }
+        Ok(())
+    }
+
+    /// None, booleans, integers, floats (kept as `Other`) and strings.
+    fn scalar(&mut self, op: u8) -> Result<Value, String> {
+        Ok(match op {
+            b'N' => Value::None,
+            0x88 | 0x89 => Value::Other,
+            b'K' => Value::Int(self.u8()? as i64),
+            b'M' => Value::Int(self.u16()? as i64),
+            b'J' => Value::Int(self.u32()? as i32 as i64),
+            0x8a => {
+                let n = self.u8()? as usize;
+                let bytes = self.take(n)?;
+                if n > 8 {
+                    return Err(format!("an integer of {n} bytes"));
+                }
+                let mut buf = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+                    [0xff; 8]
+                } else {
+                    [0; 8]
+                };
+                buf[..n].copy_from_slice(bytes);
+                Value::Int(i64::from_le_bytes(buf))
+            }
+            b'G' => {
+                self.take(8)?;
+                Value::Other
+            }
+            b'X' => {
+                let n = self.u32()? as usize;
+                self.string(n)?
+            }
+            0x8c => {
+                let n = self.u8()? as usize;
+                self.string(n)?
+            }
+            _ => unreachable!("run() sends only scalar opcodes"),
+        })
+    }
+
+    /// The memo (PUT, MEMOIZE, GET) and POP, POP_MARK.
+    fn memo_or_pop(&mut self, op: u8) -> Result<(), String> {
+        match op {
+            b'q' => {
+                let i = self.u8()? as u32;
+                self.memoize(i)
+            }
+            b'r' => {
+                let i = self.u32()?;
+                self.memoize(i)
+            }
+            0x94 => self.memoize(self.memo.len() as u32),
+            b'h' => {
+                let i = self.u8()? as u32;
+                self.recall(i)
+            }
+            b'j' => {
+                let i = self.u32()?;
+                self.recall(i)
+            }
+            b'0' => self.pop().map(drop),
+            b'1' => self.pop_mark().map(drop),
+            _ => unreachable!("run() sends only memo and pop opcodes"),
+        }
+    }
+
+    /// Globals, storages (persistent ids), calls (REDUCE, NEWOBJ) and BUILD.
+    fn object(&mut self, op: u8) -> Result<(), String> {
+        let v = match op {
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                Value::Global(format!("{module}.{name}").into())
+            }
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Value::Str(m), Value::Str(n)) = (module, name) else {
+                    return Err("STACK_GLOBAL of non-strings".into());
+                };
+                Value::Global(format!("{m}.{n}").into())
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                persistent_storage(&pid)?
+            }
+            b'R' | 0x81 => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                reduce(&callable, &args)?
+            }
+            b'b' => {
+                // BUILD: state set on an object (OrderedDict's _metadata): ignored.
+                self.pop()?;
+                return match self.stack.last() {
+                    Some(Value::Dict(_)) | Some(Value::Tensor(_)) => Ok(()),
+                    _ => Err("BUILD on an object that is not a dict or tensor".into()),
+                };
+            }
+            _ => unreachable!("run() sends only object opcodes"),
+        };
+        self.stack.push(v);
+        Ok(())
     }
 
     fn memoize(&mut self, i: u32) -> Result<(), String> {
