@@ -700,32 +700,64 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         .draw()
         .map_err(drawing_error)?;
     let plot = chart.plotting_area();
-    if panel.zero_line {
-        let line = match panel.y_categories {
-            Some(_) if x0 <= 0.0 && x1 >= 0.0 => Some(vec![(0.0, y0), (0.0, y1)]),
-            None if y0 <= 0.0 && y1 >= 0.0 => Some(vec![(x0, 0.0), (x1, 0.0)]),
-            _ => None,
-        };
-        if let Some(points) = line {
-            plot.draw(&PathElement::new(points, stroke(RGBColor(90, 90, 90), 2)))
-                .map_err(drawing_error)?;
-        }
+    let (xs, ys) = ((x0, x1), (y0, y1));
+    draw_zero_line(plot, panel, xs, ys)?;
+    draw_bands(plot, panel, xs, ys)?;
+    draw_series(plot, panel, xs, ys)
+}
+
+/// The zero line of a panel that asks for one, where zero is in range (vertical on a
+/// categorical y axis).
+fn draw_zero_line<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    plot: &DrawingArea<DB, CT>,
+    panel: &Panel,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Result<()> {
+    if !panel.zero_line {
+        return Ok(());
     }
-    // Bands thinner than about a pixel everywhere (identical seeds) are not drawn.
+    let line = match panel.y_categories {
+        Some(_) if x0 <= 0.0 && x1 >= 0.0 => vec![(0.0, y0), (0.0, y1)],
+        None if y0 <= 0.0 && y1 >= 0.0 => vec![(x0, 0.0), (x1, 0.0)],
+        _ => return Ok(()),
+    };
+    plot.draw(&PathElement::new(line, stroke(RGBColor(90, 90, 90), 2)))
+        .map_err(drawing_error)
+}
+
+/// The shaded bands, clipped to the ranges, under every line; bands thinner than about a
+/// pixel everywhere (identical seeds) are not drawn.
+fn draw_bands<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    plot: &DrawingArea<DB, CT>,
+    panel: &Panel,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Result<()> {
     let min_width = (y1 - y0) / HEIGHT as f64;
     for series in &panel.series {
         let visible = series.band.iter().any(|&(_, lo, hi)| hi - lo > min_width);
-        if series.band.len() >= 2 && visible {
-            let mut outline: Vec<(f64, f64)> =
-                series.band.iter().map(|&(x, lo, _)| (x, lo)).collect();
-            outline.extend(series.band.iter().rev().map(|&(x, _, hi)| (x, hi)));
-            let clipped = clip_polygon(&outline, (x0, x1), (y0, y1));
-            if clipped.len() >= 3 {
-                plot.draw(&Polygon::new(clipped, series.color.mix(0.15).filled()))
-                    .map_err(drawing_error)?;
-            }
+        if series.band.len() < 2 || !visible {
+            continue;
+        }
+        let mut outline: Vec<(f64, f64)> = series.band.iter().map(|&(x, lo, _)| (x, lo)).collect();
+        outline.extend(series.band.iter().rev().map(|&(x, _, hi)| (x, hi)));
+        let clipped = clip_polygon(&outline, (x0, x1), (y0, y1));
+        if clipped.len() >= 3 {
+            plot.draw(&Polygon::new(clipped, series.color.mix(0.15).filled()))
+                .map_err(drawing_error)?;
         }
     }
+    Ok(())
+}
+
+/// Each series' line (clipped to the ranges) and markers (those in range).
+fn draw_series<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    plot: &DrawingArea<DB, CT>,
+    panel: &Panel,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Result<()> {
     for series in &panel.series {
         if series.line {
             for part in clip_polyline(&series.points, (x0, x1), (y0, y1)) {
@@ -733,15 +765,10 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
             }
         }
         if series.markers {
-            for &(x, y) in &series.points {
-                if x >= x0 && x <= x1 && y >= y0 && y <= y1 {
-                    plot.draw(&Circle::new(
-                        (x, y),
-                        series.width + 5,
-                        series.color.filled(),
-                    ))
-                    .map_err(drawing_error)?;
-                }
+            let inside = |&&(x, y): &&(f64, f64)| x >= x0 && x <= x1 && y >= y0 && y <= y1;
+            for &(x, y) in series.points.iter().filter(inside) {
+                let dot = Circle::new((x, y), series.width + 5, series.color.filled());
+                plot.draw(&dot).map_err(drawing_error)?;
             }
         }
     }
