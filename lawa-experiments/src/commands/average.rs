@@ -271,14 +271,25 @@ pub fn select_latest(dir: &Path, k: usize, every: Option<u64>) -> Result<Vec<Pat
         let path = entry
             .with_context(|| format!("{}: cannot read", dir.display()))?
             .path();
-        let usable = if path.is_dir() {
-            path.join("config.json").is_file() || path.join("model.safetensors").is_file()
-        } else {
-            path.extension()
-                .is_some_and(|e| e == "safetensors" || e == "bin")
-        };
+        // Hidden names are lawa's staging folders (`.step8.partial-PID`), still being written.
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let usable = !hidden
+            && if path.is_dir() {
+                path.join("config.json").is_file() || path.join("model.safetensors").is_file()
+            } else {
+                path.extension()
+                    .is_some_and(|e| e == "safetensors" || e == "bin")
+            };
         if let (Some(step), true) = (step_in_name(&path), usable) {
-            found.insert(step, path);
+            if let Some(other) = found.insert(step, path.clone()) {
+                bail!(
+                    "{} and {} are both checkpoints of step {step}: keep one",
+                    other.display(),
+                    path.display()
+                );
+            }
         }
     }
     let Some((&newest, _)) = found.iter().next_back() else {
@@ -352,6 +363,18 @@ mod tests {
         assert!(err.contains("step 550"), "{err}");
         let err = select_latest(dir.path(), 9, None).unwrap_err().to_string();
         assert!(err.contains("only 7"), "{err}");
+        // A staging folder left by a killed save is not a checkpoint (its digits are a PID).
+        let staging = dir.path().join(".step800.partial-31337");
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("model.safetensors"), b"x").unwrap();
+        assert_eq!(
+            steps(select_latest(dir.path(), 3, None).unwrap()),
+            [500, 600, 700]
+        );
+        // Two checkpoints of one step: which to average is not guessed.
+        std::fs::write(dir.path().join("model_600.safetensors"), b"x").unwrap();
+        let err = select_latest(dir.path(), 3, None).unwrap_err().to_string();
+        assert!(err.contains("both checkpoints of step 600"), "{err}");
         assert!(select_latest(dir.path(), 0, None).is_err());
         assert_eq!(
             step_in_name(Path::new("model_step00500.safetensors")),
