@@ -244,6 +244,25 @@ fn metrics_equal_hand_computations_and_the_cli_prints_them() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json[0]["acc"].as_f64().unwrap(), r.acc);
     assert_eq!(json[0]["task"], "hand");
+    // Two files of one name in different folders: reported apart, by folder.
+    let copies = ["a", "b"].map(|f| {
+        std::fs::create_dir_all(p.join(f)).unwrap();
+        std::fs::copy(&task, p.join(f).join("hand.jsonl")).unwrap();
+        p.join(f).join("hand.jsonl").to_str().unwrap().to_string()
+    });
+    let (c, d) = (ckpt.to_str().unwrap(), data.to_str().unwrap());
+    let args = ["eval", "--checkpoint", c, "--data", d, "--json", "--task"];
+    let o = lawa(
+        &[&args[..], &[&copies[0], "--task", &copies[1]]].concat(),
+        p,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&json[0]["task"], &json[1]["task"]),
+        (&"a/hand".into(), &"b/hand".into())
+    );
+    assert_eq!(json[1]["acc"].as_f64().unwrap(), r.acc);
 }
 
 #[test]

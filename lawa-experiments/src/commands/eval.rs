@@ -151,7 +151,9 @@ pub fn run(args: &EvalArgs) -> Result<EvalOutput> {
 
 /// Scores every task file of `args`.
 fn run_tasks(args: &EvalArgs) -> Result<Vec<TaskResult>> {
-    for t in &args.tasks {
+    let mut tasks = args.tasks.clone();
+    crate::tasks::format::name_apart(&mut tasks).map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+    for t in &tasks {
         crate::tasks::format::check(&t.path)?;
     }
     let (data, spec) = (args.data.as_deref(), args.tokenizer.as_ref());
@@ -172,7 +174,7 @@ fn run_tasks(args: &EvalArgs) -> Result<Vec<TaskResult>> {
         .block_size
         .unwrap_or(model.max_positions())
         .min(model.max_positions());
-    args.tasks
+    tasks
         .iter()
         .map(|t| run_task(t, &model, &tokenizer, args.batch_size, max_length))
         .collect()

@@ -119,10 +119,12 @@ impl PosthocConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        let cfg: PosthocConfig =
+        let mut cfg: PosthocConfig =
             serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        crate::tasks::format::name_apart(&mut cfg.tasks)
+            .map_err(|e| anyhow::anyhow!("{}: tasks: {e}", path.display()))?;
         Ok(cfg)
     }
 

@@ -37,6 +37,19 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// The layout's name, as a task spec's prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Lawa => "lawa",
+            Layout::Hellaswag => "hellaswag",
+            Layout::Piqa => "piqa",
+            Layout::Arc => "arc",
+            Layout::Winogrande => "winogrande",
+            Layout::Sciq => "sciq",
+            Layout::Lambada => "lambada",
+        }
+    }
+
     fn parse(name: &str) -> Option<Layout> {
         Some(match name {
             "lawa" => Layout::Lawa,
@@ -85,9 +98,45 @@ impl std::str::FromStr for TaskSpec {
     }
 }
 
+/// Names tasks apart in reports: tasks whose file stems collide (`hellaswag/validation.jsonl`,
+/// `piqa/validation.jsonl`) take their folder's name too (`hellaswag/validation`); a file given
+/// twice, or names still the same, is refused.
+pub fn name_apart(tasks: &mut [TaskSpec]) -> Result<(), String> {
+    for i in 0..tasks.len() {
+        if let Some(j) = (i + 1..tasks.len()).find(|&j| tasks[j].path == tasks[i].path) {
+            return Err(format!(
+                "task {} is given twice ({} and {}): one layout per file",
+                tasks[i].path.display(),
+                tasks[i].layout.name(),
+                tasks[j].layout.name()
+            ));
+        }
+    }
+    let stems: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    for task in tasks.iter_mut() {
+        if stems.iter().filter(|&s| *s == task.name).count() > 1 {
+            let folder = task.path.parent().and_then(|p| p.file_name());
+            if let Some(folder) = folder {
+                task.name = format!("{}/{}", folder.to_string_lossy(), task.name);
+            }
+        }
+    }
+    for (i, a) in tasks.iter().enumerate() {
+        if let Some(b) = tasks[i + 1..].iter().find(|b| b.name == a.name) {
+            return Err(format!(
+                "tasks {} and {} would both be reported as {}: rename one of the files",
+                a.path.display(),
+                b.path.display(),
+                a.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl serde::Serialize for TaskSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{:?}:{}", self.layout, self.path.display()).to_lowercase())
+        s.serialize_str(&format!("{}:{}", self.layout.name(), self.path.display()))
     }
 }
 
@@ -352,6 +401,35 @@ pub fn check(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tasks of one file name in different folders are named by folder and file; the same file
+    /// twice is refused; a spec serializes as it is written, path case kept.
+    #[test]
+    fn tasks_are_named_apart() {
+        let specs =
+            |v: &[&str]| -> Vec<TaskSpec> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let names = |v: &[TaskSpec]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        let mut tasks = specs(&[
+            "hellaswag:h/Validation.jsonl",
+            "piqa:p/Validation.jsonl",
+            "lambada:l/test.jsonl",
+        ]);
+        name_apart(&mut tasks).unwrap();
+        assert_eq!(names(&tasks), ["h/Validation", "p/Validation", "test"]);
+        let mut twice = specs(&["a/x.jsonl", "hellaswag:a/x.jsonl"]);
+        let err = name_apart(&mut twice).unwrap_err();
+        assert!(
+            err.contains("a/x.jsonl is given twice (lawa and hellaswag)"),
+            "{err}"
+        );
+        let mut same_folder = specs(&["a/x.jsonl", "b/a/x.jsonl"]);
+        let err = name_apart(&mut same_folder).unwrap_err();
+        assert!(err.contains("would both be reported as a/x"), "{err}");
+        let json = serde_json::to_string(&tasks[0]).unwrap();
+        assert_eq!(json, "\"hellaswag:h/Validation.jsonl\"");
+        let back: TaskSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.path, tasks[0].path);
+    }
 
     #[test]
     fn published_layouts_map_as_the_harness_maps_them() {
