@@ -82,6 +82,15 @@ fn named(kind: &str, tokenizer: &tokenizers::Tokenizer) -> String {
     canonical(format!("{kind} vocab:{}", &hash[..16]))
 }
 
+/// Whether two tokenizer names are one vocabulary: the same hash of tokens whatever the kinds
+/// (a trained `bpe:N`'s file given again as `hf:` is the same tokenizer), else the same name.
+pub fn same_tokenizer(a: &str, b: &str) -> bool {
+    match (a.split_once(" vocab:"), b.split_once(" vocab:")) {
+        (Some((_, x)), Some((_, y))) => x == y,
+        _ => a == b,
+    }
+}
+
 /// A tokenizer's name with GPT-2's vocabulary, however it was read, as `gpt2`.
 fn canonical(name: String) -> String {
     match name.split_once(" vocab:") {
@@ -221,7 +230,7 @@ pub fn ensure_checkpoints_fit(
 /// Refuses a tokenizer (`tokenizer`, as [`tokenizer_of`] names it; `source`, where it comes
 /// from, for the message) other than `model`, the one the checkpoint's `config` records.
 fn ensure_same_name(config: &Path, model: &str, tokenizer: &str, source: &str) -> Result<()> {
-    if model != tokenizer {
+    if !same_tokenizer(model, tokenizer) {
         bail!(
             "{source} uses the tokenizer {tokenizer}, but the model was trained on data made \
              with {model} ({}); its ids would mean other tokens to the model: use the data or \
@@ -335,6 +344,10 @@ mod tests {
             tokenizer_of(d, &hf).unwrap().unwrap(),
             format!("hf vocab:{hash}")
         );
+        // One vocabulary read as another kind is the same tokenizer; other hashes are not.
+        assert!(same_tokenizer(&format!("hf vocab:{hash}"), &named));
+        assert!(!same_tokenizer("bpe:300 vocab:0123", "bpe:300 vocab:4567"));
+        assert!(!same_tokenizer("byte", "gpt2") && same_tokenizer("gpt2", "gpt2"));
         // Other ids for the same words: another vocabulary.
         word_tokenizer(&file, &["[UNK]", "b", "a"]);
         assert_ne!(tokenizer_of(d, &bpe).unwrap().unwrap(), named);

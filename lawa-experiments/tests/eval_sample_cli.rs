@@ -278,6 +278,19 @@ fn a_recorded_tokenizer_refuses_another_of_the_same_size() {
 
     vocabulary::record(&model, &our_name).unwrap();
     succeeds(&["eval", "--checkpoint", m, "--data", &ours]);
+    // The trained tokenizer's own file, given as a ready-made one: the same vocabulary.
+    let own_file = meta(&ours).tokenizer_file.unwrap();
+    let own_file = Path::new(&ours).join(own_file);
+    let own = own_file.to_str().unwrap();
+    succeeds(&[
+        "sample",
+        "--checkpoint",
+        m,
+        "--tokenizer",
+        own,
+        "--prompt",
+        "the",
+    ]);
     succeeds(&[
         "sample",
         "--checkpoint",

@@ -72,7 +72,7 @@ fn ensure_one_tokenizer(inputs: &[PathBuf]) -> Result<()> {
             continue;
         };
         match &first {
-            Some((seen, at)) if *seen != name => bail!(
+            Some((seen, at)) if !crate::vocabulary::same_tokenizer(seen, &name) => bail!(
                 "{} was trained with the tokenizer {seen}, {} with {name}: their weights \
                  index different tokens, and an average of them means nothing",
                 at.display(),
