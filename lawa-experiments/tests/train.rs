@@ -294,6 +294,32 @@ fn bad_configs_are_refused_with_the_field_named_and_nothing_written() {
         assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
         assert!(!out.exists(), "case {i} wrote into the run folder");
     }
+    // A validation split shorter than a block: refused before the run folder is made, so the
+    // config pointed back at good data then runs in it.
+    let short = dir.path().join("short");
+    std::fs::create_dir(&short).unwrap();
+    for f in ["train.bin", "meta.json"] {
+        std::fs::copy(data.join(f), short.join(f)).unwrap();
+    }
+    let val = std::fs::read(data.join("val.bin")).unwrap();
+    std::fs::write(short.join("val.bin"), &val[..40]).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(short.join("meta.json")).unwrap()).unwrap();
+    meta["val_tokens"] = 20.into();
+    std::fs::write(short.join("meta.json"), meta.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("short.yaml"),
+        run_yaml(&short, &out, 20, ""),
+    )
+    .unwrap();
+    let o = lawa(&["train", "short.yaml"], dir.path());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{msg}");
+    assert!(
+        msg.contains("train.block_size = 32: ") && msg.contains("needs at least 33 tokens"),
+        "{msg}"
+    );
+    assert!(!out.exists(), "the refused run wrote into its folder");
     // A run folder made by another config is refused, its files untouched.
     std::fs::write(dir.path().join("good.yaml"), run_yaml(&data, &out, 20, "")).unwrap();
     assert!(lawa(&["train", "good.yaml"], dir.path()).status.success());

@@ -207,6 +207,7 @@ impl Inputs {
         crate::train::evaluate::warn_if_overlapping(
             &path.display().to_string(),
             "eval.windows",
+            cfg.eval.windows,
             &windows,
         );
         for t in &cfg.tasks {

@@ -40,16 +40,20 @@ pub struct BatchScore {
     pub per_window: Vec<f64>,
 }
 
-/// Warns, naming `field` (`eval.windows`, `eval.train_windows`), when `windows` overlap: the
+/// Warns, naming `field` (`eval.windows`, `eval.train_windows`), when the `asked` number of
+/// windows overlap (`windows` holds them, fewer where the split has fewer distinct starts): the
 /// losses are then not independent, and their standard errors (and the paired gains' spread)
 /// come out too small.
-pub fn warn_if_overlapping(name: &str, field: &str, windows: &ValidationWindows) {
+pub fn warn_if_overlapping(name: &str, field: &str, asked: usize, windows: &ValidationWindows) {
     if let Some(fit) = windows.overlap() {
+        let taken = match windows.len() {
+            n if n < asked => format!(" (the split has {n} distinct ones, and those are scored)"),
+            _ => String::new(),
+        };
         tracing::warn!(
-            "{name}: {field} asks for {} windows of {} tokens, but the split holds {fit} side by \
-             side: they overlap, their losses are not independent, and the standard errors \
-             understate the spread; ask for {fit} or fewer",
-            windows.len(),
+            "{name}: {field} = {asked} asks for {asked} windows of {} tokens{taken}, but the \
+             split holds {fit} side by side: they overlap, their losses are not independent, \
+             and the standard errors understate the spread; ask for {fit} or fewer",
             windows.block_size()
         );
     }

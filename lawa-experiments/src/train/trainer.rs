@@ -41,7 +41,6 @@ impl Windows {
     fn new(plan: &RunPlan, data: &Dataset) -> Result<Self> {
         let (cfg, t) = (&plan.config, &plan.config.train);
         let val = ValidationWindows::new(data.split(Split::Val), t.block_size, cfg.eval.windows)?;
-        super::evaluate::warn_if_overlapping(&cfg.name, "eval.windows", &val);
         let train = match cfg.eval.train_windows {
             0 => None,
             n => Some(ValidationWindows::new(
@@ -50,15 +49,30 @@ impl Windows {
                 n,
             )?),
         };
-        if let Some(w) = &train {
-            super::evaluate::warn_if_overlapping(&cfg.name, "eval.train_windows", w);
-        }
         Ok(Windows {
             val,
             train,
             batch: cfg.eval.batch_size.unwrap_or(t.batch_size),
         })
     }
+
+    /// Warns about windows that overlap (see [`super::evaluate::warn_if_overlapping`]).
+    fn warn_if_overlapping(&self, plan: &RunPlan) {
+        let (run, eval) = (&plan.config.name, &plan.config.eval);
+        super::evaluate::warn_if_overlapping(run, "eval.windows", eval.windows, &self.val);
+        if let Some(w) = &self.train {
+            let asked = eval.train_windows;
+            super::evaluate::warn_if_overlapping(run, "eval.train_windows", asked, w);
+        }
+    }
+}
+
+/// The run's training batches and evaluation windows; an error where the data cannot give
+/// them (a block longer than a split, windows that do not fit).
+fn data_inputs(plan: &RunPlan, data: &Dataset) -> Result<(BatchSampler, Windows)> {
+    let t = &plan.config.train;
+    let sampler = BatchSampler::new(data.split(Split::Train), t.batch_size, t.block_size, t.seed)?;
+    Ok((sampler, Windows::new(plan, data)?))
 }
 
 /// The run's averagers, and each one's CSV columns by label (none on a rank other than 0).
@@ -153,9 +167,10 @@ impl<'a> Trainer<'a> {
         let cfg = &plan.config;
         let t = &cfg.train;
         let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
-        let mut sampler =
-            BatchSampler::new(data.split(Split::Train), t.batch_size, t.block_size, t.seed)?;
-        let windows = Windows::new(plan, data)?;
+        let (mut sampler, windows) = data_inputs(plan, data)?;
+        if leader {
+            windows.warn_if_overlapping(plan);
+        }
         tch::manual_seed(t.seed as i64);
         let vs = VarStore::new(plan.device);
         let (norm, linear) = (t.norm_kernel, t.linear_kernel);
@@ -563,6 +578,8 @@ pub fn train_with(
     let model_cfg = cfg.model_config(data.meta().vocab_size as usize)?;
     super::memory::ensure_fits(plan, &model_cfg, parallel.map(|p| p.is_leader()))?;
     ensure_graph_on_one_rank(&cfg.train, parallel.is_some())?;
+    data_inputs(plan, &data)
+        .with_context(|| format!("train.block_size = {}", cfg.train.block_size))?;
     let leader = parallel.is_none_or(|p| p.is_leader());
     let (_claim, ended) = match leader {
         true => {
