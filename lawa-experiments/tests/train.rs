@@ -350,6 +350,44 @@ fn bad_configs_are_refused_with_the_field_named_and_nothing_written() {
     );
 }
 
+/// `out` naming the default folder (`runs/NAME`), however written, is the same config as no
+/// `out`: the run is found finished rather than refused.
+#[test]
+fn out_naming_the_default_folder_is_the_same_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path());
+    let with_out = run_yaml(&data, Path::new("runs/t"), 10, "");
+    let without = with_out.replace("out: runs/t\n", "");
+    assert_ne!(with_out, without);
+    for (i, yaml) in [
+        &without,
+        &with_out,
+        &with_out.replace("out: runs/t", "out: ./runs/t/"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(dir.path().join("run.yaml"), yaml).unwrap();
+        let curves = dir.path().join("runs/t/curves.csv");
+        let before = std::fs::read(&curves).ok();
+        let o = lawa(&["train", "run.yaml"], dir.path());
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "case {i}: {msg}");
+        if i > 0 {
+            assert_eq!(
+                std::fs::read(&curves).ok(),
+                before,
+                "case {i} trained again"
+            );
+        }
+    }
+    // Another folder is another config.
+    let elsewhere = with_out.replace("out: runs/t", "out: runs/u");
+    std::fs::write(dir.path().join("run.yaml"), elsewhere).unwrap();
+    assert!(lawa(&["train", "run.yaml"], dir.path()).status.success());
+    assert!(dir.path().join("runs/u/curves.csv").is_file());
+}
+
 /// Checkpoints name the data's trained tokenizer; when its file is gone the run still trains
 /// (it needs only the ids), warns once, and its checkpoints name none.
 #[test]

@@ -360,9 +360,12 @@ impl RunConfig {
 
     /// The run folder.
     pub fn out_dir(&self) -> PathBuf {
-        self.out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(&self.name))
+        self.out.clone().unwrap_or_else(|| self.default_out_dir())
+    }
+
+    /// The run folder when `out` is not given: `runs/NAME`.
+    pub fn default_out_dir(&self) -> PathBuf {
+        PathBuf::from("runs").join(&self.name)
     }
 
     /// Checks every value that does not depend on the dataset.

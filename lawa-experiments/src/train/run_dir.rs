@@ -267,6 +267,13 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
+/// Whether two paths name one folder, existing or not: the same absolute path (`./runs/a`,
+/// `runs/a/`), or, existing, the same folder (a symbolic link).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    let absolute = |p: &Path| std::path::absolute(p).ok();
+    matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y) || same_file(a, b)
+}
+
 /// A YAML value on one line.
 fn compact(v: &serde_yaml::Value) -> String {
     match v {
@@ -293,7 +300,17 @@ fn summarize(differences: &[String]) -> String {
 
 /// Claims the run folder of `plan` (see [`claim_folder`]).
 pub fn claim(plan: &RunPlan) -> Result<Claim> {
-    let text = serde_yaml::to_string(&plan.config)?;
+    let mut config = plan.config.clone();
+    // An `out` naming the default folder is the same config as none.
+    let default = config.default_out_dir();
+    if config
+        .out
+        .as_deref()
+        .is_some_and(|out| same_folder(out, &default))
+    {
+        config.out = None;
+    }
+    let text = serde_yaml::to_string(&config)?;
     let claim = claim_folder(
         &plan.dir,
         CONFIG_FILE,
