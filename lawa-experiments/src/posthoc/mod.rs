@@ -22,7 +22,7 @@ use lawa_models::{Model, ModelConfig, Precision};
 use tch::nn::VarStore;
 
 use crate::prepare::tokenizer::TextTokenizer;
-use crate::results::schema::{parse_rows, rows_without_header, to_csv};
+use crate::results::schema::{drop_torn_line, parse_rows, rows_without_header, to_csv};
 use crate::results::{
     compute_saved, read_rows, seed_gains, summarize, write_rows, CurveRow, Strategy, TaskRow,
     COMPUTE_FILE, CURVES_FILE, GAINS_FILE, SUMMARY_FILE, TASKS_FILE,
@@ -229,7 +229,10 @@ impl Inputs {
 /// The curve rows an earlier call wrote to `dir` (none at first), with `curves.csv` (and
 /// `tasks.csv` when the study has tasks) in place for this call's rows to be appended to.
 fn resume(dir: &Path, cfg: &PosthocConfig) -> Result<Vec<CurveRow>> {
-    let curves_path = dir.join(CURVES_FILE);
+    let (curves_path, tasks_path) = (dir.join(CURVES_FILE), dir.join(TASKS_FILE));
+    // A row cut short is dropped; its evaluation is not done, and is made again.
+    drop_torn_line(&curves_path)?;
+    drop_torn_line(&tasks_path)?;
     let rows = match std::fs::read(&curves_path) {
         Ok(bytes) => parse_rows(&curves_path, &bytes)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -238,7 +241,6 @@ fn resume(dir: &Path, cfg: &PosthocConfig) -> Result<Vec<CurveRow>> {
         }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", curves_path.display())),
     };
-    let tasks_path = dir.join(TASKS_FILE);
     if !cfg.tasks.is_empty() && !tasks_path.exists() {
         lawa_core::checkpoint::write_atomic(&tasks_path, &to_csv::<TaskRow>(&[])?)?;
     }

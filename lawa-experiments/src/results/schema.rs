@@ -330,6 +330,43 @@ pub fn write_rows<T: Serialize + Default>(path: &Path, rows: &[T]) -> Result<(),
     lawa_core::checkpoint::write_atomic(path, &bytes).map_err(|e| io(format!("cannot write: {e}")))
 }
 
+/// Cuts a CSV that rows are appended to (`curves.csv`, `tasks.csv`) back to its last whole
+/// line when its last append was cut short (a kill inside the write leaves a line without its
+/// newline), with a warning: the row is scored again by the resumed run. A missing file, or one
+/// that ends with a newline, is left alone.
+pub fn drop_torn_line(path: &Path) -> Result<(), ResultsError> {
+    let io = |message: String| ResultsError::Io {
+        path: path.to_owned(),
+        message,
+    };
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(format!("cannot read: {e}"))),
+    };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(());
+    }
+    // The header is written whole (atomically): a file without a newline is not lawa's.
+    let Some(end) = text.iter().rposition(|&b| b == b'\n') else {
+        return Err(io("no whole line, not even the header".into()));
+    };
+    let whole = (end + 1) as u64;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io(format!("cannot open: {e}")))?;
+    file.set_len(whole)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| io(format!("cannot cut the last line: {e}")))?;
+    tracing::warn!(
+        "{}: its last line was cut short (a write interrupted by a kill); dropped, and scored \
+         again",
+        path.display()
+    );
+    Ok(())
+}
+
 /// The CSV lines of `rows` without a header (to append to a file that has one).
 pub fn rows_without_header<T: Serialize>(rows: &[T]) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::WriterBuilder::new()
@@ -344,6 +381,22 @@ pub fn rows_without_header<T: Serialize>(rows: &[T]) -> Result<Vec<u8>, csv::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A last line without its newline is cut off; whole files and missing ones are left be.
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curves.csv");
+        drop_torn_line(&path).unwrap();
+        assert!(!path.exists());
+        std::fs::write(&path, "a,b\n1,2\n3,").unwrap();
+        drop_torn_line(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a,b\n1,2\n");
+        drop_torn_line(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a,b\n1,2\n");
+        std::fs::write(&path, "a,b").unwrap();
+        assert!(drop_torn_line(&path).is_err());
+    }
 
     fn row(run: &str, weights: &str, step: u64, val: f64) -> CurveRow {
         CurveRow {

@@ -25,6 +25,8 @@ impl CurvesLog {
     /// fresh start over rows past `first_checkpoint` (the step of the run's first checkpoint:
     /// rows after it mean a checkpoint was written, and has since been removed), is refused.
     pub fn open(path: &Path, resume: Option<u64>, first_checkpoint: u64) -> Result<Self> {
+        // A row cut short was being written after the last checkpoint: it is made again.
+        crate::results::schema::drop_torn_line(path)?;
         let existing = match std::fs::read(path) {
             Ok(text) => parse_rows::<CurveRow>(path, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
