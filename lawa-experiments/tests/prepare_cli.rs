@@ -131,6 +131,19 @@ fn rerun_is_a_no_op_and_a_different_preparation_is_refused() {
     let data = Dataset::open(dir.path().join("ds")).unwrap();
     assert_eq!(data.meta().tokenizer, "bpe:300");
     assert!(dir.path().join("ds/tokenizer.json").is_file());
+    // More tokens than the corpus gives: the smaller vocabulary, said.
+    let o = lawa(
+        &[&other[..5], &["bpe:5000", "--force"]].concat(),
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vocab = Dataset::open(dir.path().join("ds"))
+        .unwrap()
+        .meta()
+        .vocab_size;
+    assert!(vocab < 5000, "{vocab}");
+    let said = format!("bpe:5000: the training text gives only {vocab} tokens");
+    assert!(stderr(&o).contains(&said), "{}", stderr(&o));
 }
 
 #[test]

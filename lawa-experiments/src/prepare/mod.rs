@@ -267,7 +267,16 @@ fn build(
                 "training a byte-level BPE of {n} tokens on {:.1} MB of training text",
                 texts.iter().map(String::len).sum::<usize>() as f64 / 1e6
             );
-            TextTokenizer::train_bpe(*n, texts.iter().map(String::as_str))?
+            let tokenizer = TextTokenizer::train_bpe(*n, texts.iter().map(String::as_str))?;
+            if tokenizer.vocab_size() < *n {
+                tracing::warn!(
+                    "bpe:{n}: the training text gives only {} tokens (no pair of tokens left \
+                     that occurs twice): the dataset's vocabulary (meta.json's vocab_size, and \
+                     the model's) is {0}, not {n}",
+                    tokenizer.vocab_size()
+                );
+            }
+            tokenizer
         }
         spec => TextTokenizer::ready_made(spec)?,
     };
