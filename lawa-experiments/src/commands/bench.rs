@@ -240,6 +240,17 @@ pub fn bench_of(args: &BenchArgs) -> Result<Bench> {
 /// tolerance is an error, after the figures are written.
 pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
     let b = bench_of(args)?;
+    // The --json file's folder is made before the benchmark, not found missing after it.
+    if let Some(path) = &args.json {
+        if path.is_dir() {
+            bail!("--json {}: a folder; give a file name", path.display());
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("--json {}: cannot make its folder", path.display()))?;
+        }
+    }
     println!(
         "model: {} layers, {} heads, {} wide, vocab {} ({:.1}M parameters); batch {} x {} tokens{}; {:?}, {}",
         b.cfg.n_layer,
