@@ -31,10 +31,10 @@ pub struct EvalArgs {
     pub tasks: Vec<TaskSpec>,
     /// With --task and without --data: the model's tokenizer (`gpt2`, `byte`, or a
     /// tokenizer.json) [default: the one a lawa checkpoint names, when `gpt2` or `byte`].
-    #[arg(long, conflicts_with = "data")]
+    #[arg(long, conflicts_with = "data", requires = "tasks")]
     pub tokenizer: Option<TokenizerSpec>,
-    /// Which split to score.
-    #[arg(long, default_value = "val")]
+    /// Which split to score for the loss (not with --task).
+    #[arg(long, default_value = "val", conflicts_with = "tasks")]
     pub split: Split,
     /// Window length in tokens [default: the model's block size].
     #[arg(long)]
