@@ -464,25 +464,37 @@ fn sample_is_seeded_and_deterministic() {
 }
 
 #[test]
-fn sample_rejects_a_long_prompt_and_a_tokenizer_larger_than_the_model() {
+fn sample_crops_a_long_prompt_and_rejects_a_tokenizer_larger_than_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     checkpoint(&model, 257, 16);
     let m = model.to_str().unwrap();
-    let prompt = "x".repeat(40);
-    let msg = fails(&[
-        "sample",
-        "--checkpoint",
-        m,
-        "--tokenizer",
-        "byte",
-        "--prompt",
-        &prompt,
-    ]);
+    // A prompt longer than the block: the model is given its last 16 tokens, said.
+    let sample = |prompt: &str| {
+        let args = [
+            "sample",
+            "--checkpoint",
+            m,
+            "--tokenizer",
+            "byte",
+            "--tokens",
+            "8",
+        ];
+        let o = lawa(&[&args[..], &["--prompt", prompt]].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (long, said) = sample(&format!("{}{}", "y".repeat(24), "x".repeat(16)));
+    let (short, _) = sample(&"x".repeat(16));
     assert!(
-        msg.contains("--prompt is 40 tokens long, more than the model's block size 16"),
-        "{msg}"
+        said.contains("--prompt is 40 tokens long, more than the model's block size 16"),
+        "{said}"
     );
+    assert!(
+        long.starts_with(&"y".repeat(24)),
+        "the whole prompt is printed: {long}"
+    );
+    assert_eq!(long[40..], short[16..], "the same continuation");
     let msg = fails(&["sample", "--checkpoint", m, "--tokenizer", "gpt2"]);
     assert!(
         msg.contains("tokenizer gpt2 has 50257 tokens, more than the model's vocab_size 257"),

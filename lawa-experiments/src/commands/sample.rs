@@ -73,10 +73,13 @@ pub fn run(args: &SampleArgs) -> Result<String> {
     }
     let block = model.max_positions();
     if prompt.len() > block {
-        bail!(
-            "--prompt is {} tokens long, more than the model's block size {block}",
+        // As generation does past the block (and nanoGPT's sampler): the model sees the end.
+        tracing::warn!(
+            "--prompt is {} tokens long, more than the model's block size {block}: the model \
+             is given its last {block}",
             prompt.len()
         );
+        prompt.drain(..prompt.len() - block);
     }
     let sampling = Sampling {
         temperature: args.temperature,
