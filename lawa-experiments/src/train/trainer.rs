@@ -143,10 +143,19 @@ struct Session {
 pub struct StepReport {
     /// Mean training loss over the step's micro-batches.
     pub loss: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
+    /// Gradient norm before clipping; `None` without clipping (`train.grad_clip: 0`), where
+    /// it is not computed.
+    pub grad_norm: Option<f64>,
     /// Learning rate used.
     pub lr: f64,
+}
+
+impl StepReport {
+    /// Whether the loss and the gradient norm (where measured) are finite: a step that is not
+    /// is not applied, and the run has diverged.
+    pub fn is_finite(&self) -> bool {
+        self.loss.is_finite() && self.grad_norm.is_none_or(f64::is_finite)
+    }
 }
 
 impl<'a> Trainer<'a> {
@@ -327,10 +336,10 @@ impl<'a> Trainer<'a> {
         let lr = t.lr_at(self.state.step);
         let report = StepReport {
             loss: read[0],
-            grad_norm: read[1],
+            grad_norm: (t.grad_clip > 0.0).then_some(read[1]),
             lr,
         };
-        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+        if !report.is_finite() {
             return Ok(report);
         }
         self.optimizer.step(lr)?;
@@ -513,13 +522,14 @@ impl<'a> Trainer<'a> {
     fn log_step(&self, r: &StepReport) {
         let t = &self.plan.config.train;
         tracing::info!(
-            "{} step {}/{} loss {:.4} lr {:.2e} grad-norm {:.3} {:.0} tok/s",
+            "{} step {}/{} loss {:.4} lr {:.2e}{} {:.0} tok/s",
             self.plan.config.name,
             self.state.step,
             t.steps,
             r.loss,
             r.lr,
-            r.grad_norm,
+            r.grad_norm
+                .map_or(String::new(), |n| format!(" grad-norm {n:.3}")),
             self.tokens_per_second()
         );
     }
@@ -655,15 +665,17 @@ fn train_loop(trainer: &mut Trainer, mut on_progress: impl FnMut(u64, u64)) -> R
     while trainer.steps_done() < steps {
         let report = trainer.step()?;
         let step = trainer.steps_done();
-        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+        if !report.is_finite() {
             bar.finish_and_clear();
             if leader {
                 tracing::warn!(
-                    "{}: diverged at step {} (loss {}, grad norm {}); run stopped",
+                    "{}: diverged at step {} (loss {}{}); run stopped",
                     cfg.name,
                     step + 1,
                     report.loss,
-                    report.grad_norm
+                    report
+                        .grad_norm
+                        .map_or(String::new(), |n| format!(", grad norm {n}"))
                 );
             }
             return trainer.finish(RunStatus::Diverged);
@@ -741,4 +753,25 @@ fn log_evaluation(name: &str, rows: &[CurveRow]) {
         best.map(|b| format!(", best average {} {:.4}", b.weights, b.val_loss))
             .unwrap_or_default()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepReport;
+
+    /// A step diverges on a loss not finite, or a measured gradient norm not finite; an
+    /// unmeasured norm (no clipping) is not read as 0.
+    #[test]
+    fn a_step_is_finite_where_its_measured_numbers_are() {
+        let report = |loss, grad_norm| StepReport {
+            loss,
+            grad_norm,
+            lr: 1e-3,
+        };
+        assert!(report(2.5, None).is_finite());
+        assert!(report(2.5, Some(0.7)).is_finite());
+        assert!(!report(f64::NAN, None).is_finite());
+        assert!(!report(2.5, Some(f64::INFINITY)).is_finite());
+        assert!(!report(f64::INFINITY, Some(0.7)).is_finite());
+    }
 }
