@@ -359,41 +359,45 @@ fn bad_configs_are_refused_with_the_field_named_and_nothing_written() {
 }
 
 /// `out` naming the default folder (`runs/NAME`), however written, is the same config as no
-/// `out`: the run is found finished rather than refused.
+/// `out`, whichever the run was started with: the run is found finished rather than refused.
 #[test]
 fn out_naming_the_default_folder_is_the_same_config() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_dataset(dir.path());
     let with_out = run_yaml(&data, Path::new("runs/t"), 10, "");
     let without = with_out.replace("out: runs/t\n", "");
+    let dotted = with_out.replace("out: runs/t", "out: ./runs/t/");
     assert_ne!(with_out, without);
-    for (i, yaml) in [
-        &without,
-        &with_out,
-        &with_out.replace("out: runs/t", "out: ./runs/t/"),
+    for (order, configs) in [
+        [&without, &with_out, &dotted],
+        [&dotted, &without, &with_out],
     ]
     .into_iter()
     .enumerate()
     {
-        std::fs::write(dir.path().join("run.yaml"), yaml).unwrap();
-        let curves = dir.path().join("runs/t/curves.csv");
-        let before = std::fs::read(&curves).ok();
-        let o = lawa(&["train", "run.yaml"], dir.path());
-        let msg = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "case {i}: {msg}");
-        if i > 0 {
-            assert_eq!(
-                std::fs::read(&curves).ok(),
-                before,
-                "case {i} trained again"
-            );
+        let cwd = dir.path().join(format!("order{order}"));
+        std::fs::create_dir(&cwd).unwrap();
+        let curves = cwd.join("runs/t/curves.csv");
+        for (i, yaml) in configs.into_iter().enumerate() {
+            std::fs::write(cwd.join("run.yaml"), yaml).unwrap();
+            let before = std::fs::read(&curves).ok();
+            let o = lawa(&["train", "run.yaml"], &cwd);
+            let msg = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "order {order}, case {i}: {msg}");
+            if i > 0 {
+                assert_eq!(
+                    std::fs::read(&curves).ok(),
+                    before,
+                    "case {i} trained again"
+                );
+            }
         }
+        // Another folder is another run.
+        let elsewhere = with_out.replace("out: runs/t", "out: runs/u");
+        std::fs::write(cwd.join("run.yaml"), elsewhere).unwrap();
+        assert!(lawa(&["train", "run.yaml"], &cwd).status.success());
+        assert!(cwd.join("runs/u/curves.csv").is_file());
     }
-    // Another folder is another config.
-    let elsewhere = with_out.replace("out: runs/t", "out: runs/u");
-    std::fs::write(dir.path().join("run.yaml"), elsewhere).unwrap();
-    assert!(lawa(&["train", "run.yaml"], dir.path()).status.success());
-    assert!(dir.path().join("runs/u/curves.csv").is_file());
 }
 
 /// Checkpoints name the data's trained tokenizer; when its file is gone the run still trains

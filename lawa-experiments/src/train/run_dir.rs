@@ -4,11 +4,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::RunPlan;
+use super::{RunConfig, RunPlan};
 
 /// The copy of the run's config in its folder.
 pub const CONFIG_FILE: &str = "run.yaml";
@@ -267,6 +267,31 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
+/// The run's config with `out` as the folder's record has it where both name the default
+/// folder (`runs/NAME`, given as `out` or not): the same run, however it is written.
+fn with_out_as_recorded(plan: &RunPlan) -> RunConfig {
+    let mut config = plan.config.clone();
+    let default = config.default_out_dir();
+    let names_default = |out: Option<&Path>| out.is_none_or(|o| same_folder(o, &default));
+    if !names_default(config.out.as_deref()) {
+        return config;
+    }
+    // An unreadable record is left to `claim_folder`, which reports it.
+    let recorded = std::fs::read_to_string(plan.dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok());
+    if let Some(record) = recorded {
+        let out = record
+            .get("out")
+            .and_then(|o| o.as_str())
+            .map(PathBuf::from);
+        if names_default(out.as_deref()) {
+            config.out = out;
+        }
+    }
+    config
+}
+
 /// Whether two paths name one folder, existing or not: the same absolute path (`./runs/a`,
 /// `runs/a/`), or, existing, the same folder (a symbolic link).
 fn same_folder(a: &Path, b: &Path) -> bool {
@@ -300,17 +325,7 @@ fn summarize(differences: &[String]) -> String {
 
 /// Claims the run folder of `plan` (see [`claim_folder`]).
 pub fn claim(plan: &RunPlan) -> Result<Claim> {
-    let mut config = plan.config.clone();
-    // An `out` naming the default folder is the same config as none.
-    let default = config.default_out_dir();
-    if config
-        .out
-        .as_deref()
-        .is_some_and(|out| same_folder(out, &default))
-    {
-        config.out = None;
-    }
-    let text = serde_yaml::to_string(&config)?;
+    let text = serde_yaml::to_string(&with_out_as_recorded(plan))?;
     let claim = claim_folder(
         &plan.dir,
         CONFIG_FILE,
