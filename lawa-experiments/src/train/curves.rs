@@ -25,10 +25,14 @@ impl CurvesLog {
     /// fresh start over rows past `first_checkpoint` (the step of the run's first checkpoint:
     /// rows after it mean a checkpoint was written, and has since been removed), is refused.
     pub fn open(path: &Path, resume: Option<u64>, first_checkpoint: u64) -> Result<Self> {
-        // A row cut short was being written after the last checkpoint: it is made again.
-        crate::results::schema::drop_torn_line(path)?;
         let existing = match std::fs::read(path) {
-            Ok(text) => parse_rows::<CurveRow>(path, &text)?,
+            Ok(text) => {
+                let (whole, torn) = crate::results::schema::split_torn(&text);
+                if let Some(fragment) = torn {
+                    check_torn(path, fragment, resume)?;
+                }
+                parse_rows::<CurveRow>(path, whole)?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(step) = resume.filter(|&s| s > 0) {
                     bail!(
@@ -79,5 +83,54 @@ impl CurvesLog {
             .write_all(&text)
             .and_then(|_| self.file.sync_data())
             .with_context(|| format!("{}: cannot write", self.path.display()))
+    }
+}
+
+/// A row a kill cut short inside its append (a last line without its newline) is later than
+/// the checkpoint being resumed (a step's rows are written before its checkpoint): it is
+/// dropped, with a warning, and made again. Such a line at or before that checkpoint is not one
+/// lawa left, and is refused rather than dropped.
+fn check_torn(path: &Path, fragment: &[u8], resume: Option<u64>) -> Result<()> {
+    let text = String::from_utf8_lossy(fragment);
+    // The step is whole only where a comma follows it.
+    let step = (text.split_once(',')).and_then(|(step, _)| step.parse::<u64>().ok());
+    if let (Some(step), Some(at)) = (step, resume) {
+        if step <= at {
+            bail!(
+                "{}: its last line, of step {step}, has no newline, yet the run's checkpoint is \
+                 at step {at}: not a row a kill cut short; end the line with a newline, or \
+                 remove it",
+                path.display()
+            );
+        }
+    }
+    tracing::warn!(
+        "{}: its last line, {text:?}, has no newline (a write cut short by a kill): dropped, \
+         and made again",
+        path.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fragment after the checkpoint (or with its step cut) is dropped; a line without its
+    /// newline at or before the checkpoint is refused.
+    #[test]
+    fn only_rows_after_the_checkpoint_count_as_cut_short() {
+        let path = Path::new("curves.csv");
+        assert!(check_torn(path, b"30,raw,ra", Some(20)).is_ok());
+        assert!(check_torn(path, b"2", Some(20)).is_ok(), "step 2x, cut");
+        assert!(
+            check_torn(path, b"10,raw,raw,4.1", None).is_ok(),
+            "a fresh start"
+        );
+        let err = check_torn(path, b"20,raw,raw,4.1", Some(20)).unwrap_err();
+        assert!(
+            err.to_string().contains("of step 20, has no newline"),
+            "{err}"
+        );
     }
 }
