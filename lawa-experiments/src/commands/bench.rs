@@ -242,7 +242,7 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
     let b = bench_of(args)?;
     // The --json file's folder is made before the benchmark, not found missing after it.
     if let Some(path) = &args.json {
-        if path.is_dir() {
+        if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
             bail!("--json {}: a folder; give a file name", path.display());
         }
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());

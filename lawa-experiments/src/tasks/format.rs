@@ -99,28 +99,48 @@ impl std::str::FromStr for TaskSpec {
 }
 
 /// Names tasks apart in reports: tasks whose file stems collide (`hellaswag/validation.jsonl`,
-/// `piqa/validation.jsonl`) take their folder's name too (`hellaswag/validation`); a file given
-/// twice, or names still the same, is refused.
+/// `piqa/validation.jsonl`) take as many of their folders' names as it takes to tell them
+/// apart (`hellaswag/validation`); one file given twice is refused.
 pub fn name_apart(tasks: &mut [TaskSpec]) -> Result<(), String> {
-    for i in 0..tasks.len() {
-        if let Some(j) = (i + 1..tasks.len()).find(|&j| tasks[j].path == tasks[i].path) {
+    for (i, a) in tasks.iter().enumerate() {
+        if let Some(b) = tasks[i + 1..]
+            .iter()
+            .find(|b| same_task_file(&a.path, &b.path))
+        {
+            let layouts = match a.layout == b.layout {
+                true => String::new(),
+                false => format!(" ({} and {})", a.layout.name(), b.layout.name()),
+            };
             return Err(format!(
-                "task {} is given twice ({} and {}): one layout per file",
-                tasks[i].path.display(),
-                tasks[i].layout.name(),
-                tasks[j].layout.name()
+                "task file {} is given twice{layouts}: give each file once",
+                a.path.display()
             ));
         }
     }
     let stems: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
-    for task in tasks.iter_mut() {
-        if stems.iter().filter(|&s| *s == task.name).count() > 1 {
-            let folder = task.path.parent().and_then(|p| p.file_name());
-            if let Some(folder) = folder {
-                task.name = format!("{}/{}", folder.to_string_lossy(), task.name);
-            }
+    let folders: Vec<Vec<String>> = tasks.iter().map(|t| folders_of(&t.path)).collect();
+    for (i, task) in tasks.iter_mut().enumerate() {
+        let rivals: Vec<usize> = (0..stems.len())
+            .filter(|&j| j != i && stems[j] == stems[i])
+            .collect();
+        // The fewest folders, innermost first, that no rival shares.
+        let mut depth = 0;
+        while depth < folders[i].len()
+            && rivals.iter().any(|&j| {
+                folders[j]
+                    .get(..=depth)
+                    .is_some_and(|f| f == &folders[i][..=depth])
+            })
+        {
+            depth += 1;
+        }
+        if !rivals.is_empty() {
+            let taken = &folders[i][..(depth + 1).min(folders[i].len())];
+            let prefix: Vec<&str> = taken.iter().rev().map(String::as_str).collect();
+            task.name = format!("{}/{}", prefix.join("/"), stems[i]);
         }
     }
+    // Left alike only by names that differ in `.jsonl` alone (`a/x`, `a/x.jsonl`).
     for (i, a) in tasks.iter().enumerate() {
         if let Some(b) = tasks[i + 1..].iter().find(|b| b.name == a.name) {
             return Err(format!(
@@ -132,6 +152,25 @@ pub fn name_apart(tasks: &mut [TaskSpec]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The names of a path's folders, innermost first, as written (made absolute where relative).
+fn folders_of(path: &Path) -> Vec<String> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    path.parent()
+        .into_iter()
+        .flat_map(Path::ancestors)
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Whether two task paths are one file: the same path written alike, or the same file on disk.
+fn same_task_file(a: &Path, b: &Path) -> bool {
+    let absolute = |p: &Path| std::path::absolute(p).ok();
+    a == b
+        || matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y)
+        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 impl serde::Serialize for TaskSpec {
@@ -416,15 +455,18 @@ mod tests {
         ]);
         name_apart(&mut tasks).unwrap();
         assert_eq!(names(&tasks), ["h/Validation", "p/Validation", "test"]);
-        let mut twice = specs(&["a/x.jsonl", "hellaswag:a/x.jsonl"]);
+        let mut twice = specs(&["a/x.jsonl", "hellaswag:./a/x.jsonl"]);
         let err = name_apart(&mut twice).unwrap_err();
         assert!(
             err.contains("a/x.jsonl is given twice (lawa and hellaswag)"),
             "{err}"
         );
-        let mut same_folder = specs(&["a/x.jsonl", "b/a/x.jsonl"]);
-        let err = name_apart(&mut same_folder).unwrap_err();
-        assert!(err.contains("would both be reported as a/x"), "{err}");
+        let mut deep = specs(&["v1/h/x.jsonl", "v2/h/x.jsonl", "h/y.jsonl"]);
+        name_apart(&mut deep).unwrap();
+        assert_eq!(names(&deep), ["v1/h/x", "v2/h/x", "y"]);
+        let mut alike = specs(&["a/x", "a/x.jsonl"]);
+        let err = name_apart(&mut alike).unwrap_err();
+        assert!(err.contains("would both be reported as"), "{err}");
         let json = serde_json::to_string(&tasks[0]).unwrap();
         assert_eq!(json, "\"hellaswag:h/Validation.jsonl\"");
         let back: TaskSpec = serde_json::from_str(&json).unwrap();
