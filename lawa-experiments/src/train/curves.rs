@@ -29,7 +29,8 @@ impl CurvesLog {
             Ok(text) => {
                 let (whole, torn) = crate::results::schema::split_torn(&text);
                 if let Some(fragment) = torn {
-                    check_torn(path, fragment, resume)?;
+                    let header = whole.split(|&b| b == b'\n').next().unwrap_or_default();
+                    check_torn(path, header, fragment, resume)?;
                 }
                 parse_rows::<CurveRow>(path, whole)?
             }
@@ -90,10 +91,16 @@ impl CurvesLog {
 /// the checkpoint being resumed (a step's rows are written before its checkpoint): it is
 /// dropped, with a warning, and made again. Such a line at or before that checkpoint is not one
 /// lawa left, and is refused rather than dropped.
-fn check_torn(path: &Path, fragment: &[u8], resume: Option<u64>) -> Result<()> {
+fn check_torn(path: &Path, header: &[u8], fragment: &[u8], resume: Option<u64>) -> Result<()> {
     let text = String::from_utf8_lossy(fragment);
+    let column = String::from_utf8_lossy(header)
+        .split(',')
+        .position(|name| name == "step");
     // The step is whole only where a comma follows it.
-    let step = (text.split_once(',')).and_then(|(step, _)| step.parse::<u64>().ok());
+    let fields: Vec<&str> = text.split(',').collect();
+    let step = column
+        .filter(|&i| i + 1 < fields.len())
+        .and_then(|i| fields[i].parse::<u64>().ok());
     if let (Some(step), Some(at)) = (step, resume) {
         if step <= at {
             bail!(
@@ -121,13 +128,31 @@ mod tests {
     #[test]
     fn only_rows_after_the_checkpoint_count_as_cut_short() {
         let path = Path::new("curves.csv");
-        assert!(check_torn(path, b"30,raw,ra", Some(20)).is_ok());
-        assert!(check_torn(path, b"2", Some(20)).is_ok(), "step 2x, cut");
+        let header = crate::results::schema::curves_header();
+        let row = |step: u64| {
+            let row = CurveRow {
+                step,
+                val_loss: 4.25,
+                ..CurveRow::default()
+            };
+            String::from_utf8(rows_without_header(&[row]).unwrap()).unwrap()
+        };
+        // Cut after the step's comma, or inside the step.
+        let cut = |text: String, fields: usize| {
+            text[..=text.match_indices(',').nth(fields).unwrap().0].to_string()
+        };
+        let step_column = header.split(',').position(|c| c == "step").unwrap();
+        let check = |fragment: &str, resume| {
+            check_torn(path, header.as_bytes(), fragment.as_bytes(), resume)
+        };
+        assert!(check(&cut(row(30), step_column + 1), Some(20)).is_ok());
+        let inside_step = cut(row(20), step_column - 1) + "2";
+        assert!(check(&inside_step, Some(20)).is_ok(), "step 2x, cut");
         assert!(
-            check_torn(path, b"10,raw,raw,4.1", None).is_ok(),
+            check(&cut(row(10), step_column + 1), None).is_ok(),
             "a fresh start"
         );
-        let err = check_torn(path, b"20,raw,raw,4.1", Some(20)).unwrap_err();
+        let err = check(&cut(row(20), step_column + 2), Some(20)).unwrap_err();
         assert!(
             err.to_string().contains("of step 20, has no newline"),
             "{err}"
