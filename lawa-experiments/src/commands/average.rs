@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use lawa_core::checkpoint::{average_checkpoints, AverageReport, TensorFiles};
 
-use crate::posthoc::series::step_in_name;
+use crate::posthoc::series::{is_staging, step_in_name};
 use crate::train::run_dir::same_file;
 
 /// Which checkpoints to average, and where to write the mean.
@@ -271,11 +271,7 @@ pub fn select_latest(dir: &Path, k: usize, every: Option<u64>) -> Result<Vec<Pat
         let path = entry
             .with_context(|| format!("{}: cannot read", dir.display()))?
             .path();
-        // Hidden names are lawa's staging folders (`.step8.partial-PID`), still being written.
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        let usable = !hidden
+        let usable = !is_staging(&path)
             && if path.is_dir() {
                 path.join("config.json").is_file() || path.join("model.safetensors").is_file()
             } else {

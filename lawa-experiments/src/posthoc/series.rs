@@ -34,6 +34,13 @@ fn names_a_step(path: &Path) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether a name is hidden, as lawa's staging folders are (`.step8.partial-PID`, still being
+/// written): never a checkpoint of a series.
+pub fn is_staging(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
 /// Checkpoint folders (holding a `config.json`) by step.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -54,11 +61,7 @@ impl Series {
             let path = entry
                 .with_context(|| format!("{}: cannot read", dir.display()))?
                 .path();
-            let hidden = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            // Hidden names are lawa's staging folders (`.step8.partial-PID`), still being written.
-            if hidden || !path.is_dir() {
+            if is_staging(&path) || !path.is_dir() {
                 continue;
             }
             if !path.join("config.json").is_file() {

@@ -105,7 +105,7 @@ pub fn name_apart(tasks: &mut [TaskSpec]) -> Result<(), String> {
     for (i, a) in tasks.iter().enumerate() {
         if let Some(b) = tasks[i + 1..]
             .iter()
-            .find(|b| same_task_file(&a.path, &b.path))
+            .find(|b| crate::train::run_dir::same_path(&a.path, &b.path))
         {
             let layouts = match a.layout == b.layout {
                 true => String::new(),
@@ -163,14 +163,6 @@ fn folders_of(path: &Path) -> Vec<String> {
         .filter_map(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .collect()
-}
-
-/// Whether two task paths are one file: the same path written alike, or the same file on disk.
-fn same_task_file(a: &Path, b: &Path) -> bool {
-    let absolute = |p: &Path| std::path::absolute(p).ok();
-    a == b
-        || matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y)
-        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 impl serde::Serialize for TaskSpec {

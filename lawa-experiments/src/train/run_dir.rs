@@ -272,7 +272,7 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 fn with_out_as_recorded(plan: &RunPlan) -> RunConfig {
     let mut config = plan.config.clone();
     let default = config.default_out_dir();
-    let names_default = |out: Option<&Path>| out.is_none_or(|o| same_folder(o, &default));
+    let names_default = |out: Option<&Path>| out.is_none_or(|o| same_path(o, &default));
     if !names_default(config.out.as_deref()) {
         return config;
     }
@@ -292,9 +292,9 @@ fn with_out_as_recorded(plan: &RunPlan) -> RunConfig {
     config
 }
 
-/// Whether two paths name one folder, existing or not: the same absolute path (`./runs/a`,
-/// `runs/a/`), or, existing, the same folder (a symbolic link).
-fn same_folder(a: &Path, b: &Path) -> bool {
+/// Whether two paths name one file or folder, existing or not: the same absolute path
+/// (`./runs/a`, `runs/a/`), or, existing, the same one on disk (a symbolic link).
+pub(crate) fn same_path(a: &Path, b: &Path) -> bool {
     let absolute = |p: &Path| std::path::absolute(p).ok();
     matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y) || same_file(a, b)
 }
