@@ -116,14 +116,64 @@ impl StepLoop {
 
 /// Measures training throughput; prints the table and returns the figures.
 pub fn run(b: &Bench) -> Result<Value> {
+    let lawa = measure_lawa(b)?;
+    let peak = (b.device.is_cuda() && b.precision == Precision::Bf16)
+        .then(gpu_peak_flops)
+        .flatten();
+    let table = Table {
+        flops: b.cfg.flops_per_token(),
+        peak: peak.as_ref().map(|(_, p)| *p),
+    };
+    print_flop_count(b, table.flops);
+    if let Some((name, p)) = &peak {
+        println!("device: {name}, bf16 dense peak {:.0} TFLOP/s", p / 1e12);
+    }
+    println!(
+        "{:<28} {:>12} {:>8} {:>14}",
+        "implementation", "tokens/s", "MFU", "memory MiB"
+    );
+    table.row("lawa (Rust, tch)", lawa.tokens_per_s, lawa.memory);
+    let mut out = json!({
+        "model": {"n_layer": b.cfg.n_layer, "n_head": b.cfg.n_head, "n_embd": b.cfg.n_embd,
+                  "vocab_size": b.cfg.vocab_size, "block_size": b.block,
+                  "params": b.cfg.num_params(false)},
+        "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
+        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel,
+        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel,
+        "cuda_graph": b.cuda_graph, "cuda_graph_check": lawa.graph_check,
+        "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
+        "flops_per_token": table.flops,
+        "lawa": {"tokens_per_s": lawa.tokens_per_s, "mfu_percent": table.mfu(lawa.tokens_per_s),
+                 "memory_mib": lawa.memory},
+    });
+    if let Some(p) = &lawa.profile {
+        out["profile"] = json!({"lawa": p});
+    }
+    if b.reference {
+        add_reference(b, &table, lawa.tokens_per_s, &mut out)?;
+    }
+    print_profiles(&out);
+    Ok(out)
+}
+
+/// lawa's own figures: throughput, memory, and the optional profile and CUDA graph check.
+struct LawaRun {
+    tokens_per_s: f64,
+    memory: Option<f64>,
+    profile: Option<Value>,
+    graph_check: Option<RecordingCheck>,
+}
+
+/// Times lawa's steps (and profiles them when asked).
+fn measure_lawa(b: &Bench) -> Result<LawaRun> {
     let tokens = (b.batch_size * b.block * b.accumulation.max(1)) as f64;
     // The CUDA context first, so that the memory measured is the run's own.
     let _ = Tensor::zeros([1], (Kind::Float, b.device));
     let before = gpu_memory_used_mib();
     let mut steps = StepLoop::new(b)?;
-    let ours = tokens / steps.time_steps(b.warmup, b.steps)?;
+    let tokens_per_s = tokens / steps.time_steps(b.warmup, b.steps)?;
     let memory = gpu_memory_used_mib().zip(before).map(|(a, z)| a - z);
-    let profiled = match &b.profile {
+    let profile = match &b.profile {
         Some((dir, n)) => Some(profile::profile_lawa(&mut steps, *n, b.device, dir)?),
         None => None,
     };
@@ -131,14 +181,41 @@ pub fn run(b: &Bench) -> Result<Value> {
     if let Some(check) = &graph_check {
         println!("CUDA graph: the recorded step's first replay against the same step taken eagerly: {check}");
     }
-    drop(steps);
-    let peak = (b.device.is_cuda() && b.precision == Precision::Bf16)
-        .then(gpu_peak_flops)
-        .flatten();
-    let flops = b.cfg.flops_per_token();
-    let mfu = |tok_s: f64| peak.as_ref().map(|(_, p)| 100.0 * flops * tok_s / p);
-    let show = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.1} %"));
-    let mib = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.0}"));
+    Ok(LawaRun {
+        tokens_per_s,
+        memory,
+        profile,
+        graph_check,
+    })
+}
+
+/// The speed table: FLOPs per token, and the device's peak where it is known (for MFU).
+struct Table {
+    flops: f64,
+    peak: Option<f64>,
+}
+
+impl Table {
+    /// Model FLOPs utilization in percent, where the peak is known.
+    fn mfu(&self, tokens_per_s: f64) -> Option<f64> {
+        self.peak.map(|p| 100.0 * self.flops * tokens_per_s / p)
+    }
+
+    /// Prints one implementation's row.
+    fn row(&self, name: &str, tokens_per_s: f64, memory: Option<f64>) {
+        println!(
+            "{:<28} {:>12.0} {:>8} {:>14}",
+            name,
+            tokens_per_s,
+            self.mfu(tokens_per_s)
+                .map_or("-".into(), |m| format!("{m:.1} %")),
+            memory.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+    }
+}
+
+/// Prints the FLOP count MFU is taken against, written out.
+fn print_flop_count(b: &Bench, flops: f64) {
     println!(
         "FLOPs per token: {flops:.4e} = 6 N + 12 L H Q T (nanoGPT's count: N = {} non-embedding \
          parameters with the padded head rows, L = {} layers, H = {} heads, Q = {} head width, \
@@ -149,39 +226,11 @@ pub fn run(b: &Bench) -> Result<Value> {
         b.cfg.head_dim(),
         b.cfg.block_size
     );
-    if let Some((name, p)) = &peak {
-        println!("device: {name}, bf16 dense peak {:.0} TFLOP/s", p / 1e12);
-    }
-    println!(
-        "{:<28} {:>12} {:>8} {:>14}",
-        "implementation", "tokens/s", "MFU", "memory MiB"
-    );
-    println!(
-        "{:<28} {:>12.0} {:>8} {:>14}",
-        "lawa (Rust, tch)",
-        ours,
-        show(mfu(ours)),
-        mib(memory)
-    );
-    let mut out = json!({
-        "model": {"n_layer": b.cfg.n_layer, "n_head": b.cfg.n_head, "n_embd": b.cfg.n_embd,
-                  "vocab_size": b.cfg.vocab_size, "block_size": b.block,
-                  "params": b.cfg.num_params(false)},
-        "batch_size": b.batch_size, "accumulation": b.accumulation, "precision": b.precision.to_string(),
-        "loss_chunk": b.loss.chunk, "loss_kernel": b.loss.kernel, "norm_kernel": b.norm_kernel,
-        "linear_kernel": b.linear_kernel, "adamw_kernel": b.adamw_kernel,
-        "cuda_graph": b.cuda_graph, "cuda_graph_check": graph_check,
-        "device": b.device_name(), "gpu": peak.as_ref().map(|p| p.0.clone()),
-        "flops_per_token": flops,
-        "lawa": {"tokens_per_s": ours, "mfu_percent": mfu(ours), "memory_mib": memory},
-    });
-    if let Some(p) = &profiled {
-        out["profile"] = json!({"lawa": p});
-    }
-    if !b.reference {
-        print_profiles(&out);
-        return Ok(out);
-    }
+}
+
+/// Runs the PyTorch reference (eager, and `torch.compile` where it runs) and adds its rows to
+/// the table and its figures to `out`.
+fn add_reference(b: &Bench, table: &Table, ours: f64, out: &mut Value) -> Result<()> {
     let r = reference::run(&b.reference_config())?;
     if let Some((_, n)) = &b.profile {
         for which in ["eager", "compile"] {
@@ -193,28 +242,17 @@ pub fn run(b: &Bench) -> Result<Value> {
     }
     let eager = r["eager_tokens_per_s"].as_f64().context("eager tokens/s")?;
     let eager_mem = r["eager_memory_mib"].as_f64();
-    println!(
-        "{:<28} {:>12.0} {:>8} {:>14}",
-        format!("PyTorch {} eager", r["torch"].as_str().unwrap_or("?")),
-        eager,
-        show(mfu(eager)),
-        mib(eager_mem)
-    );
+    let torch = r["torch"].as_str().unwrap_or("?");
+    table.row(&format!("PyTorch {torch} eager"), eager, eager_mem);
     out["torch"] = r["torch"].clone();
-    out["eager"] = json!({"tokens_per_s": eager, "mfu_percent": mfu(eager), "memory_mib": eager_mem,
+    out["eager"] = json!({"tokens_per_s": eager, "mfu_percent": table.mfu(eager), "memory_mib": eager_mem,
                           "max_allocated_mib": r["eager_max_allocated_mib"]});
     out["speedup_vs_eager"] = json!(ours / eager);
     if let Some(compiled) = r["compile_tokens_per_s"].as_f64() {
         let mem = r["compile_memory_mib"].as_f64();
-        println!(
-            "{:<28} {:>12.0} {:>8} {:>14}",
-            "PyTorch torch.compile",
-            compiled,
-            show(mfu(compiled)),
-            mib(mem)
-        );
+        table.row("PyTorch torch.compile", compiled, mem);
         println!("speedup_vs_compile={:.3}", ours / compiled);
-        out["compile"] = json!({"tokens_per_s": compiled, "mfu_percent": mfu(compiled), "memory_mib": mem,
+        out["compile"] = json!({"tokens_per_s": compiled, "mfu_percent": table.mfu(compiled), "memory_mib": mem,
                                 "max_allocated_mib": r["compile_max_allocated_mib"]});
         out["speedup_vs_compile"] = json!(ours / compiled);
     }
@@ -223,8 +261,7 @@ pub fn run(b: &Bench) -> Result<Value> {
         out["compile_error"] = json!(error);
     }
     println!("speedup_vs_pytorch={:.3}", ours / eager);
-    print_profiles(&out);
-    Ok(out)
+    Ok(())
 }
 
 /// Prints the profiles in `out["profile"]`, lawa's first.

@@ -260,9 +260,45 @@ fn build(
         args.tokenizer,
         rayon::current_num_threads()
     );
+    let tokenizer = make_tokenizer(args, files, &read)?;
+    let mut writer = DatasetWriter::create(out)?;
+    let corpus = Corpus {
+        source,
+        files,
+        read: &read,
+        total_bytes,
+        fingerprint,
+    };
+    match tokenize_into(args, &corpus, &tokenizer, &mut writer) {
+        Ok(meta) => {
+            log_prepared(&meta, &tokenizer, started);
+            writer.finish(meta)
+        }
+        Err(e) => {
+            writer.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// The corpus being prepared: where it is, its files and how they are read.
+struct Corpus<'a> {
+    source: &'a Path,
+    files: &'a [SourceFile],
+    read: &'a ReadOptions,
+    total_bytes: u64,
+    fingerprint: String,
+}
+
+/// The tokenizer asked for: a ready-made one, or a `bpe:N` trained on a sample of the corpus.
+fn make_tokenizer(
+    args: &PrepareOptions,
+    files: &[SourceFile],
+    read: &ReadOptions,
+) -> Result<TextTokenizer> {
     let tokenizer = match &args.tokenizer {
         TokenizerSpec::Bpe(n) => {
-            let texts = bpe_sample(args, files, &read)?;
+            let texts = bpe_sample(args, files, read)?;
             tracing::info!(
                 "training a byte-level BPE of {n} tokens on {:.1} MB of training text",
                 texts.iter().map(String::len).sum::<usize>() as f64 / 1e6
@@ -286,75 +322,81 @@ fn build(
             tokenizer.vocab_size()
         );
     }
-    let mut writer = DatasetWriter::create(out)?;
-    let result = (|| {
-        let mut sink = Sink::new(
-            &tokenizer,
-            SplitRule {
-                fraction: args.val_fraction,
-            },
-        );
-        let progress = Progress::new(total_bytes, "tokenizing");
-        let stats = read_documents(files, &read, &progress.bytes, |doc| {
-            sink.push(doc, &mut writer)?;
-            progress.show(sink.documents, writer.tokens());
-            Ok(())
-        })?;
-        if sink.documents + sink.batch.len() as u64 == 0 {
-            bail!("{}: corpus holds no text", source.display());
-        }
-        let method = sink.finish(&mut writer, args.val_fraction)?;
-        progress.done();
-        let meta = DatasetMeta {
-            tokenizer: tokenizer.spec().to_string(),
-            tokenizer_file: tokenizer.save_into(writer.staging())?,
-            vocab_size: tokenizer.vocab_size(),
-            eot_token: Some(tokenizer.eot()),
-            train_tokens: 0,
-            val_tokens: 0,
-            train_documents: sink.train_documents,
-            val_documents: sink.val_documents,
-            split: method,
-            val_fraction: args.val_fraction,
-            source: source.display().to_string(),
-            source_sha256: stats.sha256,
-            source_fingerprint: fingerprint,
-            settings: args.settings(),
-            skipped_documents: stats.skipped,
-            incomplete: false,
-        };
-        let (train, val) = writer.tokens();
-        for (tokens, split) in [(train, "train"), (val, "val")] {
-            if tokens == 0 {
-                bail!(
-                    "{}: the {split} split holds no tokens; use a larger corpus or another --val-fraction",
-                    source.display()
-                );
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        tracing::info!(
-            "{} train + {} val tokens ({}, vocab {}) in {secs:.1} s ({:.0} tokens/s){}",
-            train,
-            val,
-            tokenizer.spec(),
-            tokenizer.vocab_size(),
-            (train + val) as f64 / secs,
-            if stats.skipped > 0 {
-                format!("; {} unreadable documents skipped", stats.skipped)
-            } else {
-                String::new()
-            }
-        );
-        Ok(meta)
-    })();
-    match result {
-        Ok(meta) => writer.finish(meta),
-        Err(e) => {
-            writer.abandon();
-            Err(e)
+    Ok(tokenizer)
+}
+
+/// Streams the corpus's documents through the tokenizer into `writer`'s staging folder; returns
+/// the dataset's description.
+fn tokenize_into(
+    args: &PrepareOptions,
+    corpus: &Corpus,
+    tokenizer: &TextTokenizer,
+    writer: &mut DatasetWriter,
+) -> Result<DatasetMeta> {
+    let source = corpus.source;
+    let mut sink = Sink::new(
+        tokenizer,
+        SplitRule {
+            fraction: args.val_fraction,
+        },
+    );
+    let progress = Progress::new(corpus.total_bytes, "tokenizing");
+    let stats = read_documents(corpus.files, corpus.read, &progress.bytes, |doc| {
+        sink.push(doc, writer)?;
+        progress.show(sink.documents, writer.tokens());
+        Ok(())
+    })?;
+    if sink.documents + sink.batch.len() as u64 == 0 {
+        bail!("{}: corpus holds no text", source.display());
+    }
+    let method = sink.finish(writer, args.val_fraction)?;
+    progress.done();
+    let (train, val) = writer.tokens();
+    for (tokens, split) in [(train, "train"), (val, "val")] {
+        if tokens == 0 {
+            bail!(
+                "{}: the {split} split holds no tokens; use a larger corpus or another --val-fraction",
+                source.display()
+            );
         }
     }
+    Ok(DatasetMeta {
+        tokenizer: tokenizer.spec().to_string(),
+        tokenizer_file: tokenizer.save_into(writer.staging())?,
+        vocab_size: tokenizer.vocab_size(),
+        eot_token: Some(tokenizer.eot()),
+        train_tokens: train,
+        val_tokens: val,
+        train_documents: sink.train_documents,
+        val_documents: sink.val_documents,
+        split: method,
+        val_fraction: args.val_fraction,
+        source: source.display().to_string(),
+        source_sha256: stats.sha256,
+        source_fingerprint: corpus.fingerprint.clone(),
+        settings: args.settings(),
+        skipped_documents: stats.skipped,
+        incomplete: false,
+    })
+}
+
+/// Logs what a preparation made, and how fast.
+fn log_prepared(meta: &DatasetMeta, tokenizer: &TextTokenizer, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    let (train, val) = (meta.train_tokens, meta.val_tokens);
+    tracing::info!(
+        "{} train + {} val tokens ({}, vocab {}) in {secs:.1} s ({:.0} tokens/s){}",
+        train,
+        val,
+        tokenizer.spec(),
+        tokenizer.vocab_size(),
+        (train + val) as f64 / secs,
+        if meta.skipped_documents > 0 {
+            format!("; {} unreadable documents skipped", meta.skipped_documents)
+        } else {
+            String::new()
+        }
+    );
 }
 
 /// The `bpe:N` training sample: a first pass over the corpus, keeping a bounded, seeded sample

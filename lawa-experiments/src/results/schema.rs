@@ -359,13 +359,18 @@ pub fn drop_torn_line(path: &Path) -> Result<(), ResultsError> {
     };
     lawa_core::checkpoint::write_atomic(path, whole)
         .map_err(|e| io(format!("cannot write: {e}")))?;
-    tracing::warn!(
-        "{}: its last line, {:?}, has no newline (a write cut short by a kill): dropped, and \
-         made again",
-        path.display(),
-        String::from_utf8_lossy(fragment)
-    );
+    warn_torn(path, &String::from_utf8_lossy(fragment));
     Ok(())
+}
+
+/// Warns that `fragment`, the last line of the CSV at `path`, lacked its newline and was dropped,
+/// to be made again.
+pub fn warn_torn(path: &Path, fragment: &str) {
+    tracing::warn!(
+        "{}: its last line, {fragment:?}, has no newline (a write cut short by a kill): dropped, \
+         and made again",
+        path.display()
+    );
 }
 
 /// The CSV lines of `rows` without a header (to append to a file that has one).

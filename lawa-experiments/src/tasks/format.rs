@@ -280,87 +280,16 @@ fn choice(context: String, choices: Vec<String>, gold: usize, norm: bool) -> Exa
 
 fn example(layout: Layout, v: &Value) -> Result<Example, String> {
     Ok(match layout {
-        Layout::Lawa => {
-            if let Some(target) = v.get("target") {
-                let target = target.as_str().ok_or("field `target` is not a string")?;
-                Example::Target {
-                    context: text(v, "context")?,
-                    target: target.to_string(),
-                }
-            } else if v.get("contexts").is_some() {
-                let contexts = texts(v, "contexts")?;
-                let continuation = text(v, "continuation")?;
-                Example::Choice {
-                    pairs: contexts
-                        .into_iter()
-                        .map(|c| (c, continuation.clone()))
-                        .collect(),
-                    norm_texts: Vec::new(),
-                    gold: index(v, "gold")?,
-                }
-            } else {
-                choice(
-                    text(v, "context")?,
-                    texts(v, "choices")?,
-                    index(v, "gold")?,
-                    true,
-                )
-            }
-        }
-        Layout::Hellaswag => {
-            let ctx = format!("{} {}", text(v, "ctx_a")?, capitalize(&text(v, "ctx_b")?));
-            let query = hellaswag_clean(&format!("{}: {ctx}", text(v, "activity_label")?));
-            let endings = texts(v, "endings")?
-                .iter()
-                .map(|e| hellaswag_clean(e))
-                .collect();
-            choice(query, endings, index(v, "label")?, true)
-        }
+        Layout::Lawa => lawa_example(v)?,
+        Layout::Hellaswag => hellaswag_example(v)?,
         Layout::Piqa => choice(
             format!("Question: {}\nAnswer:", text(v, "goal")?),
             vec![text(v, "sol1")?, text(v, "sol2")?],
             index(v, "label")?,
             true,
         ),
-        Layout::Arc => {
-            let choices = field(v, "choices")?;
-            let labels = texts(choices, "label")?;
-            let key = text(v, "answerKey")?;
-            let gold = labels
-                .iter()
-                .position(|l| *l == key)
-                .ok_or_else(|| format!("answerKey {key:?} is not among the labels {labels:?}"))?;
-            choice(
-                format!("Question: {}\nAnswer:", text(v, "question")?),
-                texts(choices, "text")?,
-                gold,
-                true,
-            )
-        }
-        Layout::Winogrande => {
-            let sentence = text(v, "sentence")?;
-            let blank = sentence
-                .find('_')
-                .ok_or("field `sentence` has no blank `_`")?;
-            let gold = match text(v, "answer")?.as_str() {
-                "1" => 0,
-                "2" => 1,
-                other => {
-                    return Err(format!(
-                        "field `answer` = {other:?}: expected \"1\" or \"2\""
-                    ))
-                }
-            };
-            let rest = format!(" {}", sentence[blank + 1..].trim());
-            Example::Choice {
-                pairs: [text(v, "option1")?, text(v, "option2")?]
-                    .into_iter()
-                    .map(|o| (format!("{}{o}", &sentence[..blank]), rest.clone()))
-                    .collect(),
-                norm_texts: Vec::new(),
-                gold,
-            }
-        }
+        Layout::Arc => arc_example(v)?,
+        Layout::Winogrande => winogrande_example(v)?,
         Layout::Sciq => choice(
             format!(
                 "{}\nQuestion: {}\nAnswer:",
@@ -384,6 +313,91 @@ fn example(layout: Layout, v: &Value) -> Result<Example, String> {
                 target: format!(" {last}"),
             }
         }
+    })
+}
+
+/// An example of lawa's own layout: a `target` after a `context`, one `continuation` after
+/// several `contexts`, or `choices` after one `context`.
+fn lawa_example(v: &Value) -> Result<Example, String> {
+    Ok(if let Some(target) = v.get("target") {
+        let target = target.as_str().ok_or("field `target` is not a string")?;
+        Example::Target {
+            context: text(v, "context")?,
+            target: target.to_string(),
+        }
+    } else if v.get("contexts").is_some() {
+        let contexts = texts(v, "contexts")?;
+        let continuation = text(v, "continuation")?;
+        Example::Choice {
+            pairs: contexts
+                .into_iter()
+                .map(|c| (c, continuation.clone()))
+                .collect(),
+            norm_texts: Vec::new(),
+            gold: index(v, "gold")?,
+        }
+    } else {
+        choice(
+            text(v, "context")?,
+            texts(v, "choices")?,
+            index(v, "gold")?,
+            true,
+        )
+    })
+}
+
+/// An example of HellaSwag: the activity label and both context parts, the endings cleaned as
+/// the harness cleans them.
+fn hellaswag_example(v: &Value) -> Result<Example, String> {
+    let ctx = format!("{} {}", text(v, "ctx_a")?, capitalize(&text(v, "ctx_b")?));
+    let query = hellaswag_clean(&format!("{}: {ctx}", text(v, "activity_label")?));
+    let endings = texts(v, "endings")?
+        .iter()
+        .map(|e| hellaswag_clean(e))
+        .collect();
+    Ok(choice(query, endings, index(v, "label")?, true))
+}
+
+/// An example of ARC: the choice whose label is the answer key.
+fn arc_example(v: &Value) -> Result<Example, String> {
+    let choices = field(v, "choices")?;
+    let labels = texts(choices, "label")?;
+    let key = text(v, "answerKey")?;
+    let gold = labels
+        .iter()
+        .position(|l| *l == key)
+        .ok_or_else(|| format!("answerKey {key:?} is not among the labels {labels:?}"))?;
+    Ok(choice(
+        format!("Question: {}\nAnswer:", text(v, "question")?),
+        texts(choices, "text")?,
+        gold,
+        true,
+    ))
+}
+
+/// An example of Winogrande: each option in the blank, the rest of the sentence scored after it.
+fn winogrande_example(v: &Value) -> Result<Example, String> {
+    let sentence = text(v, "sentence")?;
+    let blank = sentence
+        .find('_')
+        .ok_or("field `sentence` has no blank `_`")?;
+    let gold = match text(v, "answer")?.as_str() {
+        "1" => 0,
+        "2" => 1,
+        other => {
+            return Err(format!(
+                "field `answer` = {other:?}: expected \"1\" or \"2\""
+            ))
+        }
+    };
+    let rest = format!(" {}", sentence[blank + 1..].trim());
+    Ok(Example::Choice {
+        pairs: [text(v, "option1")?, text(v, "option2")?]
+            .into_iter()
+            .map(|o| (format!("{}{o}", &sentence[..blank]), rest.clone()))
+            .collect(),
+        norm_texts: Vec::new(),
+        gold,
     })
 }
 

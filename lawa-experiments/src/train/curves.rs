@@ -111,11 +111,7 @@ fn check_torn(path: &Path, header: &[u8], fragment: &[u8], resume: Option<u64>) 
             );
         }
     }
-    tracing::warn!(
-        "{}: its last line, {text:?}, has no newline (a write cut short by a kill): dropped, \
-         and made again",
-        path.display()
-    );
+    crate::results::schema::warn_torn(path, &text);
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use lawa_core::averaging::{AveragerSet, Weights};
 use lawa_core::data::{BatchSampler, Dataset, Split, ValidationWindows};
 use lawa_core::optim::AdamW;
-use lawa_models::Gpt;
+use lawa_models::{Gpt, GptConfig};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
@@ -28,6 +28,41 @@ use crate::results::{CurveRow, Strategy, StrategyColumns, CURVES_FILE};
 /// token/position embeddings, as in the authors' recipe).
 pub fn decays(name: &str, t: &Tensor) -> bool {
     t.dim() == 2 && !name.contains("wte") && !name.contains("wpe")
+}
+
+/// A model of the run's architecture, precision and kernels, in a variable store of its own.
+fn build_gpt(plan: &RunPlan, model_cfg: &GptConfig) -> Result<(VarStore, Gpt)> {
+    let t = &plan.config.train;
+    let vs = VarStore::new(plan.device);
+    let gpt = Gpt::new(vs.root(), model_cfg)?
+        .with_precision(plan.precision)
+        .with_norm_kernel(t.norm_kernel)
+        .with_linear_kernel(t.linear_kernel);
+    Ok((vs, gpt))
+}
+
+/// Loads the run folder's latest checkpoint, when there is one, into the model, optimizer,
+/// averagers and sampler; returns the state it recorded.
+fn resume(
+    plan: &RunPlan,
+    data: &Dataset,
+    (gpt, weights): (&Gpt, &Weights),
+    optimizer: &mut AdamW,
+    averagers: &mut AveragerSet,
+    sampler: &mut BatchSampler,
+) -> Result<Option<TrainerState>> {
+    let Some(dir) = checkpoint::recover(&plan.dir)? else {
+        return Ok(None);
+    };
+    let expect = Expected {
+        steps: plan.config.train.steps,
+        dataset: data.identity(),
+    };
+    let mut state = checkpoint::load(&dir, gpt, optimizer, averagers, weights, &expect)?;
+    state.dataset = expect.dataset;
+    sampler.restore(state.sampler);
+    tracing::info!("{}: resuming from step {}", plan.dir.display(), state.step);
+    Ok(Some(state))
 }
 
 /// The fixed windows every set of weights is scored on.
@@ -181,59 +216,36 @@ impl<'a> Trainer<'a> {
             windows.warn_if_overlapping(plan);
         }
         tch::manual_seed(t.seed as i64);
-        let vs = VarStore::new(plan.device);
-        let (norm, linear) = (t.norm_kernel, t.linear_kernel);
-        let gpt = Gpt::new(vs.root(), &model_cfg)?
-            .with_precision(plan.precision)
-            .with_norm_kernel(norm)
-            .with_linear_kernel(linear);
-        let eval_vs = VarStore::new(plan.device);
-        let eval_gpt = Gpt::new(eval_vs.root(), &model_cfg)?
-            .with_precision(plan.precision)
-            .with_norm_kernel(norm)
-            .with_linear_kernel(linear);
+        let (vs, gpt) = build_gpt(plan, &model_cfg)?;
+        let (eval_vs, eval_gpt) = build_gpt(plan, &model_cfg)?;
         let weights = Weights::from_var_store(&vs);
         let eval_weights = Weights::from_var_store(&eval_vs);
         let mut optimizer = AdamW::new(vs.variables(), t.adamw, decays)?;
         let params = optimizer.parameters();
         let (mut averagers, columns) = build_averagers(plan, leader)?;
-        let mut state = TrainerState {
+        let resumed = match leader {
+            true => resume(
+                plan,
+                data,
+                (&gpt, &weights),
+                &mut optimizer,
+                &mut averagers,
+                &mut sampler,
+            )?,
+            false => None,
+        };
+        let resumed_step = resumed.as_ref().map(|s| s.step);
+        let mut state = resumed.unwrap_or_else(|| TrainerState {
             step: 0,
             tokens: 0,
             sampler: sampler.state(),
             wall_time: 0.0,
             dataset: data.identity(),
-        };
-        let found = if leader {
-            checkpoint::recover(&plan.dir)?
-        } else {
-            None
-        };
-        let resumed = match found {
-            Some(dir) => {
-                let expect = Expected {
-                    steps: t.steps,
-                    dataset: data.identity(),
-                };
-                state = checkpoint::load(
-                    &dir,
-                    &gpt,
-                    &mut optimizer,
-                    &mut averagers,
-                    &weights,
-                    &expect,
-                )?;
-                state.dataset = expect.dataset;
-                sampler.restore(state.sampler);
-                tracing::info!("{}: resuming from step {}", plan.dir.display(), state.step);
-                Some(state.step)
-            }
-            None => None,
-        };
+        });
         let curves = match leader {
             true => Some(CurvesLog::open(
                 &plan.dir.join(CURVES_FILE),
-                resumed,
+                resumed_step,
                 plan.config.first_checkpoint_step(),
             )?),
             false => None,
