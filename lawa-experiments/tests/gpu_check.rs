@@ -44,11 +44,11 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
             "parity_bf16",
             "kernels",
             "cuda_graph",
-            "speed_small",
             "averaging",
-            "parity_f32",
+            "speed_small",
             "sweep",
             "data_parallel",
+            "parity_f32",
             "speed_small_options",
             "speed_medium",
             "speed_large"
@@ -252,4 +252,62 @@ fn a_spent_budget_or_a_missing_binary_still_leaves_a_report() {
     let report = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["passed"], false);
+}
+
+/// A check whose budget ran out before its last sections passes when every section that ran
+/// passed, and names the skipped ones; a failed section fails it, skipped sections or not.
+#[test]
+fn skipped_sections_are_named_apart_from_failed_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = std::env::var("LAWA_PYTHON").expect("LAWA_PYTHON (cargo config)");
+    let report = |statuses: &[(&str, &str)]| {
+        let work = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        std::fs::create_dir(work.path().join("status")).unwrap();
+        for (i, (name, status)) in statuses.iter().enumerate() {
+            let line = serde_json::json!({"name": name, "status": status, "exit": 0, "seconds": 1});
+            let file = work.path().join(format!("status/{i:02}-{name}.json"));
+            std::fs::write(file, line.to_string()).unwrap();
+        }
+        let run = Command::new(&python)
+            .arg(root.join("scripts/gpu_check_report.py"))
+            .args([work.path(), out.path()])
+            .arg("gpu")
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("report.json")).unwrap(),
+        )
+        .unwrap();
+        let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+        (run.status.code(), json, md)
+    };
+    let spent = "skipped: 420 s budget spent";
+    let (code, json, md) = report(&[
+        ("env", "passed"),
+        ("kernels", "passed"),
+        ("speed_medium", spent),
+        ("speed_large", spent),
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json["passed"], true);
+    assert_eq!(json["skipped"], serde_json::json!(["speed_medium", "speed_large"]));
+    assert!(
+        md.starts_with("# lawa GPU check (GPU): passed (2 skipped: speed_medium, speed_large)"),
+        "{md}"
+    );
+    let (code, json, md) = report(&[
+        ("env", "passed"),
+        ("kernels", "failed"),
+        ("speed_large", spent),
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(json["passed"], false);
+    assert!(
+        md.starts_with("# lawa GPU check (GPU): FAILED (1 skipped: speed_large)"),
+        "{md}"
+    );
+    let (code, json, _) = report(&[("env", spent)]);
+    assert_eq!(code, Some(1), "nothing ran: not a pass");
+    assert_eq!(json["passed"], false);
 }

@@ -4,6 +4,7 @@
 // later on that stream runs after the copies, so the values copied are those the stream had
 // computed when the copies were queued.
 
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -42,16 +43,37 @@ int lawa_copy_async(at::Tensor* const* dsts, at::Tensor* const* srcs, int count,
   });
 }
 
+// The functions below are called from a thread of lawa's own, whose current device is the
+// runtime's default (0): each makes the event's device current for the call, and the guard
+// restores the thread's device without creating a context on it (c10's MaybeSetDevice), so a
+// run on cuda:N does not open a context on GPU 0.
+
 // Blocks until the work before `event` has completed.
 int lawa_event_synchronize(void* event, char** error) {
-  return lawa_guarded(error, [&] { static_cast<c10::Event*>(event)->synchronize(); });
+  return lawa_guarded(error, [&] {
+    auto* recorded = static_cast<c10::Event*>(event);
+    c10::DeviceGuard on(recorded->device());
+    recorded->synchronize();
+  });
 }
 
 // Whether the work before `event` has completed (never blocks).
 int lawa_event_query(void* event, int* done, char** error) {
-  return lawa_guarded(error, [&] { *done = static_cast<c10::Event*>(event)->query() ? 1 : 0; });
+  return lawa_guarded(error, [&] {
+    auto* recorded = static_cast<c10::Event*>(event);
+    c10::DeviceGuard on(recorded->device());
+    *done = recorded->query() ? 1 : 0;
+  });
 }
 
-void lawa_event_free(void* event) { delete static_cast<c10::Event*>(event); }
+void lawa_event_free(void* event) {
+  auto* recorded = static_cast<c10::Event*>(event);
+  try {
+    c10::DeviceGuard on(recorded->device());
+    delete recorded;
+  } catch (...) {
+    delete recorded;  // no device to make current: the event's destructor restores its own
+  }
+}
 
 }  // extern "C"
