@@ -275,10 +275,9 @@ fn skipped_sections_are_named_apart_from_failed_ones() {
             .arg("gpu")
             .output()
             .unwrap();
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.path().join("report.json")).unwrap(),
-        )
-        .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+                .unwrap();
         let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
         (run.status.code(), json, md)
     };
@@ -291,7 +290,10 @@ fn skipped_sections_are_named_apart_from_failed_ones() {
     ]);
     assert_eq!(code, Some(0));
     assert_eq!(json["passed"], true);
-    assert_eq!(json["skipped"], serde_json::json!(["speed_medium", "speed_large"]));
+    assert_eq!(
+        json["skipped"],
+        serde_json::json!(["speed_medium", "speed_large"])
+    );
     assert!(
         md.starts_with("# lawa GPU check (GPU): passed (2 skipped: speed_medium, speed_large)"),
         "{md}"

@@ -13,14 +13,17 @@ use super::{AveragingError, Storage, Weights};
 /// tensors, typically an evaluation copy of the model.
 ///
 /// An averager can be used alone, or pushed into an [`AveragerSet`](super::AveragerSet), which
-/// feeds several at once and keeps one copy of each snapshot they share. Averagers are `Send`:
+/// feeds several at once and keeps one copy of each snapshot they share, and saves and loads
+/// their state (to checkpoint a lone averager, put it in a set of one). Averagers are `Send`:
 /// a set can move to another thread or live in an async task.
 pub trait Averager: sealed::Core + Send {
     /// A stable, readable name for CSVs and legends, e.g. `lawa_k5_nu50`, `ema_0.99`,
     /// `swa_start0.75_every10`.
     fn label(&self) -> String;
 
-    /// Sees the training weights after optimizer step `step`.
+    /// Sees the training weights after optimizer step `step`. Steps must increase: a step that
+    /// does not come after the last one observed is refused ([`AveragingError::StepOrder`]),
+    /// as are weights without a tensor ([`AveragingError::NoWeights`]).
     fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError>;
 
     /// Whether there is an average to write (at least one update or snapshot taken).
@@ -28,7 +31,9 @@ pub trait Averager: sealed::Core + Send {
 
     /// Writes the averaged weights into `target`, which must have the same tensor names and
     /// shapes as the observed weights (dtypes may differ: values are cast). Before the first
-    /// update, an [`AveragingError::NotReady`] naming the step it is due.
+    /// update, an [`AveragingError::NotReady`] naming the step it is due. Written into the
+    /// training weights themselves, the average replaces them (as at the end of training, to
+    /// keep it): training that goes on from there is another trajectory.
     fn write_average(&self, target: &Weights) -> Result<(), AveragingError>;
 }
 

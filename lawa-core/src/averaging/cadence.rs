@@ -1,16 +1,60 @@
+use super::state::SavedAverager;
+use super::{AveragingError, Weights};
+
+/// The key of the last step observed in an averager's saved state.
+const LAST_STEP: &str = "last_step";
+
 /// When an averager takes an update: at step `start` and every `every` steps after it. The one
 /// rule LAWA (snapshots), EMA (updates) and SWA (samples) share, so `start` and `every` mean the
-/// same thing for all three.
+/// same thing for all three. It also keeps the last step observed, so that a step given twice or
+/// out of order is refused rather than averaged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Cadence {
     pub(crate) start: u64,
     pub(crate) every: u64,
+    last: Option<u64>,
 }
 
 impl Cadence {
     /// Every `every` steps (at least 1) from `start` on.
     pub(crate) fn new(start: u64, every: u64) -> Self {
-        Cadence { start, every }
+        Cadence {
+            start,
+            every,
+            last: None,
+        }
+    }
+
+    /// Records that `weights` are observed after step `step`; returns whether an update is due.
+    /// Refuses a step that does not come after the last one observed, and weights without a
+    /// tensor.
+    pub(crate) fn observe(
+        &mut self,
+        step: u64,
+        weights: &Weights,
+        label: &str,
+    ) -> Result<bool, AveragingError> {
+        check_step(self.last, step, label)?;
+        if weights.is_empty() {
+            return Err(AveragingError::NoWeights {
+                label: label.to_string(),
+            });
+        }
+        self.last = Some(step);
+        Ok(self.is_due(step))
+    }
+
+    /// Adds the last step observed to a saved state's counters.
+    pub(crate) fn save_into(&self, meta: &mut serde_json::Value) {
+        if let Some(last) = self.last {
+            meta[LAST_STEP] = last.into();
+        }
+    }
+
+    /// Takes the last step observed from a saved state (none in states saved before lawa
+    /// recorded it: the next step is then taken as it comes).
+    pub(crate) fn restore_from(&mut self, saved: &SavedAverager) {
+        self.last = last_step(&saved.meta);
     }
 
     /// Whether an update is due after optimizer step `step`.
@@ -25,6 +69,23 @@ impl Cadence {
         } else {
             self.every
         }
+    }
+}
+
+/// The last step observed recorded in a saved averager's counters.
+pub(crate) fn last_step(meta: &serde_json::Value) -> Option<u64> {
+    meta.get(LAST_STEP).and_then(serde_json::Value::as_u64)
+}
+
+/// Refuses `step` unless it comes after `last`.
+pub(crate) fn check_step(last: Option<u64>, step: u64, label: &str) -> Result<(), AveragingError> {
+    match last {
+        Some(last) if step <= last => Err(AveragingError::StepOrder {
+            label: label.to_string(),
+            step,
+            last,
+        }),
+        _ => Ok(()),
     }
 }
 

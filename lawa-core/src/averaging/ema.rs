@@ -126,7 +126,7 @@ impl Averager for Ema {
     }
 
     fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
-        if !self.cadence.is_due(step) {
+        if !self.cadence.observe(step, weights, &self.label())? {
             return Ok(());
         }
         let weight = 1.0 - self.decay_at(self.average.updates());

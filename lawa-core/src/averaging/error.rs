@@ -31,6 +31,28 @@ pub enum AveragingError {
         /// The first step at which it will have weights.
         first_step: u64,
     },
+    /// A step that does not come after the last one observed: averaging it would count a
+    /// snapshot twice or break the window's order.
+    #[error(
+        "{label}: step {step} observed after step {last}: steps must increase (observe once per \
+         optimizer step, after it; a resumed run goes on after its checkpoint's step, with the \
+         averagers saved at that step)"
+    )]
+    StepOrder {
+        /// The averager's label (`averagers` for a set).
+        label: String,
+        /// The step given.
+        step: u64,
+        /// The last step observed.
+        last: u64,
+    },
+    /// Weights without a tensor, as `Weights::from_var_store` gives before the model's variables
+    /// are made.
+    #[error("{label}: the weights hold no tensor (build Weights after the model's variables)")]
+    NoWeights {
+        /// The averager's label (`averagers` for a set).
+        label: String,
+    },
     /// A saved state that does not fit this averager.
     #[error("{label}: cannot restore state: {reason}")]
     BadState {
@@ -41,7 +63,10 @@ pub enum AveragingError {
     },
     /// An update of an average, or a snapshot, kept in host memory failed on its background
     /// thread; the average (or the averagers reading the snapshot) is unusable from then on.
-    #[error("{label}: an update in host memory failed: {reason}")]
+    #[error(
+        "{label}: an update in host memory failed: {reason} (the average is lost: load a saved \
+         state or start the averager anew)"
+    )]
     UpdateFailed {
         /// The averager's label (`snapshots` for a set's shared snapshots).
         label: String,

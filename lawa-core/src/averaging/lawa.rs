@@ -144,7 +144,7 @@ impl Core for Lawa {
         weights: &Weights,
         store: &mut SnapshotStore,
     ) -> Result<(), AveragingError> {
-        if !self.cadence.is_due(step) {
+        if !self.cadence.observe(step, weights, &self.label())? {
             return Ok(());
         }
         let layout = weights.layout();
@@ -186,13 +186,15 @@ impl Core for Lawa {
     }
 
     fn save(&self) -> Result<SavedAverager, AveragingError> {
+        let mut meta = serde_json::json!({
+            "k": self.k,
+            "nu": self.cadence.every,
+            "start": self.cadence.start,
+        });
+        self.cadence.save_into(&mut meta);
         Ok(SavedAverager {
             label: self.label(),
-            meta: serde_json::json!({
-                "k": self.k,
-                "nu": self.cadence.every,
-                "start": self.cadence.start,
-            }),
+            meta,
             tensors: Vec::new(),
             snapshot_steps: self.held_steps(),
         })
@@ -218,6 +220,7 @@ impl Core for Lawa {
                 return Err(saved.bad(format!("the snapshot of step {step} is missing")));
             }
         }
+        self.cadence.restore_from(&saved);
         self.queue = saved.snapshot_steps.into_iter().collect();
         self.layout = (!self.queue.is_empty()).then(|| layout.clone());
         Ok(())

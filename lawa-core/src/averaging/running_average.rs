@@ -219,7 +219,9 @@ macro_rules! running_average_core {
             }
 
             fn save(&self) -> Result<super::state::SavedAverager, AveragingError> {
-                self.average.save(self.label(), self.saved_meta())
+                let mut meta = self.saved_meta();
+                self.cadence.save_into(&mut meta);
+                self.average.save(self.label(), meta)
             }
 
             fn restore(
@@ -229,6 +231,7 @@ macro_rules! running_average_core {
                 _store: &super::store::SnapshotStore,
             ) -> Result<(), AveragingError> {
                 self.check_saved(&saved)?;
+                self.cadence.restore_from(&saved);
                 let label = self.label();
                 self.average.restore(saved, &label, layout)
             }

@@ -4,6 +4,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::cadence::{check_step, last_step};
 use super::state::SavedAverager;
 use super::store::SnapshotStore;
 use super::weights::Layout;
@@ -15,6 +16,8 @@ const STATE_JSON: &str = "averagers.json";
 const STATE_TENSORS: &str = "averagers.safetensors";
 /// The label errors of the shared snapshot store go by.
 const SNAPSHOTS: &str = "snapshots";
+/// The label errors of the set as a whole go by.
+const SET: &str = "averagers";
 
 /// Several averagers fed from one training trajectory. The set owns one snapshot store keyed by
 /// step: when several averagers want the weights of the same step (in the same storage), one
@@ -45,6 +48,8 @@ pub struct AveragerSet {
     averagers: Vec<Box<dyn Averager>>,
     store: SnapshotStore,
     layout: Option<Layout>,
+    /// The last step observed (checked before any averager moves).
+    last: Option<u64>,
 }
 
 impl std::fmt::Debug for AveragerSet {
@@ -148,8 +153,15 @@ impl AveragerSet {
     }
 
     /// Every averager sees the weights after optimizer step `step`; snapshots no averager
-    /// holds any more are freed.
+    /// holds any more are freed. Steps must increase: a step that does not come after the
+    /// last one observed ([`AveragingError::StepOrder`]) and weights without a tensor
+    /// ([`AveragingError::NoWeights`]) are refused before any averager moves.
     pub fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
+        check_step(self.last, step, SET)?;
+        if weights.is_empty() {
+            return Err(AveragingError::NoWeights { label: SET.into() });
+        }
+        self.last = Some(step);
         if self.layout.is_none() {
             self.layout = Some(weights.layout());
         }
@@ -254,8 +266,8 @@ impl AveragerSet {
             )));
         }
         let layout = weights.layout();
-        if !saved.names.is_empty() && !saved.names.iter().map(String::as_str).eq(layout.names()) {
-            return Err(bad("saved tensor names differ from the model's".into()));
+        if !saved.names.is_empty() {
+            check_names(&saved.names, &layout).map_err(bad)?;
         }
         let stored: HashMap<String, Tensor> =
             crate::checkpoint::read_safetensors(&dir.join(STATE_TENSORS))?
@@ -305,13 +317,40 @@ impl AveragerSet {
                 snapshot_steps: entry.snapshot_steps,
             });
         }
+        let last = restored.iter().filter_map(|s| last_step(&s.meta)).max();
         for (averager, saved) in self.averagers.iter_mut().zip(restored) {
             averager.restore(saved, &layout, &store)?;
         }
+        self.last = last;
         self.store = store;
         self.layout = Some(layout);
         Ok(())
     }
+}
+
+/// Refuses saved tensor names other than the model's, naming the first that differs.
+fn check_names(saved: &[String], layout: &Layout) -> Result<(), String> {
+    let model: Vec<&str> = layout.names().collect();
+    if saved.iter().map(String::as_str).eq(model.iter().copied()) {
+        return Ok(());
+    }
+    let at = saved
+        .iter()
+        .zip(&model)
+        .position(|(s, m)| s != m)
+        .unwrap_or(saved.len().min(model.len()));
+    let name = |names: &[&str]| names.get(at).map_or("nothing".into(), |n| format!("`{n}`"));
+    let saved: Vec<&str> = saved.iter().map(String::as_str).collect();
+    Err(format!(
+        "saved tensor names differ from the model's: tensor {} of {} saved is {}, the model's \
+         {} of {} is {}",
+        at + 1,
+        saved.len(),
+        name(&saved),
+        at + 1,
+        model.len(),
+        name(&model)
+    ))
 }
 
 #[cfg(test)]
@@ -350,5 +389,109 @@ mod tests {
             s.iter().next().unwrap().write_average(&target).unwrap();
             assert_eq!(Vec::<f32>::try_from(&out).unwrap(), [2.5; 3]);
         }
+    }
+
+    /// A step given twice or out of order is refused, naming both steps, before any averager
+    /// moves; so is it after a resume, whose saved state records the last step; weights without
+    /// a tensor are refused.
+    #[test]
+    fn steps_must_increase_across_a_resume_and_weights_must_hold_tensors() {
+        let w = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let weights = Weights::from_named([("w".to_string(), w.shallow_clone())]);
+        let build = || {
+            let mut set = AveragerSet::new();
+            set.push(Lawa::new(2, 1).unwrap()).unwrap();
+            set.push(crate::averaging::Ema::new(0.5).unwrap()).unwrap();
+            set
+        };
+        let mut set = build();
+        for step in 1..=3u64 {
+            let _ = w.shallow_clone().fill_(step as f64);
+            set.observe(step, &weights).unwrap();
+        }
+        let average = |set: &AveragerSet| {
+            let out = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+            let target = Weights::from_named([("w".to_string(), out.shallow_clone())]);
+            set.iter()
+                .map(|m| {
+                    m.write_average(&target).unwrap();
+                    out.double_value(&[0])
+                })
+                .collect::<Vec<_>>()
+        };
+        let before = average(&set);
+        assert_eq!(before, [2.5, 2.25]); // LAWA (2 + 3) / 2; EMA 0.5: 1 -> 1.5 -> 2.25
+        for step in [3, 2] {
+            let err = set.observe(step, &weights).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("step {step} observed after step 3")),
+                "{err}"
+            );
+        }
+        assert_eq!(average(&set), before, "nothing moved");
+
+        let dir = tempfile::tempdir().unwrap();
+        set.save(dir.path()).unwrap();
+        let mut back = build();
+        back.load(dir.path(), &weights).unwrap();
+        let err = back.observe(3, &weights).unwrap_err().to_string();
+        assert!(err.contains("step 3 observed after step 3"), "{err}");
+        let _ = w.shallow_clone().fill_(4.0);
+        back.observe(4, &weights).unwrap();
+        assert_eq!(average(&back), [3.5, 3.125]);
+
+        let mut lone = Lawa::new(2, 1).unwrap();
+        lone.observe(1, &weights).unwrap();
+        let err = lone.observe(1, &weights).unwrap_err().to_string();
+        assert!(
+            err.starts_with("lawa_k2_nu1: step 1 observed after step 1"),
+            "{err}"
+        );
+        let none = Weights::from_named(Vec::<(String, Tensor)>::new());
+        for err in [
+            build().observe(1, &none).unwrap_err(),
+            crate::averaging::Ema::new(0.5)
+                .unwrap()
+                .observe(1, &none)
+                .unwrap_err(),
+        ] {
+            assert!(matches!(err, AveragingError::NoWeights { .. }), "{err}");
+        }
+    }
+
+    /// A state saved for other tensors names the first one that differs.
+    #[test]
+    fn a_state_of_other_tensors_names_the_first_that_differs() {
+        let named = |names: &[&str]| {
+            Weights::from_named(names.iter().map(|n| {
+                (
+                    n.to_string(),
+                    Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+                )
+            }))
+        };
+        let mut set = AveragerSet::new();
+        set.push(Lawa::new(2, 1).unwrap()).unwrap();
+        set.observe(1, &named(&["a", "b", "c"])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        set.save(dir.path()).unwrap();
+        let mut back = AveragerSet::new();
+        back.push(Lawa::new(2, 1).unwrap()).unwrap();
+        let err = back
+            .load(dir.path(), &named(&["a", "bx", "c"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor 2 of 3 saved is `b`, the model's 2 of 3 is `bx`"),
+            "{err}"
+        );
+        let err = back
+            .load(dir.path(), &named(&["a", "b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor 3 of 3 saved is `c`, the model's 3 of 2 is nothing"),
+            "{err}"
+        );
     }
 }

@@ -103,7 +103,7 @@ impl Averager for Swa {
     }
 
     fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
-        if !self.cadence.is_due(step) {
+        if !self.cadence.observe(step, weights, &self.label())? {
             return Ok(());
         }
         let weight = 1.0 / (self.average.updates() as f64 + 1.0);

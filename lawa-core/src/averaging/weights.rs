@@ -7,7 +7,9 @@ use super::{AveragingError, Storage};
 /// kept once.
 ///
 /// The tensors are shallow handles: building a `Weights` copies no data, and writing into a
-/// target's tensors writes into the model that owns them.
+/// target's tensors writes into the model that owns them. Floating-point tensors are averaged
+/// in fp32 whatever their dtype (an fp64 model's average is rounded to fp32); integer and
+/// boolean tensors are copied.
 #[derive(Debug)]
 pub struct Weights {
     entries: Vec<(String, Tensor)>,
@@ -64,7 +66,10 @@ pub(crate) fn test_weights_at(step: i64, b_kind: Kind) -> Weights {
 }
 
 impl Weights {
-    /// The variables of a `VarStore`, sorted by name.
+    /// The variables of a `VarStore`, sorted by name: all of them, frozen ones and buffers kept
+    /// as variables too (to average fewer, use [`from_named`](Self::from_named) with a filtered
+    /// `vs.variables()`). Build it after the model's variables are made: before, it is empty, and
+    /// averagers refuse it.
     pub fn from_var_store(vs: &tch::nn::VarStore) -> Self {
         Self::from_named(vs.variables())
     }
