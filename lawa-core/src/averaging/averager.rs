@@ -59,6 +59,12 @@ pub(crate) mod sealed {
         fn write_from(&self, target: &Weights, store: &SnapshotStore)
             -> Result<(), AveragingError>;
 
+        /// The names, shapes and dtypes of the weights it has observed, if any.
+        fn layout(&self) -> Option<&Layout>;
+
+        /// The last step it observed, if any.
+        fn last_step(&self) -> Option<u64>;
+
         /// The snapshots this averager refers to.
         fn held(&self) -> Vec<SnapshotKey> {
             Vec::new()

@@ -44,6 +44,11 @@ impl Cadence {
         Ok(self.is_due(step))
     }
 
+    /// The last step observed, if any.
+    pub(crate) fn last(&self) -> Option<u64> {
+        self.last
+    }
+
     /// Adds the last step observed to a saved state's counters.
     pub(crate) fn save_into(&self, meta: &mut serde_json::Value) {
         if let Some(last) = self.last {

@@ -138,6 +138,14 @@ impl Core for Lawa {
         self.storage
     }
 
+    fn layout(&self) -> Option<&Layout> {
+        self.layout.as_ref()
+    }
+
+    fn last_step(&self) -> Option<u64> {
+        self.cadence.last()
+    }
+
     fn observe_in(
         &mut self,
         step: u64,

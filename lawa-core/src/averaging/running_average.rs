@@ -146,6 +146,11 @@ impl RunningAverage {
         Ok(())
     }
 
+    /// The names, shapes and dtypes of the weights averaged, once updated.
+    pub(crate) fn layout(&self) -> Option<&Layout> {
+        self.layout.as_ref()
+    }
+
     /// The saved state: `meta` plus the update count, and the running-average tensors.
     pub(crate) fn save(
         &self,
@@ -195,6 +200,14 @@ macro_rules! running_average_core {
         impl super::averager::sealed::Core for $averager {
             fn storage(&self) -> Storage {
                 self.storage
+            }
+
+            fn layout(&self) -> Option<&super::weights::Layout> {
+                self.average.layout()
+            }
+
+            fn last_step(&self) -> Option<u64> {
+                self.cadence.last()
             }
 
             fn observe_in(
