@@ -416,25 +416,31 @@ impl AdamW {
     /// The moments and step count, as named tensors (`exp_avg.{name}`, `exp_avg_sq.{name}`,
     /// `step`), for a checkpoint.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.named_state()
+            .into_iter()
+            .map(|(name, t)| (name, t.to_device(tch::Device::Cpu)))
+            .collect()
+    }
+
+    /// [`state_tensors`](Self::state_tensors) where the moments are: handles, not copies.
+    fn named_state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.steps as i64]))];
         for p in &self.params {
-            out.push((
-                format!("exp_avg.{}", p.name),
-                p.exp_avg.to_device(tch::Device::Cpu),
-            ));
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
             out.push((
                 format!("exp_avg_sq.{}", p.name),
-                p.exp_avg_sq.to_device(tch::Device::Cpu),
+                p.exp_avg_sq.shallow_clone(),
             ));
         }
         out
     }
 
-    /// Writes the state to a safetensors file (atomically, with a checksum).
+    /// Writes the state to a safetensors file (atomically, with a checksum), moving one tensor
+    /// at a time to the host.
     pub fn save(&self, path: &Path) -> Result<(), OptimError> {
         Ok(crate::checkpoint::write_safetensors(
             path,
-            &self.state_tensors(),
+            &self.named_state(),
         )?)
     }
 
