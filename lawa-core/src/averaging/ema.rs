@@ -110,8 +110,9 @@ pub(crate) fn checked_every(label: &str, every: u64) -> Result<u64, AveragingErr
     Ok(every)
 }
 
-impl Averager for Ema {
-    fn label(&self) -> String {
+impl Ema {
+    /// The label (see [`Averager::label`]).
+    fn name(&self) -> String {
         let mut label = format!("ema_{}", self.decay);
         if self.warmup {
             label.push_str("_warmup");
@@ -125,26 +126,11 @@ impl Averager for Ema {
         label
     }
 
-    fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
-        if !self.cadence.observe(step, weights, &self.label())? {
-            return Ok(());
-        }
-        let weight = 1.0 - self.decay_at(self.average.updates());
-        let label = self.label();
-        self.average.update(weights, weight, self.storage, &label)
+    /// The weight of the next update: 1 - the decay (at its warm-up).
+    fn next_weight(&self) -> f64 {
+        1.0 - self.decay_at(self.average.updates())
     }
 
-    fn is_ready(&self) -> bool {
-        self.average.updates() > 0
-    }
-
-    fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
-        self.average
-            .write(target, &self.label(), self.cadence.first_step())
-    }
-}
-
-impl Ema {
     /// What a saved state records besides the running average.
     fn saved_meta(&self) -> serde_json::Value {
         serde_json::json!({})

@@ -192,11 +192,36 @@ impl RunningAverage {
     }
 }
 
-/// The [`Core`](super::averager::sealed::Core) of an averager built on a [`RunningAverage`]
-/// (EMA, SWA): no snapshots; state saved as the running average plus the type's own
-/// `saved_meta()`, checked on restore by its `check_saved()`.
+/// [`Averager`](super::Averager) and its [`Core`](super::averager::sealed::Core) for an averager
+/// built on a [`RunningAverage`] (EMA, SWA), which differ only in their label (`name()`) and the
+/// weight of each update (`next_weight()`): no snapshots; state saved as the running average
+/// plus the type's own `saved_meta()`, checked on restore by its `check_saved()`.
 macro_rules! running_average_core {
     ($averager:ty) => {
+        impl super::Averager for $averager {
+            fn label(&self) -> String {
+                self.name()
+            }
+
+            fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
+                if !self.cadence.observe(step, weights, &self.label())? {
+                    return Ok(());
+                }
+                let weight = self.next_weight();
+                let label = self.label();
+                self.average.update(weights, weight, self.storage, &label)
+            }
+
+            fn is_ready(&self) -> bool {
+                self.average.updates() > 0
+            }
+
+            fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
+                self.average
+                    .write(target, &self.label(), self.cadence.first_step())
+            }
+        }
+
         impl super::averager::sealed::Core for $averager {
             fn storage(&self) -> Storage {
                 self.storage

@@ -97,31 +97,17 @@ impl Swa {
     }
 }
 
-impl Averager for Swa {
-    fn label(&self) -> String {
+impl Swa {
+    /// The label (see [`Averager::label`]).
+    fn name(&self) -> String {
         format!("swa_start{}_every{}", self.start_text, self.cadence.every)
     }
 
-    fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
-        if !self.cadence.observe(step, weights, &self.label())? {
-            return Ok(());
-        }
-        let weight = 1.0 / (self.average.updates() as f64 + 1.0);
-        let label = self.label();
-        self.average.update(weights, weight, self.storage, &label)
+    /// The weight of the next sample: 1 / (samples + 1), so that all weigh the same.
+    fn next_weight(&self) -> f64 {
+        1.0 / (self.average.updates() as f64 + 1.0)
     }
 
-    fn is_ready(&self) -> bool {
-        self.average.updates() > 0
-    }
-
-    fn write_average(&self, target: &Weights) -> Result<(), AveragingError> {
-        self.average
-            .write(target, &self.label(), self.cadence.first_step())
-    }
-}
-
-impl Swa {
     /// What a saved state records besides the running average: the resolved start step.
     fn saved_meta(&self) -> serde_json::Value {
         serde_json::json!({ "start_step": self.cadence.start })
