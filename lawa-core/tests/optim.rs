@@ -186,6 +186,29 @@ fn optimizer_state_round_trips() {
     lawa_core::checkpoint::write_safetensors(&path, &tensors).unwrap();
     let err = b.load(&path).unwrap_err().to_string();
     assert!(err.contains("step counter"), "{err}");
+    // A tensor the model has no parameter for is named; so is a missing moment.
+    let mut tensors = a.state_tensors();
+    tensors.push((
+        "exp_avg.stray".into(),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    ));
+    lawa_core::checkpoint::write_safetensors(&path, &tensors).unwrap();
+    let err = b.load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("`exp_avg.stray` is not a parameter of this model"),
+        "{err}"
+    );
+    let tensors: Vec<_> = a
+        .state_tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("exp_avg_sq."))
+        .collect();
+    lawa_core::checkpoint::write_safetensors(&path, &tensors).unwrap();
+    let err = b.load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("`exp_avg_sq.") && err.contains("missing"),
+        "{err}"
+    );
     assert!(AdamW::new(
         Vec::new(),
         AdamWConfig {

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -444,18 +444,22 @@ impl AdamW {
         )?)
     }
 
-    /// Restores the state written by [`save`](Self::save).
+    /// Restores the state written by [`save`](Self::save), reading one tensor at a time
+    /// straight to its parameter's device.
     pub fn load(&mut self, path: &Path) -> Result<(), OptimError> {
-        let mut saved: HashMap<String, Tensor> = crate::checkpoint::read_safetensors(path)?
-            .into_iter()
-            .collect();
+        use crate::checkpoint::{CheckpointError, Header};
+        let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        let header = Header::read_from(&file, path)?;
+        header.verify_checksum(&file)?;
         let bad = |reason: String| OptimError::BadState {
             path: path.to_owned(),
             reason,
         };
-        let counter = saved
-            .remove("step")
-            .ok_or_else(|| bad("no step counter".into()))?;
+        let read = |key: &str| match header.get(key) {
+            Some(info) => Ok(Some(header.read_tensor(&file, info)?)),
+            None => Ok::<_, OptimError>(None),
+        };
+        let counter = read("step")?.ok_or_else(|| bad("no step counter".into()))?;
         if counter.kind() != Kind::Int64 || counter.size() != [1] {
             return Err(bad(format!(
                 "the step counter is a {:?} tensor of shape {:?}, not one int64",
@@ -468,11 +472,10 @@ impl AdamW {
             return Err(bad(format!("negative step counter {steps}")));
         }
         let mut restored = Vec::with_capacity(self.params.len());
+        let mut known = HashSet::from(["step".to_string()]);
         for p in &self.params {
             let mut take = |key: String| -> Result<Tensor, OptimError> {
-                let t = saved
-                    .remove(&key)
-                    .ok_or_else(|| bad(format!("`{key}` missing")))?;
+                let t = read(&key)?.ok_or_else(|| bad(format!("`{key}` missing")))?;
                 if t.size() != p.tensor.size() {
                     return Err(bad(format!(
                         "`{key}` has shape {:?}, the parameter {:?}",
@@ -480,6 +483,7 @@ impl AdamW {
                         p.tensor.size()
                     )));
                 }
+                known.insert(key);
                 Ok(t.to_device(p.tensor.device()).to_kind(Kind::Float))
             };
             restored.push((
@@ -487,8 +491,11 @@ impl AdamW {
                 take(format!("exp_avg_sq.{}", p.name))?,
             ));
         }
-        if let Some(extra) = saved.keys().next() {
-            return Err(bad(format!("`{extra}` is not a parameter of this model")));
+        if let Some(extra) = header.tensors.iter().find(|t| !known.contains(&t.name)) {
+            return Err(bad(format!(
+                "`{}` is not a parameter of this model",
+                extra.name
+            )));
         }
         for (p, (m, v)) in self.params.iter_mut().zip(restored) {
             p.exp_avg = m;
