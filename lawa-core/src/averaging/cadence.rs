@@ -25,23 +25,26 @@ impl Cadence {
         }
     }
 
-    /// Records that `weights` are observed after step `step`; returns whether an update is due.
-    /// Refuses a step that does not come after the last one observed, and weights without a
-    /// tensor.
-    pub(crate) fn observe(
-        &mut self,
+    /// Whether an update is due for `weights` observed after step `step`. Refuses a step that
+    /// does not come after the last one recorded, and weights without a tensor; `label` names
+    /// the averager in the error (built only then).
+    pub(crate) fn admit(
+        &self,
         step: u64,
         weights: &Weights,
-        label: &str,
+        label: &dyn Fn() -> String,
     ) -> Result<bool, AveragingError> {
         check_step(self.last, step, label)?;
         if weights.is_empty() {
-            return Err(AveragingError::NoWeights {
-                label: label.to_string(),
-            });
+            return Err(AveragingError::NoWeights { label: label() });
         }
-        self.last = Some(step);
         Ok(self.is_due(step))
+    }
+
+    /// Records `step` as observed, once its update (if one was due) has succeeded: a failed
+    /// update may be tried again at the same step.
+    pub(crate) fn record(&mut self, step: u64) {
+        self.last = Some(step);
     }
 
     /// The last step observed, if any.
@@ -56,10 +59,15 @@ impl Cadence {
         }
     }
 
-    /// Takes the last step observed from a saved state (none in states saved before lawa
-    /// recorded it: the next step is then taken as it comes).
-    pub(crate) fn restore_from(&mut self, saved: &SavedAverager) {
-        self.last = last_step(&saved.meta);
+    /// Takes the last step observed from a saved state; states saved before lawa recorded it
+    /// give `fallback` (a LAWA's newest snapshot; none for EMA and SWA, whose next step is then
+    /// taken as it comes).
+    pub(crate) fn restore_from(&mut self, saved: &SavedAverager, fallback: Option<u64>) {
+        self.last = saved
+            .meta
+            .get(LAST_STEP)
+            .and_then(serde_json::Value::as_u64)
+            .or(fallback);
     }
 
     /// Whether an update is due after optimizer step `step`.
@@ -77,16 +85,15 @@ impl Cadence {
     }
 }
 
-/// The last step observed recorded in a saved averager's counters.
-pub(crate) fn last_step(meta: &serde_json::Value) -> Option<u64> {
-    meta.get(LAST_STEP).and_then(serde_json::Value::as_u64)
-}
-
-/// Refuses `step` unless it comes after `last`.
-pub(crate) fn check_step(last: Option<u64>, step: u64, label: &str) -> Result<(), AveragingError> {
+/// Refuses `step` unless it comes after `last`; `label` names the averager in the error.
+pub(crate) fn check_step(
+    last: Option<u64>,
+    step: u64,
+    label: &dyn Fn() -> String,
+) -> Result<(), AveragingError> {
     match last {
         Some(last) if step <= last => Err(AveragingError::StepOrder {
-            label: label.to_string(),
+            label: label(),
             step,
             last,
         }),

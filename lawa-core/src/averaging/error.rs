@@ -1,5 +1,7 @@
-/// What can go wrong when configuring, feeding or reading an averager.
+/// What can go wrong when configuring, feeding or reading an averager. New kinds may be added:
+/// a `match` on it needs a catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AveragingError {
     /// A parameter outside its allowed range (k = 0, a decay of 1, a start after the end...).
     #[error("{averager}: {field} = {value} is invalid: {reason}")]

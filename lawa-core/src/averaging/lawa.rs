@@ -152,7 +152,8 @@ impl Core for Lawa {
         weights: &Weights,
         store: &mut SnapshotStore,
     ) -> Result<(), AveragingError> {
-        if !self.cadence.observe(step, weights, &self.label())? {
+        if !self.cadence.admit(step, weights, &|| self.label())? {
+            self.cadence.record(step);
             return Ok(());
         }
         let layout = weights.layout();
@@ -161,6 +162,7 @@ impl Core for Lawa {
             Some(l) => l.check(&layout, &self.label(), true)?,
         }
         store.take(step, self.storage, weights, &self.label())?;
+        self.cadence.record(step);
         self.queue.push_back(step);
         while self.queue.len() > self.k {
             self.queue.pop_front();
@@ -228,7 +230,8 @@ impl Core for Lawa {
                 return Err(saved.bad(format!("the snapshot of step {step} is missing")));
             }
         }
-        self.cadence.restore_from(&saved);
+        let newest = saved.snapshot_steps.iter().copied().max();
+        self.cadence.restore_from(&saved, newest);
         self.queue = saved.snapshot_steps.into_iter().collect();
         self.layout = (!self.queue.is_empty()).then(|| layout.clone());
         Ok(())

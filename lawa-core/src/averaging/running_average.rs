@@ -204,12 +204,13 @@ macro_rules! running_average_core {
             }
 
             fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
-                if !self.cadence.observe(step, weights, &self.label())? {
-                    return Ok(());
+                if self.cadence.admit(step, weights, &|| self.label())? {
+                    let weight = self.next_weight();
+                    let label = self.label();
+                    self.average.update(weights, weight, self.storage, &label)?;
                 }
-                let weight = self.next_weight();
-                let label = self.label();
-                self.average.update(weights, weight, self.storage, &label)
+                self.cadence.record(step);
+                Ok(())
             }
 
             fn is_ready(&self) -> bool {
@@ -269,9 +270,12 @@ macro_rules! running_average_core {
                 _store: &super::store::SnapshotStore,
             ) -> Result<(), AveragingError> {
                 self.check_saved(&saved)?;
-                self.cadence.restore_from(&saved);
+                let mut cadence = self.cadence;
+                cadence.restore_from(&saved, None);
                 let label = self.label();
-                self.average.restore(saved, &label, layout)
+                self.average.restore(saved, &label, layout)?;
+                self.cadence = cadence;
+                Ok(())
             }
         }
     };

@@ -4,7 +4,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::cadence::{check_step, last_step};
+use super::cadence::check_step;
 use super::state::SavedAverager;
 use super::store::SnapshotStore;
 use super::weights::Layout;
@@ -125,13 +125,12 @@ impl AveragerSet {
                 "the same averager is listed twice",
             ));
         }
-        if let Some(theirs) = averager.layout() {
-            match &self.layout {
-                Some(ours) => ours.check(theirs, &format!("{SET}: {label}"), true)?,
-                None => self.layout = Some(theirs.clone()),
-            }
+        let theirs = averager.layout().cloned();
+        if let (Some(ours), Some(theirs)) = (&self.layout, &theirs) {
+            ours.check(theirs, &format!("{SET}: {label}"), true)?;
         }
         averager.share_snapshots(&mut self.store)?;
+        self.layout = self.layout.take().or(theirs);
         self.last = self.last.max(averager.last_step());
         self.averagers.push(averager);
         Ok(())
@@ -165,7 +164,7 @@ impl AveragerSet {
     /// last one observed ([`AveragingError::StepOrder`]) and weights without a tensor
     /// ([`AveragingError::NoWeights`]) are refused before any averager moves.
     pub fn observe(&mut self, step: u64, weights: &Weights) -> Result<(), AveragingError> {
-        check_step(self.last, step, SET)?;
+        check_step(self.last, step, &|| SET.into())?;
         if weights.is_empty() {
             return Err(AveragingError::NoWeights { label: SET.into() });
         }
@@ -246,7 +245,8 @@ impl AveragerSet {
 
     /// Restores every averager from `dir`, for training that continues on `weights` (which
     /// must have the names and shapes the state was saved with). The set must hold the same
-    /// averagers, in the same order, as when it was saved.
+    /// averagers, in the same order, as when it was saved. After an error, the set is in no defined
+    /// state: build it anew.
     pub fn load(&mut self, dir: &Path, weights: &Weights) -> Result<(), AveragingError> {
         let json_path = dir.join(STATE_JSON);
         let bad = |reason: String| AveragingError::BadState {
@@ -326,11 +326,10 @@ impl AveragerSet {
                 snapshot_steps: entry.snapshot_steps,
             });
         }
-        let last = restored.iter().filter_map(|s| last_step(&s.meta)).max();
         for (averager, saved) in self.averagers.iter_mut().zip(restored) {
             averager.restore(saved, &layout, &store)?;
         }
-        self.last = last;
+        self.last = self.averagers.iter().filter_map(|a| a.last_step()).max();
         self.store = store;
         self.layout = Some(layout);
         Ok(())
@@ -538,5 +537,49 @@ mod tests {
             })
             .collect();
         assert_eq!(averages, [2.5, 2.25]);
+    }
+
+    /// A lone averager whose update failed may be given the same step again; a state saved
+    /// before lawa recorded the last step resumes a LAWA after its newest snapshot.
+    #[test]
+    fn a_failed_update_may_be_retried_and_old_states_bound_the_step() {
+        let w = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let weights = Weights::from_named([("w".to_string(), w.shallow_clone())]);
+        let other = Weights::from_named([(
+            "w".to_string(),
+            Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+        )]);
+        let mut ema = crate::averaging::Ema::new(0.5).unwrap();
+        let mut lawa = Lawa::new(2, 1).unwrap();
+        ema.observe(1, &weights).unwrap();
+        lawa.observe(1, &weights).unwrap();
+        assert!(ema.observe(2, &other).is_err(), "a shape that changed");
+        assert!(lawa.observe(2, &other).is_err(), "a shape that changed");
+        ema.observe(2, &weights).unwrap();
+        lawa.observe(2, &weights).unwrap();
+
+        let mut set = AveragerSet::new();
+        set.push(Lawa::new(2, 2).unwrap()).unwrap();
+        set.push(crate::averaging::Ema::new(0.5).unwrap()).unwrap();
+        for step in 1..=5 {
+            set.observe(step, &weights).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        set.save(dir.path()).unwrap();
+        let json = dir.path().join(STATE_JSON);
+        let mut saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        for entry in saved["averagers"].as_array_mut().unwrap() {
+            assert_eq!(entry["meta"]["last_step"], 5);
+            entry["meta"].as_object_mut().unwrap().remove("last_step");
+        }
+        std::fs::write(&json, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let mut back = AveragerSet::new();
+        back.push(Lawa::new(2, 2).unwrap()).unwrap();
+        back.push(crate::averaging::Ema::new(0.5).unwrap()).unwrap();
+        back.load(dir.path(), &weights).unwrap();
+        let err = back.observe(4, &weights).unwrap_err().to_string();
+        assert!(err.contains("step 4 observed after step 4"), "{err}");
+        back.observe(5, &weights).unwrap();
     }
 }
