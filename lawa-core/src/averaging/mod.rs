@@ -3,6 +3,8 @@
 //! each snapshot they share.
 //!
 //! Averagers only *evaluate*: they never write into the training weights or the optimizer.
+//! They are fed once per optimizer step, steps increasing: a step given twice or out of order
+//! is refused ([`AveragingError::StepOrder`]), across a saved and loaded state too.
 //! Averages are computed in fp32; tied tensors count once; integer tensors are copied. All three
 //! are built the same way: a constructor with what defines them, then `start` (the first step
 //! they act on), `every` (steps between updates; LAWA's is its `nu`) and `storage` (where their
