@@ -274,13 +274,7 @@ impl AveragerSet {
         }
         // Read one tensor at a time, straight to where it is kept: host memory never holds the
         // whole state at once (GPT-2 large with LAWA k = 10 on a GPU: 31 GB of snapshots).
-        let tensors_path = dir.join(STATE_TENSORS);
-        let file = std::fs::File::open(&tensors_path).map_err(|source| AveragingError::Io {
-            path: tensors_path.clone(),
-            error: source,
-        })?;
-        let header = Header::read_from(&file, &tensors_path)?;
-        header.verify_checksum(&file)?;
+        let (file, header) = Header::open_checked(&dir.join(STATE_TENSORS))?;
         // The saved tensor `key`, shaped like `like`, on the device `storage` puts it.
         let fetch = |key: String, like: &Tensor, storage: Storage| {
             let info = header

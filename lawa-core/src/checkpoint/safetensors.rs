@@ -201,6 +201,16 @@ impl Header {
         Header::read_from(&file, path)
     }
 
+    /// Opens the safetensors file at `path`, validates its header and checks its data against
+    /// the checksum (see [`verify_checksum`](Self::verify_checksum)): the file and its header,
+    /// to read tensors from one at a time.
+    pub fn open_checked(path: &Path) -> Result<(File, Header), CheckpointError> {
+        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        let header = Header::read_from(&file, path)?;
+        header.verify_checksum(&file)?;
+        Ok((file, header))
+    }
+
     /// Reads and validates the header of an open file.
     pub fn read_from(file: &File, path: &Path) -> Result<Header, CheckpointError> {
         let bad = |reason: String| CheckpointError::BadFile {
@@ -522,9 +532,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
 /// Reads every tensor of a safetensors file (on CPU, stored dtypes), after validating its header
 /// and, when it carries one, its checksum.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-    let header = Header::read_from(&file, path)?;
-    header.verify_checksum(&file)?;
+    let (file, header) = Header::open_checked(path)?;
     header
         .tensors
         .iter()

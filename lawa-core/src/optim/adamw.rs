@@ -447,10 +447,7 @@ impl AdamW {
     /// Restores the state written by [`save`](Self::save), reading one tensor at a time
     /// straight to its parameter's device.
     pub fn load(&mut self, path: &Path) -> Result<(), OptimError> {
-        use crate::checkpoint::{CheckpointError, Header};
-        let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        let header = Header::read_from(&file, path)?;
-        header.verify_checksum(&file)?;
+        let (file, header) = crate::checkpoint::Header::open_checked(path)?;
         let bad = |reason: String| OptimError::BadState {
             path: path.to_owned(),
             reason,
