@@ -13,7 +13,8 @@
 #       speed), cuda_graph (steps replayed from a CUDA graph: tests, parity beside the eager
 #       steps, speed), averaging, speed_small, sweep, data_parallel (a process group of one on
 #       NCCL beside the lone run), parity_f32, speed_small_options, speed_medium, speed_large;
-#       at most GPU_CHECK_BUDGET seconds (default 420). DIR defaults to $OUT.
+#       at most GPU_CHECK_BUDGET seconds (default 420). DIR defaults to $OUT. --compile-all:
+#       medium and large beside torch.compile too (a minute more each; for a second run).
 #   scripts/gpu-check.sh --cpu [--lawa BIN] [--out DIR]
 #       A dry run of the same sections at toy sizes on the CPU, with the bootstrap's Python as the
 #       reference: the test suite runs it, so the check cannot rot between GPU sessions.
@@ -29,6 +30,7 @@ mode=gpu
 out=${OUT:-}
 lawa=
 only=
+compile_all=
 while [ $# -gt 0 ]; do
     case $1 in
         --prepare) mode=prepare ;;
@@ -36,7 +38,8 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift ;;
         --lawa) lawa=$2; shift ;;
         --only) only=$2; shift ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --compile-all) compile_all=1 ;;
+        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -310,6 +313,20 @@ EOF
     return $failed
 }
 
+# speed_model NAME ARGS... -- FASTEST...: lawa beside PyTorch (ARGS), then lawa alone with
+# every speed option (FASTEST) as NAME_all, which the report sets beside NAME's PyTorch rows.
+speed_model() {
+    local name=$1 args=()
+    shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        args+=("$1")
+        shift
+    done
+    shift
+    bench train "$name" "${args[@]}" || return 1
+    bench train "${name}_all" --no-reference "$@"
+}
+
 sweep_config() {
     local steps=$1 model=$2 batch=$3 block=$4
     cat >"$work/gpu-check.yaml" <<EOF
@@ -382,7 +399,7 @@ EOF
 }
 
 export lawa work out device root torch_dir
-export -f environment bench device_tests speed_options kernels cuda_graph sweep data_parallel
+export -f environment bench device_tests speed_options speed_model kernels cuda_graph sweep data_parallel
 section env 60 environment
 if [ $mode = gpu ] && grep -qE '"status": "(failed|timed out)' "$work"/status/*-env.json 2>/dev/null; then
     "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"
@@ -401,8 +418,16 @@ if [ $mode = gpu ]; then
     small=(--preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 3)
     graphed=(--preset small --batch-size 16 --accumulation 4 --steps 10 --warmup 5)
     chunk=4096
-    medium=(--preset medium --batch-size 8 --steps 8 --warmup 3 --no-compile)
-    large=(--preset large --batch-size 4 --steps 8 --warmup 3 --no-compile)
+    no_compile=$([ -n "$compile_all" ] || echo --no-compile)
+    medium_limit=$([ -n "$compile_all" ] && echo 180 || echo 90)
+    large_limit=$([ -n "$compile_all" ] && echo 220 || echo 100)
+    medium=(--preset medium --batch-size 8 --steps 8 --warmup 3 $no_compile)
+    large=(--preset large --batch-size 4 --steps 8 --warmup 3 $no_compile)
+    # lawa with every speed option, the CUDA graph among them (its warm-up leaves room for the
+    # recording).
+    fastest=(--loss-kernel fused --norm-kernel fused --linear-kernel fused --adamw-kernel fused --cuda-graph)
+    medium_all=(--preset medium --batch-size 8 --steps 8 --warmup 5 "${fastest[@]}")
+    large_all=(--preset large --batch-size 4 --steps 8 --warmup 5 "${fastest[@]}")
     averaging=(--preset small --batch-size 16 --steps 8 --warmup 3 --no-compile)
     sweep_config 200 "n_layer: 4, n_head: 4, n_embd: 256" 16 256
     dp=(40 "n_layer: 4, n_head: 4, n_embd: 256" 16 256)
@@ -416,6 +441,11 @@ else
     chunk=64
     medium=("${tiny[@]}" --n-layer 3 --steps 2 --warmup 1)
     large=("${tiny[@]}" --n-layer 4 --steps 2 --warmup 1)
+    fastest=(--loss-kernel fused --norm-kernel fused --linear-kernel fused --adamw-kernel fused) # no graphs here
+    medium_limit=$limit
+    large_limit=$limit
+    medium_all=("${medium[@]}" "${fastest[@]}")
+    large_all=("${large[@]}" "${fastest[@]}")
     averaging=("${tiny[@]}" --steps 2 --warmup 1)
     sweep_config 40 "n_layer: 1, n_head: 2, n_embd: 32" 4 32
     dp=(10 "n_layer: 1, n_head: 2, n_embd: 32" 4 32)
@@ -431,8 +461,8 @@ section data_parallel 90 data_parallel "${dp[@]}"
 section parity_f32 $limit bench parity parity_f32 "${p32[@]}"
 # lawa alone with its speed options: whether the chunked loss and the fused AdamW pay on a GPU.
 section speed_small_options $limit speed_options $chunk "${small[@]}"
-section speed_medium $limit bench train speed_medium "${medium[@]}"
-section speed_large 100 bench train speed_large "${large[@]}"
+section speed_medium $medium_limit speed_model speed_medium "${medium[@]}" -- "${medium_all[@]}"
+section speed_large $large_limit speed_model speed_large "${large[@]}" -- "${large_all[@]}"
 # The profiled steps' events (bench train --profile), to read beside the report's tables.
 [ ! -d "$work/profile" ] || tar -czf "$out/profiles.tar.gz" -C "$work" profile
 "$LAWA_PYTHON" "$root/scripts/gpu_check_report.py" "$work" "$out" "$mode"

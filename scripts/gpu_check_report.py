@@ -22,7 +22,8 @@ def num(x, fmt):
 
 def parity_md(name, p):
     spread = p.get("reference_spread")
-    math = p.get("reference_math_attention") or []
+    # The reference's variants (lawa-experiments/src/bench/parity.rs, VARIANTS).
+    variants = [("again", "again"), ("linear_layout", "nn.Linear layout"), ("math_attention", "math attention")]
     lines = [f"### {name}: {p['precision']}, {p['steps']} steps, batch {p['batch_size']} x {p['block_size']}, "
              f"{p['n_layer']} layers x {p['n_embd']}, vocab {p['vocab_size']}",
              "",
@@ -32,14 +33,18 @@ def parity_md(name, p):
              f"{num(p.get('first_step_tolerance'), '.0e')}): **{'passed' if p['passed'] else 'FAILED'}**; reference: "
              f"transformers {p.get('transformers')} on torch {p.get('torch')}"]
     if spread is not None:
-        lines += ["", f"The reference against itself with the math attention kernel (its own spread): "
-                      f"**{spread:.3e}**; the tolerance is the larger of the fixed one and twice that, "
-                      f"at most ten times the fixed one."]
-    head = "| step | lawa | transformers | abs diff |" + (" math attention |" if math else "")
-    lines += ["", head, "|---:|---:|---:|---:|" + ("---:|" if math else "")]
+        each = ", ".join(f"{label}: {num(p.get('reference_spread_' + key), '.3e')}" for key, label in variants)
+        lines += ["", f"The reference against itself (its own spread; run again, with its linear layers' "
+                      f"weights laid out as lawa's, with the math attention kernel): {each}; the tolerance is "
+                      f"the larger of the fixed one and twice the largest spread (**{spread:.3e}**), at most "
+                      f"ten times the fixed one."]
+    extras = [(label, p.get("reference_" + key)) for key, label in variants]
+    extras = [(label, col) for label, col in extras if col]
+    head = "| step | lawa | transformers | abs diff |" + "".join(f" {name} |" for name, _ in extras)
+    lines += ["", head, "|---:|---:|---:|---:|" + "---:|" * len(extras)]
     for i, (a, b) in enumerate(zip(p["lawa"], p["reference"]), 1):
         # A NaN loss is null in the JSON: a dash here, the row kept.
-        extra = f" {num(math[i - 1], '.7f')} |" if i <= len(math) else ""
+        extra = "".join(f" {num(col[i - 1], '.7f')} |" if i <= len(col) else " - |" for _, col in extras)
         diff = None if a is None or b is None else abs(a - b)
         lines.append(f"| {i} | {num(a, '.7f')} | {num(b, '.7f')} | {num(diff, '.2e')} |{extra}")
     return lines + [""]
@@ -66,10 +71,14 @@ def speed_md(speeds):
              "| peak allocated MiB (PyTorch) | lawa / this |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     errors = []
-    # The reference's figures a lawa-only run (--no-reference) is compared with: speed_small's,
-    # taken in the same invocation on the same card with the same model and batch.
-    base = dict(speeds).get("speed_small") or {}
+    # The reference's figures a lawa-only run (--no-reference) is compared with: those of the
+    # run it extends (speed_small's for speed_small_graph), taken in the same invocation on the
+    # same card with the same model and batch.
+    bases = dict(speeds)
     for name, s in speeds:
+        base_name = next((b for b in ("speed_small", "speed_medium", "speed_large")
+                          if name.startswith(b + "_")), name)
+        base = bases.get(base_name) or {}
         m = s["model"]
         shape = f"{name.removeprefix('speed_')} ({m['params'] / 1e6:.0f}M, {m['n_layer']}x{m['n_embd']})"
         if s.get("loss_chunk"):
@@ -86,12 +95,12 @@ def speed_md(speeds):
             shape += ", CUDA graph"
         batch = f"{s['batch_size']} x {m['block_size']} x {s['accumulation']}"
         lawa = s["lawa"]["tokens_per_s"]
-        alone = not s.get("eager") and name != "speed_small" and base.get("model") == s["model"] \
+        alone = not s.get("eager") and name != base_name and base.get("model") == s["model"] \
             and base.get("batch_size") == s["batch_size"] and base.get("accumulation") == s["accumulation"]
         for impl, key in [("lawa", "lawa"), ("PyTorch eager", "eager"), ("torch.compile", "compile")]:
             r = s.get(key)
             if not r and alone and base.get(key):
-                r, impl = base[key], f"{impl} (speed_small's)"
+                r, impl = base[key], f"{impl} ({base_name}'s)"
             if not r:
                 continue
             ratio = lawa / r["tokens_per_s"]
@@ -133,7 +142,7 @@ def main():
     # The parts of speed_small_options, kernels and cuda_graph.
     for name in ("speed_small_chunked_loss", "speed_small_fused_adamw", "parity_bf16_fused",
                  "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
-                 "parity_bf16_graph", "speed_small_graph"):
+                 "parity_bf16_graph", "speed_small_graph", "speed_medium_all", "speed_large_all"):
         figures[name] = load(work / f"{name}.json")
     env = load(work / "env.json") or {}
     # A section the budget left no time for did not run: it is named, not counted as failed.
@@ -160,7 +169,8 @@ def main():
     speeds = [(n, figures[n]) for n in ("speed_small", "speed_small_fused_loss", "speed_small_fused", "speed_small_fused_all",
                                         "speed_small_graph",
                                         "speed_small_chunked_loss", "speed_small_fused_adamw",
-                                        "speed_medium", "speed_large") if figures.get(n)]
+                                        "speed_medium", "speed_medium_all", "speed_large", "speed_large_all")
+              if figures.get(n)]
     if speeds:
         md += ["## Training speed (one card, one invocation)", ""] + safe("speed", speed_md, speeds)
         profiles = [line for n, sp in speeds for line in safe(n, profile_md, n, sp)]

@@ -19,9 +19,13 @@ writes), returning the profiled steps' wall time.
 With "parity", it trains Hugging Face transformers' GPT2LMHeadModel loaded from the folder
 `init` (written by lawa's save_pretrained) on the batches in `batches` (safetensors x, y:
 [steps, batch, block]) with torch.optim.AdamW, clip_grad_norm_ and, for bf16, torch.autocast,
-and prints the loss of every step. With "floor", it trains the same model a second time with
-scaled_dot_product_attention's math backend instead of its fastest one: the spread between two
-valid PyTorch runs, against which lawa's difference is judged in bf16.
+and prints the loss of every step. With "floor", it trains the same model twice more: once the
+same way (on a GPU some kernels, the memory-efficient attention's backward among them, add in
+an order that varies from run to run) and once with scaled_dot_product_attention's math backend
+instead of its fastest one (another valid rounding), and a third time with the weights of every
+linear layer laid out as torch.nn.Linear and lawa lay them out ([out, in], where transformers'
+Conv1D holds [in, out]: the weight gradients' matmuls then round in another order): the
+reference's own spread, against which lawa's difference is judged.
 
 With "tasks", it scores that many log-likelihood requests instead of training: the lengths
 that `lawa bench tasks` draws (request_lengths), sorted longest first, right-padded batches,
@@ -31,6 +35,7 @@ import json
 import math
 import sys
 import time
+import types
 
 import torch
 import torch.nn as nn
@@ -187,17 +192,19 @@ def timed_training(c, build, device, out, prefix):
 
 def parity_losses(c):
     """The losses of training transformers' GPT-2 from lawa's initial weights on lawa's batches
-    (and, with "floor", the same with the math attention backend)."""
+    (and, with "floor", the same again and the same with the math attention backend)."""
     import transformers
     from torch.nn.attention import SDPBackend, sdpa_kernel
     out = {"losses": trained_losses(c), "transformers": transformers.__version__}
     if c["parity"].get("floor"):
+        out["losses_again"] = trained_losses(c)
+        out["losses_linear_layout"] = trained_losses(c, linear_layout=True)
         with sdpa_kernel(SDPBackend.MATH):
             out["losses_math_attention"] = trained_losses(c)
     return out
 
 
-def trained_losses(c):
+def trained_losses(c, linear_layout=False):
     from safetensors.torch import load_file
     from transformers import GPT2LMHeadModel
     p, device = c["parity"], c["device"]
@@ -205,6 +212,8 @@ def trained_losses(c):
     # (gelu_new's Python formula rounds to bf16 after every operation under autocast).
     model = GPT2LMHeadModel.from_pretrained(p["init"], attn_implementation="sdpa", dtype=torch.float32,
                                             activation_function="gelu_pytorch_tanh")
+    if linear_layout:
+        model = LinearLayoutGpt2(model)
     model = model.to(device).train()
     opt = adamw(model, p["lr"], (p["beta1"], p["beta2"]), p["eps"], p["weight_decay"])
     batches = load_file(p["batches"])
@@ -220,6 +229,48 @@ def trained_losses(c):
         opt.step()
         opt.zero_grad(set_to_none=True)
     return losses
+
+
+class LinearLayoutGpt2(nn.Module):
+    """transformers' GPT2LMHeadModel `hf` (loaded weights, tanh GELU, causal SDPA) computed the
+    same way with torch.nn.Linear layers, each weight transposed from Conv1D's [in, out] to
+    Linear's [out, in] as lawa holds them. Called with token ids, returns an object with .logits."""
+
+    def __init__(self, hf):
+        super().__init__()
+        cfg, t = hf.config, hf.transformer
+        if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn or \
+                max(cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop) > 0:
+            raise ValueError("the linear-layout reference has plain attention and no dropout")
+        self.n_head = cfg.n_head
+        # Parameters registered in transformers' order (gradient clipping sums in that order).
+        self.wte, self.wpe = t.wte, t.wpe
+        self.h = nn.ModuleList()
+        for block in t.h:
+            b = nn.Module()
+            for name, layer in (("ln_1", block.ln_1), ("c_attn", block.attn.c_attn),
+                                ("attn_proj", block.attn.c_proj), ("ln_2", block.ln_2),
+                                ("c_fc", block.mlp.c_fc), ("mlp_proj", block.mlp.c_proj)):
+                if not name.startswith("ln"):
+                    conv, layer = layer, nn.Linear(layer.weight.shape[0], layer.weight.shape[1])
+                    with torch.no_grad():
+                        layer.weight.copy_(conv.weight.t())
+                        layer.bias.copy_(conv.bias)
+                setattr(b, name, layer)
+            self.h.append(b)
+        self.ln_f = t.ln_f
+
+    def forward(self, idx):
+        B, T = idx.shape
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for b in self.h:
+            C = x.shape[-1]
+            q, k, v = b.c_attn(b.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + b.attn_proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + b.mlp_proj(F.gelu(b.c_fc(b.ln_2(x)), approximate="tanh"))
+        return types.SimpleNamespace(logits=F.linear(self.ln_f(x), self.wte.weight))
 
 
 def averaging_seconds(model, device, calls=50):

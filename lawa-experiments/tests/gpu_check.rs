@@ -120,15 +120,26 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
     assert_eq!(f["cuda_graph"]["refused_on_cpu"], true);
     let profile = &f["speed_small_fused"]["profile"]["lawa"];
     assert!(profile["busy_ms_per_step"].as_f64().unwrap() > 0.0);
-    // bf16: the reference's own spread (math attention) was measured and sets the tolerance
-    // when it is larger than the fixed one.
-    let spread = bf16["reference_spread"].as_f64().unwrap();
-    assert!(spread > 0.0, "{bf16}");
-    assert_eq!(
-        bf16["tolerance"].as_f64().unwrap(),
-        (2.0 * spread).max(2e-2),
-        "{bf16}"
-    );
+    // The reference's own spread (run again, with lawa's weight layout, with math attention)
+    // was measured in both precisions, and sets the tolerance when twice its largest is larger
+    // than the fixed one. On the CPU the reference run again is the same run, bit for bit.
+    for (p, fixed) in [(bf16, 2e-2), (f32, 1e-5)] {
+        let spread = |key: &str| p[format!("reference_spread_{key}")].as_f64().unwrap();
+        assert_eq!(spread("again"), 0.0, "{p}");
+        let largest = spread("linear_layout").max(spread("math_attention"));
+        assert_eq!(p["reference_spread"].as_f64().unwrap(), largest);
+        assert_eq!(
+            p["tolerance"].as_f64().unwrap(),
+            (2.0 * largest).max(fixed),
+            "{p}"
+        );
+    }
+    assert!(bf16["reference_spread"].as_f64().unwrap() > 0.0, "{bf16}");
+    // In bf16 the reference with its weights laid out as lawa's ([out, in]) trains as lawa
+    // does, bit for bit, where transformers' own layout differs from the second step on.
+    let linear: Vec<f64> = serde_json::from_value(bf16["reference_linear_layout"].clone()).unwrap();
+    let ours: Vec<f64> = serde_json::from_value(bf16["lawa"].clone()).unwrap();
+    assert_eq!(linear[..3], ours[..3], "{bf16}");
     // The profiled steps: lawa's and eager's, each with a busy time inside its wall time and
     // the matmuls among the largest operators.
     for which in ["lawa", "eager"] {
@@ -145,6 +156,14 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         assert!(names.contains(&"aten::mm"), "{which}: {names:?}");
     }
     assert_eq!(f["speed_large"]["model"]["n_layer"], 4);
+    // Medium and large again, lawa alone with every speed option.
+    for (name, layers) in [("speed_medium_all", 3), ("speed_large_all", 4)] {
+        let s = &f[name];
+        assert_eq!(s["model"]["n_layer"], layers, "{s}");
+        assert_eq!(s["adamw_kernel"], "fused", "{s}");
+        assert!(s["lawa"]["tokens_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s.get("eager").is_none(), "{s}");
+    }
     // On the CPU an EMA or a LAWA in host memory is the same update as one on the device.
     assert_eq!(f["averaging"]["host_vs_device_ema_max_difference"], 0.0);
     assert_eq!(f["averaging"]["host_vs_device_lawa_max_difference"], 0.0);
@@ -187,6 +206,8 @@ fn the_dry_run_passes_every_section_and_reports_real_figures() {
         "## Averaging cost",
         "## Where a step's time goes (profiler)",
         "math attention",
+        "| again | nn.Linear layout | math attention |",
+        "PyTorch eager (speed_large's)",
         "small_chunked_loss",
         "AdamW fused",
         "### parity_bf16_fused",
