@@ -23,7 +23,8 @@ def num(x, fmt):
 def parity_md(name, p):
     spread = p.get("reference_spread")
     # The reference's variants (lawa-experiments/src/bench/parity.rs, VARIANTS).
-    variants = [("again", "again"), ("linear_layout", "nn.Linear layout"), ("math_attention", "math attention")]
+    variants = [("again", "again"), ("linear_layout", "nn.Linear layout"), ("padded_head", "and padded head"),
+                ("math_attention", "math attention")]
     lines = [f"### {name}: {p['precision']}, {p['steps']} steps, batch {p['batch_size']} x {p['block_size']}, "
              f"{p['n_layer']} layers x {p['n_embd']}, vocab {p['vocab_size']}",
              "",
@@ -35,7 +36,8 @@ def parity_md(name, p):
     if spread is not None:
         each = ", ".join(f"{label}: {num(p.get('reference_spread_' + key), '.3e')}" for key, label in variants)
         lines += ["", f"The reference against itself (its own spread; run again, with its linear layers' "
-                      f"weights laid out as lawa's, with the math attention kernel): {each}; the tolerance is "
+                      f"weights laid out as lawa's, so laid out and with lawa's padded LM head, with the math attention "
+                      f"kernel): {each}; the tolerance is "
                       f"the larger of the fixed one and twice the largest spread (**{spread:.3e}**), at most "
                       f"ten times the fixed one."]
     extras = [(label, p.get("reference_" + key)) for key, label in variants]

@@ -19,13 +19,14 @@ writes), returning the profiled steps' wall time.
 With "parity", it trains Hugging Face transformers' GPT2LMHeadModel loaded from the folder
 `init` (written by lawa's save_pretrained) on the batches in `batches` (safetensors x, y:
 [steps, batch, block]) with torch.optim.AdamW, clip_grad_norm_ and, for bf16, torch.autocast,
-and prints the loss of every step. With "floor", it trains the same model twice more: once the
-same way (on a GPU some kernels, the memory-efficient attention's backward among them, add in
-an order that varies from run to run) and once with scaled_dot_product_attention's math backend
-instead of its fastest one (another valid rounding), and a third time with the weights of every
+and prints the loss of every step. With "floor", it trains the same model four times more, each
+another valid rounding: the same way (on a GPU some kernels, the memory-efficient attention's
+backward among them, add in an order that varies from run to run); with the weights of every
 linear layer laid out as torch.nn.Linear and lawa lay them out ([out, in], where transformers'
-Conv1D holds [in, out]: the weight gradients' matmuls then round in another order): the
-reference's own spread, against which lawa's difference is judged.
+Conv1D holds [in, out]: the weight gradients' matmuls then round in another order); so laid out
+and with lawa's padded vocabulary in the LM head (the head's matmuls of lawa's shapes); and with
+scaled_dot_product_attention's math backend instead of its fastest one. Their spread from the
+first run is the reference's own, against which lawa's difference is judged.
 
 With "tasks", it scores that many log-likelihood requests instead of training: the lengths
 that `lawa bench tasks` draws (request_lengths), sorted longest first, right-padded batches,
@@ -199,12 +200,13 @@ def parity_losses(c):
     if c["parity"].get("floor"):
         out["losses_again"] = trained_losses(c)
         out["losses_linear_layout"] = trained_losses(c, linear_layout=True)
+        out["losses_padded_head"] = trained_losses(c, linear_layout=True, padded_head=True)
         with sdpa_kernel(SDPBackend.MATH):
             out["losses_math_attention"] = trained_losses(c)
     return out
 
 
-def trained_losses(c, linear_layout=False):
+def trained_losses(c, linear_layout=False, padded_head=False):
     from safetensors.torch import load_file
     from transformers import GPT2LMHeadModel
     p, device = c["parity"], c["device"]
@@ -213,7 +215,7 @@ def trained_losses(c, linear_layout=False):
     model = GPT2LMHeadModel.from_pretrained(p["init"], attn_implementation="sdpa", dtype=torch.float32,
                                             activation_function="gelu_pytorch_tanh")
     if linear_layout:
-        model = LinearLayoutGpt2(model)
+        model = LinearLayoutGpt2(model, padded_head)
     model = model.to(device).train()
     opt = adamw(model, p["lr"], (p["beta1"], p["beta2"]), p["eps"], p["weight_decay"])
     batches = load_file(p["batches"])
@@ -222,7 +224,12 @@ def trained_losses(c, linear_layout=False):
         x, y = x.to(device), y.to(device)
         with autocast(c):
             logits = model(x).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        logits = logits.float()
+        vocab = getattr(model, "vocab", logits.size(-1))
+        if logits.size(-1) > vocab:
+            with torch.no_grad():  # the padding at -inf outside autograd, as lawa's head_log_probs
+                logits[..., vocab:] = float("-inf")
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         losses.append(loss.item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
@@ -234,9 +241,12 @@ def trained_losses(c, linear_layout=False):
 class LinearLayoutGpt2(nn.Module):
     """transformers' GPT2LMHeadModel `hf` (loaded weights, tanh GELU, causal SDPA) computed the
     same way with torch.nn.Linear layers, each weight transposed from Conv1D's [in, out] to
-    Linear's [out, in] as lawa holds them. Called with token ids, returns an object with .logits."""
+    Linear's [out, in] as lawa holds them. Called with token ids, returns an object with .logits.
+    With `padded_head`, the token embedding (and so the tied LM head) has lawa's padded rows (the
+    vocabulary rounded up to config.lawa_vocab_multiple, zeros), whose logits the loss sets to
+    -inf: the head's matmuls then have lawa's shapes."""
 
-    def __init__(self, hf):
+    def __init__(self, hf, padded_head=False):
         super().__init__()
         cfg, t = hf.config, hf.transformer
         if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn or \
@@ -245,6 +255,14 @@ class LinearLayoutGpt2(nn.Module):
         self.n_head = cfg.n_head
         # Parameters registered in transformers' order (gradient clipping sums in that order).
         self.wte, self.wpe = t.wte, t.wpe
+        self.vocab = cfg.vocab_size
+        multiple = getattr(cfg, "lawa_vocab_multiple", 1) or 1
+        padded = -(-cfg.vocab_size // multiple) * multiple
+        if padded_head and padded > cfg.vocab_size:
+            self.wte = nn.Embedding(padded, cfg.n_embd)
+            with torch.no_grad():
+                self.wte.weight.zero_()
+                self.wte.weight[:cfg.vocab_size].copy_(t.wte.weight)
         self.h = nn.ModuleList()
         for block in t.h:
             b = nn.Module()
