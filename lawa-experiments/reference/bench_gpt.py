@@ -23,7 +23,8 @@ and prints the loss of every step. With "floor", it trains the same model four t
 another valid rounding: the same way (on a GPU some kernels, the memory-efficient attention's
 backward among them, add in an order that varies from run to run); with the weights of every
 linear layer laid out as torch.nn.Linear and lawa lay them out ([out, in], where transformers'
-Conv1D holds [in, out]: the weight gradients' matmuls then round in another order); so laid out
+Conv1D holds [in, out]: the weight gradients' matmuls then round in another order) and its
+gradients clipped in lawa's order of parameters; so laid out
 and with lawa's padded vocabulary in the LM head (the head's matmuls of lawa's shapes); and with
 scaled_dot_product_attention's math backend instead of its fastest one. Their spread from the
 first run is the reference's own, against which lawa's difference is judged.
@@ -232,7 +233,9 @@ def trained_losses(c, linear_layout=False, padded_head=False):
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         losses.append(loss.item())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
+        # The norm of the norms sums in parameter order: the variants take lawa's.
+        clipped = model.clip_order() if linear_layout else model.parameters()
+        torch.nn.utils.clip_grad_norm_(clipped, p["clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
     return losses
@@ -244,7 +247,8 @@ class LinearLayoutGpt2(nn.Module):
     Linear's [out, in] as lawa holds them. Called with token ids, returns an object with .logits.
     With `padded_head`, the token embedding (and so the tied LM head) has lawa's padded rows (the
     vocabulary rounded up to config.lawa_vocab_multiple, zeros), whose logits the loss sets to
-    -inf: the head's matmuls then have lawa's shapes."""
+    -inf: the head's matmuls then have lawa's shapes. clip_order() gives the parameters in the
+    order lawa clips them."""
 
     def __init__(self, hf, padded_head=False):
         super().__init__()
@@ -263,6 +267,8 @@ class LinearLayoutGpt2(nn.Module):
             with torch.no_grad():
                 self.wte.weight.zero_()
                 self.wte.weight[:cfg.vocab_size].copy_(t.wte.weight)
+        # Each parameter under its transformers name, which is lawa's name for it too.
+        named = [("transformer.wte.weight", self.wte.weight), ("transformer.wpe.weight", self.wpe.weight)]
         self.h = nn.ModuleList()
         for block in t.h:
             b = nn.Module()
@@ -275,8 +281,17 @@ class LinearLayoutGpt2(nn.Module):
                         layer.weight.copy_(conv.weight.t())
                         layer.bias.copy_(conv.bias)
                 setattr(b, name, layer)
+                hf_name = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc",
+                           "mlp_proj": "mlp.c_proj"}.get(name, name)
+                named += [(f"transformer.h.{len(self.h)}.{hf_name}.{w}", getattr(layer, w)) for w in ("weight", "bias")]
             self.h.append(b)
         self.ln_f = t.ln_f
+        named += [("transformer.ln_f.weight", self.ln_f.weight), ("transformer.ln_f.bias", self.ln_f.bias)]
+        self.named = named
+
+    def clip_order(self):
+        """The parameters in the order lawa's clipping sums their norms: sorted by name."""
+        return [p for _, p in sorted(self.named, key=lambda n: n[0])]
 
     def forward(self, idx):
         B, T = idx.shape

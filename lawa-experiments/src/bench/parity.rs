@@ -171,8 +171,9 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
 /// the same training: (key, label). Run again: on a GPU some kernels add in an order that
 /// varies between runs. Linear layout: transformers' Conv1D holds each weight as [in, out],
 /// lawa (and `torch.nn.Linear`) as [out, in], so the weight gradients' matmuls round in
-/// another order (on the CPU, in bf16, lawa equals this variant bit for bit for several steps
-/// where it differs from transformers from the second). Padded head: that layout, and the
+/// another order; this variant also clips the gradients in lawa's order of parameters (by
+/// name), and on the CPU lawa equals it bit for bit at every step in both precisions, where in
+/// bf16 transformers' own layout differs from the second step. Padded head: that layout, and the
 /// token embedding (the tied LM head) with lawa's rows of padding, so the head's matmuls have
 /// lawa's shapes. Math attention: scaled dot-product attention's reference kernel instead of
 /// its fastest one.
