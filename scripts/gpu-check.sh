@@ -443,7 +443,7 @@ else
     large=("${tiny[@]}" --n-layer 4 --steps 2 --warmup 1)
     fastest=(--loss-kernel fused --norm-kernel fused --linear-kernel fused --adamw-kernel fused) # no graphs here
     medium_limit=$limit
-    large_limit=$limit
+    large_limit=100
     medium_all=("${medium[@]}" "${fastest[@]}")
     large_all=("${large[@]}" "${fastest[@]}")
     averaging=("${tiny[@]}" --steps 2 --warmup 1)

@@ -7,7 +7,7 @@ usage: python bench_gpt.py '<json config>'   -> prints one JSON line of results
 config: {n_layer, n_head, n_embd, block_size, vocab_size, batch_size, accumulation, steps, warmup,
          device, precision: "f32"|"bf16", compile: bool, averaging: bool, tasks: int (requests),
          profile_steps: int, profile_dir: str (optional),
-         parity: {init, batches, lr, beta1, beta2, eps, weight_decay, clip, floor: bool} (optional)}
+         parity: {init, batches, lr, beta1, beta2, eps, weight_decay, clip} (optional)}
 
 Training reports tokens/s and, on CUDA, the device memory the run took: nvidia-smi's memory.used
 after the timed steps minus before the model was built (as `lawa bench` measures itself), and
@@ -19,15 +19,15 @@ writes), returning the profiled steps' wall time.
 With "parity", it trains Hugging Face transformers' GPT2LMHeadModel loaded from the folder
 `init` (written by lawa's save_pretrained) on the batches in `batches` (safetensors x, y:
 [steps, batch, block]) with torch.optim.AdamW, clip_grad_norm_ and, for bf16, torch.autocast,
-and prints the loss of every step. With "floor", it trains the same model four times more, each
-another valid rounding: the same way (on a GPU some kernels, the memory-efficient attention's
-backward among them, add in an order that varies from run to run); with the weights of every
-linear layer laid out as torch.nn.Linear and lawa lay them out ([out, in], where transformers'
-Conv1D holds [in, out]: the weight gradients' matmuls then round in another order) and its
-gradients clipped in lawa's order of parameters; so laid out
-and with lawa's padded vocabulary in the LM head (the head's matmuls of lawa's shapes); and with
-scaled_dot_product_attention's math backend instead of its fastest one. Their spread from the
-first run is the reference's own, against which lawa's difference is judged.
+and prints the loss of every step. Then it trains the same model four times more, each another
+valid rounding: the same way (on a GPU some kernels, the memory-efficient attention's backward
+among them, add in an order that varies from run to run); with the weights of every linear
+layer laid out as torch.nn.Linear and lawa lay them out ([out, in], where transformers' Conv1D
+holds [in, out]: the weight gradients' matmuls then round in another order) and the gradients
+clipped in lawa's order of parameters; so laid out and with lawa's padded vocabulary in the LM
+head (the head's matmuls of lawa's shapes); and with scaled_dot_product_attention's math
+backend instead of its fastest one. Their spread from the first run is the reference's own,
+against which lawa's difference is judged.
 
 With "tasks", it scores that many log-likelihood requests instead of training: the lengths
 that `lawa bench tasks` draws (request_lengths), sorted longest first, right-padded batches,
@@ -35,6 +35,7 @@ log_softmax and gather as lm-evaluation-harness scores them.
 """
 import json
 import math
+import operator
 import sys
 import time
 import types
@@ -193,17 +194,16 @@ def timed_training(c, build, device, out, prefix):
 
 
 def parity_losses(c):
-    """The losses of training transformers' GPT-2 from lawa's initial weights on lawa's batches
-    (and, with "floor", the same again and the same with the math attention backend)."""
+    """The losses of training transformers' GPT-2 from lawa's initial weights on lawa's batches,
+    and of its variants (see the module's note)."""
     import transformers
     from torch.nn.attention import SDPBackend, sdpa_kernel
     out = {"losses": trained_losses(c), "transformers": transformers.__version__}
-    if c["parity"].get("floor"):
-        out["losses_again"] = trained_losses(c)
-        out["losses_linear_layout"] = trained_losses(c, linear_layout=True)
-        out["losses_padded_head"] = trained_losses(c, linear_layout=True, padded_head=True)
-        with sdpa_kernel(SDPBackend.MATH):
-            out["losses_math_attention"] = trained_losses(c)
+    out["losses_again"] = trained_losses(c)
+    out["losses_linear_layout"] = trained_losses(c, linear_layout=True)
+    out["losses_padded_head"] = trained_losses(c, linear_layout=True, padded_head=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        out["losses_math_attention"] = trained_losses(c)
     return out
 
 
@@ -250,6 +250,10 @@ class LinearLayoutGpt2(nn.Module):
     -inf: the head's matmuls then have lawa's shapes. clip_order() gives the parameters in the
     order lawa clips them."""
 
+    # Each block's layers: (name here, transformers' name), in transformers' order of registration.
+    LAYERS = (("ln_1", "ln_1"), ("c_attn", "attn.c_attn"), ("attn_proj", "attn.c_proj"),
+              ("ln_2", "ln_2"), ("c_fc", "mlp.c_fc"), ("mlp_proj", "mlp.c_proj"))
+
     def __init__(self, hf, padded_head=False):
         super().__init__()
         cfg, t = hf.config, hf.transformer
@@ -257,7 +261,7 @@ class LinearLayoutGpt2(nn.Module):
                 max(cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop) > 0:
             raise ValueError("the linear-layout reference has plain attention and no dropout")
         self.n_head = cfg.n_head
-        # Parameters registered in transformers' order (gradient clipping sums in that order).
+        # Parameters registered in transformers' order (clip_order gives lawa's).
         self.wte, self.wpe = t.wte, t.wpe
         self.vocab = cfg.vocab_size
         multiple = getattr(cfg, "lawa_vocab_multiple", 1) or 1
@@ -270,20 +274,17 @@ class LinearLayoutGpt2(nn.Module):
         # Each parameter under its transformers name, which is lawa's name for it too.
         named = [("transformer.wte.weight", self.wte.weight), ("transformer.wpe.weight", self.wpe.weight)]
         self.h = nn.ModuleList()
-        for block in t.h:
+        for i, block in enumerate(t.h):
             b = nn.Module()
-            for name, layer in (("ln_1", block.ln_1), ("c_attn", block.attn.c_attn),
-                                ("attn_proj", block.attn.c_proj), ("ln_2", block.ln_2),
-                                ("c_fc", block.mlp.c_fc), ("mlp_proj", block.mlp.c_proj)):
+            for name, hf_name in self.LAYERS:
+                layer = operator.attrgetter(hf_name)(block)
                 if not name.startswith("ln"):
                     conv, layer = layer, nn.Linear(layer.weight.shape[0], layer.weight.shape[1])
                     with torch.no_grad():
                         layer.weight.copy_(conv.weight.t())
                         layer.bias.copy_(conv.bias)
                 setattr(b, name, layer)
-                hf_name = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc",
-                           "mlp_proj": "mlp.c_proj"}.get(name, name)
-                named += [(f"transformer.h.{len(self.h)}.{hf_name}.{w}", getattr(layer, w)) for w in ("weight", "bias")]
+                named += [(f"transformer.h.{i}.{hf_name}.{w}", getattr(layer, w)) for w in ("weight", "bias")]
             self.h.append(b)
         self.ln_f = t.ln_f
         named += [("transformer.ln_f.weight", self.ln_f.weight), ("transformer.ln_f.bias", self.ln_f.bias)]

@@ -11,9 +11,8 @@
 //! adds in an order that varies from run to run). So the reference trains four times more (see
 //! [`VARIANTS`]): the same way, with its linear layers' weights laid out as lawa's are, so laid
 //! out and with lawa's padded LM head, and with the math attention kernel instead of its fastest
-//! one. lawa's difference is judged against the
-//! largest of those spreads as well as against a fixed tolerance; at the first step, before any
-//! update, the fixed one alone.
+//! one. lawa's difference is judged against the largest of those spreads as well as against a
+//! fixed tolerance; at the first step, before any update, the fixed one alone.
 
 use std::path::Path;
 
@@ -115,7 +114,6 @@ pub fn run(b: &Bench, dir: &Path) -> Result<Value> {
     config["parity"] = json!({
         "init": init, "batches": file, "lr": LR, "beta1": adamw.beta1, "beta2": adamw.beta2,
         "eps": adamw.eps, "weight_decay": adamw.weight_decay, "clip": 1.0,
-        "floor": true,
     });
     let r = reference::run(&config)?;
     let theirs: Vec<f64> =
@@ -192,7 +190,7 @@ struct Variant {
     spread: f64,
 }
 
-/// The variants the reference returned (none without "floor"), each with its spread.
+/// The variants the reference returned, each with its spread.
 fn variants(r: &Value, theirs: &[f64]) -> Vec<Variant> {
     VARIANTS
         .iter()
